@@ -1,0 +1,101 @@
+"""The ``jaxunlearn`` command.
+
+    jaxunlearn run [--dataset digits] [--scenario class:3|random:10]
+                   [--methods retrain,ft,ga,rl] [--seeds 0,1,2] [--out DIR]
+                   [--set ft.lr=0.02 --set train.epochs=5 ...]
+    jaxunlearn methods      # the registered methods and their default hyperparameters
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _csv(text: str) -> list[str]:
+  return [t.strip() for t in text.split(',') if t.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+  try:
+    return [int(s) for s in _csv(text)]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'seeds must be comma-separated integers, got {text!r}')
+
+
+def _overrides(pairs: list[str]) -> dict:
+  out: dict = {}
+  for pair in pairs:
+    key, eq, value = pair.partition('=')
+    name, dot, hp = key.partition('.')
+    if not eq or not dot or not name or not hp:
+      raise ValueError(f'--set {pair!r}: expected METHOD.NAME=VALUE, e.g. --set ft.lr=0.02 '
+                       'or --set train.epochs=5')
+    out.setdefault(name.strip(), {})[hp.strip()] = value.strip()
+  return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='jaxunlearn', description=__doc__.split('\n')[0])
+  sub = parser.add_subparsers(dest='command', required=True)
+  run = sub.add_parser('run', help='train, unlearn, evaluate and report')
+  run.add_argument('--dataset', default='digits',
+                   help="'digits' (embedded, default) or a TFDS name such as cifar10")
+  run.add_argument('--data-dir', default=None, help='TFDS data_dir holding the prepared data')
+  run.add_argument('--image-size', type=int, default=None,
+                   help='input side (digits default 16; TFDS: as stored)')
+  run.add_argument('--model', default='resnet18')
+  run.add_argument('--width', type=int, default=16,
+                   help='channels of the first stage (64 = the standard ResNet-18)')
+  run.add_argument('--scenario', default='class:3', help="'class:K' or 'random:P'")
+  run.add_argument('--methods', type=_csv, default=['retrain', 'ft', 'ga', 'rl'])
+  run.add_argument('--seeds', type=_seeds, default=[0])
+  run.add_argument('--out', default='results', help='directory for results.json/.png')
+  run.add_argument('--set', dest='overrides', action='append', default=[],
+                   metavar='METHOD.NAME=VALUE', help='override a hyperparameter (repeatable)')
+  run.add_argument('--cache-dir', default=None,
+                   help='cache of trained models (default ~/.cache/jaxunlearn, '
+                        'or $JAXUNLEARN_CACHE)')
+  run.add_argument('--no-cache', action='store_true', help='train everything afresh')
+  run.add_argument('--quiet', action='store_true', help='no progress bars')
+  sub.add_parser('methods', help='list methods and default hyperparameters')
+  return parser
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  from jaxunlearn import methods as methods_lib
+  if args.command == 'methods':
+    for name, m in sorted(methods_lib.METHODS.items()):
+      print(f'{name:10s} {m.summary}\n{"":10s} {m.defaults}')
+    return 0
+
+  from jaxunlearn import checkpoint
+  from jaxunlearn.experiment import ExperimentConfig, run_experiment
+  from jaxunlearn.report import format_table
+  try:
+    cache = None if args.no_cache else (args.cache_dir or str(checkpoint.default_cache_dir()))
+    config = ExperimentConfig(
+        dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
+        model=args.model, width=args.width, scenario=args.scenario,
+        methods=tuple(args.methods), seeds=tuple(args.seeds),
+        overrides=_overrides(args.overrides), cache_dir=cache, progress=not args.quiet)
+    config.validate()
+  except ValueError as e:
+    print(f'jaxunlearn: error: {e}', file=sys.stderr)
+    return 2
+  start = time.perf_counter()
+  try:
+    results = run_experiment(config, args.out)
+  except (ValueError, FileNotFoundError) as e:
+    print(f'jaxunlearn: error: {e}', file=sys.stderr)
+    return 2
+  print(format_table(results))
+  print(f'\nwrote {args.out}/results.json and {args.out}/results.png '
+        f'({time.perf_counter() - start:.0f} s)')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

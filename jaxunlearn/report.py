@@ -1,0 +1,78 @@
+"""Human-facing output: the results table and the results plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TABLE_COLUMNS = (('UA', 'UA'), ('RA', 'RA'), ('TA', 'TA'), ('MIA', 'MIA'),
+                 ('avg_gap', 'Avg.Gap'), ('KL', 'KL(Rt||.)'), ('rte_s', 'RTE s'))
+BAR_METRICS = ('UA', 'RA', 'TA', 'MIA')
+
+
+def _cell(stat: dict | None, digits: int) -> str:
+  if stat is None:
+    return '-'
+  return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def format_table(results: dict) -> str:
+  """A plain-text table: one row per method (and the original), mean ± std over seeds."""
+  rows = [('original', results.get('original', {}))] + list(results['methods'].items())
+  header = ['method'] + [title for _, title in TABLE_COLUMNS]
+  body = [[name] + [_cell(stats.get(key), 3 if key == 'KL' else 2) for key, _ in TABLE_COLUMNS]
+          for name, stats in rows]
+  widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+  line = lambda r: '  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                             enumerate(zip(r, widths)))
+  title = (f"{results['dataset']}  scenario {results['scenario']}  seeds "
+           f"{','.join(map(str, results['seeds']))}  (percent; Avg.Gap vs Retrain)")
+  return '\n'.join([title, line(header), line(['-' * w for w in widths])] + [line(r) for r in body])
+
+
+def plot_results(results: dict, path: str | Path) -> None:
+  """Grouped bars of UA/RA/TA/MIA per method (Retrain's level dashed) and Avg. Gap bars."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  names = list(results['methods'])
+  fig, (ax, ax_gap) = plt.subplots(1, 2, figsize=(11, 4.2),
+                                   gridspec_kw={'width_ratios': [3.2, 1]})
+  width = 0.8 / max(len(names), 1)
+  colors = plt.get_cmap('tab10')
+  x = np.arange(len(BAR_METRICS))
+  retrain = results['methods'].get('retrain')
+  for i, name in enumerate(names):
+    stats = results['methods'][name]
+    means = [stats[m]['mean'] for m in BAR_METRICS]
+    stds = [stats[m]['std'] for m in BAR_METRICS]
+    is_ref = name == 'retrain'
+    ax.bar(x + (i - (len(names) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
+           label=name + (' (gold standard)' if is_ref else ''),
+           color='0.25' if is_ref else colors(i % 10), hatch='//' if is_ref else None,
+           edgecolor='white' if is_ref else None)
+  if retrain is not None:
+    for j, m in enumerate(BAR_METRICS):
+      ax.hlines(retrain[m]['mean'], j - 0.45, j + 0.45, colors='k', linestyles='--', lw=1)
+  ax.set_xticks(x, ['UA (forget)', 'RA (retain)', 'TA (test)', 'MIA-Efficacy'])
+  ax.set_ylabel('percent')
+  ax.set_ylim(0, 105)
+  ax.legend(fontsize=8, ncol=min(len(names), 4), loc='upper center', bbox_to_anchor=(0.5, -0.1),
+            frameon=False)
+  ax.set_title(f"{results['dataset']} · {results['scenario']} · "
+               f"{len(results['seeds'])} seed(s) · dashed = Retrain")
+  others = [n for n in names if n != 'retrain']
+  gaps = [results['methods'][n]['avg_gap']['mean'] for n in others]
+  gap_std = [results['methods'][n]['avg_gap']['std'] for n in others]
+  ax_gap.barh(others, gaps, xerr=gap_std, capsize=2,
+              color=[colors(names.index(n) % 10) for n in others])
+  for y, (g, e) in enumerate(zip(gaps, gap_std)):
+    ax_gap.text(g + e, y, f' {g:.2f}', va='center', fontsize=8)
+  ax_gap.set_xlim(0, max(gaps + [1.0]) * 1.25)
+  ax_gap.invert_yaxis()
+  ax_gap.set_xlabel('Avg. Gap to Retrain (lower is better)')
+  ax_gap.set_title('Avg. Gap')
+  fig.tight_layout()
+  fig.savefig(path, dpi=130)
+  plt.close(fig)

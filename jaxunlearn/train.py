@@ -1,0 +1,155 @@
+"""Training loops: the original model, Retrain, and the pass structure unlearning shares.
+
+A loop is a list of :class:`Phase` s run in order every epoch (FT: one retain phase; RL and
+SalUn: a forget phase then a retain phase, as in the SalUn reference code), all sharing one
+optimizer state. Batches are drawn on the host from a per-(seed, epoch) permutation; the last
+batch of a phase wraps around to keep one compiled shape, its wrapped examples weighted 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxunlearn.step import LossFn, TrainState, compiled_train_step, init_state
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """SGD with momentum and coupled L2 weight decay (PyTorch's ``SGD(weight_decay=...)``).
+
+  Hashable, and calling it builds the optax chain, so compiled steps are cached per config.
+
+  Attributes:
+    lr: peak learning rate.
+    momentum: heavy-ball momentum (0 for plain SGD).
+    weight_decay: L2 coefficient added to the gradient before momentum.
+    schedule: 'constant' or 'cosine' (decay to 0 over ``total_steps``).
+    total_steps: length of the cosine schedule.
+  """
+
+  lr: float = 0.1
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+  schedule: str = 'constant'
+  total_steps: int = 1
+
+  def __post_init__(self):
+    if self.schedule not in ('constant', 'cosine'):
+      raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+    if not self.lr > 0:
+      raise ValueError(f'learning rate must be positive, got {self.lr}')
+
+  def learning_rate(self):
+    if self.schedule == 'cosine':
+      return optax.cosine_decay_schedule(self.lr, max(self.total_steps, 1))
+    return self.lr
+
+  def __call__(self) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.add_decayed_weights(self.weight_decay),
+        optax.sgd(self.learning_rate(), momentum=self.momentum or None),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """A pass over one dataset with one per-example loss, once per epoch."""
+
+  x: np.ndarray
+  y: np.ndarray
+  loss_fn: LossFn
+  name: str = 'train'
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True):
+  """Yields ``(indices, weights)`` of fixed size ``batch_size`` covering ``0..n-1`` once.
+
+  The permutation is a pure function of (seed, epoch). The last batch is completed by
+  wrapping around the permutation; those repeats get weight 0, so each example counts once.
+  """
+  if n == 0:
+    raise ValueError('cannot draw batches from an empty set')
+  order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+  size = min(batch_size, n)
+  steps = math.ceil(n / size)
+  padded = np.resize(order, steps * size)
+  weights = (np.arange(steps * size) < n).astype(np.float32)
+  for s in range(steps):
+    sl = slice(s * size, (s + 1) * size)
+    yield padded[sl], weights[sl]
+
+
+def steps_per_epoch(phases: Sequence[Phase], batch_size: int) -> int:
+  return sum(math.ceil(len(p.y) / min(batch_size, len(p.y))) for p in phases)
+
+
+def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: int,
+        optim: OptimConfig, seed: int, desc: str = 'train', progress: bool = True,
+        callback: Callable[[TrainState, dict], Any] | None = None):
+  """Runs ``epochs`` epochs of ``phases`` from ``variables``; returns (variables, history).
+
+  ``optim.total_steps`` is filled in from the data so a cosine schedule spans the whole run.
+  ``history`` holds the per-step loss of every phase, as numpy arrays keyed by phase name.
+  """
+  if epochs < 0:
+    raise ValueError(f'epochs must be >= 0, got {epochs}')
+  total = epochs * steps_per_epoch(phases, batch_size)
+  optim = dataclasses.replace(optim, total_steps=max(total, 1))
+  state = init_state(variables, optim())
+  base_key = jax.random.key(seed)
+  history = {p.name: [] for p in phases}
+  bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+  for epoch in range(epochs):
+    for phase_id, phase in enumerate(phases):
+      step = compiled_train_step(model, phase.loss_fn, optim)
+      for idx, w in epoch_batches(len(phase.y), batch_size, seed * 1000 + phase_id, epoch):
+        state, metrics = step(state, phase.x[idx], phase.y[idx], w, base_key)
+        history[phase.name].append(metrics['loss'])
+        if callback is not None:
+          callback(state, metrics)
+        bar.update(1)
+    if history[phases[-1].name]:
+      bar.set_postfix(loss=f'{float(history[phases[-1].name][-1]):.3f}')
+  bar.close()
+  history = {k: np.asarray(jax.device_get(v), np.float32) for k, v in history.items()}
+  return jax.device_get(state.variables), history
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """How the original model and Retrain are trained (the same recipe for both)."""
+
+  epochs: int = 10
+  batch_size: int = 128
+  lr: float = 0.1
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+  schedule: str = 'cosine'
+
+  def optim(self) -> OptimConfig:
+    return OptimConfig(self.lr, self.momentum, self.weight_decay, self.schedule)
+
+
+def init_variables(model, image_shape, seed: int):
+  """Initial flax variables of ``model`` for images of ``image_shape`` (H, W, C)."""
+  import jax.numpy as jnp
+  return jax.device_get(model.init(jax.random.key(seed), jnp.zeros((1, *image_shape)),
+                                   train=False))
+
+
+def train_classifier(model, x, y, config: TrainConfig, seed: int, desc: str = 'train',
+                     progress: bool = True):
+  """Trains ``model`` from scratch on (x, y) with cross-entropy; returns flax variables."""
+  from jaxunlearn.losses import cross_entropy
+  variables = init_variables(model, x.shape[1:], seed)
+  variables, _ = fit(model, variables, [Phase(x, y, cross_entropy)], epochs=config.epochs,
+                     batch_size=config.batch_size, optim=config.optim(), seed=seed, desc=desc,
+                     progress=progress)
+  return variables
