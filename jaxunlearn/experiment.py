@@ -95,7 +95,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None) 
     per-seed values, the original model's metrics and the hyperparameters used.
   """
   config.validate()
-  train_cfg = dataclasses.replace(config.train, **config.overrides.get('train', {}))
+  train_cfg = dataclasses.replace(config.train, **{
+      k: methods_lib.cast_like(v, getattr(config.train, k), f'train.{k}')
+      for k, v in config.overrides.get('train', {}).items()})
   dataset = load_dataset(config.dataset, config.data_dir, config.image_size)
   model = make_model(config.model, dataset.num_classes, config.width)
   hparams = {name: methods_lib.resolve_hparams(name, config.overrides.get(name))

@@ -88,11 +88,12 @@ def resolve_hparams(name: str, overrides: dict | None = None) -> dict:
     if key not in hp:
       raise ValueError(f'method {name!r} has no hyperparameter {key!r}; its hyperparameters '
                        f'are {", ".join(sorted(hp))}')
-    hp[key] = _cast(value, hp[key], f'{name}.{key}')
+    hp[key] = cast_like(value, hp[key], f'{name}.{key}')
   return hp
 
 
-def _cast(value, default, where):
+def cast_like(value, default, where: str):
+  """Casts a command-line string to the type of ``default`` (bools: true/false/1/0)."""
   if not isinstance(value, str):
     return value
   if isinstance(default, bool):

@@ -50,8 +50,8 @@ def load_tfds(name: str, data_dir: str | None = None, image_size: int | None = N
   try:
     builder = tfds.builder(name, data_dir=data_dir)
     num_classes = builder.info.features[label_key].num_classes
-    train = tfds.data_source(name, split=train_split, data_dir=data_dir)
-    test = tfds.data_source(name, split=test_split, data_dir=data_dir)
+    train = tfds.data_source(name, split=train_split, data_dir=data_dir, download=False)
+    test = tfds.data_source(name, split=test_split, data_dir=data_dir, download=False)
   except Exception as e:  # TFDS raises several types; all mean "not prepared here".
     raise FileNotFoundError(
         f'TFDS dataset {name!r} is not available in data_dir={data_dir!r} ({e}). '

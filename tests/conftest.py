@@ -1,0 +1,30 @@
+import os
+
+# Tests never touch the user's cache of trained models.
+os.environ.setdefault('JAXUNLEARN_CACHE', os.path.join(os.path.dirname(__file__), '..', '.pytest_cache', 'jaxunlearn'))
+
+import numpy as np
+import pytest
+
+from jaxunlearn.data import Dataset
+
+
+def synthetic_dataset(n_train=60, n_test=30, classes=3, size=8, seed=0) -> Dataset:
+  """Separable toy images: class c has a bright c-th row band."""
+  rng = np.random.default_rng(seed)
+
+  def make(n):
+    y = (np.arange(n) % classes).astype(np.int32)
+    x = rng.normal(0, 0.3, (n, size, size, 1)).astype(np.float32)
+    for c in range(classes):
+      x[y == c, c * 2:c * 2 + 2, :, 0] += 2.0
+    return x, y
+
+  x_train, y_train = make(n_train)
+  x_test, y_test = make(n_test)
+  return Dataset('toy', x_train, y_train, x_test, y_test, classes)
+
+
+@pytest.fixture
+def toy():
+  return synthetic_dataset()

@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from jaxunlearn.cli import main
+
+TINY = ['--model', 'resnet1', '--width', '4', '--image-size', '8', '--quiet',
+        '--set', 'train.epochs=2', '--set', 'ft.epochs=1', '--set', 'ga.epochs=1',
+        '--set', 'rl.epochs=1', '--set', 'retrain.epochs=2']
+
+
+def test_run_end_to_end_writes_json_and_plot(tmp_path, capsys):
+  out = tmp_path / 'out'
+  argv = ['run', '--scenario', 'random:10', '--seeds', '0,1', '--out', str(out),
+          '--cache-dir', str(tmp_path / 'cache')] + TINY
+  assert main(argv) == 0
+  printed = capsys.readouterr().out
+  assert 'Avg.Gap' in printed and 'retrain' in printed
+  results = json.loads((out / 'results.json').read_text())
+  assert results['dataset'] == 'digits' and results['scenario'] == 'random:10'
+  assert results['seeds'] == [0, 1]
+  assert set(results['methods']) == {'retrain', 'ft', 'ga', 'rl'}
+  for name, stats in results['methods'].items():
+    for metric in ('UA', 'RA', 'TA', 'MIA', 'avg_gap', 'rte_s'):
+      assert set(stats[metric]) == {'mean', 'std'}
+      assert 0 <= stats[metric]['mean'] <= (100 if metric != 'rte_s' else 1e4)
+  assert results['methods']['retrain']['avg_gap'] == {'mean': 0.0, 'std': 0.0}
+  assert len(results['per_seed']['ft']) == 2
+  assert (out / 'results.png').stat().st_size > 10_000
+  # Second run: original and Retrain come from the cache and the numbers repeat exactly.
+  assert main(argv) == 0
+  again = json.loads((out / 'results.json').read_text())
+  for name in ('retrain', 'ft', 'ga', 'rl'):
+    for metric in ('UA', 'RA', 'TA', 'MIA'):
+      assert again['methods'][name][metric] == results['methods'][name][metric]
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--scenario', 'class:12'], 'class 12 does not exist in digits; classes are 0..9'),
+    (['--scenario', 'random:150'], r'open interval \(0, 100\)'),
+    (['--methods', 'ft,magic'], "unknown method 'magic'"),
+    (['--set', 'ft.lrr=1'], "no hyperparameter 'lrr'"),
+    (['--set', 'ftlr=1'], 'expected METHOD.NAME=VALUE'),
+    (['--set', 'salun.lr=1'], "not among --methods"),
+    (['--set', 'train.epoch=1'], 'train has no setting'),
+])
+def test_bad_input_is_a_clear_error_before_compute(tmp_path, capsys, argv, message):
+  assert main(['run', '--out', str(tmp_path), '--no-cache', '--quiet'] + argv) == 2
+  err = capsys.readouterr().err
+  assert 'jaxunlearn: error:' in err
+  import re
+  assert re.search(message, err), err
+  assert not (tmp_path / 'results.json').exists()
+
+
+def test_methods_command_lists_defaults(capsys):
+  assert main(['methods']) == 0
+  out = capsys.readouterr().out
+  assert 'rl' in out and "'lr': 0.01" in out

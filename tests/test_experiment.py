@@ -1,0 +1,24 @@
+"""End-to-end runs of the default benchmark (slow: run with ``pytest -m slow``)."""
+
+import pytest
+
+from jaxunlearn.experiment import ExperimentConfig, run_experiment
+
+
+@pytest.mark.slow
+def test_default_class_run_retrain_is_the_gold_standard(tmp_path):
+  results = run_experiment(ExperimentConfig(scenario='class:3', cache_dir=None, progress=False),
+                           tmp_path)
+  retrain, original = results['methods']['retrain'], results['original']
+  assert retrain['UA']['mean'] == 100.0
+  assert abs(retrain['TA']['mean'] - original['TA']['mean']) <= 2.0
+  assert original['UA']['mean'] < 5.0  # the original does remember class 3
+  assert results['methods']['rl']['UA']['mean'] > 90.0
+  assert (tmp_path / 'results.json').exists() and (tmp_path / 'results.png').exists()
+
+
+def test_config_validation_happens_before_compute():
+  with pytest.raises(ValueError, match='seeds repeat'):
+    ExperimentConfig(seeds=(0, 0)).validate()
+  with pytest.raises(ValueError, match='no methods'):
+    ExperimentConfig(methods=()).validate()
