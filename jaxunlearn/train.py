@@ -22,16 +22,33 @@ from jaxunlearn.step import LossFn, TrainState, compiled_train_step, init_state
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-  """SGD with momentum and coupled L2 weight decay (PyTorch's ``SGD(weight_decay=...)``).
+  """The optax chain of a classification run, as a hashable config.
 
-  Hashable, and calling it builds the optax chain, so compiled steps are cached per config.
+  Calling it builds::
+
+      chain(combine_forget_retain(forget_weight, retain_weight)  # joint steps only
+            clip_by_global_norm(clip_norm)                        # if clip_norm > 0
+            add_l1_penalty(l1)                                    # if l1 > 0 (l1-sparse)
+            [mask_by_saliency(freeze=True, inner=]                # if saliency
+                chain(add_decayed_weights(weight_decay), sgd(lr, momentum))[)])
+
+  i.e. SGD with momentum and coupled L2 weight decay, as PyTorch's
+  ``SGD(weight_decay=...)``. Being hashable, it keys the cache of compiled steps.
 
   Attributes:
     lr: peak learning rate.
     momentum: heavy-ball momentum (0 for plain SGD).
     weight_decay: L2 coefficient added to the gradient before momentum.
     schedule: 'constant' or 'cosine' (decay to 0 over ``total_steps``).
-    total_steps: length of the cosine schedule.
+    total_steps: length of the schedules (filled in by :func:`fit`).
+    clip_norm: global-norm clipping of the (combined) gradient; 0 disables.
+    saliency: wrap the optimizer in ``mask_by_saliency(freeze=True)``; the mask is installed
+      by ``fit(mask=...)``. Masked weights then stay bit-identical.
+    forget_weight: if set, steps pass ``forget_grads`` and the chain starts with
+      ``combine_forget_retain(forget_weight, retain_weight)``.
+    retain_weight: weight of the retain gradient in joint steps.
+    l1: strength of the l1-sparse penalty, decayed linearly to 0 by ``l1_decay_steps``.
+    l1_decay_steps: steps over which ``l1`` decays to 0.
   """
 
   lr: float = 0.1
@@ -39,6 +56,12 @@ class OptimConfig:
   weight_decay: float = 5e-4
   schedule: str = 'constant'
   total_steps: int = 1
+  clip_norm: float = 0.0
+  saliency: bool = False
+  forget_weight: float | None = None
+  retain_weight: float = 1.0
+  l1: float = 0.0
+  l1_decay_steps: int = 1
 
   def __post_init__(self):
     if self.schedule not in ('constant', 'cosine'):
@@ -51,11 +74,21 @@ class OptimConfig:
       return optax.cosine_decay_schedule(self.lr, max(self.total_steps, 1))
     return self.lr
 
-  def __call__(self) -> optax.GradientTransformation:
-    return optax.chain(
-        optax.add_decayed_weights(self.weight_decay),
-        optax.sgd(self.learning_rate(), momentum=self.momentum or None),
-    )
+  def __call__(self) -> optax.GradientTransformationExtraArgs:
+    from jaxunlearn import transforms  # transforms import train's neighbours, not train
+    opt = optax.chain(optax.add_decayed_weights(self.weight_decay),
+                      optax.sgd(self.learning_rate(), momentum=self.momentum or None))
+    if self.saliency:
+      opt = transforms.mask_by_saliency(freeze=True, inner=opt)
+    head = []
+    if self.forget_weight is not None:
+      head.append(transforms.combine_forget_retain(self.forget_weight, self.retain_weight))
+    if self.clip_norm > 0:
+      head.append(optax.clip_by_global_norm(self.clip_norm))
+    if self.l1 > 0:
+      head.append(transforms.add_l1_penalty(
+          optax.linear_schedule(self.l1, 0.0, max(self.l1_decay_steps, 1))))
+    return optax.chain(*head, opt)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,8 @@
+"""Unlearning as optax gradient transformations (DESIGN.md section 3)."""
+
+from jaxunlearn.transforms.combine import (AddL1PenaltyState, CombineForgetRetainState,
+                                           add_l1_penalty, combine_forget_retain)
+from jaxunlearn.transforms.mask import MaskBySaliencyState, mask_by_saliency, set_saliency_mask
+
+__all__ = ['AddL1PenaltyState', 'CombineForgetRetainState', 'add_l1_penalty', 'MaskBySaliencyState', 'combine_forget_retain',
+           'mask_by_saliency', 'set_saliency_mask']

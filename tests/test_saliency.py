@@ -1,0 +1,51 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxunlearn import losses
+from jaxunlearn.models import make_model
+from jaxunlearn.saliency import (accumulate_gradients, mask_fraction, salun_mask,
+                                 topk_gradient_mask)
+
+
+def test_topk_is_global_and_exact():
+  g = {'a': jnp.array([0.1, -5.0, 0.3]), 'b': jnp.array([[4.0, -0.2], [0.0, 1.0]])}
+  m = topk_gradient_mask(g, keep=3 / 7)
+  np.testing.assert_array_equal(m['a'], [0, 1, 0])
+  np.testing.assert_array_equal(m['b'], [[1, 0], [0, 1]])
+  assert mask_fraction(topk_gradient_mask(g, 1.0)) == 1.0
+
+
+def test_topk_ties_are_deterministic_and_count_exact():
+  g = {'a': jnp.ones(5), 'b': jnp.ones(5)}
+  m = topk_gradient_mask(g, keep=0.3)
+  np.testing.assert_array_equal(m['a'], [1, 1, 1, 0, 0])  # first entries win ties
+  np.testing.assert_array_equal(m['b'], [0, 0, 0, 0, 0])
+  big = {'x': jax.random.normal(jax.random.key(0), (1001,))}
+  assert int(np.sum(topk_gradient_mask(big, 0.5)['x'])) == 500  # round(500.5) = 500
+
+
+@pytest.mark.parametrize('keep', [0.0, -0.1, 1.5])
+def test_topk_rejects_bad_fraction(keep):
+  with pytest.raises(ValueError, match=r'\(0, 1\]'):
+    topk_gradient_mask({'a': jnp.ones(3)}, keep)
+
+
+def test_accumulated_gradient_is_sum_of_batch_means(toy):
+  model = make_model('resnet1', toy.num_classes)
+  variables = model.init(jax.random.key(0), toy.x_train[:1])
+  x, y = toy.x_train[:20], toy.y_train[:20]
+  acc = accumulate_gradients(model, variables, x, y, batch_size=8)  # batches of 8, 8, 4
+
+  def mean_loss(params, xb, yb):
+    logits = model.apply({**variables, 'params': params}, xb, train=False)
+    return losses.gradient_ascent(logits, yb).mean()
+
+  expected = jax.tree.map(
+      lambda *gs: sum(gs),
+      *[jax.grad(mean_loss)(variables['params'], x[s:s + 8], y[s:s + 8]) for s in (0, 8, 16)])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), acc, expected)
+  mask = salun_mask(model, variables, x, y, keep=0.5, batch_size=8)
+  n = sum(np.size(m) for m in jax.tree.leaves(mask))
+  assert mask_fraction(mask) * n == pytest.approx(round(0.5 * n))

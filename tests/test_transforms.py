@@ -1,0 +1,131 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import transform_harness as H
+from jaxunlearn.transforms import (add_l1_penalty, combine_forget_retain, mask_by_saliency,
+                                   set_saliency_mask)
+
+
+def _half_mask(params):
+  return jax.tree.map(lambda p: (jnp.arange(p.size).reshape(p.shape) % 2).astype(p.dtype), params)
+
+
+def _forget_extras(params, batch, axis_name):
+  return {'forget_grads': H.forget_grads(params, batch, axis_name)}
+
+
+CASES = [
+    H.Case('combine_forget_retain',
+           lambda: optax.chain(combine_forget_retain(optax.cosine_decay_schedule(0.5, 10)),
+                               optax.sgd(0.05, momentum=0.9)),
+           extras=_forget_extras),
+    H.Case('mask_by_saliency',
+           lambda: optax.chain(mask_by_saliency(), optax.sgd(0.05)),
+           prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
+    H.Case('mask_by_saliency_freeze_inner',
+           lambda: optax.chain(combine_forget_retain(1.0), mask_by_saliency(
+               freeze=True, inner=optax.chain(optax.add_decayed_weights(5e-4),
+                                              optax.sgd(0.05, momentum=0.9)))),
+           extras=_forget_extras,
+           prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
+    H.Case('add_l1_penalty',
+           lambda: optax.chain(add_l1_penalty(optax.linear_schedule(0.1, 0.0, 4)),
+                               optax.sgd(0.05, momentum=0.9))),
+]
+
+
+@pytest.mark.parametrize('case', CASES, ids=lambda c: c.name)
+def test_transform_harness(case, tmp_path):
+  H.check_all(case, tmp_path)
+
+
+def test_combine_forget_retain_hand_computed():
+  tx = combine_forget_retain(forget_weight=lambda t: 2.0 * (t + 1), retain_weight=0.5)
+  g_r, g_f = {'a': jnp.array([1.0, -2.0])}, {'a': jnp.array([3.0, 1.0])}
+  state = tx.init(g_r)
+  u, state = tx.update(g_r, state, forget_grads=g_f)
+  np.testing.assert_allclose(u['a'], 0.5 * np.array([1, -2]) + 2.0 * np.array([3, 1]))
+  u, state = tx.update(g_r, state, forget_grads=g_f)
+  np.testing.assert_allclose(u['a'], 0.5 * np.array([1, -2]) + 4.0 * np.array([3, 1]))
+  assert int(state.count) == 2
+  with pytest.raises(TypeError, match='forget_grads'):
+    tx.update(g_r, state)
+
+
+def test_mask_multiplies_updates_and_is_ones_by_default():
+  tx = mask_by_saliency()
+  params = {'a': jnp.ones(4)}
+  state = tx.init(params)
+  g = {'a': jnp.array([1.0, 2.0, 3.0, 4.0])}
+  np.testing.assert_array_equal(tx.update(g, state, params)[0]['a'], g['a'])
+  state = set_saliency_mask(state, {'a': np.array([1, 0, 1, 0])})
+  np.testing.assert_array_equal(tx.update(g, state, params)[0]['a'], [1.0, 0, 3.0, 0])
+
+
+def _run(tx, mask, steps=25):
+  params = H.init_params()
+  state = set_saliency_mask(tx.init(params), mask)
+
+  @jax.jit
+  def step(params, state, batch):
+    g = H.retain_grads(params, batch)
+    u, state = tx.update(g, state, params, forget_grads=H.forget_grads(params, batch))
+    return optax.apply_updates(params, u), state
+
+  start = params
+  for s in range(steps):
+    params, state = step(params, state, H.make_batch(seed=s))
+  return start, params
+
+
+def test_freeze_keeps_masked_weights_bit_identical_under_momentum_and_weight_decay():
+  opt = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.05, momentum=0.9))
+  mask = _half_mask(H.init_params())
+  frozen = optax.chain(combine_forget_retain(1.0), mask_by_saliency(freeze=True, inner=opt))
+  start, end = _run(frozen, mask)
+  for s, e, m in zip(jax.tree.leaves(start), jax.tree.leaves(end), jax.tree.leaves(mask)):
+    np.testing.assert_array_equal(np.asarray(e)[m == 0], np.asarray(s)[m == 0])
+    assert np.all(np.asarray(e)[m == 1] != np.asarray(s)[m == 1])  # the rest did learn
+  # The SalUn reference's placement (mask the gradient, then SGD with weight decay) moves
+  # masked weights: weight decay acts on them every step.
+  reference = optax.chain(combine_forget_retain(1.0), mask_by_saliency(), opt)
+  start, end = _run(reference, mask)
+  moved = [np.any(np.asarray(e)[m == 0] != np.asarray(s)[m == 0])
+           for s, e, m in zip(jax.tree.leaves(start), jax.tree.leaves(end), jax.tree.leaves(mask))]
+  assert any(moved)
+
+
+def test_set_saliency_mask_finds_nested_states_and_rejects_bad_masks():
+  params = H.init_params()
+  tx = optax.named_chain(('clip', optax.clip_by_global_norm(1.0)),
+                         ('inner', optax.chain(optax.sgd(0.1), mask_by_saliency(freeze=True))))
+  state = tx.init(params)
+  mask = _half_mask(params)
+  state = set_saliency_mask(state, mask)
+  np.testing.assert_array_equal(state['inner'][1].mask['w'], mask['w'])
+  with pytest.raises(ValueError, match='selects no weight'):
+    set_saliency_mask(state, jax.tree.map(jnp.zeros_like, params))
+  with pytest.raises(ValueError, match='does not match the parameters'):
+    set_saliency_mask(state, {'w': mask['w']})
+  with pytest.raises(ValueError, match='has no mask_by_saliency'):
+    set_saliency_mask(optax.sgd(0.1).init(params), mask)
+  with pytest.raises(ValueError, match='does not match parameter shape'):
+    set_saliency_mask(state, {'w': np.ones(5), 'b': np.ones(3)})
+
+
+def test_add_l1_penalty_hand_computed():
+  tx = add_l1_penalty(optax.linear_schedule(0.5, 0.0, 2))
+  params = {'a': jnp.array([2.0, -3.0, 0.0])}
+  g = {'a': jnp.array([1.0, 1.0, 1.0])}
+  state = tx.init(params)
+  u, state = tx.update(g, state, params)
+  np.testing.assert_allclose(u['a'], [1.5, 0.5, 1.0])  # + 0.5 * sign
+  u, state = tx.update(g, state, params)
+  np.testing.assert_allclose(u['a'], [1.25, 0.75, 1.0])  # + 0.25 * sign
+  u, state = tx.update(g, state, params)
+  np.testing.assert_allclose(u['a'], [1.0, 1.0, 1.0])  # decayed to 0
+  with pytest.raises(ValueError, match='needs params'):
+    tx.update(g, state)
