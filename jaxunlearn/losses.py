@@ -7,6 +7,8 @@ convention is the one of DESIGN.md section 3: *minimising* a forget loss forgets
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -50,3 +52,58 @@ def random_label_cross_entropy_with_true(logits, labels, key):
 def weighted_mean(per_example, weights):
   """Mean of ``per_example`` under 0/1 (or real) ``weights``; 0 when all weights are 0."""
   return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
+
+
+def _distill_kl(student_logits, teacher_probs, temperature):
+  """Per-example KL(teacher || softmax(student / T)), in nats."""
+  log_s = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+  log_t = jnp.log(jnp.maximum(teacher_probs, 1e-30))
+  return jnp.sum(jnp.where(teacher_probs > 0, teacher_probs * (log_t - log_s), 0.0), axis=-1)
+
+
+# Losses with hyperparameters are frozen dataclasses: hashable by value, so the compiled
+# step that closes over one is reused by every run with the same settings.
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillKL:
+  """Knowledge distillation ``T^2 KL(softmax(t/T) || softmax(s/T))`` per example.
+
+  ``targets['teacher']`` holds the teacher's logits. ``sign=-1`` gives SCRUB's forget
+  ("max") loss. Per-example sums over classes, i.e. PyTorch's ``reduction='batchmean'``.
+  """
+
+  temperature: float = 4.0
+  sign: float = 1.0
+
+  def __call__(self, logits, targets, key=None):
+    teacher = jax.nn.softmax(targets['teacher'] / self.temperature, axis=-1)
+    return self.sign * self.temperature**2 * _distill_kl(logits, teacher, self.temperature)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScrubRetainLoss:
+  """SCRUB's retain ("min") loss: ``gamma CE(s, y) + alpha T^2 KL(t || s)`` (arXiv 2302.09880)."""
+
+  gamma: float = 0.99
+  alpha: float = 0.001
+  temperature: float = 4.0
+
+  def __call__(self, logits, targets, key=None):
+    ce = cross_entropy(logits, targets['label'])
+    return self.gamma * ce + self.alpha * DistillKL(self.temperature)(logits, targets)
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherKL:
+  """``KL(targets['teacher_probs'] || softmax(s / T))`` per example (Bad Teacher).
+
+  The probabilities are already tempered and mixed per example (competent teacher on
+  D_r, incompetent one on D_f). SFR-on's code uses PyTorch's ``kl_div`` default reduction
+  'mean', which also divides by the number of classes; we use the per-example KL.
+  """
+
+  temperature: float = 1.0
+
+  def __call__(self, logits, targets, key=None):
+    return _distill_kl(logits, targets['teacher_probs'], self.temperature)

@@ -47,13 +47,30 @@ def init_state(variables, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(params, model_state, tx.init(params), jnp.zeros([], jnp.int32))
 
 
+def labels_of(y):
+  """The integer labels of a batch's targets: ``y`` itself, or ``y['label']``."""
+  return y['label'] if isinstance(y, dict) else y
+
+
+def _loss_and_grads(params, model_state, x, y, w, key, model, loss_fn):
+  def objective(p):
+    logits, new_model_state = model.apply({'params': p, **model_state}, x, train=True,
+                                          mutable=list(model_state))
+    return weighted_mean(loss_fn(logits, y, key), w), (dict(new_model_state), logits)
+  (loss, (new_model_state, logits)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+  accuracy = weighted_mean((jnp.argmax(logits, -1) == labels_of(y)).astype(jnp.float32), w)
+  return loss, accuracy, grads, new_model_state
+
+
 def train_step(state: TrainState, x, y, w, base_key, *, model: nn.Module, loss_fn: LossFn,
                tx: optax.GradientTransformation):
   """One optimizer step on the weighted mean of ``loss_fn`` over a batch.
 
   Args:
     state: the current :class:`TrainState`.
-    x, y: a batch of inputs ``[B, H, W, C]`` and int labels ``[B]``.
+    x: a batch of inputs ``[B, H, W, C]``.
+    y: its targets: int labels ``[B]``, or a dict of ``[B, ...]`` arrays with a ``'label'``
+      entry (e.g. teacher logits for distillation losses); passed to ``loss_fn`` as is.
     w: per-example weights ``[B]`` (0 for padding in the last, wrapped-around batch).
     base_key: PRNG key; the step's key is ``fold_in(base_key, state.step)``.
     model, loss_fn, tx: static configuration.
@@ -62,19 +79,54 @@ def train_step(state: TrainState, x, y, w, base_key, *, model: nn.Module, loss_f
     ``(new_state, {'loss': scalar, 'accuracy': scalar})``.
   """
   key = jax.random.fold_in(base_key, state.step)
-
-  def objective(params):
-    logits, new_model_state = model.apply({'params': params, **state.model_state}, x,
-                                          train=True, mutable=list(state.model_state))
-    return weighted_mean(loss_fn(logits, y, key), w), (new_model_state, logits)
-
-  (loss, (model_state, logits)), grads = jax.value_and_grad(objective, has_aux=True)(
-      state.params)
+  loss, accuracy, grads, model_state = _loss_and_grads(
+      state.params, state.model_state, x, y, w, key, model, loss_fn)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  accuracy = weighted_mean((jnp.argmax(logits, -1) == y).astype(jnp.float32), w)
-  new_state = TrainState(params, dict(model_state), opt_state, optax.safe_increment(state.step))
+  new_state = TrainState(params, model_state, opt_state, optax.safe_increment(state.step))
   return new_state, {'loss': loss, 'accuracy': accuracy}
+
+
+def tree_cosine(a, b):
+  """Cosine similarity of two pytrees seen as flat vectors (0 if either is zero)."""
+  dot = sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  norm = optax.global_norm(a) * optax.global_norm(b)
+  return jnp.where(norm > 0, dot / jnp.maximum(norm, 1e-30), 0.0)
+
+
+def forget_retain_step(state: TrainState, forget_batch, retain_batch, base_key, *,
+                       model: nn.Module, forget_loss: LossFn, retain_loss: LossFn,
+                       tx: optax.GradientTransformation):
+  """One joint step: ``updates`` = retain gradient, ``forget_grads`` = forget gradient.
+
+  The chain decides how they combine (``combine_forget_retain``); BatchNorm statistics see the
+  forget batch, then the retain batch, as two forward passes in one PyTorch step would.
+
+  Args:
+    forget_batch, retain_batch: ``(x, y, w)`` tuples as in :func:`train_step`.
+
+  Returns:
+    ``(new_state, metrics)`` with the two losses and the cosine between the two gradients.
+  """
+  key = jax.random.fold_in(base_key, state.step)
+  fkey, rkey = jax.random.split(key)
+  f_loss, _, f_grads, model_state = _loss_and_grads(
+      state.params, state.model_state, *forget_batch, fkey, model, forget_loss)
+  r_loss, r_acc, r_grads, model_state = _loss_and_grads(
+      state.params, model_state, *retain_batch, rkey, model, retain_loss)
+  updates, opt_state = tx.update(r_grads, state.opt_state, state.params, forget_grads=f_grads)
+  params = optax.apply_updates(state.params, updates)
+  new_state = TrainState(params, model_state, opt_state, optax.safe_increment(state.step))
+  return new_state, {'loss': r_loss, 'forget_loss': f_loss, 'accuracy': r_acc,
+                     'grad_cosine': tree_cosine(f_grads, r_grads)}
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_forget_retain_step(model: nn.Module, forget_loss: LossFn, retain_loss: LossFn,
+                                tx_factory: Callable[[], Any]):
+  """``jax.jit`` of :func:`forget_retain_step`, cached like :func:`compiled_train_step`."""
+  return jax.jit(functools.partial(forget_retain_step, model=model, forget_loss=forget_loss,
+                                   retain_loss=retain_loss, tx=tx_factory()), donate_argnums=0)
 
 
 @functools.lru_cache(maxsize=128)

@@ -9,6 +9,7 @@ batch of a phase wraps around to keep one compiled shape, its wrapped examples w
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Any, Callable, Sequence
 
@@ -17,7 +18,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxunlearn.step import LossFn, TrainState, compiled_train_step, init_state
+from jaxunlearn.step import (LossFn, compiled_forget_retain_step, compiled_train_step,
+                             init_state, labels_of)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,12 +95,31 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
-  """A pass over one dataset with one per-example loss, once per epoch."""
+  """A pass over one dataset with one per-example loss, once per epoch.
+
+  Attributes:
+    x: inputs ``[N, ...]``.
+    y: targets: int labels ``[N]`` or a dict of ``[N, ...]`` arrays with a ``'label'`` entry.
+    loss_fn: per-example loss ``(logits, y_batch, key) -> [B]`` (hashable).
+    name: key of its losses in the history.
+    epochs: run only in the first ``epochs`` epochs (None: every epoch), e.g. SCRUB's
+      forget "max-steps".
+  """
 
   x: np.ndarray
-  y: np.ndarray
+  y: Any
   loss_fn: LossFn
   name: str = 'train'
+  epochs: int | None = None
+
+  def __len__(self):
+    return len(labels_of(self.y))
+
+  def batch(self, idx, w):
+    return self.x[idx], jax.tree.map(lambda a: a[idx], self.y), w
+
+  def active(self, epoch: int) -> bool:
+    return self.epochs is None or epoch < self.epochs
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True):
@@ -119,37 +140,84 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool 
     yield padded[sl], weights[sl]
 
 
-def steps_per_epoch(phases: Sequence[Phase], batch_size: int) -> int:
-  return sum(math.ceil(len(p.y) / min(batch_size, len(p.y))) for p in phases)
+def _steps(n: int, batch_size: int) -> int:
+  return math.ceil(n / min(batch_size, n))
+
+
+def _start(variables, optim: OptimConfig, total: int, mask):
+  optim = dataclasses.replace(optim, total_steps=max(total, 1))
+  state = init_state(variables, optim())
+  if mask is not None:
+    from jaxunlearn.transforms import set_saliency_mask
+    state = state._replace(opt_state=set_saliency_mask(state.opt_state, mask))
+  return optim, state
 
 
 def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: int,
         optim: OptimConfig, seed: int, desc: str = 'train', progress: bool = True,
-        callback: Callable[[TrainState, dict], Any] | None = None):
+        mask=None):
   """Runs ``epochs`` epochs of ``phases`` from ``variables``; returns (variables, history).
 
-  ``optim.total_steps`` is filled in from the data so a cosine schedule spans the whole run.
-  ``history`` holds the per-step loss of every phase, as numpy arrays keyed by phase name.
+  ``optim.total_steps`` is filled in from the data so a schedule spans the whole run.
+  ``mask`` (with ``optim.saliency``) is installed into the optimizer state before the
+  first step. ``history`` holds the per-step loss of every phase, keyed by phase name.
   """
   if epochs < 0:
     raise ValueError(f'epochs must be >= 0, got {epochs}')
-  total = epochs * steps_per_epoch(phases, batch_size)
-  optim = dataclasses.replace(optim, total_steps=max(total, 1))
-  state = init_state(variables, optim())
+  total = sum(_steps(len(p), batch_size) for e in range(epochs) for p in phases if p.active(e))
+  optim, state = _start(variables, optim, total, mask)
   base_key = jax.random.key(seed)
   history = {p.name: [] for p in phases}
   bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
   for epoch in range(epochs):
     for phase_id, phase in enumerate(phases):
+      if not phase.active(epoch):
+        continue
       step = compiled_train_step(model, phase.loss_fn, optim)
-      for idx, w in epoch_batches(len(phase.y), batch_size, seed * 1000 + phase_id, epoch):
-        state, metrics = step(state, phase.x[idx], phase.y[idx], w, base_key)
+      for idx, w in epoch_batches(len(phase), batch_size, seed * 1000 + phase_id, epoch):
+        state, metrics = step(state, *phase.batch(idx, w), base_key)
         history[phase.name].append(metrics['loss'])
-        if callback is not None:
-          callback(state, metrics)
         bar.update(1)
-    if history[phases[-1].name]:
-      bar.set_postfix(loss=f'{float(history[phases[-1].name][-1]):.3f}')
+    last = [h for h in history.values() if h]
+    if last:
+      bar.set_postfix(loss=f'{float(last[-1][-1]):.3f}')
+  bar.close()
+  history = {k: np.asarray(jax.device_get(v), np.float32) for k, v in history.items()}
+  return jax.device_get(state.variables), history
+
+
+def fit_joint(model, variables, forget: Phase, retain: Phase, *, epochs: int,
+              batch_size: int, optim: OptimConfig, seed: int, desc: str = 'joint',
+              progress: bool = True, mask=None):
+  """Joint steps: each retain batch is paired with the next forget batch (the forget set
+  is cycled, reshuffled at each pass), one optimizer step per pair.
+
+  ``optim.forget_weight`` must be set (the chain combines the two gradients). Returns
+  ``(variables, history)`` with per-step 'retain' and 'forget' losses and 'grad_cosine',
+  the cosine between the forget and retain gradients.
+  """
+  if optim.forget_weight is None:
+    raise ValueError('fit_joint needs OptimConfig.forget_weight to combine the gradients')
+  total = epochs * _steps(len(retain), batch_size)
+  optim, state = _start(variables, optim, total, mask)
+  step = compiled_forget_retain_step(model, forget.loss_fn, retain.loss_fn, optim)
+  base_key = jax.random.key(seed)
+
+  def forget_batches():
+    for cycle in itertools.count():
+      yield from epoch_batches(len(forget), batch_size, seed * 1000 + 1, cycle)
+
+  forget_iter = forget_batches()
+  history = {'retain': [], 'forget': [], 'grad_cosine': []}
+  bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+  for epoch in range(epochs):
+    for idx, w in epoch_batches(len(retain), batch_size, seed * 1000, epoch):
+      state, metrics = step(state, forget.batch(*next(forget_iter)), retain.batch(idx, w),
+                            base_key)
+      for k, name in (('loss', 'retain'), ('forget_loss', 'forget'),
+                      ('grad_cosine', 'grad_cosine')):
+        history[name].append(metrics[k])
+      bar.update(1)
   bar.close()
   history = {k: np.asarray(jax.device_get(v), np.float32) for k, v in history.items()}
   return jax.device_get(state.variables), history
