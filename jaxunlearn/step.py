@@ -90,7 +90,7 @@ def train_step(state: TrainState, x, y, w, base_key, *, model: nn.Module, loss_f
 def tree_cosine(a, b):
   """Cosine similarity of two pytrees seen as flat vectors (0 if either is zero)."""
   dot = sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-  norm = optax.global_norm(a) * optax.global_norm(b)
+  norm = optax.tree.norm(a) * optax.tree.norm(b)
   return jnp.where(norm > 0, dot / jnp.maximum(norm, 1e-30), 0.0)
 
 

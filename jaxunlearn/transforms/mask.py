@@ -98,7 +98,7 @@ def set_saliency_mask(opt_state, mask):
     if jax.tree.structure(state.mask) != jax.tree.structure(mask):
       raise ValueError('saliency mask does not match the parameters: expected a tree like '
                        f'{jax.tree.structure(state.mask)}, got {jax.tree.structure(mask)}')
-    new = jax.tree.map(lambda old, m: jnp.asarray(m, old.dtype).reshape(old.shape)
+    new = jax.tree.map(lambda old, m: jnp.array(m, old.dtype, copy=True).reshape(old.shape)
                        if np.size(m) == old.size else _shape_error(old, m), state.mask, mask)
     found.append(True)
     return state._replace(mask=new)
