@@ -2,7 +2,7 @@
 
     jaxunlearn run [--dataset digits] [--scenario class:3|random:10]
                    [--methods retrain,ft,ga,rl] [--seeds 0,1,2] [--out DIR]
-                   [--set ft.lr=0.02 --set train.epochs=5 ...]
+                   [--set ft.lr=0.02 --set train.epochs=5 ...] [--tune]
     jaxunlearn methods      # the registered methods and their default hyperparameters
 """
 
@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                         'or $JAXUNLEARN_CACHE)')
   run.add_argument('--no-cache', action='store_true', help='train everything afresh')
   run.add_argument('--quiet', action='store_true', help='no progress bars')
+  run.add_argument('--tune', action='store_true',
+                   help="grid-search each method's learning rate against Retrain first "
+                        '(on separate tuning seeds and a validation half of the test set)')
+  run.add_argument('--tune-seeds', type=_seeds, default=[1000])
   sub.add_parser('methods', help='list methods and default hyperparameters')
   return parser
 
@@ -80,7 +84,8 @@ def main(argv=None) -> int:
         dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
         model=args.model, width=args.width, scenario=args.scenario,
         methods=tuple(args.methods), seeds=tuple(args.seeds),
-        overrides=_overrides(args.overrides), cache_dir=cache, progress=not args.quiet)
+        overrides=_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
+        tune=args.tune, tune_seeds=tuple(args.tune_seeds))
     config.validate()
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)

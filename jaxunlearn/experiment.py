@@ -12,13 +12,13 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from jaxunlearn import checkpoint, methods as methods_lib
 from jaxunlearn.data import load_dataset, make_split, parse_scenario
-from jaxunlearn.evaluate import GAP_METRICS, avg_gap, evaluate, model_outputs, summarize
+from jaxunlearn.evaluate import avg_gap, evaluate, model_outputs, summarize
 from jaxunlearn.models import make_model
 from jaxunlearn.train import TrainConfig, init_variables, train_classifier
 
@@ -42,6 +42,9 @@ class ExperimentConfig:
     overrides: ``{method: {hyperparameter: value}}``.
     cache_dir: where trained originals and Retrains are cached (None: no cache).
     progress: show progress bars.
+    tune: grid-search each method's learning rate first (:func:`tune_learning_rates`).
+    tune_seeds: seeds of the tuning runs (disjoint from ``seeds``).
+    tune_grid: factors applied to each method's default learning rate.
   """
 
   dataset: str = 'digits'
@@ -56,6 +59,9 @@ class ExperimentConfig:
   overrides: dict = dataclasses.field(default_factory=dict)
   cache_dir: str | None = str(checkpoint.default_cache_dir())
   progress: bool = True
+  tune: bool = False
+  tune_seeds: Sequence[int] = (1000,)
+  tune_grid: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)
 
   def validate(self):
     """Checks names and overrides before any compute; raises ValueError saying what to fix."""
@@ -87,58 +93,113 @@ def _timed(fn):
   return out, time.perf_counter() - start
 
 
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+  """What every seed of a run shares."""
+
+  config: ExperimentConfig
+  dataset: Any
+  model: Any
+  train_cfg: TrainConfig
+  retrain_hp: dict
+  like: Any
+
+  @property
+  def cache_key(self):
+    c = self.config
+    return {'dataset': c.dataset, 'image_shape': self.dataset.image_shape,
+            'n_train': len(self.dataset.y_train), 'model': c.model, 'width': c.width}
+
+
+def _setup(config: ExperimentConfig) -> _Setup:
+  train_cfg = dataclasses.replace(config.train, **{
+      k: methods_lib.cast_like(v, getattr(config.train, k), f'train.{k}')
+      for k, v in config.overrides.get('train', {}).items()})
+  dataset = load_dataset(config.dataset, config.data_dir, config.image_size)
+  model = make_model(config.model, dataset.num_classes, config.width)
+  retrain_hp = methods_lib.resolve_hparams('retrain', config.overrides.get('retrain'))
+  return _Setup(config, dataset, model, train_cfg, retrain_hp,
+                init_variables(model, dataset.image_shape, 0))
+
+
+@dataclasses.dataclass
+class _Seed:
+  """One seed's split, task (original weights inside), Retrain and its metrics."""
+
+  split: Any
+  task: methods_lib.UnlearnTask
+  reference: Any
+  ref_metrics: dict
+  retrain_seconds: float
+
+
+def _prepare_seed(s: _Setup, seed: int) -> _Seed:
+  config, ds, model = s.config, s.dataset, s.model
+  split = make_split(ds, config.scenario, seed)
+  task = methods_lib.UnlearnTask(model, None, ds.x_train[split.forget], ds.y_train[split.forget],
+                                 ds.x_train[split.retain], ds.y_train[split.retain],
+                                 ds.num_classes, seed, config.progress)
+  original, _ = checkpoint.cached(
+      config.cache_dir, 'original',
+      {**s.cache_key, 'train': dataclasses.asdict(s.train_cfg), 'seed': seed},
+      lambda: train_classifier(model, ds.x_train, ds.y_train, s.train_cfg, seed,
+                               desc=f'original (seed {seed})', progress=config.progress),
+      like=s.like)
+  retrained, info = checkpoint.cached(
+      config.cache_dir, 'retrain',
+      {**s.cache_key, 'train': s.retrain_hp, 'seed': seed, 'scenario': config.scenario,
+       'forget': split.forget.tolist()},
+      lambda: methods_lib.get_method('retrain').run(task, s.retrain_hp), like=s.like)
+  reference = model_outputs(model, retrained, ds, split)
+  return _Seed(split, dataclasses.replace(task, variables=original), reference,
+               evaluate(reference, ds, split, reference), info['seconds'])
+
+
+def _score(s: _Setup, sd: _Seed, variables, split=None) -> dict:
+  """Metrics of ``variables`` (and Avg. Gap to Retrain) on ``split`` (default: the seed's)."""
+  split = split or sd.split
+  out = model_outputs(s.model, variables, s.dataset, split)
+  reference, ref_metrics = sd.reference, sd.ref_metrics
+  if split is not sd.split:  # a subset of the test set, e.g. its validation half
+    rows = np.searchsorted(sd.split.test, split.test)
+    reference = dataclasses.replace(reference, test=reference.test[rows])
+    ref_metrics = evaluate(reference, s.dataset, split, reference)
+  row = evaluate(out, s.dataset, split, reference)
+  row['avg_gap'] = avg_gap(row, ref_metrics)
+  return row
+
+
 def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None) -> dict:
   """Runs the whole protocol; writes ``results.json`` and ``results.png`` to ``out_dir``.
+
+  With ``config.tune``, first grid-searches each method's learning rate against Retrain
+  (see :func:`tune_learning_rates`) and runs with the chosen rates.
 
   Returns:
     The results dict (schema in README.md): per method ``{metric: {'mean', 'std'}}``, plus
     per-seed values, the original model's metrics and the hyperparameters used.
   """
   config.validate()
-  train_cfg = dataclasses.replace(config.train, **{
-      k: methods_lib.cast_like(v, getattr(config.train, k), f'train.{k}')
-      for k, v in config.overrides.get('train', {}).items()})
-  dataset = load_dataset(config.dataset, config.data_dir, config.image_size)
-  model = make_model(config.model, dataset.num_classes, config.width)
-  hparams = {name: methods_lib.resolve_hparams(name, config.overrides.get(name))
+  s = _setup(config)
+  tuning = tune_learning_rates(s) if config.tune else None
+  overrides = {**config.overrides}
+  for name, t in (tuning or {}).items():
+    overrides[name] = {**overrides.get(name, {}), 'lr': t['lr']}
+  hparams = {name: methods_lib.resolve_hparams(name, overrides.get(name))
              for name in config.methods}
-  retrain_hp = methods_lib.resolve_hparams('retrain', config.overrides.get('retrain'))
-  base_key = {'dataset': config.dataset, 'image_shape': dataset.image_shape,
-              'n_train': len(dataset.y_train), 'model': config.model, 'width': config.width}
-  like = init_variables(model, dataset.image_shape, 0)
 
   per_seed = {name: [] for name in config.methods}
   original_rows = []  # the model before unlearning, for context
   for seed in config.seeds:
-    split = make_split(dataset, config.scenario, seed)
-    xf, yf = dataset.x_train[split.forget], dataset.y_train[split.forget]
-    xr, yr = dataset.x_train[split.retain], dataset.y_train[split.retain]
-    task = methods_lib.UnlearnTask(model, None, xf, yf, xr, yr, dataset.num_classes, seed,
-                                   config.progress)
-    original, _ = checkpoint.cached(
-        config.cache_dir, 'original',
-        {**base_key, 'train': dataclasses.asdict(train_cfg), 'seed': seed},
-        lambda: train_classifier(model, dataset.x_train, dataset.y_train, train_cfg, seed,
-                                 desc=f'original (seed {seed})', progress=config.progress),
-        like=like)
-    retrained, retrain_info = checkpoint.cached(
-        config.cache_dir, 'retrain',
-        {**base_key, 'train': retrain_hp, 'seed': seed, 'scenario': config.scenario,
-         'forget': split.forget.tolist()},
-        lambda: methods_lib.get_method('retrain').run(task, retrain_hp), like=like)
-    reference = model_outputs(model, retrained, dataset, split)
-    ref_metrics = evaluate(reference, dataset, split, reference)
-    row = evaluate(model_outputs(model, original, dataset, split), dataset, split, reference)
-    original_rows.append(dict(row, avg_gap=avg_gap(row, ref_metrics)))
-    task = dataclasses.replace(task, variables=original)
+    sd = _prepare_seed(s, seed)
+    original_rows.append(_score(s, sd, sd.task.variables))
     for name in config.methods:
       if name == 'retrain':
-        row = dict(ref_metrics, rte_s=retrain_info['seconds'])
+        row = dict(sd.ref_metrics, avg_gap=0.0, rte_s=sd.retrain_seconds)
       else:
-        variables, seconds = _timed(lambda: methods_lib.get_method(name).run(task, hparams[name]))
-        row = dict(evaluate(model_outputs(model, variables, dataset, split), dataset, split,
-                            reference), rte_s=seconds)
-      row['avg_gap'] = avg_gap(row, ref_metrics)
+        variables, seconds = _timed(lambda: methods_lib.get_method(name).run(sd.task,
+                                                                             hparams[name]))
+        row = dict(_score(s, sd, variables), rte_s=seconds)
       per_seed[name].append(row)
 
   results = {
@@ -146,17 +207,61 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None) 
       'scenario': config.scenario,
       'seeds': list(config.seeds),
       'model': {'name': config.model, 'width': config.width,
-                'image_shape': list(dataset.image_shape)},
+                'image_shape': list(s.dataset.image_shape)},
       'methods': {name: _summarize_rows(rows) for name, rows in per_seed.items()},
       'original': _summarize_rows(original_rows),
       'per_seed': per_seed,
-      'hparams': {**hparams, 'train': dataclasses.asdict(train_cfg)},
+      'hparams': {**hparams, 'train': dataclasses.asdict(s.train_cfg)},
       'metrics_doc': 'percent for UA/RA/TA/MIA/MIA_entropy/avg_gap; nats for KL/JS (to '
                      'Retrain on D_f); seconds for rte_s; std is over seeds (ddof=1)',
   }
+  if tuning is not None:
+    results['tuning'] = tuning
   if out_dir is not None:
     write_results(results, out_dir)
   return results
+
+
+def validation_split(split, fraction: float = 0.5):
+  """The split with its test indices cut to a fixed validation part (first ``fraction`` of
+  a seed-independent permutation)."""
+  perm = np.random.default_rng(12345).permutation(len(split.test))
+  keep = np.sort(split.test[perm[:max(1, int(len(perm) * fraction))]])
+  return dataclasses.replace(split, test=keep)
+
+
+def tune_learning_rates(s: _Setup) -> dict:
+  """Grid-searches each method's ``lr`` (default x ``tune_grid``) for the lowest Avg. Gap.
+
+  As the SalUn authors do per setting, but kept apart from the reported numbers: it runs
+  on the tuning seeds (``tune_seeds``, disjoint from ``seeds``: other originals, other
+  Retrains, for ``random:P`` other forget sets) and measures TA on a validation half of the
+  test set. Methods without an ``lr``, and those whose ``lr`` the user set, are skipped.
+
+  Returns:
+    ``{method: {'lr': chosen, 'avg_gap_by_lr': {lr: mean Avg. Gap over tuning seeds}}}``.
+  """
+  config = s.config
+  clash = set(config.tune_seeds) & set(config.seeds)
+  if clash:
+    raise ValueError(f'tuning seeds {sorted(clash)} are also reported seeds; choose others')
+  names = [n for n in config.methods if n != 'retrain' and 'lr' in
+           methods_lib.get_method(n).defaults and 'lr' not in config.overrides.get(n, {})]
+  seeds = [_prepare_seed(s, seed) for seed in config.tune_seeds]
+  out = {}
+  for name in names:
+    base = methods_lib.resolve_hparams(name, config.overrides.get(name))
+    gaps = {}
+    for factor in config.tune_grid:
+      hp = dict(base, lr=float(base['lr'] * factor))
+      gaps[hp['lr']] = float(np.mean([
+          _score(s, sd, methods_lib.get_method(name).run(sd.task, hp),
+                 validation_split(sd.split))['avg_gap'] for sd in seeds]))
+    best = min(gaps, key=gaps.get)
+    out[name] = {'lr': best, 'avg_gap_by_lr': {f'{k:g}': v for k, v in gaps.items()}}
+    if config.progress:
+      print(f'tuned {name}: lr={best:g} (Avg. Gap {gaps[best]:.2f} on validation)')
+  return out
 
 
 def _summarize_rows(rows, keys=REPORTED):

@@ -4,9 +4,10 @@ import pytest
 
 from jaxunlearn.cli import main
 
-TINY = ['--model', 'resnet1', '--width', '4', '--image-size', '8', '--quiet',
-        '--set', 'train.epochs=2', '--set', 'ft.epochs=1', '--set', 'ga.epochs=1',
-        '--set', 'rl.epochs=1', '--set', 'retrain.epochs=2']
+TINY_CORE = ['--model', 'resnet1', '--width', '4', '--image-size', '8', '--quiet',
+             '--set', 'train.epochs=2', '--set', 'retrain.epochs=2']
+TINY = TINY_CORE + ['--set', 'ft.epochs=1', '--set', 'ga.epochs=1',
+        '--set', 'rl.epochs=1']
 
 
 def test_run_end_to_end_writes_json_and_plot(tmp_path, capsys):
@@ -57,3 +58,21 @@ def test_methods_command_lists_defaults(capsys):
   assert main(['methods']) == 0
   out = capsys.readouterr().out
   assert 'rl' in out and "'lr': 0.01" in out
+
+
+def test_tune_picks_a_learning_rate_on_separate_seeds(tmp_path, capsys):
+  out = tmp_path / 'out'
+  argv = ['run', '--scenario', 'class:3', '--methods', 'retrain,ga', '--seeds', '0',
+          '--tune', '--tune-seeds', '7', '--out', str(out), '--cache-dir',
+          str(tmp_path / 'cache')] + TINY_CORE + ['--set', 'ga.epochs=1']
+  assert main(argv) == 0
+  results = json.loads((out / 'results.json').read_text())
+  tuning = results['tuning']['ga']
+  assert len(tuning['avg_gap_by_lr']) == 5
+  best = min(tuning['avg_gap_by_lr'], key=tuning['avg_gap_by_lr'].get)
+  assert float(best) == pytest.approx(tuning['lr'])
+  assert results['hparams']['ga']['lr'] == pytest.approx(tuning['lr'])
+  bad = ['run', '--tune', '--tune-seeds', '0', '--seeds', '0', '--out', str(out),
+         '--no-cache'] + TINY_CORE
+  assert main(bad) == 2
+  assert 'also reported seeds' in capsys.readouterr().err

@@ -22,3 +22,15 @@ def test_config_validation_happens_before_compute():
     ExperimentConfig(seeds=(0, 0)).validate()
   with pytest.raises(ValueError, match='no methods'):
     ExperimentConfig(methods=()).validate()
+
+
+def test_validation_split_is_a_fixed_half_of_the_test_set(toy):
+  from jaxunlearn.data import make_split
+  from jaxunlearn.experiment import validation_split
+  split = make_split(toy, 'class:0')
+  a, b = validation_split(split), validation_split(make_split(toy, 'class:0', seed=5))
+  assert len(a.test) == len(split.test) // 2
+  assert set(a.test) <= set(split.test)
+  import numpy as np
+  np.testing.assert_array_equal(a.test, b.test)
+  np.testing.assert_array_equal(a.forget, split.forget)

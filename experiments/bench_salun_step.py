@@ -1,0 +1,95 @@
+"""Cost of a SalUn step against a plain gradient step on the same batches.
+
+    python experiments/bench_salun_step.py [--width 16] [--image-size 16] [--batch 128]
+
+Times, in one process and interleaved, the compiled steps of
+  - joint:       forget (random-label CE) + retain (CE) gradients, combined, SGD
+                 vs the same with ``mask_by_saliency(freeze=True)`` wrapping SGD (salun_joint);
+  - alternating: one SGD step on a random-label forget batch
+                 vs the same step masked (salun, as the reference runs it).
+Prints the median milliseconds per step and the ratio SalUn / plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from jaxunlearn import losses
+from jaxunlearn.data import load_dataset, make_split
+from jaxunlearn.models import make_model
+from jaxunlearn.saliency import salun_mask
+from jaxunlearn.step import compiled_forget_retain_step, compiled_train_step, init_state
+from jaxunlearn.train import OptimConfig, init_variables
+from jaxunlearn.transforms import set_saliency_mask
+
+
+def _time(fn, state, args, steps):
+  state, _ = fn(state, *args)  # compile + warm up
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, _ = fn(state, *args)
+  jax.block_until_ready(state)
+  return state, (time.perf_counter() - start) / steps
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--width', type=int, default=16)
+  parser.add_argument('--image-size', type=int, default=16)
+  parser.add_argument('--batch', type=int, default=128)
+  parser.add_argument('--steps', type=int, default=10)
+  parser.add_argument('--repeats', type=int, default=5)
+  args = parser.parse_args()
+
+  ds = load_dataset('digits', image_size=args.image_size)
+  split = make_split(ds, 'random:10', seed=0)
+  model = make_model('resnet18', ds.num_classes, args.width)
+  variables = init_variables(model, ds.image_shape, 0)
+  b = args.batch
+  take = lambda idx: np.resize(idx, b)
+  xf, yf = ds.x_train[take(split.forget)], ds.y_train[take(split.forget)]
+  xr, yr = ds.x_train[take(split.retain)], ds.y_train[take(split.retain)]
+  w = np.ones(b, np.float32)
+  key = jax.random.key(0)
+  mask = salun_mask(model, variables, xf, yf, 0.5, b)
+
+  def state_for(optim):
+    st = init_state(variables, optim())
+    if optim.saliency:
+      st = st._replace(opt_state=set_saliency_mask(st.opt_state, mask))
+    return st
+
+  cases = {}
+  for saliency in (False, True):
+    joint = OptimConfig(lr=0.01, forget_weight=1.0, saliency=saliency)
+    alt = OptimConfig(lr=0.01, saliency=saliency)
+    cases[('joint', saliency)] = (
+        compiled_forget_retain_step(model, losses.random_label_cross_entropy,
+                                    losses.cross_entropy, joint),
+        state_for(joint), ((xf, yf, w), (xr, yr, w), key))
+    cases[('alternating', saliency)] = (
+        compiled_train_step(model, losses.random_label_cross_entropy, alt), state_for(alt),
+        (xf, yf, w, key))
+  times = {k: [] for k in cases}
+  for _ in range(args.repeats):  # interleave so drift hits both alike
+    for k, (fn, st, fargs) in cases.items():
+      st, t = _time(fn, st, fargs, args.steps)
+      cases[k] = (fn, st, fargs)
+      times[k].append(t)
+  print(f'ResNet-18 width {args.width}, {args.image_size}x{args.image_size}, batch {b} '
+        f'(+{b} retain for joint), {jax.devices()[0].platform}, median of {args.repeats} x '
+        f'{args.steps} steps')
+  for kind in ('joint', 'alternating'):
+    plain = statistics.median(times[(kind, False)]) * 1e3
+    salun = statistics.median(times[(kind, True)]) * 1e3
+    print(f'{kind:12s} plain {plain:8.2f} ms  salun {salun:8.2f} ms  ratio {salun / plain:.3f}')
+
+
+if __name__ == '__main__':
+  main()
