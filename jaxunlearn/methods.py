@@ -115,12 +115,12 @@ def _sgd(hp, **options) -> OptimConfig:
 
 
 def _fit(task: UnlearnTask, hp: dict, phases, desc: str, model=None, variables=None,
-         **options):
+         mask=None, **options):
   """``fit`` from the original (or ``variables`` of ``model``) with the method's SGD."""
   variables, _ = fit(model or task.model, task.variables if variables is None else variables,
                      phases, epochs=hp['epochs'], batch_size=hp['batch_size'],
                      optim=_sgd(hp, **options), seed=task.seed, desc=desc,
-                     progress=task.progress)
+                     progress=task.progress, mask=mask)
   return variables
 
 
@@ -179,10 +179,7 @@ def salun(task: UnlearnTask, hp: dict):
   """
   mask = salun_mask(task.model, task.variables, task.forget_x, task.forget_y, hp['keep'],
                     hp['batch_size'])
-  variables, _ = fit(task.model, task.variables, _rl_phases(task, hp), epochs=hp['epochs'],
-                     batch_size=hp['batch_size'], optim=_sgd(hp, saliency=True),
-                     seed=task.seed, desc='salun', progress=task.progress, mask=mask)
-  return variables
+  return _fit(task, hp, _rl_phases(task, hp), 'salun', mask=mask, saliency=True)
 
 
 @register('salun_joint', 'SalUn, one joint step: CE(x_f, y\') + alpha CE(x_r, y_r), masked',
