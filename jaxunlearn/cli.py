@@ -24,6 +24,13 @@ def _seeds(text: str) -> list[int]:
     raise argparse.ArgumentTypeError(f'seeds must be comma-separated integers, got {text!r}')
 
 
+def _floats(text: str) -> list[float]:
+  try:
+    return [float(s) for s in _csv(text)]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'expected comma-separated numbers, got {text!r}')
+
+
 def _overrides(pairs: list[str]) -> dict:
   out: dict = {}
   for pair in pairs:
@@ -63,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid-search each method's learning rate against Retrain first "
                         '(on separate tuning seeds and a validation half of the test set)')
   run.add_argument('--tune-seeds', type=_seeds, default=[1000])
+  run.add_argument('--tune-grid', type=_floats, default=[0.25, 0.5, 1.0, 2.0, 4.0],
+                   help='factors applied to each default learning rate when tuning')
   sub.add_parser('methods', help='list methods and default hyperparameters')
   return parser
 
@@ -85,7 +94,7 @@ def main(argv=None) -> int:
         model=args.model, width=args.width, scenario=args.scenario,
         methods=tuple(args.methods), seeds=tuple(args.seeds),
         overrides=_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
-        tune=args.tune, tune_seeds=tuple(args.tune_seeds))
+        tune=args.tune, tune_seeds=tuple(args.tune_seeds), tune_grid=tuple(args.tune_grid))
     config.validate()
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)

@@ -40,7 +40,8 @@ def plot_results(results: dict, path: str | Path) -> None:
   fig, (ax, ax_gap) = plt.subplots(1, 2, figsize=(11, 4.2),
                                    gridspec_kw={'width_ratios': [3.2, 1]})
   width = 0.8 / max(len(names), 1)
-  colors = plt.get_cmap('tab10')
+  palette = plt.get_cmap('tab10' if len(names) <= 10 else 'tab20')
+  colors = lambda i: palette(i % palette.N)
   x = np.arange(len(BAR_METRICS))
   retrain = results['methods'].get('retrain')
   for i, name in enumerate(names):
@@ -50,7 +51,7 @@ def plot_results(results: dict, path: str | Path) -> None:
     is_ref = name == 'retrain'
     ax.bar(x + (i - (len(names) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
            label=name + (' (gold standard)' if is_ref else ''),
-           color='0.25' if is_ref else colors(i % 10), hatch='//' if is_ref else None,
+           color='0.25' if is_ref else colors(i), hatch='//' if is_ref else None,
            edgecolor='white' if is_ref else None)
   if retrain is not None:
     for j, m in enumerate(BAR_METRICS):
@@ -66,7 +67,7 @@ def plot_results(results: dict, path: str | Path) -> None:
   gaps = [results['methods'][n]['avg_gap']['mean'] for n in others]
   gap_std = [results['methods'][n]['avg_gap']['std'] for n in others]
   ax_gap.barh(others, gaps, xerr=gap_std, capsize=2,
-              color=[colors(names.index(n) % 10) for n in others])
+              color=[colors(names.index(n)) for n in others])
   for y, (g, e) in enumerate(zip(gaps, gap_std)):
     ax_gap.text(g + e, y, f' {g:.2f}', va='center', fontsize=8)
   ax_gap.set_xlim(0, max(gaps + [1.0]) * 1.25)
