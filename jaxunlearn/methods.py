@@ -16,6 +16,7 @@ model by almost nothing in the 10 steps digits gives it).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -220,13 +221,17 @@ def iu(task: UnlearnTask, hp: dict):
   return {**task.variables, 'params': params}
 
 
+@functools.lru_cache(maxsize=16)
+def _input_gradient(model):
+  def loss(variables, x, y):
+    return losses.cross_entropy(model.apply(variables, x, train=False), y).sum()
+  return jax.jit(jax.grad(loss, argnums=1))
+
+
 def fgsm_labels(model, variables, x, y, bound: float):
   """Labels the original model gives to FGSM neighbours ``x + bound sign(grad_x CE)``."""
-  def loss(xb, yb):
-    return losses.cross_entropy(model.apply(variables, xb, train=False), yb).sum()
-  grad_x = jax.jit(jax.grad(loss))(x, y)
-  return np.asarray(predict(model, variables, x + bound * np.sign(np.asarray(grad_x)))
-                    ).argmax(-1).astype(np.int32)
+  grad_x = np.asarray(_input_gradient(model)(variables, x, y))
+  return predict(model, variables, x + bound * np.sign(grad_x)).argmax(-1).astype(np.int32)
 
 
 @register('bs', 'Boundary Shrink: train D_f toward its FGSM neighbour\'s label (Chen et al. 2023)',
