@@ -5,7 +5,8 @@ import optax
 import pytest
 
 import transform_harness as H
-from jaxunlearn.transforms import (add_l1_penalty, combine_forget_retain, mask_by_saliency,
+from jaxunlearn.transforms import (add_l1_penalty, combine_forget_retain,
+                                   precondition_by_remain_hessian, mask_by_saliency,
                                    set_saliency_mask)
 
 
@@ -15,6 +16,16 @@ def _half_mask(params):
 
 def _forget_extras(params, batch, axis_name):
   return {'forget_grads': H.forget_grads(params, batch, axis_name)}
+
+
+def _retain_loss_extras(params, batch, axis_name):
+  del params, axis_name  # the device-local loss; the transform averages its HVPs
+  return {'retain_loss_fn': lambda p: H.mse(p, batch['xr'], batch['yr'])}
+
+
+def _preconditioned(axis_name=None, **kwargs):
+  return optax.chain(precondition_by_remain_hessian(damping=0.1, iters=5, axis_name=axis_name,
+                                                    **kwargs), optax.sgd(0.05))
 
 
 CASES = [
@@ -31,6 +42,12 @@ CASES = [
                                               optax.sgd(0.05, momentum=0.9)))),
            extras=_forget_extras,
            prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
+    H.Case('precondition_by_remain_hessian_cg', _preconditioned, extras=_retain_loss_extras,
+           make_parallel=lambda: _preconditioned('batch')),
+    H.Case('precondition_by_remain_hessian_neumann',
+           lambda: _preconditioned(method='neumann', neumann_scale=0.1),
+           extras=_retain_loss_extras,
+           make_parallel=lambda: _preconditioned('batch', method='neumann', neumann_scale=0.1)),
     H.Case('add_l1_penalty',
            lambda: optax.chain(add_l1_penalty(optax.linear_schedule(0.1, 0.0, 4)),
                                optax.sgd(0.05, momentum=0.9))),
@@ -129,3 +146,30 @@ def test_add_l1_penalty_hand_computed():
   np.testing.assert_allclose(u['a'], [1.0, 1.0, 1.0])  # decayed to 0
   with pytest.raises(ValueError, match='needs params'):
     tx.update(g, state)
+
+
+@pytest.mark.parametrize('method, kwargs', [('cg', {'iters': 15}),
+                                            ('neumann', {'iters': 400, 'neumann_scale': 0.2})])
+def test_remain_hessian_preconditioner_matches_dense_solve(method, kwargs):
+  from jax.flatten_util import ravel_pytree
+  params, batch = H.init_params(), H.make_batch()
+  loss = lambda p: H.mse(p, batch['xr'], batch['yr'])
+  g = H.forget_grads(params, batch)
+  flat, unravel = ravel_pytree(params)
+  hess = jax.hessian(lambda f: loss(unravel(f)))(flat)
+  damping = 0.5
+  expected = np.linalg.solve(np.asarray(hess) + damping * np.eye(flat.size), ravel_pytree(g)[0])
+  tx = precondition_by_remain_hessian(damping=damping, method=method, **kwargs)
+  d, _ = jax.jit(lambda g, s, p: tx.update(g, s, p, retain_loss_fn=loss))(g, tx.init(params),
+                                                                          params)
+  np.testing.assert_allclose(ravel_pytree(d)[0], expected, rtol=2e-3, atol=2e-4)
+
+
+def test_remain_hessian_preconditioner_rejects_bad_options():
+  with pytest.raises(ValueError, match="'cg' or 'neumann'"):
+    precondition_by_remain_hessian(method='lbfgs')
+  with pytest.raises(ValueError, match='iters'):
+    precondition_by_remain_hessian(iters=0)
+  tx = precondition_by_remain_hessian()
+  with pytest.raises(ValueError, match='needs params'):
+    tx.update({'a': jnp.ones(2)}, tx.init(None), retain_loss_fn=lambda p: 0.0)

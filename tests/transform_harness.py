@@ -31,6 +31,8 @@ class Case:
   # (params, batch, axis_name) -> dict of extras; batch = dict of arrays.
   extras: Callable = lambda params, batch, axis_name: {}
   prepare_state: Callable = lambda state, params: state  # e.g. install a mask
+  # The transform as built for pmap over axis 'batch', when it differs (axis_name option).
+  make_parallel: Callable | None = None
 
 
 def init_params(dtype=jnp.float32):
@@ -151,9 +153,10 @@ def check_pmap_equals_single_device(case: Case, devices=4, steps=2):
   p1, s1 = params, state
   for b in batches:
     p1, s1, _ = single(p1, s1, b)
+  tx_parallel = (case.make_parallel or case.make)()
   replicate = lambda t: jax.tree.map(lambda x: jnp.stack([x] * devices), t)
   shard = lambda b: jax.tree.map(lambda x: x.reshape(devices, -1, *x.shape[1:]), b)
-  parallel = jax.pmap(_step(case, tx, axis_name='batch'), axis_name='batch')
+  parallel = jax.pmap(_step(case, tx_parallel, axis_name='batch'), axis_name='batch')
   pn, sn = replicate(params), replicate(state)
   for b in batches:
     pn, sn, _ = parallel(pn, sn, shard(b))
