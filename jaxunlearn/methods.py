@@ -26,7 +26,8 @@ from jaxunlearn import losses
 from jaxunlearn.influence import influence_direction
 from jaxunlearn.saliency import salun_mask
 from jaxunlearn.step import predict
-from jaxunlearn.train import OptimConfig, Phase, TrainConfig, fit, fit_joint, train_classifier
+from jaxunlearn.train import (OptimConfig, Phase, TrainConfig, fit, fit_joint, init_variables,
+                              train_classifier)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,7 +293,6 @@ def bad_teacher(task: UnlearnTask, hp: dict):
   """Bad Teacher (Chundawat et al., AAAI 2023, arXiv 2205.08096): on D_r + D_f shuffled
   together, the student matches the competent teacher (the original) on retain examples and
   an incompetent, randomly initialised one on forget examples."""
-  from jaxunlearn.train import init_variables
   random_model = init_variables(task.model, task.forget_x.shape[1:], task.seed + 1)
   t = hp['temperature']
   soft = lambda logits: np.asarray(jax.nn.softmax(logits / t, axis=-1))

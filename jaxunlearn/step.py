@@ -13,6 +13,7 @@ from typing import Any, Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxunlearn.losses import weighted_mean
@@ -151,7 +152,6 @@ def predict(model: nn.Module, variables, x, batch_size: int = 512):
 
   Runs in fixed-size batches (the last one padded) so that one program serves any N.
   """
-  import numpy as np
   n = len(x)
   if n == 0:
     raise ValueError('predict: x is empty')

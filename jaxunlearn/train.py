@@ -14,6 +14,7 @@ import math
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
@@ -240,7 +241,6 @@ class TrainConfig:
 
 def init_variables(model, image_shape, seed: int):
   """Initial flax variables of ``model`` for images of ``image_shape`` (H, W, C)."""
-  import jax.numpy as jnp
   return jax.device_get(model.init(jax.random.key(seed), jnp.zeros((1, *image_shape)),
                                    train=False))
 
