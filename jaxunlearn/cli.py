@@ -31,7 +31,7 @@ def _floats(text: str) -> list[float]:
     raise argparse.ArgumentTypeError(f'expected comma-separated numbers, got {text!r}')
 
 
-def _overrides(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str]) -> dict:
   out: dict = {}
   for pair in pairs:
     key, eq, value = pair.partition('=')
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
         model=args.model, width=args.width, scenario=args.scenario,
         methods=tuple(args.methods), seeds=tuple(args.seeds),
-        overrides=_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
+        overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
         tune=args.tune, tune_seeds=tuple(args.tune_seeds), tune_grid=tuple(args.tune_grid))
     config.validate()
   except ValueError as e:

@@ -81,7 +81,7 @@ class ExperimentConfig:
           raise ValueError(f'train has no setting {sorted(bad)}; settings are '
                            f'{[f.name for f in dataclasses.fields(TrainConfig)]}')
         continue
-      if name not in self.methods:
+      if name not in self.methods and name != 'retrain':  # Retrain is always the reference
         raise ValueError(f'--set names method {name!r}, which is not among --methods '
                          f'{",".join(self.methods)}')
       methods_lib.resolve_hparams(name, hp)
@@ -167,6 +167,27 @@ def _score(s: _Setup, sd: _Seed, variables, split=None) -> dict:
   row = evaluate(out, s.dataset, split, reference)
   row['avg_gap'] = avg_gap(row, ref_metrics)
   return row
+
+
+def prepare(config: ExperimentConfig) -> _Setup:
+  """Loads the data and builds the model of ``config`` (what all its seeds share)."""
+  config.validate()
+  return _setup(config)
+
+
+def prepare_seed(setup: _Setup, seed: int) -> _Seed:
+  """One seed's split, original model (``.task``), Retrain and its metrics
+  (``.ref_metrics``), trained or taken from the cache."""
+  return _prepare_seed(setup, seed)
+
+
+def score(setup: _Setup, seed_data: _Seed, variables) -> dict:
+  """The protocol's metrics of ``variables`` on the seed's split, with Avg. Gap to Retrain.
+
+  With :func:`prepare` and :func:`prepare_seed`, this evaluates any weights, e.g. along an
+  unlearning run (``UnlearnTask.callback``), as ``experiments/study_sfron_steps.py`` does.
+  """
+  return _score(setup, seed_data, variables)
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None) -> dict:

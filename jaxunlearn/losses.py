@@ -54,6 +54,15 @@ def weighted_mean(per_example, weights):
   return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
 
 
+def reduce_loss(loss_fn, per_example, weights):
+  """The batch loss: ``weighted_mean`` of ``per_example`` under ``weights`` (0 for padding),
+  times the loss's own per-example weights when it defines ``example_weights`` (SFR-on's
+  adaptive weights, normalised over the valid examples of the batch)."""
+  if hasattr(loss_fn, 'example_weights'):
+    weights = weights * jax.lax.stop_gradient(loss_fn.example_weights(per_example))
+  return weighted_mean(per_example, weights)
+
+
 def _distill_kl(student_logits, teacher_probs, temperature):
   """Per-example KL(teacher || softmax(student / T)), in nats."""
   log_s = jax.nn.log_softmax(student_logits / temperature, axis=-1)
@@ -107,3 +116,29 @@ class TeacherKL:
 
   def __call__(self, logits, targets, key=None):
     return _distill_kl(logits, targets['teacher_probs'], self.temperature)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveGradientAscent:
+  """SFR-on's adaptive weighted forgetting loss (Huang et al., arXiv 2409.19732, eq. 11).
+
+  Per example it is ``-l_i`` (``l_i`` the cross-entropy); :func:`reduce_loss` weights the
+  examples by ``c_i = 1 / (l_i^lambda + eps)`` (no gradient through ``c``), normalised over
+  the batch, so the batch loss is ``-sum_i w_i l_i`` with ``w = softmax(-lambda log l)``:
+  forget examples the model still fits (small ``l_i``) get most of the push. ``lam=0`` is
+  plain gradient ascent. ``eps`` is the reference code's ``1e-15``.
+  """
+
+  lam: float = 0.5
+  eps: float = 1e-15
+
+  def __post_init__(self):
+    if self.lam < 0:
+      raise ValueError(f'adaptive forget weighting needs lambda >= 0, got {self.lam}')
+
+  def __call__(self, logits, labels, key=None):
+    return -cross_entropy(logits.astype(jnp.float32), labels)
+
+  def example_weights(self, per_example):
+    ce = jnp.maximum(-per_example, 0.0)  # CE >= 0; clamp rounding below 0
+    return 1.0 / (ce ** self.lam + self.eps)

@@ -24,10 +24,10 @@ import numpy as np
 
 from jaxunlearn import losses
 from jaxunlearn.influence import influence_direction
-from jaxunlearn.saliency import salun_mask
+from jaxunlearn.saliency import salun_mask, sfron_mask
 from jaxunlearn.step import predict
-from jaxunlearn.train import (OptimConfig, Phase, TrainConfig, fit, fit_joint, init_variables,
-                              train_classifier)
+from jaxunlearn.train import (FastSlowConfig, OptimConfig, Phase, TrainConfig, fit,
+                              fit_fast_slow, fit_joint, init_variables, train_classifier)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,8 @@ class UnlearnTask:
     num_classes: number of classes of the head.
     seed: the run's seed; methods derive all randomness from it.
     progress: show a progress bar.
+    callback: ``callback(updates, variables)``, called by the iterative methods every
+      ``callback_every`` optimizer updates and at the end (for curves over steps).
   """
 
   model: Any
@@ -53,6 +55,8 @@ class UnlearnTask:
   num_classes: int
   seed: int = 0
   progress: bool = True
+  callback: Callable | None = None
+  callback_every: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +126,8 @@ def _fit(task: UnlearnTask, hp: dict, phases, desc: str, model=None, variables=N
   variables, _ = fit(model or task.model, task.variables if variables is None else variables,
                      phases, epochs=hp['epochs'], batch_size=hp['batch_size'],
                      optim=_sgd(hp, **options), seed=task.seed, desc=desc,
-                     progress=task.progress, mask=mask)
+                     progress=task.progress, mask=mask, callback=task.callback,
+                     callback_every=task.callback_every)
   return variables
 
 
@@ -198,6 +203,52 @@ def salun_joint(task: UnlearnTask, hp: dict):
       optim=_sgd(hp, saliency=True, forget_weight=1.0, retain_weight=hp['alpha']),
       seed=task.seed, desc='salun_joint', progress=task.progress, mask=mask)
   return variables
+
+
+_SFRON = dict(lr=0.01, iterations=100, alpha=25.0, lam=0.5, gamma=1.0, mask=True,
+              clip_norm=7.0, **dict(_SGD, schedule='cosine'))
+
+
+def _sfron(task: UnlearnTask, hp: dict, desc: str, **options):
+  mask = None
+  if hp['mask']:
+    mask = sfron_mask(task.model, task.variables, task.forget_x, task.forget_y, task.retain_x,
+                      task.retain_y, hp['gamma'], hp['batch_size'])
+  config = FastSlowConfig(hp['lr'], hp['momentum'], hp['weight_decay'], hp['schedule'],
+                          hp['iterations'], hp['every'], hp['alpha'], 'cosine', hp['clip_norm'],
+                          saliency=hp['mask'], **options)
+  variables, _ = fit_fast_slow(
+      task.model, task.variables,
+      Phase(task.forget_x, task.forget_y, losses.AdaptiveGradientAscent(hp['lam'])),
+      Phase(task.retain_x, task.retain_y, losses.cross_entropy), config=config,
+      batch_size=hp['batch_size'], seed=task.seed, desc=desc, progress=task.progress,
+      mask=mask, callback=task.callback, callback_every=task.callback_every)
+  return variables
+
+
+@register('sfron', 'SFR-on: adaptive-weighted masked ascent every K-th step, retain descent '
+          'every step (fast-slow)', every=5, **_SFRON)
+def sfron(task: UnlearnTask, hp: dict):
+  """SFR-on (Huang et al., NeurIPS 2024, arXiv 2409.19732) as its reference code runs it:
+  Fisher-ratio mask ``F_f / F_r >= gamma`` (eval mode), then ``iterations`` iterations of
+  a retain CE step, preceded every ``every``-th by an ascent step on the adaptive weighted
+  loss (``lam``), scaled by the cosine-decayed ``alpha``, masked, clipped to ``clip_norm``;
+  one SGD state for both. CIFAR-10 settings; ``iterations`` scaled to digits (100
+  iterations = 10 passes over its retain set, as FT's 10 epochs)."""
+  return _sfron(task, hp, 'sfron')
+
+
+@register('sfron_hvp', 'SFR-on with the explicit remain-Hessian preconditioner on each forget '
+          'step (CG on H_r + damping I)', every=1, precondition='cg', damping=1.0,
+          solver_iters=5, **dict(_SFRON, iterations=50))
+def sfron_hvp(task: UnlearnTask, hp: dict):
+  """SFR-on with its remain geometry made explicit: every forget step's direction is
+  filtered by ``damping (H_r + damping I)^-1`` (``solver_iters`` CG or Neumann iterations
+  of Hessian-vector products on the current retain batch) before the mask and clip, in
+  place of the implicit ``(I - lr H_r)^K`` of the fast-slow schedule, so a forget step can
+  come every iteration (``every=1``)."""
+  return _sfron(task, hp, 'sfron_hvp', precondition=hp['precondition'], damping=hp['damping'],
+                solver_iters=hp['solver_iters'])
 
 
 @register('l1_sparse', 'FT with an l1 penalty decaying linearly to 0 (Jia et al. 2023)',

@@ -3,6 +3,10 @@
 SalUn (arXiv 2310.12508, section 4): the gradient of the forget loss at the original model,
 accumulated over the forget set with the model in eval mode, ranked by magnitude over *all*
 parameters at once (BatchNorm and head included); the top ``keep`` fraction is salient.
+
+SFR-on (arXiv 2409.19732, section 4.3): a weight is salient when the forget set's diagonal
+Fisher exceeds ``gamma`` times the remain set's, i.e. forgetting through it costs the remain
+set little.
 """
 
 from __future__ import annotations
@@ -52,12 +56,13 @@ def _batch_grad(model, loss_fn):
 
 
 def accumulate_gradients(model, variables, x, y, loss_fn=losses_lib.gradient_ascent,
-                         batch_size: int = 128):
+                         batch_size: int = 128, square: bool = False):
   """Sum over batches of the gradient of the batch-mean ``loss_fn`` (model in eval mode).
 
   This is SalUn's mask statistic (its ``generate_mask.py`` sums ``loss.backward()`` of
   ``-CE`` over the forget loader). Batches are in index order; the last is padded with
-  weight-0 repeats.
+  weight-0 repeats. With ``square``, sums the elementwise squares of the batch gradients
+  instead (the Fisher statistic of :func:`fisher_diagonal`).
   """
   if len(y) == 0:
     raise ValueError('cannot accumulate gradients over an empty set')
@@ -65,6 +70,8 @@ def accumulate_gradients(model, variables, x, y, loss_fn=losses_lib.gradient_asc
   total = None
   for idx, w in epoch_batches(len(y), batch_size, seed=0, epoch=0, shuffle=False):
     g = fn(variables, x[idx], y[idx], w)
+    if square:
+      g = jax.tree.map(jnp.square, g)
     total = g if total is None else jax.tree.map(jnp.add, total, g)
   return total
 
@@ -80,3 +87,36 @@ def mask_fraction(mask) -> float:
   """Fraction of entries selected by a 0/1 mask tree."""
   leaves = jax.tree.leaves(mask)
   return float(sum(np.sum(np.asarray(m) != 0) for m in leaves) / sum(np.size(m) for m in leaves))
+
+
+def fisher_diagonal(model, variables, x, y, batch_size: int = 128):
+  """Diagonal empirical Fisher as SFR-on's reference computes it: the mean over batches of
+  the squared gradient of the batch-mean cross-entropy (model in eval mode)."""
+  batches = -(-len(y) // min(batch_size, max(len(y), 1)))
+  total = accumulate_gradients(model, variables, x, y, losses_lib.cross_entropy, batch_size,
+                               square=True)
+  return jax.tree.map(lambda f: f / batches, total)
+
+
+def fisher_ratio_mask(forget_fisher, remain_fisher, gamma: float = 1.0, eps: float = 1e-15):
+  """SFR-on's mask ``m = [(F_f + eps) / (F_r + eps) >= gamma]`` as a float32 0/1 tree.
+
+  Raises:
+    ValueError: ``gamma`` not positive, or a mask that selects no weight (lower ``gamma``).
+  """
+  if not gamma > 0:
+    raise ValueError(f'Fisher-ratio threshold gamma must be positive, got {gamma}')
+  mask = jax.tree.map(lambda f, r: ((f + eps) / (r + eps) >= gamma).astype(jnp.float32),
+                      forget_fisher, remain_fisher)
+  if mask_fraction(mask) == 0:
+    raise ValueError(f'Fisher-ratio mask with gamma={gamma} selects no weight: the forget '
+                     'set is nowhere more sensitive than the remain set; lower gamma')
+  return mask
+
+
+def sfron_mask(model, variables, forget_x, forget_y, retain_x, retain_y, gamma: float = 1.0,
+               batch_size: int = 128):
+  """SFR-on's Fisher-ratio saliency mask from the forget and remain sets (eval mode)."""
+  return fisher_ratio_mask(fisher_diagonal(model, variables, forget_x, forget_y, batch_size),
+                           fisher_diagonal(model, variables, retain_x, retain_y, batch_size),
+                           gamma)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.losses import weighted_mean
+from jaxunlearn.losses import reduce_loss, weighted_mean
 
 LossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
@@ -53,11 +53,17 @@ def labels_of(y):
   return y['label'] if isinstance(y, dict) else y
 
 
-def _loss_and_grads(params, model_state, x, y, w, key, model, loss_fn):
+def _objective(model_state, x, y, w, key, model, loss_fn):
+  """``params -> (batch loss, (new model state, logits))``, the model in train mode."""
   def objective(p):
     logits, new_model_state = model.apply({'params': p, **model_state}, x, train=True,
                                           mutable=list(model_state))
-    return weighted_mean(loss_fn(logits, y, key), w), (dict(new_model_state), logits)
+    return reduce_loss(loss_fn, loss_fn(logits, y, key), w), (dict(new_model_state), logits)
+  return objective
+
+
+def _loss_and_grads(params, model_state, x, y, w, key, model, loss_fn):
+  objective = _objective(model_state, x, y, w, key, model, loss_fn)
   (loss, (new_model_state, logits)), grads = jax.value_and_grad(objective, has_aux=True)(params)
   accuracy = weighted_mean((jnp.argmax(logits, -1) == labels_of(y)).astype(jnp.float32), w)
   return loss, accuracy, grads, new_model_state
@@ -120,6 +126,42 @@ def forget_retain_step(state: TrainState, forget_batch, retain_batch, base_key, 
   new_state = TrainState(params, model_state, opt_state, optax.safe_increment(state.step))
   return new_state, {'loss': r_loss, 'forget_loss': f_loss, 'accuracy': r_acc,
                      'grad_cosine': tree_cosine(f_grads, r_grads)}
+
+
+def forget_step(state: TrainState, forget_batch, retain_batch, base_key, *, model: nn.Module,
+                forget_loss: LossFn, retain_loss: LossFn, tx: optax.GradientTransformation):
+  """One step along the forget gradient (an SFR-on forget step).
+
+  ``tx`` receives the forget gradient as ``updates`` and, when ``retain_batch`` is given,
+  ``retain_loss_fn(params) -> scalar``: the retain batch's loss (train-mode forward, its
+  BatchNorm statistics discarded), for transforms that need the remain geometry
+  (``precondition_by_remain_hessian``). Without ``retain_batch`` nothing of it is computed.
+
+  Returns:
+    ``(new_state, {'loss': forget loss, 'accuracy': on the forget batch,
+    'update_norm': norm of the applied update})``.
+  """
+  key = jax.random.fold_in(base_key, state.step)
+  fkey, rkey = jax.random.split(key)
+  loss, accuracy, grads, model_state = _loss_and_grads(
+      state.params, state.model_state, *forget_batch, fkey, model, forget_loss)
+  extra = {}
+  if retain_batch is not None:
+    objective = _objective(state.model_state, *retain_batch, rkey, model, retain_loss)
+    extra['retain_loss_fn'] = lambda p: objective(p)[0]
+  updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
+  params = optax.apply_updates(state.params, updates)
+  new_state = TrainState(params, model_state, opt_state, optax.safe_increment(state.step))
+  return new_state, {'loss': loss, 'accuracy': accuracy,
+                     'update_norm': optax.tree.norm(updates)}
+
+
+@functools.lru_cache(maxsize=32)
+def compiled_forget_step(model: nn.Module, forget_loss: LossFn, retain_loss: LossFn,
+                         tx_factory: Callable[[], Any]):
+  """``jax.jit`` of :func:`forget_step`, cached like :func:`compiled_train_step`."""
+  return jax.jit(functools.partial(forget_step, model=model, forget_loss=forget_loss,
+                                   retain_loss=retain_loss, tx=tx_factory()), donate_argnums=0)
 
 
 @functools.lru_cache(maxsize=64)

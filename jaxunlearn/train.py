@@ -19,8 +19,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxunlearn.step import (LossFn, compiled_forget_retain_step, compiled_train_step,
-                             init_state, labels_of)
+from jaxunlearn.step import (LossFn, compiled_forget_retain_step, compiled_forget_step,
+                             compiled_train_step, init_state, labels_of)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +95,107 @@ class OptimConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FastSlowConfig:
+  """SFR-on's forget and retain chains over one optimizer state, as a hashable config.
+
+  With ``role='forget'`` calling it builds the forget step's chain, with ``'retain'`` the
+  retain step's; both have the same state (see :mod:`jaxunlearn.transforms.fast_slow`)::
+
+      forget: chain(scale_by_schedule(alpha_t),                  # alpha0 (1 + cos(pi t/T)) / 2
+                    [precondition_by_remain_hessian(damping, solver_iters, precondition),
+                     scale(damping)]                             # if precondition != 'none'
+                    mask_by_saliency(),                          # the Fisher-ratio mask
+                    clip_by_global_norm(clip_norm),              # if clip_norm > 0
+                    shared)
+      retain: chain(hold(<the forget preprocessing>), shared)
+      shared: chain(add_decayed_weights(weight_decay),
+                    sgd(lr_t, momentum))                         # lr_t per *iteration* t
+
+  This is the reference's order (loss scaled by alpha, backward, ``grad *= mask``,
+  ``clip_grad_norm``, ``SGD.step`` with coupled weight decay). The preconditioner, scaled by
+  ``damping``, is the filter ``damping (H_r + damping I)^-1``: directions of remain
+  curvature well below ``damping`` pass unchanged, high-curvature ones are damped, which is
+  what ``every`` retain steps do to a forget step implicitly, ``(I - lr H_r)^every``. It
+  stands before the mask because the solve mixes coordinates.
+
+  Attributes:
+    lr, momentum, weight_decay: the shared SGD.
+    schedule: 'constant' or 'cosine' learning rate over ``iterations``.
+    iterations: number of iterations T (one retain step each).
+    every: K, a forget step every K-th iteration (the first iteration included).
+    forget_weight: alpha0, the forget gradient's weight, cosine-decayed over T if
+      ``forget_schedule == 'cosine'``.
+    forget_schedule: 'constant' or 'cosine'.
+    clip_norm: global-norm clip of the forget update (0: none).
+    saliency: include ``mask_by_saliency`` (install the mask with ``fit_fast_slow(mask=)``).
+    precondition: 'none', 'cg' or 'neumann' (``sfron_hvp``).
+    damping, solver_iters, neumann_scale: of the preconditioner.
+    role: which of the two chains calling the config builds.
+  """
+
+  lr: float = 0.01
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+  schedule: str = 'cosine'
+  iterations: int = 100
+  every: int = 5
+  forget_weight: float = 25.0
+  forget_schedule: str = 'cosine'
+  clip_norm: float = 7.0
+  saliency: bool = True
+  precondition: str = 'none'
+  damping: float = 1.0
+  solver_iters: int = 5
+  neumann_scale: float = 1.0
+  role: str = 'forget'
+
+  def __post_init__(self):
+    for name in ('schedule', 'forget_schedule'):
+      if getattr(self, name) not in ('constant', 'cosine'):
+        raise ValueError(f"{name} must be 'constant' or 'cosine', got {getattr(self, name)!r}")
+    if self.precondition not in ('none', 'cg', 'neumann'):
+      raise ValueError(f"precondition must be 'none', 'cg' or 'neumann', got "
+                       f'{self.precondition!r}')
+    if self.role not in ('forget', 'retain'):
+      raise ValueError(f"role must be 'forget' or 'retain', got {self.role!r}")
+    if self.iterations < 1 or self.every < 1:
+      raise ValueError(f'iterations and every must be >= 1, got {self.iterations} and '
+                       f'{self.every}')
+    if not self.lr > 0:
+      raise ValueError(f'learning rate must be positive, got {self.lr}')
+
+  def _per_iteration(self, value, schedule):
+    if schedule == 'cosine':
+      return optax.cosine_decay_schedule(value, self.iterations)
+    return optax.constant_schedule(value)
+
+  def forget_preprocessing(self) -> optax.GradientTransformationExtraArgs:
+    from jaxunlearn import transforms
+    alpha = self._per_iteration(self.forget_weight, self.forget_schedule)
+    parts = [optax.scale_by_schedule(lambda f: alpha(f * self.every))]
+    if self.precondition != 'none':
+      parts += [transforms.precondition_by_remain_hessian(
+          self.damping, self.solver_iters, self.precondition, self.neumann_scale),
+                optax.scale(self.damping)]
+    if self.saliency:
+      parts.append(transforms.mask_by_saliency())
+    if self.clip_norm > 0:
+      parts.append(optax.clip_by_global_norm(self.clip_norm))
+    return optax.chain(*parts)
+
+  def shared(self) -> optax.GradientTransformation:
+    from jaxunlearn import transforms
+    lr = transforms.fast_slow_schedule(self._per_iteration(self.lr, self.schedule), self.every)
+    return optax.chain(optax.add_decayed_weights(self.weight_decay),
+                       optax.sgd(lr, momentum=self.momentum or None))
+
+  def __call__(self) -> optax.GradientTransformationExtraArgs:
+    from jaxunlearn import transforms
+    pre = self.forget_preprocessing()
+    return optax.chain(pre if self.role == 'forget' else transforms.hold(pre), self.shared())
+
+
+@dataclasses.dataclass(frozen=True)
 class Phase:
   """A pass over one dataset with one per-example loss, once per epoch.
 
@@ -156,12 +257,13 @@ def _start(variables, optim: OptimConfig, total: int, mask):
 
 def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: int,
         optim: OptimConfig, seed: int, desc: str = 'train', progress: bool = True,
-        mask=None):
+        mask=None, callback=None, callback_every: int = 0):
   """Runs ``epochs`` epochs of ``phases`` from ``variables``; returns (variables, history).
 
   ``optim.total_steps`` is filled in from the data so a schedule spans the whole run.
   ``mask`` (with ``optim.saliency``) is installed into the optimizer state before the
   first step. ``history`` holds the per-step loss of every phase, keyed by phase name.
+  ``callback(steps, variables)`` runs every ``callback_every`` steps and at the end.
   """
   if epochs < 0:
     raise ValueError(f'epochs must be >= 0, got {epochs}')
@@ -179,10 +281,14 @@ def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: i
         state, metrics = step(state, *phase.batch(idx, w), base_key)
         history[phase.name].append(metrics['loss'])
         bar.update(1)
+        if callback is not None and callback_every and int(bar.n) % callback_every == 0:
+          callback(int(bar.n), jax.device_get(state.variables))
     last = [h for h in history.values() if h]
     if last:
       bar.set_postfix(loss=f'{float(last[-1][-1]):.3f}')
   bar.close()
+  if callback is not None and (not callback_every or total % callback_every):
+    callback(total, jax.device_get(state.variables))
   history = {k: np.asarray(jax.device_get(v), np.float32) for k, v in history.items()}
   return jax.device_get(state.variables), history
 
@@ -220,6 +326,73 @@ def fit_joint(model, variables, forget: Phase, retain: Phase, *, epochs: int,
         history[name].append(metrics[k])
       bar.update(1)
   bar.close()
+  history = {k: np.asarray(jax.device_get(v), np.float32) for k, v in history.items()}
+  return jax.device_get(state.variables), history
+
+
+def _cycle(n: int, batch_size: int, seed: int):
+  """Endless fixed-size batches over ``0..n-1``, reshuffled at every pass."""
+  for cycle in itertools.count():
+    yield from epoch_batches(n, batch_size, seed, cycle)
+
+
+def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: FastSlowConfig,
+                  batch_size: int, seed: int, desc: str = 'fast-slow', progress: bool = True,
+                  mask=None, callback=None, callback_every: int = 0):
+  """SFR-on's fast-slow loop: ``config.iterations`` iterations, each a retain descent step,
+  preceded every ``config.every``-th iteration by a forget step (Algorithm 1 of arXiv
+  2409.19732). Forget and retain batches are drawn from their sets cycled independently.
+
+  Args:
+    forget, retain: the two sets and their losses (the forget loss signed for descent,
+      e.g. :class:`jaxunlearn.losses.AdaptiveGradientAscent`).
+    config: the two chains (its ``role`` is ignored).
+    mask: the forget-gradient mask (with ``config.saliency``).
+    callback: ``callback(updates, variables)`` after every ``callback_every`` optimizer
+      updates (forget and retain steps both count) and at the end.
+
+  Returns:
+    ``(variables, history)``; history holds per-step 'forget' and 'retain' losses and the
+    forget steps' 'forget_update_norm'.
+  """
+  forget_cfg = dataclasses.replace(config, role='forget')
+  retain_cfg = dataclasses.replace(config, role='retain')
+  state = init_state(variables, forget_cfg())
+  if mask is not None:
+    from jaxunlearn.transforms import set_saliency_mask
+    state = state._replace(opt_state=set_saliency_mask(state.opt_state, mask))
+  forget_step = compiled_forget_step(model, forget.loss_fn, retain.loss_fn, forget_cfg)
+  retain_step = compiled_train_step(model, retain.loss_fn, retain_cfg)
+  forget_iter = _cycle(len(forget), batch_size, seed * 1000 + 1)
+  retain_iter = _cycle(len(retain), batch_size, seed * 1000)
+  base_key = jax.random.key(seed)
+  history = {'forget': [], 'retain': [], 'forget_update_norm': []}
+  bar = tqdm(total=config.iterations, desc=desc, disable=not progress, leave=False,
+             dynamic_ncols=True)
+  updates = 0
+
+  def after_update(state):
+    nonlocal updates
+    updates += 1
+    if callback is not None and callback_every and updates % callback_every == 0:
+      callback(updates, jax.device_get(state.variables))
+
+  for t in range(config.iterations):
+    retain_batch = retain.batch(*next(retain_iter))
+    if t % config.every == 0:
+      state, metrics = forget_step(state, forget.batch(*next(forget_iter)),
+                                   retain_batch if config.precondition != 'none' else None,
+                                   base_key)
+      history['forget'].append(metrics['loss'])
+      history['forget_update_norm'].append(metrics['update_norm'])
+      after_update(state)
+    state, metrics = retain_step(state, *retain_batch, base_key)
+    history['retain'].append(metrics['loss'])
+    after_update(state)
+    bar.update(1)
+  bar.close()
+  if callback is not None and (not callback_every or updates % callback_every):
+    callback(updates, jax.device_get(state.variables))
   history = {k: np.asarray(jax.device_get(v), np.float32) for k, v in history.items()}
   return jax.device_get(state.variables), history
 

@@ -76,3 +76,37 @@ def test_tune_picks_a_learning_rate_on_separate_seeds(tmp_path, capsys):
          '--no-cache'] + TINY_CORE
   assert main(bad) == 2
   assert 'also reported seeds' in capsys.readouterr().err
+
+
+def test_sfron_methods_run_from_the_cli(tmp_path):
+  out = tmp_path / 'out'
+  argv = ['run', '--scenario', 'class:3', '--methods', 'retrain,sfron,sfron_hvp', '--out',
+          str(out), '--cache-dir', str(tmp_path / 'cache'), '--set', 'sfron.iterations=4',
+          '--set', 'sfron_hvp.iterations=2', '--set', 'sfron_hvp.solver_iters=2'] + TINY_CORE
+  assert main(argv) == 0
+  results = json.loads((out / 'results.json').read_text())
+  assert results['hparams']['sfron']['every'] == 5
+  assert results['hparams']['sfron_hvp']['precondition'] == 'cg'
+  for name in ('sfron', 'sfron_hvp'):
+    assert 0 <= results['methods'][name]['UA']['mean'] <= 100
+
+
+def test_steps_study_script_writes_curves(tmp_path):
+  import subprocess
+  import sys
+  from pathlib import Path
+  script = Path(__file__).parent.parent / 'experiments' / 'study_sfron_steps.py'
+  out = tmp_path / 'study'
+  proc = subprocess.run(
+      [sys.executable, str(script), '--seeds', '0', '--methods', 'sfron,ga', '--every', '2',
+       '--model', 'resnet1', '--width', '4', '--image-size', '8', '--set', 'train.epochs=2',
+       '--set', 'retrain.epochs=2', '--set', 'sfron.iterations=4', '--set', 'ga.epochs=1',
+       '--cache-dir', str(tmp_path / 'cache'), '--out', str(out)],
+      capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads((out / 'steps.json').read_text())
+  sfron = result['methods']['sfron'][0]
+  assert sfron['updates'] == [0, 2, 4, 5]  # 4 retain + 1 forget update, evaluated every 2
+  assert len(sfron['UA']) == 4 and 'sfron' in result['summary']
+  assert (out / 'steps.png').stat().st_size > 10_000
+  assert 'reached at' in proc.stdout

@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxunlearn import losses
 
@@ -32,3 +33,27 @@ def test_weighted_mean_ignores_zero_weights_and_empty():
   np.testing.assert_allclose(losses.weighted_mean(jnp.array([1.0, 3.0, 100.0]),
                                                   jnp.array([1.0, 1.0, 0.0])), 2.0)
   assert float(losses.weighted_mean(jnp.ones(3), jnp.zeros(3))) == 0.0
+
+
+def test_adaptive_gradient_ascent_weights_hand_computed():
+  logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [3.0, -1.0], [0.5, 0.5]])
+  labels = jnp.array([0, 0, 0, 1])
+  pad = jnp.array([1.0, 1.0, 1.0, 0.0])  # the last example is padding
+  ce = np.asarray(losses.cross_entropy(logits, labels))[:3]
+  loss = losses.AdaptiveGradientAscent(lam=0.5)
+  c = 1 / (ce ** 0.5 + 1e-15)
+  expected = -np.sum(c / c.sum() * ce)
+  got = losses.reduce_loss(loss, loss(logits, labels), pad)
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  # The weights get no gradient: d/dlogits = -sum_i w_i dCE_i/dlogits.
+  grad = jax.grad(lambda z: losses.reduce_loss(loss, loss(z, labels), pad))(logits)
+  ce_grad = jax.vmap(jax.grad(lambda z, y: losses.cross_entropy(z[None], y[None])[0]))(
+      logits, labels)
+  np.testing.assert_allclose(grad[:3], -(c / c.sum())[:, None] * ce_grad[:3], rtol=1e-5)
+  np.testing.assert_array_equal(grad[3], 0.0)
+  # lambda = 0 is plain gradient ascent.
+  ga = losses.AdaptiveGradientAscent(lam=0.0)
+  np.testing.assert_allclose(losses.reduce_loss(ga, ga(logits, labels), pad), -ce.mean(),
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match='lambda >= 0'):
+    losses.AdaptiveGradientAscent(lam=-1.0)

@@ -6,9 +6,10 @@ from jaxunlearn import losses
 from jaxunlearn.data import make_split
 from jaxunlearn.methods import METHODS, UnlearnTask, get_method, resolve_hparams
 from jaxunlearn.models import make_model
-from jaxunlearn.saliency import salun_mask
+from jaxunlearn.saliency import salun_mask, sfron_mask
 from jaxunlearn.step import compiled_train_step, init_state, predict
-from jaxunlearn.train import OptimConfig, TrainConfig, train_classifier
+from jaxunlearn.train import (FastSlowConfig, OptimConfig, Phase, TrainConfig, _cycle,
+                              fit_fast_slow, train_classifier)
 from jaxunlearn.transforms import set_saliency_mask
 
 FAST = {'epochs': '2'}
@@ -28,7 +29,7 @@ def task():
 
 
 ALL = ['retrain', 'ft', 'ga', 'rl', 'salun', 'salun_joint', 'l1_sparse', 'iu', 'bs', 'be',
-       'scrub', 'bad_teacher']
+       'scrub', 'bad_teacher', 'sfron', 'sfron_hvp']
 
 
 def test_registry_has_every_method():
@@ -49,7 +50,9 @@ def test_resolve_hparams_casts_and_rejects_unknown_keys():
 
 @pytest.mark.parametrize('name', ALL)
 def test_every_method_returns_variables_of_the_same_structure(task, name):
-  hp = resolve_hparams(name, FAST if 'epochs' in METHODS[name].defaults else {})
+  defaults = METHODS[name].defaults
+  hp = resolve_hparams(name, FAST if 'epochs' in defaults else
+                       {'iterations': '6'} if 'iterations' in defaults else {})
   out = get_method(name).run(task, hp)
   assert jax.tree.structure(out) == jax.tree.structure(task.variables)
   changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.allclose(a, b), out['params'],
@@ -115,3 +118,80 @@ def test_one_salun_step_equals_hand_written_reference_step(task):
                           variables['params'], grads, mask)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                new_state.params, expected)
+
+
+def _reference_sfron(task, mask, *, lr, wd, momentum, iterations, every, alpha0, clip, lam,
+                     batch_size):
+  """SFR-on's reference loop (``unlearn/sfron.py``) written out by hand: PyTorch SGD with
+  coupled weight decay and one momentum buffer; per iteration t the learning rate and the
+  forget weight are cosine(t); a forget step (adaptive loss x alpha_t, grad *= mask,
+  clip_grad_norm) every ``every``-th iteration, then a retain CE step."""
+  model = task.model
+  params, stats = task.variables['params'], task.variables['batch_stats']
+  buf = jax.tree.map(np.zeros_like, params)
+  cosine = lambda v, t: v * (1 + np.cos(np.pi * t / iterations)) / 2
+
+  def loss_fn(p, stats, x, y, w, adaptive):
+    logits, new = model.apply({'params': p, 'batch_stats': stats}, x, train=True,
+                              mutable=['batch_stats'])
+    ce = losses.cross_entropy(logits, y)
+    if adaptive:
+      c = jax.lax.stop_gradient(w / (ce ** lam + 1e-15))
+      return -(c / c.sum() * ce).sum(), new['batch_stats']
+    return (w * ce).sum() / w.sum(), new['batch_stats']
+
+  def sgd(params, buf, g, lr_t):
+    d = jax.tree.map(lambda g, p: g + wd * p, g, params)
+    buf = jax.tree.map(lambda b, d: momentum * b + d, buf, d)
+    return jax.tree.map(lambda p, b: p - lr_t * b, params, buf), buf
+
+  forget_iter = _cycle(len(task.forget_y), batch_size, task.seed * 1000 + 1)
+  retain_iter = _cycle(len(task.retain_y), batch_size, task.seed * 1000)
+  for t in range(iterations):
+    lr_t = cosine(lr, t)
+    r_idx, r_w = next(retain_iter)
+    if t % every == 0:
+      idx, w = next(forget_iter)
+      g, stats = jax.grad(loss_fn, has_aux=True)(params, stats, task.forget_x[idx],
+                                                 task.forget_y[idx], w, True)
+      g = jax.tree.map(lambda g, m: cosine(alpha0, t) * g * m, g, mask)
+      norm = np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(g)))
+      g = jax.tree.map(lambda g: g * min(1.0, clip / (norm + 1e-6)), g)
+      params, buf = sgd(params, buf, g, lr_t)
+    g, stats = jax.grad(loss_fn, has_aux=True)(params, stats, task.retain_x[r_idx],
+                                               task.retain_y[r_idx], r_w, False)
+    params, buf = sgd(params, buf, g, lr_t)
+  return params
+
+
+def test_fast_slow_loop_equals_hand_written_sfron_reference(task):
+  """The composed chains (scale_by_schedule, mask, clip, shared SGD through ``hold`` and
+  ``fast_slow_schedule``) reproduce SFR-on's reference algorithm update for update."""
+  mask = sfron_mask(task.model, task.variables, task.forget_x, task.forget_y, task.retain_x,
+                    task.retain_y, 1.0, 16)
+  kw = dict(lr=0.05, wd=5e-4, momentum=0.9, iterations=7, every=3, alpha0=25.0, clip=0.5,
+            lam=0.5, batch_size=16)
+  expected = _reference_sfron(task, mask, **kw)
+  config = FastSlowConfig(kw['lr'], kw['momentum'], kw['wd'], 'cosine', kw['iterations'],
+                          kw['every'], kw['alpha0'], 'cosine', kw['clip'])
+  seen = []
+  out, history = fit_fast_slow(
+      task.model, task.variables,
+      Phase(task.forget_x, task.forget_y, losses.AdaptiveGradientAscent(kw['lam'])),
+      Phase(task.retain_x, task.retain_y, losses.cross_entropy), config=config,
+      batch_size=16, seed=task.seed, progress=False, mask=mask,
+      callback=lambda n, v: seen.append(n), callback_every=4)
+  assert len(history['forget']) == 3 and len(history['retain']) == 7
+  assert seen == [4, 8, 10]  # 3 forget + 7 retain updates
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+               out['params'], expected)
+
+
+def test_sfron_mask_is_fisher_ratio_and_hvp_variant_runs(task):
+  mask = sfron_mask(task.model, task.variables, task.forget_x, task.forget_y, task.retain_x,
+                    task.retain_y, 1.0, 16)
+  frac = float(np.mean(np.concatenate([np.ravel(m) for m in jax.tree.leaves(mask)])))
+  assert 0 < frac < 1
+  hp = resolve_hparams('sfron_hvp', {'iterations': '3', 'solver_iters': '2'})
+  out = get_method('sfron_hvp').run(task, hp)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(out['params']))

@@ -5,8 +5,8 @@ import pytest
 
 from jaxunlearn import losses
 from jaxunlearn.models import make_model
-from jaxunlearn.saliency import (accumulate_gradients, mask_fraction, salun_mask,
-                                 topk_gradient_mask)
+from jaxunlearn.saliency import (accumulate_gradients, fisher_diagonal, fisher_ratio_mask,
+                                 mask_fraction, salun_mask, topk_gradient_mask)
 
 
 def test_topk_is_global_and_exact():
@@ -49,3 +49,32 @@ def test_accumulated_gradient_is_sum_of_batch_means(toy):
   mask = salun_mask(model, variables, x, y, keep=0.5, batch_size=8)
   n = sum(np.size(m) for m in jax.tree.leaves(mask))
   assert mask_fraction(mask) * n == pytest.approx(round(0.5 * n))
+
+
+def test_fisher_diagonal_is_mean_of_squared_batch_gradients(toy):
+  model = make_model('resnet1', toy.num_classes)
+  variables = model.init(jax.random.key(0), toy.x_train[:1])
+  x, y = toy.x_train[:20], toy.y_train[:20]
+
+  def grad(lo, hi):
+    def loss(params):
+      logits = model.apply({**variables, 'params': params}, x[lo:hi], train=False)
+      return losses.cross_entropy(logits, y[lo:hi]).mean()
+    return jax.grad(loss)(variables['params'])
+
+  expected = jax.tree.map(lambda a, b, c: (a**2 + b**2 + c**2) / 3,
+                          grad(0, 8), grad(8, 16), grad(16, 20))
+  got = fisher_diagonal(model, variables, x, y, batch_size=8)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-10), got,
+               expected)
+
+
+def test_fisher_ratio_mask_hand_computed_and_rejects_empty():
+  f = {'a': jnp.array([1.0, 0.0, 2.0, 0.0])}
+  r = {'a': jnp.array([2.0, 0.0, 1.0, 1.0])}
+  np.testing.assert_array_equal(fisher_ratio_mask(f, r, 1.0)['a'], [0, 1, 1, 0])  # 0/0 -> 1
+  np.testing.assert_array_equal(fisher_ratio_mask(f, r, 0.5)['a'], [1, 1, 1, 0])
+  with pytest.raises(ValueError, match='selects no weight.*lower gamma'):
+    fisher_ratio_mask(f, r, 10.0)
+  with pytest.raises(ValueError, match='positive'):
+    fisher_ratio_mask(f, r, 0.0)

@@ -5,8 +5,9 @@ import optax
 import pytest
 
 import transform_harness as H
-from jaxunlearn.transforms import (add_l1_penalty, combine_forget_retain,
-                                   precondition_by_remain_hessian, mask_by_saliency,
+from jaxunlearn.train import FastSlowConfig
+from jaxunlearn.transforms import (add_l1_penalty, combine_forget_retain, fast_slow_schedule,
+                                   hold, mask_by_saliency, precondition_by_remain_hessian,
                                    set_saliency_mask)
 
 
@@ -48,6 +49,13 @@ CASES = [
            lambda: _preconditioned(method='neumann', neumann_scale=0.1),
            extras=_retain_loss_extras,
            make_parallel=lambda: _preconditioned('batch', method='neumann', neumann_scale=0.1)),
+    H.Case('hold', lambda: optax.chain(hold(optax.sgd(0.1, momentum=0.9)), optax.sgd(0.05))),
+    H.Case('fast_slow_forget_chain',
+           FastSlowConfig(lr=0.05, iterations=10, every=2, forget_weight=3.0, clip_norm=1.0),
+           prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
+    H.Case('fast_slow_retain_chain',
+           FastSlowConfig(lr=0.05, iterations=10, every=2, role='retain'),
+           prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
     H.Case('add_l1_penalty',
            lambda: optax.chain(add_l1_penalty(optax.linear_schedule(0.1, 0.0, 4)),
                                optax.sgd(0.05, momentum=0.9))),
@@ -148,12 +156,22 @@ def test_add_l1_penalty_hand_computed():
     tx.update(g, state)
 
 
+def _softmax_ce(params, batch):  # not quadratic: its Hessian depends on params
+  logits = batch['xr'] @ params['w'] + params['b']
+  return optax.softmax_cross_entropy(logits, jax.nn.softmax(batch['yr'])).mean()
+
+
+@pytest.mark.parametrize('loss_name', ['mse', 'softmax_ce'])
 @pytest.mark.parametrize('method, kwargs', [('cg', {'iters': 15}),
+                                            ('cg', {'iters': 15, 'unroll': False}),
                                             ('neumann', {'iters': 400, 'neumann_scale': 0.2})])
-def test_remain_hessian_preconditioner_matches_dense_solve(method, kwargs):
+def test_remain_hessian_preconditioner_matches_dense_solve(method, kwargs, loss_name):
   from jax.flatten_util import ravel_pytree
   params, batch = H.init_params(), H.make_batch()
-  loss = lambda p: H.mse(p, batch['xr'], batch['yr'])
+  if loss_name == 'mse':
+    loss = lambda p: H.mse(p, batch['xr'], batch['yr'])
+  else:
+    loss = lambda p: _softmax_ce(p, batch)
   g = H.forget_grads(params, batch)
   flat, unravel = ravel_pytree(params)
   hess = jax.hessian(lambda f: loss(unravel(f)))(flat)
@@ -173,3 +191,47 @@ def test_remain_hessian_preconditioner_rejects_bad_options():
   tx = precondition_by_remain_hessian()
   with pytest.raises(ValueError, match='needs params'):
     tx.update({'a': jnp.ones(2)}, tx.init(None), retain_loss_fn=lambda p: 0.0)
+
+
+def test_fast_slow_schedule_gives_both_updates_of_an_iteration_its_value():
+  sched = fast_slow_schedule(lambda t: t, every=3)
+  # iterations 0..6 with a forget update at t = 0, 3, 6: F R R R F R R R F R
+  counts = np.arange(10)
+  np.testing.assert_array_equal([int(sched(c)) for c in counts], [0, 0, 1, 2, 3, 3, 4, 5, 6, 6])
+  every_step = fast_slow_schedule(lambda t: t, every=1)  # F R F R ...
+  np.testing.assert_array_equal([int(every_step(c)) for c in range(6)], [0, 0, 1, 1, 2, 2])
+  assert fast_slow_schedule(0.1, 5)(7) == 0.1
+  with pytest.raises(ValueError, match='>= 1'):
+    fast_slow_schedule(lambda t: t, 0)
+
+
+def test_hold_shares_the_state_layout_and_leaves_it_untouched():
+  params = H.init_params()
+  pre = optax.chain(optax.scale_by_schedule(lambda c: c + 1.0), mask_by_saliency())
+  forget_tx = optax.chain(pre, optax.sgd(0.1, momentum=0.9))
+  retain_tx = optax.chain(hold(pre), optax.sgd(0.1, momentum=0.9))
+  state = set_saliency_mask(forget_tx.init(params), _half_mask(params))
+  assert jax.tree.structure(state) == jax.tree.structure(retain_tx.init(params))
+  g = jax.tree.map(jnp.ones_like, params)
+  u, state2 = retain_tx.update(g, state, params)
+  jax.tree.map(np.testing.assert_array_equal, state2[0], state[0])  # held part unchanged
+  np.testing.assert_allclose(u['w'], -0.1 * np.ones((4, 3)))  # no mask, no scale applied
+  u, state3 = forget_tx.update(g, state2, params)  # scale 1 (count 0), masked, shared momentum
+  np.testing.assert_allclose(u['w'], -0.1 * (0.9 + np.asarray(_half_mask(params)['w'])),
+                             rtol=1e-6)
+  assert int(state3[0][0].count) == 1 and int(state2[0][0].count) == 0
+
+
+def test_cg_stops_at_negative_curvature_instead_of_diverging():
+  """An indefinite 'Hessian' diag(2, -1): plain CG would step along the negative direction;
+  truncated CG keeps the last safe iterate, a positive multiple of the first direction."""
+  loss = lambda p: p['a'][0] ** 2 - 0.5 * p['a'][1] ** 2
+  params, g = {'a': jnp.zeros(2)}, {'a': jnp.array([1.0, 1.0])}
+  tx = precondition_by_remain_hessian(damping=0.0, iters=5)
+  d, _ = tx.update(g, tx.init(params), params, retain_loss_fn=loss)
+  assert np.all(np.isfinite(d['a']))
+  assert _tree_dot(d, g) > 0  # still a descent direction for the updates
+
+
+def _tree_dot(a, b):
+  return float(sum(np.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))

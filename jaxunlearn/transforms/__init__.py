@@ -2,10 +2,12 @@
 
 from jaxunlearn.transforms.combine import (AddL1PenaltyState, CombineForgetRetainState,
                                            add_l1_penalty, combine_forget_retain)
+from jaxunlearn.transforms.fast_slow import fast_slow_schedule, hold
 from jaxunlearn.transforms.mask import MaskBySaliencyState, mask_by_saliency, set_saliency_mask
 from jaxunlearn.transforms.remain_geometry import (PreconditionByRemainHessianState,
                                                    precondition_by_remain_hessian)
 
 __all__ = ['AddL1PenaltyState', 'CombineForgetRetainState', 'MaskBySaliencyState',
            'PreconditionByRemainHessianState', 'add_l1_penalty', 'combine_forget_retain',
-           'mask_by_saliency', 'precondition_by_remain_hessian', 'set_saliency_mask']
+           'fast_slow_schedule', 'hold', 'mask_by_saliency', 'precondition_by_remain_hessian',
+           'set_saliency_mask']
