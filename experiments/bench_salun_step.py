@@ -17,15 +17,14 @@ import statistics
 import time
 
 import jax
-import numpy as np
 
 from jaxunlearn import losses
-from jaxunlearn.data import load_dataset, make_split
-from jaxunlearn.models import make_model
 from jaxunlearn.saliency import salun_mask
 from jaxunlearn.step import compiled_forget_retain_step, compiled_train_step, init_state
-from jaxunlearn.train import OptimConfig, init_variables
+from jaxunlearn.train import OptimConfig
 from jaxunlearn.transforms import set_saliency_mask
+
+from bench_common import add_model_args, model_and_batches
 
 
 def _time(fn, state, args, steps):
@@ -40,22 +39,11 @@ def _time(fn, state, args, steps):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--width', type=int, default=16)
-  parser.add_argument('--image-size', type=int, default=16)
-  parser.add_argument('--batch', type=int, default=128)
-  parser.add_argument('--steps', type=int, default=10)
-  parser.add_argument('--repeats', type=int, default=5)
+  add_model_args(parser)
   args = parser.parse_args()
 
-  ds = load_dataset('digits', image_size=args.image_size)
-  split = make_split(ds, 'random:10', seed=0)
-  model = make_model('resnet18', ds.num_classes, args.width)
-  variables = init_variables(model, ds.image_shape, 0)
+  model, variables, (xf, yf), (xr, yr), w = model_and_batches(args)
   b = args.batch
-  take = lambda idx: np.resize(idx, b)
-  xf, yf = ds.x_train[take(split.forget)], ds.y_train[take(split.forget)]
-  xr, yr = ds.x_train[take(split.retain)], ds.y_train[take(split.retain)]
-  w = np.ones(b, np.float32)
   key = jax.random.key(0)
   mask = salun_mask(model, variables, xf, yf, 0.5, b)
 

@@ -130,6 +130,9 @@ def main():
   parser.add_argument('--image-size', type=int, default=None)
   parser.add_argument('--cache-dir', default=None)
   parser.add_argument('--out', default='results/study_sfron_steps')
+  parser.add_argument('--merge', default=None, metavar='STEPS_JSON',
+                      help="keep the curves of a previous run's other methods (same scenario "
+                           'and seeds), e.g. to re-run one method of a long study')
   args = parser.parse_args()
 
   methods = tuple(args.methods.split(','))
@@ -140,6 +143,13 @@ def main():
       **({'cache_dir': args.cache_dir} if args.cache_dir else {}))
   config.validate()
   result = curves(config, args.every)
+  if args.merge:
+    previous = json.loads(Path(args.merge).read_text())
+    if previous['config']['scenario'] != args.scenario or \
+       previous['config']['seeds'] != list(config.seeds):
+      raise SystemExit(f'--merge {args.merge}: it ran another scenario or other seeds')
+    result['methods'] = {**{k: v for k, v in previous['methods'].items()
+                            if k not in result['methods']}, **result['methods']}
   result['summary'] = summarize(result, args.ua_tolerance)
   result['config'] = {'scenario': args.scenario, 'seeds': list(config.seeds),
                       'every': args.every, 'ua_tolerance': args.ua_tolerance,

@@ -240,7 +240,7 @@ def sfron(task: UnlearnTask, hp: dict):
 
 @register('sfron_hvp', 'SFR-on with the explicit remain-Hessian preconditioner on each forget '
           'step (CG on H_r + damping I)', every=1, precondition='cg', damping=1.0,
-          solver_iters=5, **dict(_SFRON, iterations=50))
+          solver_iters=5, **dict(_SFRON, iterations=20))
 def sfron_hvp(task: UnlearnTask, hp: dict):
   """SFR-on with its remain geometry made explicit: every forget step's direction is
   filtered by ``damping (H_r + damping I)^-1`` (``solver_iters`` CG or Neumann iterations

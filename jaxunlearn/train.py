@@ -272,6 +272,7 @@ def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: i
   base_key = jax.random.key(seed)
   history = {p.name: [] for p in phases}
   bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+  done = 0
   for epoch in range(epochs):
     for phase_id, phase in enumerate(phases):
       if not phase.active(epoch):
@@ -281,8 +282,9 @@ def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: i
         state, metrics = step(state, *phase.batch(idx, w), base_key)
         history[phase.name].append(metrics['loss'])
         bar.update(1)
-        if callback is not None and callback_every and int(bar.n) % callback_every == 0:
-          callback(int(bar.n), jax.device_get(state.variables))
+        done += 1
+        if callback is not None and callback_every and done % callback_every == 0:
+          callback(done, jax.device_get(state.variables))
     last = [h for h in history.values() if h]
     if last:
       bar.set_postfix(loss=f'{float(last[-1][-1]):.3f}')

@@ -110,3 +110,19 @@ def test_steps_study_script_writes_curves(tmp_path):
   assert len(sfron['UA']) == 4 and 'sfron' in result['summary']
   assert (out / 'steps.png').stat().st_size > 10_000
   assert 'reached at' in proc.stdout
+
+
+@pytest.mark.slow
+def test_sfron_step_benchmark_prints_ratios(tmp_path):
+  import subprocess
+  import sys
+  from pathlib import Path
+  script = Path(__file__).parent.parent / 'experiments' / 'bench_sfron_step.py'
+  proc = subprocess.run(
+      [sys.executable, str(script), '--width', '4', '--image-size', '8', '--batch', '8',
+       '--steps', '1', '--repeats', '1', '--solver-iters', '2', '--json',
+       str(tmp_path / 'bench.json')], capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'hvp / grad' in proc.stdout
+  bench = json.loads((tmp_path / 'bench.json').read_text())
+  assert all(v > 0 for v in bench['ratios'].values())

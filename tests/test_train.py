@@ -101,3 +101,16 @@ def test_predict_handles_any_length(toy):
   np.testing.assert_allclose(full[:5], predict(model, variables, toy.x_train[:5]), atol=1e-5)
   with pytest.raises(ValueError, match='empty'):
     predict(model, variables, toy.x_train[:0])
+
+
+def test_fit_callback_counts_steps_without_a_progress_bar(toy):
+  from jaxunlearn.losses import cross_entropy
+  from jaxunlearn.models import make_model
+  from jaxunlearn.train import OptimConfig, Phase, fit, init_variables
+  model = make_model('resnet1', toy.num_classes, 4)
+  variables = init_variables(model, toy.x_train.shape[1:], 0)
+  seen = []
+  fit(model, variables, [Phase(toy.x_train, toy.y_train, cross_entropy)], epochs=2,
+      batch_size=16, optim=OptimConfig(lr=0.01), seed=0, progress=False,
+      callback=lambda n, v: seen.append(n), callback_every=3)
+  assert seen == [3, 6, 8]  # 60 examples / 16 = 4 steps per epoch, 8 in all
