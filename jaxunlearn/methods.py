@@ -251,6 +251,28 @@ def sfron_hvp(task: UnlearnTask, hp: dict):
                 solver_iters=hp['solver_iters'])
 
 
+@register('lur', "LUR: joint steps on w_r L_R(theta) + w_u L_U(theta - eta grad L_R(theta))",
+          lr=0.01, epochs=10, inner_lr=0.01, order='second', virtual='retain', forget_loss='rl',
+          forget_weight=1.0, retain_weight=1.0, exclude_true_label=True, **_SGD)
+def lur(task: UnlearnTask, hp: dict):
+  """LUR (Patel & Qiu, ICCV 2025, arXiv 2503.06339; code unreleased): each retain batch is
+  paired with a forget batch and one SGD step follows the gradient of the look-ahead
+  objective (``align_forget_retain``: ``w_r g_R + w_u (I - eta H_R) grad L_U(theta')``,
+  ``order='first'`` without the HVP). ``forget_loss``: 'rl' (random-label CE) or 'ga'."""
+  if hp['forget_loss'] not in ('rl', 'ga'):
+    raise ValueError(f"lur.forget_loss must be 'rl' or 'ga', got {hp['forget_loss']!r}")
+  forget = _forget_loss(hp) if hp['forget_loss'] == 'rl' else losses.gradient_ascent
+  variables, _ = fit_joint(
+      task.model, task.variables, Phase(task.forget_x, task.forget_y, forget),
+      Phase(task.retain_x, task.retain_y, losses.cross_entropy), epochs=hp['epochs'],
+      batch_size=hp['batch_size'],
+      optim=_sgd(hp, forget_weight=hp['forget_weight'], retain_weight=hp['retain_weight'],
+                 lookahead_lr=hp['inner_lr'], lookahead_order=hp['order'],
+                 lookahead_virtual=hp['virtual']),
+      seed=task.seed, desc='lur', progress=task.progress)
+  return variables
+
+
 @register('l1_sparse', 'FT with an l1 penalty decaying linearly to 0 (Jia et al. 2023)',
           lr=0.01, epochs=10, alpha=1e-4, **_SGD)
 def l1_sparse(task: UnlearnTask, hp: dict):

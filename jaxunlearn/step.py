@@ -108,6 +108,9 @@ def forget_retain_step(state: TrainState, forget_batch, retain_batch, base_key, 
 
   The chain decides how they combine (``combine_forget_retain``); BatchNorm statistics see the
   forget batch, then the retain batch, as two forward passes in one PyTorch step would.
+  Transforms that re-evaluate losses also get ``forget_grad_fn``, ``forget_loss_fn`` and
+  ``retain_loss_fn`` (params-only closures over the two batches, BatchNorm statistics of
+  the step's start, train mode), e.g. ``align_forget_retain``.
 
   Args:
     forget_batch, retain_batch: ``(x, y, w)`` tuples as in :func:`train_step`.
@@ -121,7 +124,14 @@ def forget_retain_step(state: TrainState, forget_batch, retain_batch, base_key, 
       state.params, state.model_state, *forget_batch, fkey, model, forget_loss)
   r_loss, r_acc, r_grads, model_state = _loss_and_grads(
       state.params, model_state, *retain_batch, rkey, model, retain_loss)
-  updates, opt_state = tx.update(r_grads, state.opt_state, state.params, forget_grads=f_grads)
+  # Closures for look-ahead and curvature transforms (traced only if a transform calls them).
+  f_obj = _objective(state.model_state, *forget_batch, fkey, model, forget_loss)
+  r_obj = _objective(state.model_state, *retain_batch, rkey, model, retain_loss)
+  forget_loss_fn = lambda p: f_obj(p)[0]
+  updates, opt_state = tx.update(r_grads, state.opt_state, state.params, forget_grads=f_grads,
+                                 forget_grad_fn=jax.grad(forget_loss_fn),
+                                 forget_loss_fn=forget_loss_fn,
+                                 retain_loss_fn=lambda p: r_obj(p)[0])
   params = optax.apply_updates(state.params, updates)
   new_state = TrainState(params, model_state, opt_state, optax.safe_increment(state.step))
   return new_state, {'loss': r_loss, 'forget_loss': f_loss, 'accuracy': r_acc,

@@ -30,6 +30,7 @@ class OptimConfig:
   Calling it builds::
 
       chain(combine_forget_retain(forget_weight, retain_weight)  # joint steps only
+                                   # (align_forget_retain(...) if lookahead_lr > 0: LUR)
             clip_by_global_norm(clip_norm)                        # if clip_norm > 0
             add_l1_penalty(l1)                                    # if l1 > 0 (l1-sparse)
             [mask_by_saliency(freeze=True, inner=]                # if saliency
@@ -52,6 +53,9 @@ class OptimConfig:
     retain_weight: weight of the retain gradient in joint steps.
     l1: strength of the l1-sparse penalty, decayed linearly to 0 by ``l1_decay_steps``.
     l1_decay_steps: steps over which ``l1`` decays to 0.
+    lookahead_lr: if > 0 (with ``forget_weight``), joint steps combine the gradients with
+      LUR's ``align_forget_retain(lookahead_lr, lookahead_order, lookahead_virtual,
+      forget_weight, retain_weight)`` instead of ``combine_forget_retain``.
   """
 
   lr: float = 0.1
@@ -65,8 +69,13 @@ class OptimConfig:
   retain_weight: float = 1.0
   l1: float = 0.0
   l1_decay_steps: int = 1
+  lookahead_lr: float = 0.0
+  lookahead_order: str = 'first'
+  lookahead_virtual: str = 'retain'
 
   def __post_init__(self):
+    if self.lookahead_lr < 0:
+      raise ValueError(f'lookahead_lr must be >= 0, got {self.lookahead_lr}')
     if self.schedule not in ('constant', 'cosine'):
       raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
     if not self.lr > 0:
@@ -84,7 +93,11 @@ class OptimConfig:
     if self.saliency:
       opt = transforms.mask_by_saliency(freeze=True, inner=opt)
     head = []
-    if self.forget_weight is not None:
+    if self.forget_weight is not None and self.lookahead_lr > 0:
+      head.append(transforms.align_forget_retain(
+          self.lookahead_lr, self.lookahead_order, self.lookahead_virtual, self.forget_weight,
+          self.retain_weight))
+    elif self.forget_weight is not None:
       head.append(transforms.combine_forget_retain(self.forget_weight, self.retain_weight))
     if self.clip_norm > 0:
       head.append(optax.clip_by_global_norm(self.clip_norm))

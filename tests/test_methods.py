@@ -29,7 +29,7 @@ def task():
 
 
 ALL = ['retrain', 'ft', 'ga', 'rl', 'salun', 'salun_joint', 'l1_sparse', 'iu', 'bs', 'be',
-       'scrub', 'bad_teacher', 'sfron', 'sfron_hvp']
+       'scrub', 'bad_teacher', 'sfron', 'sfron_hvp', 'lur']
 
 
 def test_registry_has_every_method():
@@ -195,3 +195,31 @@ def test_sfron_mask_is_fisher_ratio_and_hvp_variant_runs(task):
   hp = resolve_hparams('sfron_hvp', {'iterations': '3', 'solver_iters': '2'})
   out = get_method('sfron_hvp').run(task, hp)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(out['params']))
+
+
+def test_lur_step_follows_the_look_ahead_gradient(task):
+  """One compiled LUR joint step moves params by -lr times the meta-objective's jax.grad
+  (SGD without momentum or weight decay; BatchNorm statistics of the step's start)."""
+  from jaxunlearn.step import compiled_forget_retain_step
+  model, variables, lr, eta = task.model, task.variables, 0.05, 0.1
+  optim = OptimConfig(lr=lr, momentum=0.0, weight_decay=0.0, forget_weight=1.0,
+                      lookahead_lr=eta, lookahead_order='second')
+  state = init_state(variables, optim())
+  w = np.ones(8, np.float32)
+  xf, yf, xr, yr = task.forget_x[:8], task.forget_y[:8], task.retain_x[:8], task.retain_y[:8]
+  step = compiled_forget_retain_step(model, losses.gradient_ascent, losses.cross_entropy, optim)
+  new_state, metrics = step(state, (xf, yf, w), (xr, yr, w), jax.random.key(0))
+
+  def loss(params, x, y, fn):
+    logits, _ = model.apply({**variables, 'params': params}, x, train=True,
+                            mutable=['batch_stats'])
+    return fn(logits, y).mean()
+
+  retain = lambda p: loss(p, xr, yr, losses.cross_entropy)
+  forget = lambda p: loss(p, xf, yf, losses.gradient_ascent)
+  shift = lambda p: jax.tree.map(lambda a, g: a - eta * g, p, jax.grad(retain)(p))
+  meta = jax.grad(lambda p: retain(p) + forget(shift(p)))(variables['params'])
+  expected = jax.tree.map(lambda p, g: p - lr * g, variables['params'], meta)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               new_state.params, expected)
+  assert -1 <= float(metrics['grad_cosine']) <= 1

@@ -6,7 +6,8 @@ import pytest
 
 import transform_harness as H
 from jaxunlearn.train import FastSlowConfig
-from jaxunlearn.transforms import (add_l1_penalty, combine_forget_retain, fast_slow_schedule,
+from jaxunlearn.transforms import (add_l1_penalty, align_forget_retain, combine_forget_retain,
+                                   fast_slow_schedule,
                                    hold, mask_by_saliency, precondition_by_remain_hessian,
                                    set_saliency_mask)
 
@@ -27,6 +28,17 @@ def _retain_loss_extras(params, batch, axis_name):
 def _preconditioned(axis_name=None, **kwargs):
   return optax.chain(precondition_by_remain_hessian(damping=0.1, iters=5, axis_name=axis_name,
                                                     **kwargs), optax.sgd(0.05))
+
+
+def _align_extras(params, batch, axis_name):
+  del params, axis_name  # device-local closures; the transform averages what they give
+  return {'forget_grad_fn': jax.grad(lambda p: -H.mse(p, batch['xf'], batch['yf'])),
+          'retain_loss_fn': lambda p: H.mse(p, batch['xr'], batch['yr']),
+          'forget_loss_fn': lambda p: -H.mse(p, batch['xf'], batch['yf'])}
+
+
+def _aligned(axis_name=None, **kwargs):
+  return optax.chain(align_forget_retain(0.1, axis_name=axis_name, **kwargs), optax.sgd(0.05))
 
 
 CASES = [
@@ -56,6 +68,15 @@ CASES = [
     H.Case('fast_slow_retain_chain',
            FastSlowConfig(lr=0.05, iterations=10, every=2, role='retain'),
            prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
+    H.Case('align_forget_retain_first', _aligned, extras=_align_extras,
+           make_parallel=lambda: _aligned('batch')),
+    H.Case('align_forget_retain_second', lambda: _aligned(order='second'), extras=_align_extras,
+           make_parallel=lambda: _aligned('batch', order='second')),
+    H.Case('align_forget_retain_virtual_forget',
+           lambda: _aligned(order='second', virtual='forget', forget_weight=0.5),
+           extras=_align_extras,
+           make_parallel=lambda: _aligned('batch', order='second', virtual='forget',
+                                          forget_weight=0.5)),
     H.Case('add_l1_penalty',
            lambda: optax.chain(add_l1_penalty(optax.linear_schedule(0.1, 0.0, 4)),
                                optax.sgd(0.05, momentum=0.9))),
@@ -235,3 +256,51 @@ def test_cg_stops_at_negative_curvature_instead_of_diverging():
 
 def _tree_dot(a, b):
   return float(sum(np.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+
+
+@pytest.mark.parametrize('virtual', ['retain', 'forget'])
+@pytest.mark.parametrize('order', ['first', 'second'])
+def test_align_forget_retain_is_the_gradient_of_the_look_ahead_objective(order, virtual):
+  """Second order equals ``jax.grad`` of LUR's meta objective; first order equals the same
+  formula without the ``eta H`` term. Both losses are non-quadratic (softmax CE)."""
+  params, batch = H.init_params(), H.make_batch()
+  retain = lambda p: _softmax_ce(p, batch)
+  forget = lambda p: -_softmax_ce(p, {'xr': batch['xf'], 'yr': batch['yf']})
+  eta, w_u, w_r = 0.3, 0.7, 1.3
+  if virtual == 'retain':
+    inner, outer, a, b = retain, forget, w_r, w_u
+  else:
+    inner, outer, a, b = forget, retain, w_u, w_r
+  shift = lambda p: jax.tree.map(lambda x, g: x - eta * g, p, jax.grad(inner)(p))
+  if order == 'second':
+    expected = jax.grad(lambda p: a * inner(p) + b * outer(shift(p)))(params)
+  else:
+    expected = jax.tree.map(lambda gi, go: a * gi + b * go, jax.grad(inner)(params),
+                            jax.grad(outer)(shift(params)))
+  tx = align_forget_retain(eta, order=order, virtual=virtual, forget_weight=w_u,
+                           retain_weight=w_r)
+  got, state = jax.jit(lambda g, s, p: tx.update(
+      g, s, p, forget_grad_fn=jax.grad(forget), retain_loss_fn=retain,
+      forget_loss_fn=forget))(jax.grad(retain)(params), tx.init(params), params)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), got,
+               expected)
+  assert int(state.count) == 1
+  if order == 'second':  # the HVP term is really there
+    first = align_forget_retain(eta, 'first', virtual, w_u, w_r).update(
+        jax.grad(retain)(params), tx.init(params), params, forget_grad_fn=jax.grad(forget),
+        retain_loss_fn=retain)[0]
+    assert not np.allclose(first['w'], got['w'], rtol=1e-4)
+
+
+def test_align_forget_retain_rejects_bad_options_and_missing_closures():
+  with pytest.raises(ValueError, match="'first' or 'second'"):
+    align_forget_retain(0.1, order='third')
+  with pytest.raises(ValueError, match="'retain' or 'forget'"):
+    align_forget_retain(0.1, virtual='both')
+  params = H.init_params()
+  g = jax.tree.map(jnp.ones_like, params)
+  tx = align_forget_retain(0.1, order='second')
+  with pytest.raises(ValueError, match='retain_loss_fn'):
+    tx.update(g, tx.init(params), params, forget_grad_fn=lambda p: g)
+  with pytest.raises(ValueError, match='needs params'):
+    tx.update(g, tx.init(params), forget_grad_fn=lambda p: g)

@@ -1,5 +1,6 @@
 """Unlearning as optax gradient transformations (DESIGN.md section 3)."""
 
+from jaxunlearn.transforms.align import AlignForgetRetainState, align_forget_retain
 from jaxunlearn.transforms.combine import (AddL1PenaltyState, CombineForgetRetainState,
                                            add_l1_penalty, combine_forget_retain)
 from jaxunlearn.transforms.fast_slow import fast_slow_schedule, hold
@@ -7,7 +8,7 @@ from jaxunlearn.transforms.mask import MaskBySaliencyState, mask_by_saliency, se
 from jaxunlearn.transforms.remain_geometry import (PreconditionByRemainHessianState,
                                                    precondition_by_remain_hessian)
 
-__all__ = ['AddL1PenaltyState', 'CombineForgetRetainState', 'MaskBySaliencyState',
+__all__ = ['AddL1PenaltyState', 'AlignForgetRetainState', 'align_forget_retain', 'CombineForgetRetainState', 'MaskBySaliencyState',
            'PreconditionByRemainHessianState', 'add_l1_penalty', 'combine_forget_retain',
            'fast_slow_schedule', 'hold', 'mask_by_saliency', 'precondition_by_remain_hessian',
            'set_saliency_mask']
