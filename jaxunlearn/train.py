@@ -259,13 +259,18 @@ def _steps(n: int, batch_size: int) -> int:
   return math.ceil(n / min(batch_size, n))
 
 
-def _start(variables, optim: OptimConfig, total: int, mask):
-  optim = dataclasses.replace(optim, total_steps=max(total, 1))
-  state = init_state(variables, optim())
+def _init_masked(variables, tx_factory, mask):
+  """A fresh state for ``tx_factory()`` with ``mask`` (if any) installed."""
+  state = init_state(variables, tx_factory())
   if mask is not None:
     from jaxunlearn.transforms import set_saliency_mask
     state = state._replace(opt_state=set_saliency_mask(state.opt_state, mask))
-  return optim, state
+  return state
+
+
+def _start(variables, optim: OptimConfig, total: int, mask):
+  optim = dataclasses.replace(optim, total_steps=max(total, 1))
+  return optim, _init_masked(variables, optim, mask)
 
 
 def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: int,
@@ -308,6 +313,12 @@ def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: i
   return jax.device_get(state.variables), history
 
 
+def _cycle(n: int, batch_size: int, seed: int):
+  """Endless fixed-size batches over ``0..n-1``, reshuffled at every pass."""
+  for cycle in itertools.count():
+    yield from epoch_batches(n, batch_size, seed, cycle)
+
+
 def fit_joint(model, variables, forget: Phase, retain: Phase, *, epochs: int,
               batch_size: int, optim: OptimConfig, seed: int, desc: str = 'joint',
               progress: bool = True, mask=None):
@@ -324,12 +335,7 @@ def fit_joint(model, variables, forget: Phase, retain: Phase, *, epochs: int,
   optim, state = _start(variables, optim, total, mask)
   step = compiled_forget_retain_step(model, forget.loss_fn, retain.loss_fn, optim)
   base_key = jax.random.key(seed)
-
-  def forget_batches():
-    for cycle in itertools.count():
-      yield from epoch_batches(len(forget), batch_size, seed * 1000 + 1, cycle)
-
-  forget_iter = forget_batches()
+  forget_iter = _cycle(len(forget), batch_size, seed * 1000 + 1)
   history = {'retain': [], 'forget': [], 'grad_cosine': []}
   bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
   for epoch in range(epochs):
@@ -343,12 +349,6 @@ def fit_joint(model, variables, forget: Phase, retain: Phase, *, epochs: int,
   bar.close()
   history = {k: np.asarray(jax.device_get(v), np.float32) for k, v in history.items()}
   return jax.device_get(state.variables), history
-
-
-def _cycle(n: int, batch_size: int, seed: int):
-  """Endless fixed-size batches over ``0..n-1``, reshuffled at every pass."""
-  for cycle in itertools.count():
-    yield from epoch_batches(n, batch_size, seed, cycle)
 
 
 def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: FastSlowConfig,
@@ -372,10 +372,7 @@ def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: Fas
   """
   forget_cfg = dataclasses.replace(config, role='forget')
   retain_cfg = dataclasses.replace(config, role='retain')
-  state = init_state(variables, forget_cfg())
-  if mask is not None:
-    from jaxunlearn.transforms import set_saliency_mask
-    state = state._replace(opt_state=set_saliency_mask(state.opt_state, mask))
+  state = _init_masked(variables, forget_cfg, mask)
   forget_step = compiled_forget_step(model, forget.loss_fn, retain.loss_fn, forget_cfg)
   retain_step = compiled_train_step(model, retain.loss_fn, retain_cfg)
   forget_iter = _cycle(len(forget), batch_size, seed * 1000 + 1)
