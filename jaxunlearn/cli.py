@@ -3,6 +3,7 @@
     jaxunlearn run [--dataset digits] [--scenario class:3|random:10]
                    [--methods retrain,ft,ga,rl] [--seeds 0,1,2] [--out DIR]
                    [--set ft.lr=0.02 --set train.epochs=5 ...] [--tune]
+                   [--alignment-every N] [--parallel auto|none|pmap|shard] [--devices N]
     jaxunlearn methods      # the registered methods and their default hyperparameters
 """
 
@@ -72,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--tune-seeds', type=_seeds, default=[1000])
   run.add_argument('--tune-grid', type=_floats, default=[0.25, 0.5, 1.0, 2.0, 4.0],
                    help='factors applied to each default learning rate when tuning')
+  run.add_argument('--alignment-every', type=int, default=5, metavar='N',
+                   help='measure the cosine between forget and retain gradients every N '
+                        'updates of each iterative method (alignment.png; 0 = off; its '
+                        'time is not counted in RTE)')
+  run.add_argument('--parallel', default='auto', choices=('auto', 'none', 'pmap', 'shard'),
+                   help='how steps run over devices: auto = all local devices (pmap when '
+                        'there are several), none = one device, pmap, or shard (jit over a '
+                        'device mesh, batch axis sharded)')
+  run.add_argument('--devices', type=int, default=None, metavar='N',
+                   help='use the first N local devices (default: all)')
   sub.add_parser('methods', help='list methods and default hyperparameters')
   return parser
 
@@ -94,7 +105,9 @@ def main(argv=None) -> int:
         model=args.model, width=args.width, scenario=args.scenario,
         methods=tuple(args.methods), seeds=tuple(args.seeds),
         overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
-        tune=args.tune, tune_seeds=tuple(args.tune_seeds), tune_grid=tuple(args.tune_grid))
+        tune=args.tune, tune_seeds=tuple(args.tune_seeds), tune_grid=tuple(args.tune_grid),
+        alignment_every=args.alignment_every, parallel=args.parallel,
+        num_devices=args.devices)
     config.validate()
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
@@ -106,7 +119,8 @@ def main(argv=None) -> int:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
     return 2
   print(format_table(results))
-  print(f'\nwrote {args.out}/results.json and {args.out}/results.png '
+  extra = ' and alignment.png' if results.get('alignment') else ''
+  print(f'\nwrote {args.out}/results.json, {args.out}/results.png{extra} '
         f'({time.perf_counter() - start:.0f} s)')
   return 0
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -18,11 +19,14 @@ import numpy as np
 
 from jaxunlearn import checkpoint, methods as methods_lib
 from jaxunlearn.data import load_dataset, make_split, parse_scenario
-from jaxunlearn.evaluate import avg_gap, evaluate, model_outputs, summarize
+from jaxunlearn.evaluate import (GradientAlignment, avg_gap, evaluate, model_outputs,
+                                 summarize)
 from jaxunlearn.models import make_model
+from jaxunlearn.parallel import Parallel
 from jaxunlearn.train import TrainConfig, init_variables, train_classifier
 
-REPORTED = ('UA', 'RA', 'TA', 'MIA', 'MIA_entropy', 'KL', 'JS', 'avg_gap', 'rte_s')
+REPORTED = ('UA', 'RA', 'TA', 'MIA', 'MIA_entropy', 'KL', 'JS', 'avg_gap', 'rte_s',
+            'grad_cosine')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,13 @@ class ExperimentConfig:
     tune: grid-search each method's learning rate first (:func:`tune_learning_rates`).
     tune_seeds: seeds of the tuning runs (disjoint from ``seeds``).
     tune_grid: factors applied to each method's default learning rate.
+    alignment_every: every this many optimizer updates of each iterative method, measure
+      the cosine between the forget and retain gradients on fixed probe batches
+      (:class:`jaxunlearn.evaluate.GradientAlignment`); 0 = never. Its time is not
+      counted in ``rte_s``.
+    parallel: 'none', 'pmap', 'shard' or 'auto' (all local devices, ``pmap`` when there
+      are several): how training and unlearning steps run (:mod:`jaxunlearn.parallel`).
+    num_devices: devices for 'pmap'/'shard' (None: all local ones).
   """
 
   dataset: str = 'digits'
@@ -62,6 +73,9 @@ class ExperimentConfig:
   tune: bool = False
   tune_seeds: Sequence[int] = (1000,)
   tune_grid: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)
+  alignment_every: int = 0
+  parallel: str = 'none'
+  num_devices: int | None = None
 
   def validate(self):
     """Checks names and overrides before any compute; raises ValueError saying what to fix."""
@@ -70,6 +84,9 @@ class ExperimentConfig:
       raise ValueError('no methods given: pass e.g. --methods retrain,ft,ga,rl')
     if not self.seeds:
       raise ValueError('no seeds given: pass e.g. --seeds 0,1,2')
+    self.devices()
+    if self.alignment_every < 0:
+      raise ValueError(f'alignment_every must be >= 0 (0 = off), got {self.alignment_every}')
     if len(set(self.seeds)) != len(self.seeds):
       raise ValueError(f'seeds repeat: {list(self.seeds)}')
     for name in self.methods:
@@ -85,6 +102,13 @@ class ExperimentConfig:
         raise ValueError(f'--set names method {name!r}, which is not among --methods '
                          f'{",".join(self.methods)}')
       methods_lib.resolve_hparams(name, hp)
+
+
+  def devices(self) -> Parallel:
+    """The :class:`jaxunlearn.parallel.Parallel` of ``parallel`` and ``num_devices``."""
+    if self.parallel == 'auto':
+      return Parallel.auto(self.num_devices)
+    return Parallel(self.parallel, self.num_devices)
 
 
 def _timed(fn):
@@ -138,19 +162,21 @@ def _prepare_seed(s: _Setup, seed: int) -> _Seed:
   split = make_split(ds, config.scenario, seed)
   task = methods_lib.UnlearnTask(model, None, ds.x_train[split.forget], ds.y_train[split.forget],
                                  ds.x_train[split.retain], ds.y_train[split.retain],
-                                 ds.num_classes, seed, config.progress)
+                                 ds.num_classes, seed, config.progress,
+                                 parallel=config.devices())
   original, _ = checkpoint.cached(
       config.cache_dir, 'original',
       {**s.cache_key, 'train': dataclasses.asdict(s.train_cfg), 'seed': seed},
       lambda: train_classifier(model, ds.x_train, ds.y_train, s.train_cfg, seed,
-                               desc=f'original (seed {seed})', progress=config.progress),
+                               desc=f'original (seed {seed})', progress=config.progress,
+                               parallel=task.parallel),
       like=s.like)
   retrained, info = checkpoint.cached(
       config.cache_dir, 'retrain',
       {**s.cache_key, 'train': s.retrain_hp, 'seed': seed, 'scenario': config.scenario,
        'forget': split.forget.tolist()},
       lambda: methods_lib.get_method('retrain').run(task, s.retrain_hp), like=s.like)
-  reference = model_outputs(model, retrained, ds, split)
+  reference = model_outputs(model, retrained, ds, split, task.parallel)
   return _Seed(split, dataclasses.replace(task, variables=original), reference,
                evaluate(reference, ds, split, reference), info['seconds'])
 
@@ -158,7 +184,7 @@ def _prepare_seed(s: _Setup, seed: int) -> _Seed:
 def _score(s: _Setup, sd: _Seed, variables, split=None) -> dict:
   """Metrics of ``variables`` (and Avg. Gap to Retrain) on ``split`` (default: the seed's)."""
   split = split or sd.split
-  out = model_outputs(s.model, variables, s.dataset, split)
+  out = model_outputs(s.model, variables, s.dataset, split, sd.task.parallel)
   reference, ref_metrics = sd.reference, sd.ref_metrics
   if split is not sd.split:  # a subset of the test set, e.g. its validation half
     rows = np.searchsorted(sd.split.test, split.test)
@@ -191,7 +217,8 @@ def score(setup: _Setup, seed_data: _Seed, variables) -> dict:
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None) -> dict:
-  """Runs the whole protocol; writes ``results.json`` and ``results.png`` to ``out_dir``.
+  """Runs the whole protocol; writes ``results.json`` and ``results.png`` to ``out_dir``
+  (and ``alignment.png`` with ``config.alignment_every``).
 
   With ``config.tune``, first grid-searches each method's learning rate against Retrain
   (see :func:`tune_learning_rates`) and runs with the chosen rates.
@@ -210,17 +237,29 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None) 
              for name in config.methods}
 
   per_seed = {name: [] for name in config.methods}
+  alignment = {name: {'steps': [], 'cosine': []} for name in config.methods}
   original_rows = []  # the model before unlearning, for context
   for seed in config.seeds:
     sd = _prepare_seed(s, seed)
     original_rows.append(_score(s, sd, sd.task.variables))
     for name in config.methods:
       if name == 'retrain':
-        row = dict(sd.ref_metrics, avg_gap=0.0, rte_s=sd.retrain_seconds)
-      else:
-        variables, seconds = _timed(lambda: methods_lib.get_method(name).run(sd.task,
-                                                                             hparams[name]))
-        row = dict(_score(s, sd, variables), rte_s=seconds)
+        per_seed[name].append(dict(sd.ref_metrics, avg_gap=0.0, rte_s=sd.retrain_seconds))
+        continue
+      task, probe = sd.task, None
+      if config.alignment_every:
+        probe = GradientAlignment(s.model, task.forget_x, task.forget_y, task.retain_x,
+                                  task.retain_y, seed=seed)
+        probe(0, task.variables)  # the original's alignment (and the compile), untimed
+        probe.seconds = 0.0
+        task = dataclasses.replace(task, callback=probe, callback_every=config.alignment_every)
+      method = methods_lib.get_method(name)
+      variables, seconds = _timed(functools.partial(method.run, task, hparams[name]))
+      row = dict(_score(s, sd, variables), rte_s=seconds - (probe.seconds if probe else 0.0))
+      if probe is not None and len(probe.steps) > 1:  # the method reported its updates
+        row['grad_cosine'] = float(np.mean(probe.cosines[1:]))
+        alignment[name]['steps'].append(probe.steps)
+        alignment[name]['cosine'].append(probe.cosines)
       per_seed[name].append(row)
 
   results = {
@@ -234,8 +273,14 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None) 
       'per_seed': per_seed,
       'hparams': {**hparams, 'train': dataclasses.asdict(s.train_cfg)},
       'metrics_doc': 'percent for UA/RA/TA/MIA/MIA_entropy/avg_gap; nats for KL/JS (to '
-                     'Retrain on D_f); seconds for rte_s; std is over seeds (ddof=1)',
+                     'Retrain on D_f); seconds for rte_s; grad_cosine: mean over the run '
+                     'of cos(forget grad, retain grad) on probe batches (see alignment: '
+                     'per seed, the optimizer updates and the cosine there, update 0 = '
+                     'the original); std is over seeds (ddof=1)',
   }
+  alignment = {k: v for k, v in alignment.items() if v['steps']}
+  if alignment:
+    results['alignment'] = alignment
   if tuning is not None:
     results['tuning'] = tuning
   if out_dir is not None:
@@ -290,8 +335,10 @@ def _summarize_rows(rows, keys=REPORTED):
 
 
 def write_results(results: dict, out_dir: str | Path) -> None:
-  from jaxunlearn.report import plot_results
+  from jaxunlearn.report import plot_alignment, plot_results
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   (out / 'results.json').write_text(json.dumps(results, indent=1))
   plot_results(results, out / 'results.png')
+  if results.get('alignment'):
+    plot_alignment(results, out / 'alignment.png')

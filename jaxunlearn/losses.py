@@ -30,12 +30,20 @@ def random_labels(key, labels, num_classes: int, exclude_true: bool = True):
 
   ``exclude_true=True`` is the paper's y' != y (SalUn, arXiv 2310.12508, eq. 4); the SalUn
   reference code draws ``randint(0, C)`` and so keeps the true label with probability 1/C
-  (``exclude_true=False`` reproduces that).
+  (``exclude_true=False`` reproduces that). ``key`` may be a
+  :class:`jaxunlearn.parallel.ShardKey` (under ``pmap``): the draws are then those of the
+  whole global batch, sliced to this device's examples.
   """
+  shape, offset = labels.shape, None
+  if hasattr(key, 'global_size'):  # a ShardKey: draw for the global batch, keep our slice
+    key, offset, shape = key.key, key.offset, (key.global_size, *labels.shape[1:])
   if exclude_true:
-    shift = jax.random.randint(key, labels.shape, 1, num_classes)
-    return (labels + shift) % num_classes
-  return jax.random.randint(key, labels.shape, 0, num_classes)
+    draw = jax.random.randint(key, shape, 1, num_classes)
+  else:
+    draw = jax.random.randint(key, shape, 0, num_classes)
+  if offset is not None:
+    draw = jax.lax.dynamic_slice_in_dim(draw, offset, labels.shape[0])
+  return (labels + draw) % num_classes if exclude_true else draw
 
 
 def random_label_cross_entropy(logits, labels, key, exclude_true: bool = True):
@@ -49,18 +57,39 @@ def random_label_cross_entropy_with_true(logits, labels, key):
   return random_label_cross_entropy(logits, labels, key, exclude_true=False)
 
 
-def weighted_mean(per_example, weights):
-  """Mean of ``per_example`` under 0/1 (or real) ``weights``; 0 when all weights are 0."""
-  return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
+def expected_random_label_cross_entropy(logits, labels, key=None):
+  """The expectation over ``y' != y`` (uniform) of the RL loss ``CE(logits, y')``, per
+  example: ``-mean_{c != y} log softmax(logits)_c``. Its gradient is the expected RL
+  forget gradient, without the noise of one draw (used to measure gradient alignment)."""
+  del key
+  num_classes = logits.shape[-1]
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  wrong = 1.0 - jax.nn.one_hot(labels, num_classes, dtype=log_p.dtype)
+  return -jnp.sum(log_p * wrong, axis=-1) / (num_classes - 1)
 
 
-def reduce_loss(loss_fn, per_example, weights):
+def weighted_mean(per_example, weights, axis_name: str | None = None):
+  """Mean of ``per_example`` under 0/1 (or real) ``weights``; 0 when all weights are 0.
+
+  Under ``pmap`` (``axis_name``), each device returns its share scaled so that the
+  ``lax.pmean`` over devices of the result (and of its gradient) is the weighted mean over
+  the global batch: ``size * sum_local(l w) / sum_global(w)``.
+  """
+  total = jnp.sum(per_example * weights)
+  norm = jnp.sum(weights)
+  if axis_name is not None:
+    norm = jax.lax.psum(norm, axis_name) / jax.lax.psum(1, axis_name)
+  return total / jnp.maximum(norm, 1e-12)
+
+
+def reduce_loss(loss_fn, per_example, weights, axis_name: str | None = None):
   """The batch loss: ``weighted_mean`` of ``per_example`` under ``weights`` (0 for padding),
   times the loss's own per-example weights when it defines ``example_weights`` (SFR-on's
-  adaptive weights, normalised over the valid examples of the batch)."""
+  adaptive weights, normalised over the valid examples of the batch: of the global batch
+  under ``pmap``)."""
   if hasattr(loss_fn, 'example_weights'):
     weights = weights * jax.lax.stop_gradient(loss_fn.example_weights(per_example))
-  return weighted_mean(per_example, weights)
+  return weighted_mean(per_example, weights, axis_name)
 
 
 def _distill_kl(student_logits, teacher_probs, temperature):

@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxunlearn import losses
 from jaxunlearn.influence import influence_direction
+from jaxunlearn.parallel import SINGLE, Parallel
 from jaxunlearn.saliency import salun_mask, sfron_mask
 from jaxunlearn.step import predict
 from jaxunlearn.train import (FastSlowConfig, OptimConfig, Phase, TrainConfig, fit,
@@ -44,6 +45,9 @@ class UnlearnTask:
     progress: show a progress bar.
     callback: ``callback(updates, variables)``, called by the iterative methods every
       ``callback_every`` optimizer updates and at the end (for curves over steps).
+    parallel: the devices the methods run on (:class:`jaxunlearn.parallel.Parallel`): their
+      steps, saliency masks, Fisher statistics and teacher outputs (Boundary Shrink's FGSM
+      input gradients and the influence step run on one device).
   """
 
   model: Any
@@ -57,6 +61,7 @@ class UnlearnTask:
   progress: bool = True
   callback: Callable | None = None
   callback_every: int = 0
+  parallel: Parallel = SINGLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +132,7 @@ def _fit(task: UnlearnTask, hp: dict, phases, desc: str, model=None, variables=N
                      phases, epochs=hp['epochs'], batch_size=hp['batch_size'],
                      optim=_sgd(hp, **options), seed=task.seed, desc=desc,
                      progress=task.progress, mask=mask, callback=task.callback,
-                     callback_every=task.callback_every)
+                     callback_every=task.callback_every, parallel=task.parallel)
   return variables
 
 
@@ -138,7 +143,7 @@ def _forget_loss(hp):
 
 
 def _logits(task: UnlearnTask, variables, x):
-  return predict(task.model, variables, x)
+  return predict(task.model, variables, x, parallel=task.parallel)
 
 
 _SGD = dict(momentum=0.9, weight_decay=5e-4, schedule='constant', batch_size=128)
@@ -148,7 +153,8 @@ _SGD = dict(momentum=0.9, weight_decay=5e-4, schedule='constant', batch_size=128
           **dataclasses.asdict(TrainConfig()))
 def retrain(task: UnlearnTask, hp: dict):
   return train_classifier(task.model, task.retain_x, task.retain_y, TrainConfig(**hp),
-                          seed=task.seed, desc='retrain', progress=task.progress)
+                          seed=task.seed, desc='retrain', progress=task.progress,
+                          parallel=task.parallel)
 
 
 @register('ft', 'Fine-tune: CE on D_r', lr=0.01, epochs=10, **_SGD)
@@ -185,7 +191,7 @@ def salun(task: UnlearnTask, hp: dict):
   optimizer so that masked weights stay exactly at their original values.
   """
   mask = salun_mask(task.model, task.variables, task.forget_x, task.forget_y, hp['keep'],
-                    hp['batch_size'])
+                    hp['batch_size'], task.parallel)
   return _fit(task, hp, _rl_phases(task, hp), 'salun', mask=mask, saliency=True)
 
 
@@ -195,13 +201,14 @@ def salun_joint(task: UnlearnTask, hp: dict):
   """SalUn's objective ``L = CE(x_f, y') + alpha CE(x_r, y_r)`` minimised in joint steps:
   ``combine_forget_retain(1, alpha)`` then the masked optimizer."""
   mask = salun_mask(task.model, task.variables, task.forget_x, task.forget_y, hp['keep'],
-                    hp['batch_size'])
+                    hp['batch_size'], task.parallel)
   variables, _ = fit_joint(
       task.model, task.variables, Phase(task.forget_x, task.forget_y, _forget_loss(hp)),
       Phase(task.retain_x, task.retain_y, losses.cross_entropy), epochs=hp['epochs'],
       batch_size=hp['batch_size'],
       optim=_sgd(hp, saliency=True, forget_weight=1.0, retain_weight=hp['alpha']),
-      seed=task.seed, desc='salun_joint', progress=task.progress, mask=mask)
+      seed=task.seed, desc='salun_joint', progress=task.progress, mask=mask,
+      callback=task.callback, callback_every=task.callback_every, parallel=task.parallel)
   return variables
 
 
@@ -213,7 +220,7 @@ def _sfron(task: UnlearnTask, hp: dict, desc: str, **options):
   mask = None
   if hp['mask']:
     mask = sfron_mask(task.model, task.variables, task.forget_x, task.forget_y, task.retain_x,
-                      task.retain_y, hp['gamma'], hp['batch_size'])
+                      task.retain_y, hp['gamma'], hp['batch_size'], task.parallel)
   config = FastSlowConfig(hp['lr'], hp['momentum'], hp['weight_decay'], hp['schedule'],
                           hp['iterations'], hp['every'], hp['alpha'], 'cosine', hp['clip_norm'],
                           saliency=hp['mask'], **options)
@@ -222,7 +229,8 @@ def _sfron(task: UnlearnTask, hp: dict, desc: str, **options):
       Phase(task.forget_x, task.forget_y, losses.AdaptiveGradientAscent(hp['lam'])),
       Phase(task.retain_x, task.retain_y, losses.cross_entropy), config=config,
       batch_size=hp['batch_size'], seed=task.seed, desc=desc, progress=task.progress,
-      mask=mask, callback=task.callback, callback_every=task.callback_every)
+      mask=mask, callback=task.callback, callback_every=task.callback_every,
+      parallel=task.parallel)
   return variables
 
 
@@ -269,7 +277,8 @@ def lur(task: UnlearnTask, hp: dict):
       optim=_sgd(hp, forget_weight=hp['forget_weight'], retain_weight=hp['retain_weight'],
                  lookahead_lr=hp['inner_lr'], lookahead_order=hp['order'],
                  lookahead_virtual=hp['virtual']),
-      seed=task.seed, desc='lur', progress=task.progress)
+      seed=task.seed, desc='lur', progress=task.progress, callback=task.callback,
+      callback_every=task.callback_every, parallel=task.parallel)
   return variables
 
 

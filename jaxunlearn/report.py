@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 TABLE_COLUMNS = (('UA', 'UA'), ('RA', 'RA'), ('TA', 'TA'), ('MIA', 'MIA'),
-                 ('avg_gap', 'Avg.Gap'), ('KL', 'KL(Rt||.)'), ('rte_s', 'RTE s'))
+                 ('avg_gap', 'Avg.Gap'), ('KL', 'KL(Rt||.)'), ('rte_s', 'RTE s'),
+                 ('grad_cosine', 'cos(gf,gr)'))
 BAR_METRICS = ('UA', 'RA', 'TA', 'MIA')
 
 
@@ -18,9 +19,11 @@ def _cell(stat: dict | None, digits: int) -> str:
 def format_table(results: dict) -> str:
   """A plain-text table: one row per method (and the original), mean ± std over seeds."""
   rows = [('original', results.get('original', {}))] + list(results['methods'].items())
-  header = ['method'] + [title for _, title in TABLE_COLUMNS]
-  body = [[name] + [_cell(stats.get(key), 3 if key == 'KL' else 2) for key, _ in TABLE_COLUMNS]
-          for name, stats in rows]
+  columns = [(k, t) for k, t in TABLE_COLUMNS  # optional columns only when measured
+             if k != 'grad_cosine' or any(k in stats for _, stats in rows)]
+  header = ['method'] + [title for _, title in columns]
+  body = [[name] + [_cell(stats.get(key), 3 if key in ('KL', 'grad_cosine') else 2)
+                    for key, _ in columns] for name, stats in rows]
   widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
   line = lambda r: '  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
                              enumerate(zip(r, widths)))
@@ -74,6 +77,37 @@ def plot_results(results: dict, path: str | Path) -> None:
   ax_gap.invert_yaxis()
   ax_gap.set_xlabel('Avg. Gap to Retrain (lower is better)')
   ax_gap.set_title('Avg. Gap')
+  fig.tight_layout()
+  fig.savefig(path, dpi=130)
+  plt.close(fig)
+
+
+def plot_alignment(results: dict, path: str | Path) -> None:
+  """Cosine between forget and retain gradients over optimizer updates, one line per
+  method (mean over seeds, band = min..max), from ``results['alignment']``."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  fig, ax = plt.subplots(figsize=(7.5, 4.2))
+  palette = plt.get_cmap('tab10')
+  names = list(results['methods'])
+  for name, curves in results['alignment'].items():
+    color = palette(names.index(name) % palette.N)
+    length = min(len(s) for s in curves['steps'])
+    steps = np.asarray(curves['steps'][0][:length])
+    cos = np.asarray([c[:length] for c in curves['cosine']])
+    mean = results['methods'][name].get('grad_cosine', {}).get('mean', float('nan'))
+    ax.plot(steps, cos.mean(0), color=color, lw=1.6, label=f'{name} (mean {mean:+.3f})')
+    if len(cos) > 1:
+      ax.fill_between(steps, cos.min(0), cos.max(0), color=color, alpha=0.18, lw=0)
+  ax.axhline(0.0, color='k', lw=0.8, ls='--')
+  ax.set_xlabel('optimizer updates (0 = original model)')
+  ax.set_ylabel('cos(grad forget loss, grad retain loss)')
+  ax.set_title(f"{results['dataset']} · {results['scenario']} · {len(results['seeds'])} seed(s)"
+               ' · probe batches, expected random-label CE vs CE', fontsize=9)
+  ax.legend(fontsize=8, frameon=False)
   fig.tight_layout()
   fig.savefig(path, dpi=130)
   plt.close(fig)

@@ -19,7 +19,8 @@ import numpy as np
 
 from jaxunlearn import losses as losses_lib
 from jaxunlearn.losses import weighted_mean
-from jaxunlearn.train import epoch_batches
+from jaxunlearn.parallel import SINGLE, Parallel
+from jaxunlearn.train import epoch_batches, num_batches
 
 
 def topk_gradient_mask(grads, keep: float):
@@ -46,30 +47,39 @@ def topk_gradient_mask(grads, keep: float):
 
 
 @functools.lru_cache(maxsize=32)
-def _batch_grad(model, loss_fn):
-  def grad(variables, x, y, w):
+def _batch_grad(model, loss_fn, parallel: Parallel = SINGLE):
+  axis_name = parallel.axis_name
+
+  def grad(variables, batch):
+    x, y, w = batch
+
     def objective(params):
       logits = model.apply({**variables, 'params': params}, x, train=False)
-      return weighted_mean(loss_fn(logits, y, None), w)
-    return jax.grad(objective)(variables['params'])
-  return jax.jit(grad)
+      return weighted_mean(loss_fn(logits, y, None), w, axis_name)
+
+    g = jax.grad(objective)(variables['params'])
+    return g if axis_name is None else jax.lax.pmean(g, axis_name)
+  return parallel.batched(grad)
 
 
 def accumulate_gradients(model, variables, x, y, loss_fn=losses_lib.gradient_ascent,
-                         batch_size: int = 128, square: bool = False):
+                         batch_size: int = 128, square: bool = False,
+                         parallel: Parallel = SINGLE):
   """Sum over batches of the gradient of the batch-mean ``loss_fn`` (model in eval mode).
 
   This is SalUn's mask statistic (its ``generate_mask.py`` sums ``loss.backward()`` of
   ``-CE`` over the forget loader). Batches are in index order; the last is padded with
   weight-0 repeats. With ``square``, sums the elementwise squares of the batch gradients
-  instead (the Fisher statistic of :func:`fisher_diagonal`).
+  instead (the Fisher statistic of :func:`fisher_diagonal`). With ``parallel``, each batch
+  is split over its devices (eval mode: the same batch gradients).
   """
   if len(y) == 0:
     raise ValueError('cannot accumulate gradients over an empty set')
-  fn = _batch_grad(model, loss_fn)
+  fn = _batch_grad(model, loss_fn, parallel)
   total = None
-  for idx, w in epoch_batches(len(y), batch_size, seed=0, epoch=0, shuffle=False):
-    g = fn(variables, x[idx], y[idx], w)
+  for idx, w in epoch_batches(len(y), batch_size, seed=0, epoch=0, shuffle=False,
+                              multiple_of=parallel.size):
+    g = fn(variables, (x[idx], y[idx], w))
     if square:
       g = jax.tree.map(jnp.square, g)
     total = g if total is None else jax.tree.map(jnp.add, total, g)
@@ -77,10 +87,11 @@ def accumulate_gradients(model, variables, x, y, loss_fn=losses_lib.gradient_asc
 
 
 def salun_mask(model, variables, forget_x, forget_y, keep: float = 0.5,
-               batch_size: int = 128):
+               batch_size: int = 128, parallel: Parallel = SINGLE):
   """SalUn's weight saliency mask: top ``keep`` of ``|sum_batches grad(-CE(D_f))|``."""
   return topk_gradient_mask(accumulate_gradients(model, variables, forget_x, forget_y,
-                                                 batch_size=batch_size), keep)
+                                                 batch_size=batch_size, parallel=parallel),
+                            keep)
 
 
 def mask_fraction(mask) -> float:
@@ -89,12 +100,13 @@ def mask_fraction(mask) -> float:
   return float(sum(np.sum(np.asarray(m) != 0) for m in leaves) / sum(np.size(m) for m in leaves))
 
 
-def fisher_diagonal(model, variables, x, y, batch_size: int = 128):
+def fisher_diagonal(model, variables, x, y, batch_size: int = 128,
+                    parallel: Parallel = SINGLE):
   """Diagonal empirical Fisher as SFR-on's reference computes it: the mean over batches of
   the squared gradient of the batch-mean cross-entropy (model in eval mode)."""
-  batches = -(-len(y) // min(batch_size, max(len(y), 1)))
   total = accumulate_gradients(model, variables, x, y, losses_lib.cross_entropy, batch_size,
-                               square=True)
+                               square=True, parallel=parallel)
+  batches = num_batches(len(y), batch_size, parallel.size)
   return jax.tree.map(lambda f: f / batches, total)
 
 
@@ -115,8 +127,7 @@ def fisher_ratio_mask(forget_fisher, remain_fisher, gamma: float = 1.0, eps: flo
 
 
 def sfron_mask(model, variables, forget_x, forget_y, retain_x, retain_y, gamma: float = 1.0,
-               batch_size: int = 128):
+               batch_size: int = 128, parallel: Parallel = SINGLE):
   """SFR-on's Fisher-ratio saliency mask from the forget and remain sets (eval mode)."""
-  return fisher_ratio_mask(fisher_diagonal(model, variables, forget_x, forget_y, batch_size),
-                           fisher_diagonal(model, variables, retain_x, retain_y, batch_size),
-                           gamma)
+  fisher = lambda x, y: fisher_diagonal(model, variables, x, y, batch_size, parallel)
+  return fisher_ratio_mask(fisher(forget_x, forget_y), fisher(retain_x, retain_y), gamma)

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from jaxunlearn.losses import reduce_loss, weighted_mean
+from jaxunlearn.parallel import SINGLE, Parallel, shard_key
 
 LossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
@@ -53,24 +54,38 @@ def labels_of(y):
   return y['label'] if isinstance(y, dict) else y
 
 
-def _objective(model_state, x, y, w, key, model, loss_fn):
-  """``params -> (batch loss, (new model state, logits))``, the model in train mode."""
+def batch_objective(model_state, x, y, w, key, model, loss_fn, axis_name=None):
+  """``params -> (batch loss, (new model state, logits))``, the model in train mode.
+
+  Under ``pmap`` (``axis_name``) the loss is this device's share of the global-batch loss
+  (its ``pmean`` over devices, and that of its gradient, are the global ones; see
+  :func:`jaxunlearn.losses.weighted_mean`) and random draws are the global batch's.
+  """
   def objective(p):
     logits, new_model_state = model.apply({'params': p, **model_state}, x, train=True,
                                           mutable=list(model_state))
-    return reduce_loss(loss_fn, loss_fn(logits, y, key), w), (dict(new_model_state), logits)
+    per_example = loss_fn(logits, y, shard_key(key, x.shape[0], axis_name))
+    return (reduce_loss(loss_fn, per_example, w, axis_name),
+            (dict(new_model_state), logits))
   return objective
 
 
-def _loss_and_grads(params, model_state, x, y, w, key, model, loss_fn):
-  objective = _objective(model_state, x, y, w, key, model, loss_fn)
+def _pmean(tree, axis_name):
+  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def _loss_and_grads(params, model_state, x, y, w, key, model, loss_fn, axis_name=None):
+  """Global-batch loss, accuracy and gradient (averaged over devices under ``pmap``)."""
+  objective = batch_objective(model_state, x, y, w, key, model, loss_fn, axis_name)
   (loss, (new_model_state, logits)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-  accuracy = weighted_mean((jnp.argmax(logits, -1) == labels_of(y)).astype(jnp.float32), w)
+  accuracy = weighted_mean((jnp.argmax(logits, -1) == labels_of(y)).astype(jnp.float32), w,
+                           axis_name)
+  loss, accuracy, grads = _pmean((loss, accuracy, grads), axis_name)
   return loss, accuracy, grads, new_model_state
 
 
 def train_step(state: TrainState, x, y, w, base_key, *, model: nn.Module, loss_fn: LossFn,
-               tx: optax.GradientTransformation):
+               tx: optax.GradientTransformation, axis_name: str | None = None):
   """One optimizer step on the weighted mean of ``loss_fn`` over a batch.
 
   Args:
@@ -81,13 +96,15 @@ def train_step(state: TrainState, x, y, w, base_key, *, model: nn.Module, loss_f
     w: per-example weights ``[B]`` (0 for padding in the last, wrapped-around batch).
     base_key: PRNG key; the step's key is ``fold_in(base_key, state.step)``.
     model, loss_fn, tx: static configuration.
+    axis_name: under ``pmap``, the device axis (see :mod:`jaxunlearn.parallel`): losses,
+      gradients and metrics are those of the global batch.
 
   Returns:
     ``(new_state, {'loss': scalar, 'accuracy': scalar})``.
   """
   key = jax.random.fold_in(base_key, state.step)
   loss, accuracy, grads, model_state = _loss_and_grads(
-      state.params, state.model_state, x, y, w, key, model, loss_fn)
+      state.params, state.model_state, x, y, w, key, model, loss_fn, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   new_state = TrainState(params, model_state, opt_state, optax.safe_increment(state.step))
@@ -103,7 +120,8 @@ def tree_cosine(a, b):
 
 def forget_retain_step(state: TrainState, forget_batch, retain_batch, base_key, *,
                        model: nn.Module, forget_loss: LossFn, retain_loss: LossFn,
-                       tx: optax.GradientTransformation):
+                       tx: optax.GradientTransformation, forget_grads_at_params: bool = True,
+                       axis_name: str | None = None):
   """One joint step: ``updates`` = retain gradient, ``forget_grads`` = forget gradient.
 
   The chain decides how they combine (``combine_forget_retain``); BatchNorm statistics see the
@@ -114,32 +132,47 @@ def forget_retain_step(state: TrainState, forget_batch, retain_batch, base_key, 
 
   Args:
     forget_batch, retain_batch: ``(x, y, w)`` tuples as in :func:`train_step`.
+    forget_grads_at_params: compute the forget gradient at ``params`` (and pass it as
+      ``forget_grads``). False for chains that only evaluate the forget loss through the
+      closures (LUR's look-ahead, virtual retain step): it saves a whole gradient per step;
+      the forget batch then does not update BatchNorm's running statistics and the metrics
+      have no forget loss or cosine.
+    axis_name: as in :func:`train_step`; the closures are then device-local (transforms
+      that call them take the same ``axis_name`` and average what they compute).
 
   Returns:
-    ``(new_state, metrics)`` with the two losses and the cosine between the two gradients.
+    ``(new_state, metrics)``: the retain loss and accuracy, and (with
+    ``forget_grads_at_params``) the forget loss and the cosine between the two gradients.
   """
   key = jax.random.fold_in(base_key, state.step)
   fkey, rkey = jax.random.split(key)
-  f_loss, _, f_grads, model_state = _loss_and_grads(
-      state.params, state.model_state, *forget_batch, fkey, model, forget_loss)
+  model_state, extra, metrics = state.model_state, {}, {}
+  if forget_grads_at_params:
+    f_loss, _, f_grads, model_state = _loss_and_grads(
+        state.params, model_state, *forget_batch, fkey, model, forget_loss, axis_name)
+    extra['forget_grads'] = f_grads
   r_loss, r_acc, r_grads, model_state = _loss_and_grads(
-      state.params, model_state, *retain_batch, rkey, model, retain_loss)
+      state.params, model_state, *retain_batch, rkey, model, retain_loss, axis_name)
+  if forget_grads_at_params:
+    metrics = {'forget_loss': f_loss, 'grad_cosine': tree_cosine(f_grads, r_grads)}
   # Closures for look-ahead and curvature transforms (traced only if a transform calls them).
-  f_obj = _objective(state.model_state, *forget_batch, fkey, model, forget_loss)
-  r_obj = _objective(state.model_state, *retain_batch, rkey, model, retain_loss)
+  f_obj = batch_objective(state.model_state, *forget_batch, fkey, model, forget_loss,
+                          axis_name)
+  r_obj = batch_objective(state.model_state, *retain_batch, rkey, model, retain_loss,
+                          axis_name)
   forget_loss_fn = lambda p: f_obj(p)[0]
-  updates, opt_state = tx.update(r_grads, state.opt_state, state.params, forget_grads=f_grads,
+  updates, opt_state = tx.update(r_grads, state.opt_state, state.params, **extra,
                                  forget_grad_fn=jax.grad(forget_loss_fn),
                                  forget_loss_fn=forget_loss_fn,
                                  retain_loss_fn=lambda p: r_obj(p)[0])
   params = optax.apply_updates(state.params, updates)
   new_state = TrainState(params, model_state, opt_state, optax.safe_increment(state.step))
-  return new_state, {'loss': r_loss, 'forget_loss': f_loss, 'accuracy': r_acc,
-                     'grad_cosine': tree_cosine(f_grads, r_grads)}
+  return new_state, {'loss': r_loss, 'accuracy': r_acc, **metrics}
 
 
 def forget_step(state: TrainState, forget_batch, retain_batch, base_key, *, model: nn.Module,
-                forget_loss: LossFn, retain_loss: LossFn, tx: optax.GradientTransformation):
+                forget_loss: LossFn, retain_loss: LossFn, tx: optax.GradientTransformation,
+                axis_name: str | None = None):
   """One step along the forget gradient (an SFR-on forget step).
 
   ``tx`` receives the forget gradient as ``updates`` and, when ``retain_batch`` is given,
@@ -154,10 +187,11 @@ def forget_step(state: TrainState, forget_batch, retain_batch, base_key, *, mode
   key = jax.random.fold_in(base_key, state.step)
   fkey, rkey = jax.random.split(key)
   loss, accuracy, grads, model_state = _loss_and_grads(
-      state.params, state.model_state, *forget_batch, fkey, model, forget_loss)
+      state.params, state.model_state, *forget_batch, fkey, model, forget_loss, axis_name)
   extra = {}
   if retain_batch is not None:
-    objective = _objective(state.model_state, *retain_batch, rkey, model, retain_loss)
+    objective = batch_objective(state.model_state, *retain_batch, rkey, model, retain_loss,
+                                axis_name)
     extra['retain_loss_fn'] = lambda p: objective(p)[0]
   updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
   params = optax.apply_updates(state.params, updates)
@@ -168,47 +202,66 @@ def forget_step(state: TrainState, forget_batch, retain_batch, base_key, *, mode
 
 @functools.lru_cache(maxsize=32)
 def compiled_forget_step(model: nn.Module, forget_loss: LossFn, retain_loss: LossFn,
-                         tx_factory: Callable[[], Any]):
-  """``jax.jit`` of :func:`forget_step`, cached like :func:`compiled_train_step`."""
-  return jax.jit(functools.partial(forget_step, model=model, forget_loss=forget_loss,
-                                   retain_loss=retain_loss, tx=tx_factory()), donate_argnums=0)
+                         tx_factory: Callable[..., Any], parallel: Parallel = SINGLE):
+  """:func:`forget_step` compiled for ``parallel``, cached like :func:`compiled_train_step`."""
+  return parallel.compile(functools.partial(
+      forget_step, model=parallel.model(model), forget_loss=forget_loss,
+      retain_loss=retain_loss, tx=parallel.tx(tx_factory), axis_name=parallel.axis_name), 2)
 
 
 @functools.lru_cache(maxsize=64)
 def compiled_forget_retain_step(model: nn.Module, forget_loss: LossFn, retain_loss: LossFn,
-                                tx_factory: Callable[[], Any]):
-  """``jax.jit`` of :func:`forget_retain_step`, cached like :func:`compiled_train_step`."""
-  return jax.jit(functools.partial(forget_retain_step, model=model, forget_loss=forget_loss,
-                                   retain_loss=retain_loss, tx=tx_factory()), donate_argnums=0)
+                                tx_factory: Callable[..., Any], parallel: Parallel = SINGLE):
+  """:func:`forget_retain_step` compiled for ``parallel``, cached like
+  :func:`compiled_train_step`.
+
+  The forget gradient at the current params is computed unless ``tx_factory`` says its
+  chain does not use it (``tx_factory.uses_forget_grads`` false, e.g. LUR's config).
+  """
+  return parallel.compile(functools.partial(
+      forget_retain_step, model=parallel.model(model), forget_loss=forget_loss,
+      retain_loss=retain_loss, tx=parallel.tx(tx_factory),
+      forget_grads_at_params=getattr(tx_factory, 'uses_forget_grads', True),
+      axis_name=parallel.axis_name), 2)
 
 
 @functools.lru_cache(maxsize=128)
-def compiled_train_step(model: nn.Module, loss_fn: LossFn, tx_factory: Callable[[], Any]):
-  """``jax.jit`` of :func:`train_step`, cached per (model, loss, optimizer factory).
+def compiled_train_step(model: nn.Module, loss_fn: LossFn, tx_factory: Callable[..., Any],
+                        parallel: Parallel = SINGLE):
+  """:func:`train_step` compiled for ``parallel`` (default: ``jax.jit`` on one device),
+  cached per (model, loss, optimizer factory, parallel).
 
-  All three must be hashable by value: flax modules are, module-level loss functions are,
-  and ``tx_factory`` is a frozen dataclass whose call builds the optax transformation (e.g.
-  :class:`jaxunlearn.train.OptimConfig`).
+  All must be hashable by value: flax modules are, module-level loss functions are, and
+  ``tx_factory`` is a frozen dataclass whose call builds the optax transformation (e.g.
+  :class:`jaxunlearn.train.OptimConfig`; under ``pmap`` it is called with ``axis_name``).
+  The compiled step takes ``(state, x, y, w, key)`` with a state placed by
+  ``parallel.put`` and donates it.
   """
-  return jax.jit(functools.partial(train_step, model=model, loss_fn=loss_fn, tx=tx_factory()),
-                 donate_argnums=0)
+  def step(state, batch, key):
+    return train_step(state, *batch, key, model=parallel.model(model), loss_fn=loss_fn,
+                      tx=parallel.tx(tx_factory), axis_name=parallel.axis_name)
+  compiled = parallel.compile(step, 1)
+  return lambda state, x, y, w, key: compiled(state, (x, y, w), key)
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_apply(model: nn.Module):
-  return jax.jit(lambda variables, x: model.apply(variables, x, train=False))
+def _compiled_apply(model: nn.Module, parallel: Parallel = SINGLE):
+  return parallel.batched(lambda variables, x: model.apply(variables, x, train=False),
+                          per_example=True)
 
 
-def predict(model: nn.Module, variables, x, batch_size: int = 512):
+def predict(model: nn.Module, variables, x, batch_size: int = 512,
+            parallel: Parallel = SINGLE):
   """Eval-mode logits for all of ``x`` as a float32 numpy array ``[N, num_classes]``.
 
-  Runs in fixed-size batches (the last one padded) so that one program serves any N.
+  Runs in fixed-size batches (the last one padded) so that one program serves any N;
+  with ``parallel``, each batch is split over its devices.
   """
   n = len(x)
   if n == 0:
     raise ValueError('predict: x is empty')
-  apply = _compiled_apply(model)
-  size = min(batch_size, n)
+  apply = _compiled_apply(model, parallel)
+  size = -(-min(batch_size, n) // parallel.size) * parallel.size
   out = []
   for start in range(0, n, size):
     chunk = x[start:start + size]

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from jaxunlearn.parallel import SINGLE, Parallel
 from jaxunlearn.step import (LossFn, compiled_forget_retain_step, compiled_forget_step,
                              compiled_train_step, init_state, labels_of)
 
@@ -86,7 +87,16 @@ class OptimConfig:
       return optax.cosine_decay_schedule(self.lr, max(self.total_steps, 1))
     return self.lr
 
-  def __call__(self) -> optax.GradientTransformationExtraArgs:
+  @property
+  def uses_forget_grads(self) -> bool:
+    """Whether joint steps must pass the forget gradient at the current params: LUR's
+    look-ahead with a virtual retain step only evaluates the forget loss at the shifted
+    params (through ``forget_grad_fn``), so its steps skip that gradient."""
+    return not (self.lookahead_lr > 0 and self.lookahead_virtual == 'retain')
+
+  def __call__(self, axis_name: str | None = None) -> optax.GradientTransformationExtraArgs:
+    """The chain; ``axis_name`` (under ``pmap``) goes to transforms that average what they
+    compute from device-local loss closures (LUR's look-ahead)."""
     from jaxunlearn import transforms  # transforms import train's neighbours, not train
     opt = optax.chain(optax.add_decayed_weights(self.weight_decay),
                       optax.sgd(self.learning_rate(), momentum=self.momentum or None))
@@ -96,7 +106,7 @@ class OptimConfig:
     if self.forget_weight is not None and self.lookahead_lr > 0:
       head.append(transforms.align_forget_retain(
           self.lookahead_lr, self.lookahead_order, self.lookahead_virtual, self.forget_weight,
-          self.retain_weight))
+          self.retain_weight, axis_name=axis_name))
     elif self.forget_weight is not None:
       head.append(transforms.combine_forget_retain(self.forget_weight, self.retain_weight))
     if self.clip_norm > 0:
@@ -182,13 +192,15 @@ class FastSlowConfig:
       return optax.cosine_decay_schedule(value, self.iterations)
     return optax.constant_schedule(value)
 
-  def forget_preprocessing(self) -> optax.GradientTransformationExtraArgs:
+  def forget_preprocessing(self, axis_name: str | None = None
+                           ) -> optax.GradientTransformationExtraArgs:
     from jaxunlearn import transforms
     alpha = self._per_iteration(self.forget_weight, self.forget_schedule)
     parts = [optax.scale_by_schedule(lambda f: alpha(f * self.every))]
     if self.precondition != 'none':
       parts += [transforms.precondition_by_remain_hessian(
-          self.damping, self.solver_iters, self.precondition, self.neumann_scale),
+          self.damping, self.solver_iters, self.precondition, self.neumann_scale,
+          axis_name=axis_name),
                 optax.scale(self.damping)]
     if self.saliency:
       parts.append(transforms.mask_by_saliency())
@@ -202,9 +214,9 @@ class FastSlowConfig:
     return optax.chain(optax.add_decayed_weights(self.weight_decay),
                        optax.sgd(lr, momentum=self.momentum or None))
 
-  def __call__(self) -> optax.GradientTransformationExtraArgs:
+  def __call__(self, axis_name: str | None = None) -> optax.GradientTransformationExtraArgs:
     from jaxunlearn import transforms
-    pre = self.forget_preprocessing()
+    pre = self.forget_preprocessing(axis_name)
     return optax.chain(pre if self.role == 'forget' else transforms.hold(pre), self.shared())
 
 
@@ -237,16 +249,20 @@ class Phase:
     return self.epochs is None or epoch < self.epochs
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True):
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
+                  multiple_of: int = 1):
   """Yields ``(indices, weights)`` of fixed size ``batch_size`` covering ``0..n-1`` once.
 
   The permutation is a pure function of (seed, epoch). The last batch is completed by
   wrapping around the permutation; those repeats get weight 0, so each example counts once.
+  ``multiple_of`` (the device count) must divide ``batch_size``; a set smaller than the
+  batch gets its size rounded up to a multiple of it the same way (its weight-0 repeats
+  then enter BatchNorm's batch statistics, the one difference from a single device).
   """
   if n == 0:
     raise ValueError('cannot draw batches from an empty set')
   order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-  size = min(batch_size, n)
+  size = _batch_size(n, batch_size, multiple_of)
   steps = math.ceil(n / size)
   padded = np.resize(order, steps * size)
   weights = (np.arange(steps * size) < n).astype(np.float32)
@@ -255,38 +271,50 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool 
     yield padded[sl], weights[sl]
 
 
-def _steps(n: int, batch_size: int) -> int:
-  return math.ceil(n / min(batch_size, n))
+def _batch_size(n: int, batch_size: int, multiple_of: int = 1) -> int:
+  if batch_size % multiple_of:
+    raise ValueError(f'batch size {batch_size} does not split over {multiple_of} devices; '
+                     f'use a multiple of {multiple_of}')
+  return -(-min(batch_size, n) // multiple_of) * multiple_of
 
 
-def _init_masked(variables, tx_factory, mask):
-  """A fresh state for ``tx_factory()`` with ``mask`` (if any) installed."""
+def num_batches(n: int, batch_size: int, multiple_of: int = 1) -> int:
+  """How many batches :func:`epoch_batches` yields for a set of ``n``."""
+  return math.ceil(n / _batch_size(n, batch_size, multiple_of))
+
+
+def _init_masked(variables, tx_factory, mask, parallel: Parallel = SINGLE):
+  """A fresh state for ``tx_factory()`` with ``mask`` (if any) installed, placed for
+  ``parallel``'s compiled steps."""
   state = init_state(variables, tx_factory())
   if mask is not None:
     from jaxunlearn.transforms import set_saliency_mask
     state = state._replace(opt_state=set_saliency_mask(state.opt_state, mask))
-  return state
+  return parallel.put(state)
 
 
-def _start(variables, optim: OptimConfig, total: int, mask):
+def _start(variables, optim: OptimConfig, total: int, mask, parallel: Parallel):
   optim = dataclasses.replace(optim, total_steps=max(total, 1))
-  return optim, _init_masked(variables, optim, mask)
+  return optim, _init_masked(variables, optim, mask, parallel)
 
 
 def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: int,
         optim: OptimConfig, seed: int, desc: str = 'train', progress: bool = True,
-        mask=None, callback=None, callback_every: int = 0):
+        mask=None, callback=None, callback_every: int = 0, parallel: Parallel = SINGLE):
   """Runs ``epochs`` epochs of ``phases`` from ``variables``; returns (variables, history).
 
   ``optim.total_steps`` is filled in from the data so a schedule spans the whole run.
   ``mask`` (with ``optim.saliency``) is installed into the optimizer state before the
   first step. ``history`` holds the per-step loss of every phase, keyed by phase name.
   ``callback(steps, variables)`` runs every ``callback_every`` steps and at the end.
+  ``parallel``: the devices the steps run on (:mod:`jaxunlearn.parallel`).
   """
   if epochs < 0:
     raise ValueError(f'epochs must be >= 0, got {epochs}')
-  total = sum(_steps(len(p), batch_size) for e in range(epochs) for p in phases if p.active(e))
-  optim, state = _start(variables, optim, total, mask)
+  m = parallel.size
+  total = sum(num_batches(len(p), batch_size, m) for e in range(epochs) for p in phases
+              if p.active(e))
+  optim, state = _start(variables, optim, total, mask, parallel)
   base_key = jax.random.key(seed)
   history = {p.name: [] for p in phases}
   bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
@@ -295,65 +323,79 @@ def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: i
     for phase_id, phase in enumerate(phases):
       if not phase.active(epoch):
         continue
-      step = compiled_train_step(model, phase.loss_fn, optim)
-      for idx, w in epoch_batches(len(phase), batch_size, seed * 1000 + phase_id, epoch):
+      step = compiled_train_step(model, phase.loss_fn, optim, parallel)
+      for idx, w in epoch_batches(len(phase), batch_size, seed * 1000 + phase_id, epoch,
+                                  multiple_of=m):
         state, metrics = step(state, *phase.batch(idx, w), base_key)
         history[phase.name].append(metrics['loss'])
         bar.update(1)
         done += 1
         if callback is not None and callback_every and done % callback_every == 0:
-          callback(done, jax.device_get(state.variables))
+          callback(done, parallel.get(state.variables))
     last = [h for h in history.values() if h]
     if last:
       bar.set_postfix(loss=f'{float(last[-1][-1]):.3f}')
   bar.close()
   if callback is not None and (not callback_every or total % callback_every):
-    callback(total, jax.device_get(state.variables))
+    callback(total, parallel.get(state.variables))
   history = {k: np.asarray(jax.device_get(v), np.float32) for k, v in history.items()}
-  return jax.device_get(state.variables), history
+  return parallel.get(state.variables), history
 
 
-def _cycle(n: int, batch_size: int, seed: int):
+def _cycle(n: int, batch_size: int, seed: int, multiple_of: int = 1):
   """Endless fixed-size batches over ``0..n-1``, reshuffled at every pass."""
   for cycle in itertools.count():
-    yield from epoch_batches(n, batch_size, seed, cycle)
+    yield from epoch_batches(n, batch_size, seed, cycle, multiple_of=multiple_of)
 
 
 def fit_joint(model, variables, forget: Phase, retain: Phase, *, epochs: int,
               batch_size: int, optim: OptimConfig, seed: int, desc: str = 'joint',
-              progress: bool = True, mask=None):
+              progress: bool = True, mask=None, callback=None, callback_every: int = 0,
+              parallel: Parallel = SINGLE):
   """Joint steps: each retain batch is paired with the next forget batch (the forget set
   is cycled, reshuffled at each pass), one optimizer step per pair.
 
   ``optim.forget_weight`` must be set (the chain combines the two gradients). Returns
   ``(variables, history)`` with per-step 'retain' and 'forget' losses and 'grad_cosine',
-  the cosine between the forget and retain gradients.
+  the cosine between the forget and retain gradients of each step (on its two batches;
+  the last two empty for LUR's look-ahead steps, which skip the forget gradient at the
+  params: see ``OptimConfig.uses_forget_grads``).
+  ``callback(steps, variables)`` runs every ``callback_every`` steps and at the end.
   """
   if optim.forget_weight is None:
     raise ValueError('fit_joint needs OptimConfig.forget_weight to combine the gradients')
-  total = epochs * _steps(len(retain), batch_size)
-  optim, state = _start(variables, optim, total, mask)
-  step = compiled_forget_retain_step(model, forget.loss_fn, retain.loss_fn, optim)
+  m = parallel.size
+  total = epochs * num_batches(len(retain), batch_size, m)
+  optim, state = _start(variables, optim, total, mask, parallel)
+  step = compiled_forget_retain_step(model, forget.loss_fn, retain.loss_fn, optim, parallel)
   base_key = jax.random.key(seed)
-  forget_iter = _cycle(len(forget), batch_size, seed * 1000 + 1)
+  forget_iter = _cycle(len(forget), batch_size, seed * 1000 + 1, m)
   history = {'retain': [], 'forget': [], 'grad_cosine': []}
   bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+  done = 0
   for epoch in range(epochs):
-    for idx, w in epoch_batches(len(retain), batch_size, seed * 1000, epoch):
+    for idx, w in epoch_batches(len(retain), batch_size, seed * 1000, epoch, multiple_of=m):
       state, metrics = step(state, forget.batch(*next(forget_iter)), retain.batch(idx, w),
                             base_key)
       for k, name in (('loss', 'retain'), ('forget_loss', 'forget'),
                       ('grad_cosine', 'grad_cosine')):
-        history[name].append(metrics[k])
+        if k in metrics:  # LUR's steps have no forget loss or cosine at the params
+          history[name].append(metrics[k])
       bar.update(1)
+      done += 1
+      if callback is not None and callback_every and done % callback_every == 0:
+        callback(done, parallel.get(state.variables))
   bar.close()
+  if callback is not None and (not callback_every or total % callback_every):
+    callback(total, parallel.get(state.variables))
   history = {k: np.asarray(jax.device_get(v), np.float32) for k, v in history.items()}
-  return jax.device_get(state.variables), history
+  return parallel.get(state.variables), history
 
 
 def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: FastSlowConfig,
                   batch_size: int, seed: int, desc: str = 'fast-slow', progress: bool = True,
-                  mask=None, callback=None, callback_every: int = 0):
+                  mask=None, callback=None, callback_every: int = 0,
+                  parallel: Parallel = SINGLE):
   """SFR-on's fast-slow loop: ``config.iterations`` iterations, each a retain descent step,
   preceded every ``config.every``-th iteration by a forget step (Algorithm 1 of arXiv
   2409.19732). Forget and retain batches are drawn from their sets cycled independently.
@@ -372,11 +414,12 @@ def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: Fas
   """
   forget_cfg = dataclasses.replace(config, role='forget')
   retain_cfg = dataclasses.replace(config, role='retain')
-  state = _init_masked(variables, forget_cfg, mask)
-  forget_step = compiled_forget_step(model, forget.loss_fn, retain.loss_fn, forget_cfg)
-  retain_step = compiled_train_step(model, retain.loss_fn, retain_cfg)
-  forget_iter = _cycle(len(forget), batch_size, seed * 1000 + 1)
-  retain_iter = _cycle(len(retain), batch_size, seed * 1000)
+  state = _init_masked(variables, forget_cfg, mask, parallel)
+  forget_step = compiled_forget_step(model, forget.loss_fn, retain.loss_fn, forget_cfg,
+                                     parallel)
+  retain_step = compiled_train_step(model, retain.loss_fn, retain_cfg, parallel)
+  forget_iter = _cycle(len(forget), batch_size, seed * 1000 + 1, parallel.size)
+  retain_iter = _cycle(len(retain), batch_size, seed * 1000, parallel.size)
   base_key = jax.random.key(seed)
   history = {'forget': [], 'retain': [], 'forget_update_norm': []}
   bar = tqdm(total=config.iterations, desc=desc, disable=not progress, leave=False,
@@ -387,7 +430,7 @@ def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: Fas
     nonlocal updates
     updates += 1
     if callback is not None and callback_every and updates % callback_every == 0:
-      callback(updates, jax.device_get(state.variables))
+      callback(updates, parallel.get(state.variables))
 
   for t in range(config.iterations):
     retain_batch = retain.batch(*next(retain_iter))
@@ -404,9 +447,9 @@ def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: Fas
     bar.update(1)
   bar.close()
   if callback is not None and (not callback_every or updates % callback_every):
-    callback(updates, jax.device_get(state.variables))
+    callback(updates, parallel.get(state.variables))
   history = {k: np.asarray(jax.device_get(v), np.float32) for k, v in history.items()}
-  return jax.device_get(state.variables), history
+  return parallel.get(state.variables), history
 
 
 @dataclasses.dataclass(frozen=True)
@@ -431,11 +474,11 @@ def init_variables(model, image_shape, seed: int):
 
 
 def train_classifier(model, x, y, config: TrainConfig, seed: int, desc: str = 'train',
-                     progress: bool = True):
+                     progress: bool = True, parallel: Parallel = SINGLE):
   """Trains ``model`` from scratch on (x, y) with cross-entropy; returns flax variables."""
   from jaxunlearn.losses import cross_entropy
   variables = init_variables(model, x.shape[1:], seed)
   variables, _ = fit(model, variables, [Phase(x, y, cross_entropy)], epochs=config.epochs,
                      batch_size=config.batch_size, optim=config.optim(), seed=seed, desc=desc,
-                     progress=progress)
+                     progress=progress, parallel=parallel)
   return variables

@@ -1,10 +1,10 @@
 import os
 
-# Several fake CPU devices, for the pmap checks of the transform harness. Must be set
-# before jax is imported anywhere.
+# Eight fake CPU devices, for the pmap checks of the transform harness and the data-parallel
+# equivalence tests. Must be set before jax is imported anywhere.
 if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             ' --xla_force_host_platform_device_count=4').strip()
+                             ' --xla_force_host_platform_device_count=8').strip()
 
 # Tests never touch the user's cache of trained models.
 os.environ.setdefault('JAXUNLEARN_CACHE', os.path.join(os.path.dirname(__file__), '..', '.pytest_cache', 'jaxunlearn'))

@@ -4,10 +4,10 @@ import pytest
 
 from jaxunlearn.cli import main
 
+# One device: the tests run with 8 fake CPU devices, where the default would be pmap.
 TINY_CORE = ['--model', 'resnet1', '--width', '4', '--image-size', '8', '--quiet',
-             '--set', 'train.epochs=2', '--set', 'retrain.epochs=2']
-TINY = TINY_CORE + ['--set', 'ft.epochs=1', '--set', 'ga.epochs=1',
-        '--set', 'rl.epochs=1']
+             '--parallel', 'none', '--set', 'train.epochs=2', '--set', 'retrain.epochs=2']
+TINY = TINY_CORE + ['--set', 'ft.epochs=1', '--set', 'ga.epochs=1', '--set', 'rl.epochs=1']
 
 
 def test_run_end_to_end_writes_json_and_plot(tmp_path, capsys):
@@ -44,6 +44,8 @@ def test_run_end_to_end_writes_json_and_plot(tmp_path, capsys):
     (['--set', 'ftlr=1'], 'expected METHOD.NAME=VALUE'),
     (['--set', 'salun.lr=1'], "not among --methods"),
     (['--set', 'train.epoch=1'], 'train has no setting'),
+    (['--parallel', 'pmap', '--devices', '64'], '64 devices requested, 8 available'),
+    (['--alignment-every', '-1'], 'alignment_every must be >= 0'),
 ])
 def test_bad_input_is_a_clear_error_before_compute(tmp_path, capsys, argv, message):
   assert main(['run', '--out', str(tmp_path), '--no-cache', '--quiet'] + argv) == 2
@@ -126,3 +128,19 @@ def test_sfron_step_benchmark_prints_ratios(tmp_path):
   assert 'hvp / grad' in proc.stdout
   bench = json.loads((tmp_path / 'bench.json').read_text())
   assert all(v > 0 for v in bench['ratios'].values())
+
+
+@pytest.mark.parametrize('mode', ['pmap', 'shard'])
+def test_run_on_8_devices_matches_one_device(tmp_path, mode):
+  """The CLI on 8 (fake CPU) devices: the same table as on one device."""
+  common = ['run', '--scenario', 'class:3', '--methods', 'retrain,ft,rl', '--model', 'resnet1',
+            '--width', '4', '--image-size', '8', '--quiet', '--set', 'train.epochs=1',
+            '--set', 'retrain.epochs=1', '--set', 'ft.epochs=1', '--set', 'rl.epochs=1',
+            '--alignment-every', '0', '--no-cache']
+  assert main(common + ['--parallel', 'none', '--out', str(tmp_path / 'one')]) == 0
+  assert main(common + ['--parallel', mode, '--devices', '8', '--out', str(tmp_path / 'eight')]) == 0
+  one, eight = (json.loads((tmp_path / d / 'results.json').read_text()) for d in ('one', 'eight'))
+  for name in ('retrain', 'ft', 'rl'):
+    for metric in ('UA', 'RA', 'TA'):  # accuracies: a flipped prediction would show
+      assert abs(one['methods'][name][metric]['mean'] -
+                 eight['methods'][name][metric]['mean']) < 0.2, (name, metric)

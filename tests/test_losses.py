@@ -57,3 +57,16 @@ def test_adaptive_gradient_ascent_weights_hand_computed():
                              rtol=1e-6)
   with pytest.raises(ValueError, match='lambda >= 0'):
     losses.AdaptiveGradientAscent(lam=-1.0)
+
+
+def test_expected_random_label_ce_is_the_mean_over_wrong_labels():
+  logits = jax.random.normal(jax.random.key(1), (6, 5))
+  labels = jnp.array([0, 1, 2, 3, 4, 0])
+  by_hand = np.array([np.mean([float(losses.cross_entropy(logits[i:i + 1], jnp.array([c]))[0])
+                               for c in range(5) if c != int(labels[i])]) for i in range(6)])
+  np.testing.assert_allclose(losses.expected_random_label_cross_entropy(logits, labels),
+                             by_hand, rtol=1e-5)
+  # ... and so the mean of the RL loss over many draws of y' != y.
+  draws = jax.vmap(lambda k: losses.random_label_cross_entropy(logits, labels, k))(
+      jax.random.split(jax.random.key(2), 4000))
+  np.testing.assert_allclose(draws.mean(0), by_hand, rtol=0.03)

@@ -8,6 +8,7 @@ import numpy as np
 
 from jaxunlearn.data import Dataset, UnlearnSplit
 from jaxunlearn.evaluate import metrics as M
+from jaxunlearn.parallel import SINGLE, Parallel
 from jaxunlearn.step import predict
 
 
@@ -20,9 +21,11 @@ class Outputs:
   test: np.ndarray
 
 
-def model_outputs(model, variables, dataset: Dataset, split: UnlearnSplit) -> Outputs:
-  """Eval-mode probabilities on D_f, D_r and the test set of ``split``."""
-  probs = lambda x: M.softmax(predict(model, variables, x))
+def model_outputs(model, variables, dataset: Dataset, split: UnlearnSplit,
+                  parallel: Parallel = SINGLE) -> Outputs:
+  """Eval-mode probabilities on D_f, D_r and the test set of ``split`` (each batch split
+  over ``parallel``'s devices)."""
+  probs = lambda x: M.softmax(predict(model, variables, x, parallel=parallel))
   train = probs(dataset.x_train)
   return Outputs(forget=train[split.forget], retain=train[split.retain],
                  test=probs(dataset.x_test[split.test]))

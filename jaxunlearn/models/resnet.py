@@ -54,19 +54,22 @@ class ResNet(nn.Module):
     stage_sizes: number of BasicBlocks per stage; (2, 2, 2, 2) is ResNet-18.
     width: channels of the stem and first stage; stage i has ``width * 2**i``.
     dtype: computation dtype (params stay float32).
+    axis_name: under ``pmap``, the device axis over which BatchNorm averages its batch
+      statistics (synchronised BatchNorm: the global batch's statistics, as on one device).
   """
 
   num_classes: int
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   width: int = 64
   dtype: Any = jnp.float32
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = functools.partial(nn.Conv, use_bias=False, padding='SAME', dtype=self.dtype)
     # PyTorch's BatchNorm2d defaults: momentum 0.1 (flax: 0.9), eps 1e-5.
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
+                             epsilon=1e-5, dtype=self.dtype, axis_name=self.axis_name)
     x = jnp.asarray(x, self.dtype)
     x = conv(self.width, (3, 3), name='stem_conv')(x)
     x = nn.relu(norm(name='stem_bn')(x))

@@ -51,7 +51,9 @@ def align_forget_retain(inner_lr: float, order: str = 'first', virtual: str = 'r
     ``forget_grad_fn(params) -> grads`` of the forget objective (signed so that minimising it
     forgets). Also needed: ``retain_loss_fn(params) -> scalar`` for ``order='second'`` or
     ``virtual='forget'``, and ``forget_loss_fn(params) -> scalar`` for ``virtual='forget'``
-    with ``order='second'``. Computations run in float32; updates keep their dtype.
+    with ``order='second'``. With ``virtual='forget'``, ``forget_grads`` (the forget gradient
+    at ``params``, if the step has it) saves recomputing it. Computations run in float32;
+    updates keep their dtype.
   """
   if order not in ('first', 'second'):
     raise ValueError(f"order must be 'first' or 'second', got {order!r}")
@@ -68,7 +70,7 @@ def align_forget_retain(inner_lr: float, order: str = 'first', virtual: str = 'r
     return AlignForgetRetainState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, *, forget_grad_fn, retain_loss_fn=None,
-                forget_loss_fn=None, **extra_args):
+                forget_loss_fn=None, forget_grads=None, **extra_args):
     del extra_args
     if params is None:
       raise ValueError('align_forget_retain needs params: call tx.update(updates, state, '
@@ -81,7 +83,8 @@ def align_forget_retain(inner_lr: float, order: str = 'first', virtual: str = 'r
     else:
       if retain_loss_fn is None:
         raise ValueError("virtual='forget' needs retain_loss_fn (the outer task's loss)")
-      inner, inner_loss, inner_w, outer_w = mean(f32(forget_grad_fn(p))), forget_loss_fn, w_u, w_r
+      g_u = forget_grad_fn(p) if forget_grads is None else forget_grads
+      inner, inner_loss, inner_w, outer_w = mean(f32(g_u)), forget_loss_fn, w_u, w_r
       outer_grad = jax.grad(lambda q: jnp.asarray(retain_loss_fn(q), jnp.float32))
     shifted = jax.tree.map(lambda a, g: a - inner_lr * g, p, inner)
     outer = mean(outer_grad(shifted))

@@ -1,0 +1,96 @@
+"""Cost of LUR's look-ahead steps against a plain gradient step.
+
+    python experiments/bench_lur_step.py [--width 16] [--image-size 16] [--batch 128]
+                                         [--json out.json]
+
+Times, in one process and interleaved (median over repeats), on the same batches:
+  - plain:      a compiled SGD step on the CE gradient of the retain batch (one gradient);
+  - joint:      a joint step ``w_u g_U + w_r g_R`` (``combine_forget_retain``, two gradients),
+                SalUn's objective as one step;
+  - lur_first:  a LUR step, ``order='first'``: ``w_r g_R + w_u grad L_U(theta - eta g_R)``;
+  - lur_second: a LUR step, ``order='second'``: also ``- eta H_R grad L_U(theta')`` by one
+                forward-over-reverse Hessian-vector product.
+The LUR steps use the random-label forget loss, as the ``lur`` method. Prints milliseconds
+and each step's ratio to ``plain``; ``--json`` writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+
+from jaxunlearn import losses
+from jaxunlearn.step import compiled_forget_retain_step, compiled_train_step, init_state
+from jaxunlearn.train import OptimConfig
+
+from bench_common import add_model_args, model_and_batches
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  add_model_args(parser)
+  parser.add_argument('--inner-lr', type=float, default=0.01)
+  parser.add_argument('--json', default=None)
+  args = parser.parse_args()
+
+  model, variables, (xf, yf), (xr, yr), w = model_and_batches(args)
+  key = jax.random.key(0)
+  forget_loss, retain_loss = losses.random_label_cross_entropy, losses.cross_entropy
+  configs = {
+      'plain': OptimConfig(lr=0.01),
+      'joint': OptimConfig(lr=0.01, forget_weight=1.0),
+      'lur_first': OptimConfig(lr=0.01, forget_weight=1.0, lookahead_lr=args.inner_lr,
+                               lookahead_order='first'),
+      'lur_second': OptimConfig(lr=0.01, forget_weight=1.0, lookahead_lr=args.inner_lr,
+                                lookahead_order='second'),
+  }
+  # Each step donates its input state, so each case threads its own state through.
+  states = {name: init_state(variables, cfg()) for name, cfg in configs.items()}
+  fargs, rargs = (xf, yf, w), (xr, yr, w)
+
+  def case(name):
+    cfg = configs[name]
+    if name == 'plain':
+      step = compiled_train_step(model, retain_loss, cfg)
+      call = lambda s: step(s, *rargs, key)
+    else:
+      step = compiled_forget_retain_step(model, forget_loss, retain_loss, cfg)
+      call = lambda s: step(s, fargs, rargs, key)
+
+    def run():
+      states[name], _ = call(states[name])
+      return states[name]
+    return run
+
+  cases = {name: case(name) for name in configs}
+  times = {}
+  for fn in cases.values():
+    jax.block_until_ready(fn())  # compile + warm up
+  for _ in range(args.repeats):  # interleaved, so drift hits every case alike
+    for name, fn in cases.items():
+      start = time.perf_counter()
+      for _ in range(args.steps):
+        out = fn()
+      jax.block_until_ready(out)
+      times.setdefault(name, []).append((time.perf_counter() - start) / args.steps)
+  ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+  ratios = {f'{name} / plain': ms[name] / ms['plain'] for name in ms if name != 'plain'}
+  print(f'ResNet-18 width {args.width}, {args.image_size}x{args.image_size}, batch '
+        f'{args.batch}, {jax.devices()[0].platform}, median of {args.repeats} x {args.steps} '
+        'calls')
+  for name, value in ms.items():
+    print(f'  {name:12s} {value:9.2f} ms')
+  for name, value in ratios.items():
+    print(f'  {name:20s} {value:.3f}')
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'config': vars(args), 'platform': jax.devices()[0].platform, 'ms': ms,
+                 'ratios': ratios}, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()

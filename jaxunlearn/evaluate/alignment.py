@@ -1,0 +1,81 @@
+"""Forget/retain gradient alignment along an unlearning run.
+
+The quantity LUR exists to improve: the cosine between the gradient of the forget loss and
+the gradient of the retain loss at the current weights. A negative cosine means a step that
+forgets also un-learns the retain set; LUR's look-ahead objective
+``L_R(theta) + L_U(theta - eta grad L_R)`` ~ ``L_R + L_U - eta <grad L_U, grad L_R>``
+rewards aligning them.
+
+To compare methods fairly, :class:`GradientAlignment` measures every method on the same
+fixed probe batches with the same losses: the expected random-label CE on the forget batch
+(the RL / SalUn / LUR forget loss without the noise of one label draw) and CE on the retain
+batch, model in train mode (BatchNorm on the batch's statistics, as in the steps).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxunlearn import losses
+from jaxunlearn.step import batch_objective, tree_cosine
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_cosine(model, forget_loss, retain_loss):
+  def cosine(variables, forget_batch, retain_batch):
+    model_state = {k: v for k, v in variables.items() if k != 'params'}
+    key = jax.random.key(0)  # unused by the default losses; fixed for the others
+
+    def grad(batch, loss_fn):
+      objective = batch_objective(model_state, *batch, key, model, loss_fn)
+      return jax.grad(lambda p: objective(p)[0])(variables['params'])
+
+    return tree_cosine(grad(forget_batch, forget_loss), grad(retain_batch, retain_loss))
+  return jax.jit(cosine)
+
+
+class GradientAlignment:
+  """``probe(variables) -> cosine`` between forget and retain gradients on fixed batches.
+
+  Args:
+    model: the flax module.
+    forget_x, forget_y, retain_x, retain_y: the two sets; ``batch_size`` examples of each
+      (fewer if a set is smaller), drawn once with ``seed``, are the probe batches.
+    forget_loss, retain_loss: per-example losses (defaults: expected random-label CE, CE).
+
+  Also a ``UnlearnTask.callback``: ``probe(steps, variables)`` appends ``(steps, cosine)``
+  to ``probe.steps`` / ``probe.cosines`` and the time it took to ``probe.seconds`` (so that
+  a run's time can exclude the measurement).
+  """
+
+  def __init__(self, model, forget_x, forget_y, retain_x, retain_y, *, batch_size: int = 128,
+               seed: int = 0, forget_loss=losses.expected_random_label_cross_entropy,
+               retain_loss=losses.cross_entropy):
+    if len(forget_y) == 0 or len(retain_y) == 0:
+      raise ValueError('gradient alignment needs a non-empty forget and retain set')
+    rng = np.random.default_rng([seed, 7])
+
+    def batch(x, y):
+      idx = np.sort(rng.permutation(len(y))[:min(batch_size, len(y))])
+      return (jnp.asarray(x[idx]), jnp.asarray(y[idx]), jnp.ones(len(idx), jnp.float32))
+
+    self._forget, self._retain = batch(forget_x, forget_y), batch(retain_x, retain_y)
+    self._fn = _compiled_cosine(model, forget_loss, retain_loss)
+    self.steps: list[int] = []
+    self.cosines: list[float] = []
+    self.seconds = 0.0
+
+  def cosine(self, variables) -> float:
+    """The cosine at ``variables`` (a flax variables dict)."""
+    return float(self._fn(variables, self._forget, self._retain))
+
+  def __call__(self, steps: int, variables) -> None:
+    start = time.perf_counter()
+    self.steps.append(int(steps))
+    self.cosines.append(self.cosine(variables))
+    self.seconds += time.perf_counter() - start

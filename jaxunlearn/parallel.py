@@ -1,0 +1,223 @@
+"""Data parallelism: the one place where a single-device step becomes a multi-device one.
+
+A step is ``fn(state, *batches, key) -> (state, metrics)`` (see :mod:`jaxunlearn.step`).
+:class:`Parallel` compiles it in one of three forms, with the same results to float32
+rounding (tests/test_parallel.py checks every method on 8 devices against 1):
+
+- ``'none'``: ``jax.jit`` on the default device.
+- ``'pmap'``: ``jax.pmap`` over ``size`` local devices with axis name :data:`AXIS`. The
+  state is replicated, each batch split into equal shards along its first axis, the key
+  broadcast. The step itself must be written for it (the steps of :mod:`jaxunlearn.step`
+  are): losses are normalised by the *global* batch weight, gradients and metrics averaged
+  with ``lax.pmean``, BatchNorm statistics synchronised (the model is cloned with
+  ``axis_name``), random labels drawn for the global batch (:class:`ShardKey`).
+- ``'shard'``: ``jax.jit`` of the unchanged single-device step, its batch arguments
+  sharded over a 1-D ``Mesh`` of the devices (``PartitionSpec(AXIS)``), the state and key
+  replicated. XLA's SPMD partitioner inserts the collectives, so the program means what it
+  means on one device. On the CPU every step is awaited (``block_until_ready``): XLA:CPU's
+  collectives with many fake devices on few cores can otherwise abort with a rendezvous
+  timeout.
+
+Multi-host (a TPU pod slice, several GPU hosts): call ``jax.distributed.initialize()``
+first in every process; ``Parallel`` uses the process's local devices for ``pmap``, and
+each host loads its own shard of a split (:func:`host_shard`). ``'shard'`` over several
+hosts needs globally-shaped arrays (``jax.make_array_from_process_local_data``); it is
+not wired up yet, use ``'pmap'`` there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AXIS = 'devices'
+MODES = ('none', 'pmap', 'shard')
+
+
+class ShardKey(NamedTuple):
+  """A PRNG key for one shard of a global batch, so per-example draws (random labels) are
+  those of the unsharded batch: draw ``global_size`` values and keep
+  ``[offset, offset + local size)``."""
+
+  key: jax.Array
+  offset: jax.Array
+  global_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel:
+  """How steps run over devices.
+
+  Attributes:
+    mode: 'none', 'pmap' or 'shard' (see the module docstring).
+    num_devices: how many local devices (None: all of them). Batches must split evenly:
+      loops round their batch size up to a multiple of ``size`` (see
+      :func:`jaxunlearn.train.epoch_batches`).
+  """
+
+  mode: str = 'none'
+  num_devices: int | None = None
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f"parallel mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+    if self.num_devices is not None:  # (the default touches no backend: it is built at import)
+      available = jax.local_device_count()
+      if self.mode == 'none' and self.num_devices != 1:
+        raise ValueError(f"parallel mode 'none' runs on one device, not {self.num_devices}")
+      if not 1 <= self.num_devices <= available:
+        raise ValueError(f'{self.num_devices} devices requested, {available} available '
+                         f'({jax.local_devices()[0].platform}); on the CPU, set XLA_FLAGS='
+                         '--xla_force_host_platform_device_count=N before importing jax')
+
+  @classmethod
+  def auto(cls, num_devices: int | None = None) -> Parallel:
+    """'pmap' over ``num_devices`` (default: all local devices) when that is more than
+    one, else 'none'."""
+    n = jax.local_device_count() if num_devices is None else num_devices
+    return cls('pmap', num_devices) if n > 1 else cls('none')
+
+  @property
+  def size(self) -> int:
+    if self.mode == 'none':
+      return 1
+    return self.num_devices or jax.local_device_count()
+
+  @property
+  def axis_name(self) -> str | None:
+    """The collective axis the step must use (``pmap`` only; sharded jit needs none)."""
+    return AXIS if self.mode == 'pmap' else None
+
+  @property
+  def devices(self):
+    return jax.local_devices()[:self.size]
+
+  def model(self, model):
+    """``model`` as the step must see it: under ``pmap``, BatchNorm statistics are averaged
+    over :data:`AXIS` (a clone with ``axis_name``)."""
+    if self.mode != 'pmap':
+      return model
+    if not hasattr(model, 'axis_name'):
+      raise ValueError(f'{type(model).__name__} has no axis_name attribute, so its batch '
+                       "statistics cannot be synchronised under pmap; use parallel mode "
+                       "'shard'")
+    return model.clone(axis_name=AXIS)
+
+  def tx(self, tx_factory: Callable):
+    """The transformation of ``tx_factory``, told the collective axis when it has one."""
+    return tx_factory(axis_name=AXIS) if self.mode == 'pmap' else tx_factory()
+
+  # ---- placement --------------------------------------------------------------------
+
+  def _mesh(self):
+    return Mesh(np.asarray(self.devices), (AXIS,))
+
+  def put(self, tree):
+    """Places a state (or any tree) for the compiled steps: replicated over the devices."""
+    if self.mode == 'pmap':  # a leading device axis; the first pmapped call transfers it
+      return jax.tree.map(lambda a: np.broadcast_to(a, (self.size, *np.shape(a))),
+                          jax.device_get(tree))
+    if self.mode == 'shard':
+      return jax.device_put(tree, NamedSharding(self._mesh(), PartitionSpec()))
+    return tree
+
+  def get(self, tree):
+    """Host (numpy) copy of a placed tree, one replica."""
+    if self.mode == 'pmap':
+      tree = jax.tree.map(lambda a: a[0], tree)
+    return jax.device_get(tree)
+
+  def split(self, batch):
+    """A global batch as the compiled step takes it (``pmap``: ``[size, B / size, ...]``)."""
+    def check(a):
+      if np.shape(a)[0] % self.size:
+        raise ValueError(f'a batch of {np.shape(a)[0]} examples does not split over '
+                         f'{self.size} devices; use a batch size divisible by {self.size}')
+      return a
+    batch = jax.tree.map(check, batch)
+    if self.mode == 'pmap':
+      return jax.tree.map(lambda a: np.reshape(a, (self.size, -1, *np.shape(a)[1:])), batch)
+    if self.mode == 'shard':
+      return jax.device_put(batch, NamedSharding(self._mesh(), PartitionSpec(AXIS)))
+    return batch
+
+  # ---- compilation ------------------------------------------------------------------
+
+  def compile(self, fn: Callable, num_batches: int, donate: bool = True) -> Callable:
+    """``fn(state, *batches, key) -> (state, metrics)`` compiled for these devices.
+
+    The returned callable takes the *global* batches (numpy or host arrays) and a state
+    placed with :meth:`put`, and returns the new placed state and the metrics of one
+    replica.
+    """
+    donate_argnums = (0,) if donate else ()
+    if self.mode == 'none':
+      return jax.jit(fn, donate_argnums=donate_argnums)
+    if self.mode == 'pmap':
+      mapped = jax.pmap(fn, AXIS, in_axes=(0,) * (1 + num_batches) + (None,),
+                        donate_argnums=donate_argnums, devices=self.devices)
+
+      def call(state, *args):
+        *batches, key = args
+        state, metrics = mapped(state, *[self.split(b) for b in batches], key)
+        return state, jax.tree.map(lambda m: m[0], metrics)
+      return call
+
+    jitted = jax.jit(fn, donate_argnums=donate_argnums)
+
+    def call(state, *args):
+      *batches, key = args
+      return self._await(jitted(state, *[self.split(b) for b in batches], key))
+    return call
+
+  def batched(self, fn: Callable, per_example: bool = False) -> Callable:
+    """``fn(args, batch)`` compiled for these devices: ``args`` replicated, ``batch``
+    split. With ``per_example`` the output's rows follow the batch's (e.g. logits);
+    otherwise it is one value, which under ``pmap`` ``fn`` must average itself
+    (``lax.pmean`` over :data:`AXIS`, e.g. a batch gradient)."""
+    if self.mode == 'none':
+      return jax.jit(fn)
+    if self.mode == 'pmap':
+      mapped = jax.pmap(fn, AXIS, in_axes=(None, 0), devices=self.devices)
+
+      def call(args, batch):
+        out = mapped(args, self.split(batch))
+        if per_example:
+          return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out)
+        return jax.tree.map(lambda a: a[0], out)
+      return call
+    jitted = jax.jit(fn)
+    return lambda args, batch: self._await(jitted(args, self.split(batch)))
+
+  def _await(self, out):
+    # XLA:CPU collectives across many fake devices on few cores can abort with a
+    # rendezvous timeout when programs queue up; awaiting each one keeps them apart.
+    return jax.block_until_ready(out) if self.devices[0].platform == 'cpu' else out
+
+
+SINGLE = Parallel()  # one device, plain jax.jit: the default everywhere
+
+
+def shard_key(key, local_size: int, axis_name: str | None) -> ShardKey | jax.Array:
+  """The loss key of a step: ``key`` itself on one device (or under sharded jit), a
+  :class:`ShardKey` for this device's slice of the global batch under ``pmap``."""
+  if axis_name is None:
+    return key
+  size = jax.lax.psum(1, axis_name)
+  return ShardKey(key, jax.lax.axis_index(axis_name) * local_size, local_size * size)
+
+
+def host_shard(indices: np.ndarray, process_index: int | None = None,
+               process_count: int | None = None) -> np.ndarray:
+  """This host's contiguous share of ``indices`` (multi-host data loading): process ``i``
+  of ``n`` reads ``indices[i * m:(i + 1) * m]``, ``m = len // n`` (the remainder dropped
+  so every host has as many examples)."""
+  i = jax.process_index() if process_index is None else process_index
+  n = jax.process_count() if process_count is None else process_count
+  share = len(indices) // n
+  return np.asarray(indices)[i * share:(i + 1) * share]

@@ -1,0 +1,138 @@
+"""Data parallelism: every method gives the same result on 8 devices as on 1.
+
+Runs on 8 fake CPU devices (tests/conftest.py sets XLA_FLAGS before jax is imported).
+Sharded-jit steps are awaited one by one on the CPU (see jaxunlearn.parallel), which keeps
+XLA:CPU's collectives from timing out; these tests ran 5 times in a row without a failure.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import synthetic_dataset
+from jaxunlearn import losses
+from jaxunlearn.methods import METHODS, UnlearnTask, get_method, resolve_hparams
+from jaxunlearn.models import make_model
+from jaxunlearn.parallel import AXIS, Parallel, ShardKey, host_shard
+from jaxunlearn.train import TrainConfig, epoch_batches, train_classifier
+
+DEVICES = 8
+
+# Small enough to run every method in seconds; batches of 16 = 2 examples per device, and
+# sets at least one batch large (a smaller set's batch would be rounded up to 8 with
+# weight-0 repeats, which BatchNorm's batch statistics see: the one known difference).
+TINY = {
+    'retrain': dict(epochs=1, batch_size=16), 'ft': dict(epochs=1), 'ga': dict(epochs=1),
+    'rl': dict(epochs=1), 'salun': dict(epochs=1), 'salun_joint': dict(epochs=1),
+    'l1_sparse': dict(epochs=1), 'iu': dict(num_samples=16), 'bs': dict(epochs=1),
+    'be': dict(epochs=1), 'scrub': dict(epochs=1, msteps=1),
+    'bad_teacher': dict(epochs=1), 'lur': dict(epochs=1),
+    'sfron': dict(iterations=6, every=3), 'sfron_hvp': dict(iterations=2, solver_iters=2),
+}
+
+
+@pytest.fixture(scope='module')
+def task():
+  ds = synthetic_dataset(n_train=96, n_test=24, classes=3, size=8, seed=1)
+  model = make_model('resnet1', ds.num_classes, 4)
+  original = train_classifier(model, ds.x_train, ds.y_train,
+                              TrainConfig(epochs=2, batch_size=16), seed=0, progress=False)
+  forget = ds.y_train == 0
+  return UnlearnTask(model, original, ds.x_train[forget], ds.y_train[forget],
+                     ds.x_train[~forget], ds.y_train[~forget], ds.num_classes, seed=0,
+                     progress=False)
+
+
+def _hparams(name):
+  hp = resolve_hparams(name)
+  settings = dict(TINY[name])
+  if 'batch_size' in hp:
+    settings.setdefault('batch_size', 16)
+  return {**hp, **settings}
+
+
+def test_every_registered_method_is_covered():
+  assert set(TINY) == set(METHODS), 'add the new method to TINY'
+
+
+@pytest.mark.parametrize('mode', ['pmap', 'shard'])
+@pytest.mark.parametrize('name', sorted(TINY))
+def test_method_on_8_devices_equals_1_device(task, name, mode):
+  hp = _hparams(name)
+  single = get_method(name).run(task, hp)
+  multi = get_method(name).run(dataclasses.replace(task, parallel=Parallel(mode, DEVICES)), hp)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+               multi, single)
+
+
+def test_random_labels_of_a_shard_are_the_global_batch_slice():
+  labels = jnp.arange(32) % 5
+  key = jax.random.key(3)
+  whole = losses.random_labels(key, labels, 5)
+  per_device = jax.pmap(
+      lambda y: losses.random_labels(
+          ShardKey(key, jax.lax.axis_index(AXIS) * 4, 32), y, 5), AXIS)(labels.reshape(8, 4))
+  np.testing.assert_array_equal(np.ravel(per_device), whole)
+
+
+def test_weighted_mean_under_pmap_is_the_global_mean_with_uneven_weights():
+  values = np.arange(16, dtype=np.float32)
+  weights = np.array([1] * 11 + [0] * 5, np.float32)  # padding falls on the last devices
+  local = jax.pmap(lambda v, w: jax.lax.pmean(losses.weighted_mean(v, w, AXIS), AXIS),
+                   AXIS)(values.reshape(8, 2), weights.reshape(8, 2))
+  np.testing.assert_allclose(local[0], values[:11].mean(), rtol=1e-6)
+
+
+def test_sfron_adaptive_weights_normalise_over_the_global_batch():
+  per_example = -jnp.asarray(np.random.default_rng(0).uniform(0.01, 3.0, 16), jnp.float32)
+  w = jnp.ones(16)
+  loss = losses.AdaptiveGradientAscent(0.5)
+  whole = losses.reduce_loss(loss, per_example, w)
+  sharded = jax.pmap(lambda l, w: jax.lax.pmean(losses.reduce_loss(loss, l, w, AXIS), AXIS),
+                     AXIS)(per_example.reshape(8, 2), w.reshape(8, 2))
+  np.testing.assert_allclose(sharded[0], whole, rtol=1e-6)
+
+
+def test_bad_settings_are_clear_errors():
+  with pytest.raises(ValueError, match='one of none, pmap, shard'):
+    Parallel('dp')
+  with pytest.raises(ValueError, match='devices requested'):
+    Parallel('pmap', 64)
+  with pytest.raises(ValueError, match='does not split over 8 devices'):
+    next(epoch_batches(100, 20, 0, 0, multiple_of=8))
+  # A set smaller than the batch: its size is rounded up, the repeats weigh 0.
+  idx, w = next(epoch_batches(5, 16, 0, 0, multiple_of=8))
+  assert len(idx) == 8 and w.sum() == 5
+
+
+def test_host_shard_gives_each_process_an_equal_disjoint_share():
+  idx = np.arange(10)
+  shares = [host_shard(idx, i, 3) for i in range(3)]
+  assert [len(s) for s in shares] == [3, 3, 3]
+  assert len(set(np.concatenate(shares))) == 9
+
+
+@pytest.mark.parametrize('mode', ['pmap', 'shard'])
+def test_masks_fisher_and_evaluation_on_8_devices_equal_1_device(task, mode):
+  from jaxunlearn.data import Dataset, make_split
+  from jaxunlearn.evaluate import evaluate, model_outputs
+  from jaxunlearn.saliency import accumulate_gradients, fisher_diagonal
+  par = Parallel(mode, DEVICES)
+  args = task.model, task.variables, task.retain_x, task.retain_y
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  jax.tree.map(close, accumulate_gradients(*args, batch_size=16, parallel=par),
+               accumulate_gradients(*args, batch_size=16))
+  jax.tree.map(close, fisher_diagonal(*args, batch_size=16, parallel=par),
+               fisher_diagonal(*args, batch_size=16))
+  # Evaluation: the outputs (any length: padded to the devices) and so the MIA agree.
+  x = np.concatenate([task.forget_x, task.retain_x])
+  y = np.concatenate([task.forget_y, task.retain_y])
+  ds = Dataset('toy', x, y, x[:45], y[:45], task.num_classes)
+  split = make_split(ds, 'random:30', seed=0)
+  one = model_outputs(task.model, task.variables, ds, split)
+  many = model_outputs(task.model, task.variables, ds, split, par)
+  jax.tree.map(close, dataclasses.asdict(many), dataclasses.asdict(one))
+  assert evaluate(many, ds, split, one) == pytest.approx(evaluate(one, ds, split, one), abs=1e-6)
