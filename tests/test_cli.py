@@ -144,3 +144,24 @@ def test_run_on_8_devices_matches_one_device(tmp_path, mode):
     for metric in ('UA', 'RA', 'TA'):  # accuracies: a flipped prediction would show
       assert abs(one['methods'][name][metric]['mean'] -
                  eight['methods'][name][metric]['mean']) < 0.2, (name, metric)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('script, expect', [
+    ('bench_lur_step.py', 'lur_second / plain'),
+    ('bench_parallel.py', 'speed-up'),
+])
+def test_step_benchmarks_print_their_tables(tmp_path, script, expect):
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+  path = Path(__file__).parent.parent / 'experiments' / script
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  proc = subprocess.run(
+      [sys.executable, str(path), '--width', '4', '--image-size', '8', '--batch', '16',
+       '--steps', '1', '--repeats', '1', '--json', str(tmp_path / 'bench.json')],
+      capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert expect in proc.stdout
+  assert all(v > 0 for v in json.loads((tmp_path / 'bench.json').read_text())['ms'].values())

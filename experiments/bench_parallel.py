@@ -1,0 +1,105 @@
+"""Step time on one device against the same global batch split over N (pmap, sharded jit).
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python experiments/bench_parallel.py
+        [--width 16] [--image-size 16] [--batch 128] [--devices 8] [--json out.json]
+
+Times, in one process and interleaved (median over repeats), three steps on the same global
+batch: SalUn's masked RL step (``train_step``), SFR-on's forget step and a second-order LUR
+step, each with ``Parallel('none')``, ``Parallel('pmap', N)`` and ``Parallel('shard', N)``.
+Prints milliseconds, examples per second and each mode's speed-up over one device. With
+fake CPU devices on a few cores there is nothing to gain (the devices share the cores);
+on N accelerators this is the scaling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+
+from jaxunlearn import losses
+from jaxunlearn.parallel import Parallel
+from jaxunlearn.saliency import salun_mask
+from jaxunlearn.step import (compiled_forget_retain_step, compiled_forget_step,
+                             compiled_train_step, init_state)
+from jaxunlearn.train import FastSlowConfig, OptimConfig
+from jaxunlearn.transforms import set_saliency_mask
+
+from bench_common import add_model_args, model_and_batches
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  add_model_args(parser)
+  parser.add_argument('--devices', type=int, default=jax.local_device_count())
+  parser.add_argument('--json', default=None)
+  args = parser.parse_args()
+
+  model, variables, (xf, yf), (xr, yr), w = model_and_batches(args)
+  key = jax.random.key(0)
+  mask = salun_mask(model, variables, xf, yf, 0.5, args.batch)
+  salun_cfg = OptimConfig(lr=0.01, saliency=True)
+  sfron_cfg = FastSlowConfig(lr=0.01, iterations=1000, saliency=False)
+  lur_cfg = OptimConfig(lr=0.01, forget_weight=1.0, lookahead_lr=0.01,
+                        lookahead_order='second')
+  rl = losses.random_label_cross_entropy
+  modes = {'none': Parallel('none'), 'pmap': Parallel('pmap', args.devices),
+           'shard': Parallel('shard', args.devices)}
+  fargs, rargs = (xf, yf, w), (xr, yr, w)
+
+  def cases(par):
+    def state(cfg, with_mask=False):
+      st = init_state(variables, cfg())
+      if with_mask:
+        st = st._replace(opt_state=set_saliency_mask(st.opt_state, mask))
+      return par.put(st)
+
+    salun = compiled_train_step(model, rl, salun_cfg, par)
+    sfron = compiled_forget_step(model, losses.AdaptiveGradientAscent(0.5), losses.cross_entropy,
+                                 sfron_cfg, par)
+    lur = compiled_forget_retain_step(model, rl, losses.cross_entropy, lur_cfg, par)
+    states = {'salun': state(salun_cfg, True), 'sfron_forget': state(sfron_cfg),
+              'lur_second': state(lur_cfg)}
+    calls = {'salun': lambda s: salun(s, *fargs, key),
+             'sfron_forget': lambda s: sfron(s, fargs, None, key),
+             'lur_second': lambda s: lur(s, fargs, rargs, key)}
+
+    def run(name):
+      def call():
+        states[name], _ = calls[name](states[name])
+        return states[name]
+      return call
+    return {name: run(name) for name in calls}
+
+  all_cases = {(m, name): fn for m, par in modes.items() for name, fn in cases(par).items()}
+  for fn in all_cases.values():
+    jax.block_until_ready(fn())  # compile + warm up
+  times = {}
+  for _ in range(args.repeats):
+    for k, fn in all_cases.items():
+      start = time.perf_counter()
+      for _ in range(args.steps):
+        out = fn()
+      jax.block_until_ready(out)
+      times.setdefault(k, []).append((time.perf_counter() - start) / args.steps)
+  ms = {f'{m}/{name}': statistics.median(v) * 1e3 for (m, name), v in times.items()}
+  print(f'ResNet-18 width {args.width}, {args.image_size}x{args.image_size}, global batch '
+        f'{args.batch}, {args.devices} x {jax.devices()[0].platform}, median of '
+        f'{args.repeats} x {args.steps} calls')
+  print(f"  {'step':14s} {'mode':6s} {'ms':>9s} {'examples/s':>11s} {'speed-up':>9s}")
+  for name in ('salun', 'sfron_forget', 'lur_second'):
+    for m in modes:
+      t = ms[f'{m}/{name}']
+      print(f'  {name:14s} {m:6s} {t:9.2f} {args.batch / t * 1e3:11.1f} '
+            f"{ms[f'none/{name}'] / t:9.3f}")
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'config': vars(args), 'platform': jax.devices()[0].platform, 'ms': ms}, f,
+                indent=1)
+
+
+if __name__ == '__main__':
+  main()
