@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import time
 
+import jax
 import numpy as np
 
 from jaxunlearn.data import load_dataset, make_split
@@ -17,6 +21,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--json', default=None, help='write the timings here')
 
 
 def model_and_batches(args):
@@ -31,3 +36,38 @@ def model_and_batches(args):
   forget = ds.x_train[take(split.forget)], ds.y_train[take(split.forget)]
   retain = ds.x_train[take(split.retain)], ds.y_train[take(split.retain)]
   return model, variables, forget, retain, np.ones(args.batch, np.float32)
+
+
+def median_ms(cases: dict, steps: int, repeats: int) -> dict:
+  """Median milliseconds per call of each ``cases[name]()`` (which returns something to
+  await): compiled and warmed up first, then timed ``repeats`` times ``steps`` calls,
+  interleaved so that drift hits every case alike."""
+  for fn in cases.values():
+    jax.block_until_ready(fn())
+  times = {}
+  for _ in range(repeats):
+    for name, fn in cases.items():
+      start = time.perf_counter()
+      for _ in range(steps):
+        out = fn()
+      jax.block_until_ready(out)
+      times.setdefault(name, []).append((time.perf_counter() - start) / steps)
+  return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def report(args, ms: dict, ratios: dict | None = None) -> None:
+  """Prints the header, the milliseconds and the ratios; writes ``args.json`` if given."""
+  print(f'ResNet-18 width {args.width}, {args.image_size}x{args.image_size}, batch '
+        f'{args.batch}, {jax.local_device_count()} x {jax.devices()[0].platform}, median of '
+        f'{args.repeats} x {args.steps} calls')
+  width = max(map(len, ms))
+  for name, value in ms.items():
+    print(f'  {name:{width}s} {value:9.2f} ms')
+  if ratios:
+    width = max(map(len, ratios))
+    for name, value in ratios.items():
+      print(f'  {name:{width}s} {value:.3f}')
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'config': vars(args), 'platform': jax.devices()[0].platform, 'ms': ms,
+                 'ratios': ratios or {}}, f, indent=1)

@@ -17,9 +17,6 @@ and each step's ratio to ``plain``; ``--json`` writes them.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 
 import jax
 
@@ -27,14 +24,13 @@ from jaxunlearn import losses
 from jaxunlearn.step import compiled_forget_retain_step, compiled_train_step, init_state
 from jaxunlearn.train import OptimConfig
 
-from bench_common import add_model_args, model_and_batches
+from bench_common import add_model_args, median_ms, model_and_batches, report
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   add_model_args(parser)
   parser.add_argument('--inner-lr', type=float, default=0.01)
-  parser.add_argument('--json', default=None)
   args = parser.parse_args()
 
   model, variables, (xf, yf), (xr, yr), w = model_and_batches(args)
@@ -67,30 +63,8 @@ def main():
     return run
 
   cases = {name: case(name) for name in configs}
-  times = {}
-  for fn in cases.values():
-    jax.block_until_ready(fn())  # compile + warm up
-  for _ in range(args.repeats):  # interleaved, so drift hits every case alike
-    for name, fn in cases.items():
-      start = time.perf_counter()
-      for _ in range(args.steps):
-        out = fn()
-      jax.block_until_ready(out)
-      times.setdefault(name, []).append((time.perf_counter() - start) / args.steps)
-  ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-  ratios = {f'{name} / plain': ms[name] / ms['plain'] for name in ms if name != 'plain'}
-  print(f'ResNet-18 width {args.width}, {args.image_size}x{args.image_size}, batch '
-        f'{args.batch}, {jax.devices()[0].platform}, median of {args.repeats} x {args.steps} '
-        'calls')
-  for name, value in ms.items():
-    print(f'  {name:12s} {value:9.2f} ms')
-  for name, value in ratios.items():
-    print(f'  {name:20s} {value:.3f}')
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump({'config': vars(args), 'platform': jax.devices()[0].platform, 'ms': ms,
-                 'ratios': ratios}, f, indent=1)
-
+  ms = median_ms(cases, args.steps, args.repeats)
+  report(args, ms, {f'{name} / plain': ms[name] / ms['plain'] for name in ms if name != 'plain'})
 
 if __name__ == '__main__':
   main()

@@ -14,9 +14,6 @@ on N accelerators this is the scaling.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 
 import jax
 
@@ -28,14 +25,13 @@ from jaxunlearn.step import (compiled_forget_retain_step, compiled_forget_step,
 from jaxunlearn.train import FastSlowConfig, OptimConfig
 from jaxunlearn.transforms import set_saliency_mask
 
-from bench_common import add_model_args, model_and_batches
+from bench_common import add_model_args, median_ms, model_and_batches, report
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   add_model_args(parser)
   parser.add_argument('--devices', type=int, default=jax.local_device_count())
-  parser.add_argument('--json', default=None)
   args = parser.parse_args()
 
   model, variables, (xf, yf), (xr, yr), w = model_and_batches(args)
@@ -75,31 +71,13 @@ def main():
     return {name: run(name) for name in calls}
 
   all_cases = {(m, name): fn for m, par in modes.items() for name, fn in cases(par).items()}
-  for fn in all_cases.values():
-    jax.block_until_ready(fn())  # compile + warm up
-  times = {}
-  for _ in range(args.repeats):
-    for k, fn in all_cases.items():
-      start = time.perf_counter()
-      for _ in range(args.steps):
-        out = fn()
-      jax.block_until_ready(out)
-      times.setdefault(k, []).append((time.perf_counter() - start) / args.steps)
-  ms = {f'{m}/{name}': statistics.median(v) * 1e3 for (m, name), v in times.items()}
-  print(f'ResNet-18 width {args.width}, {args.image_size}x{args.image_size}, global batch '
-        f'{args.batch}, {args.devices} x {jax.devices()[0].platform}, median of '
-        f'{args.repeats} x {args.steps} calls')
-  print(f"  {'step':14s} {'mode':6s} {'ms':>9s} {'examples/s':>11s} {'speed-up':>9s}")
+  ms = {f'{m}/{name}': t for (m, name), t in
+        median_ms(all_cases, args.steps, args.repeats).items()}
+  report(args, ms, {f'{m}/{name} speed-up over none': ms[f'none/{name}'] / ms[f'{m}/{name}']
+                    for m in modes if m != 'none' for name in ('salun', 'sfron_forget', 'lur_second')})
   for name in ('salun', 'sfron_forget', 'lur_second'):
-    for m in modes:
-      t = ms[f'{m}/{name}']
-      print(f'  {name:14s} {m:6s} {t:9.2f} {args.batch / t * 1e3:11.1f} '
-            f"{ms[f'none/{name}'] / t:9.3f}")
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump({'config': vars(args), 'platform': jax.devices()[0].platform, 'ms': ms}, f,
-                indent=1)
-
+    print(f"  {name}: examples/s " + ', '.join(
+        f"{m} {args.batch / ms[f'{m}/{name}'] * 1e3:.1f}" for m in modes))
 
 if __name__ == '__main__':
   main()

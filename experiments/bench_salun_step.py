@@ -7,14 +7,12 @@ Times, in one process and interleaved, the compiled steps of
                  vs the same with ``mask_by_saliency(freeze=True)`` wrapping SGD (salun_joint);
   - alternating: one SGD step on a random-label forget batch
                  vs the same step masked (salun, as the reference runs it).
-Prints the median milliseconds per step and the ratio SalUn / plain.
+Prints the median milliseconds per step and the ratio SalUn / plain; ``--json`` writes them.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 
@@ -24,17 +22,7 @@ from jaxunlearn.step import compiled_forget_retain_step, compiled_train_step, in
 from jaxunlearn.train import OptimConfig
 from jaxunlearn.transforms import set_saliency_mask
 
-from bench_common import add_model_args, model_and_batches
-
-
-def _time(fn, state, args, steps):
-  state, _ = fn(state, *args)  # compile + warm up
-  jax.block_until_ready(state)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, _ = fn(state, *args)
-  jax.block_until_ready(state)
-  return state, (time.perf_counter() - start) / steps
+from bench_common import add_model_args, median_ms, model_and_batches, report
 
 
 def main():
@@ -64,20 +52,19 @@ def main():
     cases[('alternating', saliency)] = (
         compiled_train_step(model, losses.random_label_cross_entropy, alt), state_for(alt),
         (xf, yf, w, key))
-  times = {k: [] for k in cases}
-  for _ in range(args.repeats):  # interleave so drift hits both alike
-    for k, (fn, st, fargs) in cases.items():
-      st, t = _time(fn, st, fargs, args.steps)
-      cases[k] = (fn, st, fargs)
-      times[k].append(t)
-  print(f'ResNet-18 width {args.width}, {args.image_size}x{args.image_size}, batch {b} '
-        f'(+{b} retain for joint), {jax.devices()[0].platform}, median of {args.repeats} x '
-        f'{args.steps} steps')
-  for kind in ('joint', 'alternating'):
-    plain = statistics.median(times[(kind, False)]) * 1e3
-    salun = statistics.median(times[(kind, True)]) * 1e3
-    print(f'{kind:12s} plain {plain:8.2f} ms  salun {salun:8.2f} ms  ratio {salun / plain:.3f}')
+  def case(k):
+    fn, _, fargs = cases[k]
+    state = {'s': cases[k][1]}
 
+    def call():
+      state['s'], _ = fn(state['s'], *fargs)
+      return state['s']
+    return call
+
+  ms = median_ms({f"{kind}{'_salun' if sal else ''}": case((kind, sal)) for kind, sal in cases},
+                 args.steps, args.repeats)
+  report(args, ms, {f'{kind}: salun / plain': ms[f'{kind}_salun'] / ms[kind]
+                    for kind in ('joint', 'alternating')})
 
 if __name__ == '__main__':
   main()

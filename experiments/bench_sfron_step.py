@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import statistics
-import time
 
 import jax
 import numpy as np
@@ -35,16 +32,7 @@ from jaxunlearn.step import compiled_forget_step, compiled_train_step, init_stat
 from jaxunlearn.train import FastSlowConfig, OptimConfig
 from jaxunlearn.transforms import set_saliency_mask
 
-from bench_common import add_model_args, model_and_batches
-
-
-def _median_time(fn, steps, repeats_out, key):
-  fn()  # compile + warm up
-  start = time.perf_counter()
-  for _ in range(steps):
-    out = fn()
-  jax.block_until_ready(out)
-  repeats_out.setdefault(key, []).append((time.perf_counter() - start) / steps)
+from bench_common import add_model_args, median_ms, model_and_batches, report
 
 
 def main():
@@ -52,7 +40,6 @@ def main():
   add_model_args(parser)
   parser.add_argument('--every', type=int, default=5)
   parser.add_argument('--solver-iters', type=int, default=5)
-  parser.add_argument('--json', default=None)
   args = parser.parse_args()
 
   model, variables, (xf, yf), (xr, yr), w = model_and_batches(args)
@@ -118,11 +105,7 @@ def main():
       'hvps_in_solve': lambda: solve_products(params, direction),
       'hvp_step': run('hvp_step', lambda s: h_step(s, fargs, rargs, key)),
   }
-  times = {}
-  for _ in range(args.repeats):  # interleaved, so drift hits every case alike
-    for name, fn in cases.items():
-      _median_time(fn, args.steps, times, name)
-  ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+  ms = median_ms(cases, args.steps, args.repeats)
   k = args.every
   ratios = {
       'forget_step / plain': ms['sfron_forget'] / ms['plain'],
@@ -134,17 +117,7 @@ def main():
           (ms['hvps_in_solve'] - ms['grad']) / args.solver_iters / ms['grad'],
       f'hvp_step ({args.solver_iters} CG) / plain': ms['hvp_step'] / ms['plain'],
   }
-  print(f'ResNet-18 width {args.width}, {args.image_size}x{args.image_size}, batch {b}, '
-        f'{jax.devices()[0].platform}, median of {args.repeats} x {args.steps} calls')
-  for name, value in ms.items():
-    print(f'  {name:14s} {value:9.2f} ms')
-  for name, value in ratios.items():
-    print(f'  {name:64s} {value:.3f}')
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump({'config': vars(args), 'platform': jax.devices()[0].platform, 'ms': ms,
-                 'ratios': ratios}, f, indent=1)
-
+  report(args, ms, ratios)
 
 if __name__ == '__main__':
   main()

@@ -4,6 +4,7 @@
                    [--methods retrain,ft,ga,rl] [--seeds 0,1,2] [--out DIR]
                    [--set ft.lr=0.02 --set train.epochs=5 ...] [--tune]
                    [--alignment-every N] [--parallel auto|none|pmap|shard] [--devices N]
+                   [--shard-params]
     jaxunlearn methods      # the registered methods and their default hyperparameters
 """
 
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                         'device mesh, batch axis sharded)')
   run.add_argument('--devices', type=int, default=None, metavar='N',
                    help='use the first N local devices (default: all)')
+  run.add_argument('--shard-params', action='store_true',
+                   help='with --parallel shard, split params and optimizer state over the '
+                        'devices too (FSDP-style, for models that do not fit one device)')
   sub.add_parser('methods', help='list methods and default hyperparameters')
   return parser
 
@@ -107,7 +111,7 @@ def main(argv=None) -> int:
         overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
         tune=args.tune, tune_seeds=tuple(args.tune_seeds), tune_grid=tuple(args.tune_grid),
         alignment_every=args.alignment_every, parallel=args.parallel,
-        num_devices=args.devices)
+        num_devices=args.devices, shard_params=args.shard_params)
     config.validate()
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)

@@ -56,6 +56,7 @@ class ExperimentConfig:
     parallel: 'none', 'pmap', 'shard' or 'auto' (all local devices, ``pmap`` when there
       are several): how training and unlearning steps run (:mod:`jaxunlearn.parallel`).
     num_devices: devices for 'pmap'/'shard' (None: all local ones).
+    shard_params: with 'shard', split params and optimizer state over the devices too.
   """
 
   dataset: str = 'digits'
@@ -76,6 +77,7 @@ class ExperimentConfig:
   alignment_every: int = 0
   parallel: str = 'none'
   num_devices: int | None = None
+  shard_params: bool = False
 
   def validate(self):
     """Checks names and overrides before any compute; raises ValueError saying what to fix."""
@@ -108,7 +110,7 @@ class ExperimentConfig:
     """The :class:`jaxunlearn.parallel.Parallel` of ``parallel`` and ``num_devices``."""
     if self.parallel == 'auto':
       return Parallel.auto(self.num_devices)
-    return Parallel(self.parallel, self.num_devices)
+    return Parallel(self.parallel, self.num_devices, self.shard_params)
 
 
 def _timed(fn):

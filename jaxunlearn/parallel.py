@@ -58,14 +58,23 @@ class Parallel:
     num_devices: how many local devices (None: all of them). Batches must split evenly:
       loops round their batch size up to a multiple of ``size`` (see
       :func:`jaxunlearn.train.epoch_batches`).
+    shard_params: with 'shard', also split every parameter and optimizer-state array over
+      the devices, along its last axis that divides evenly (FSDP-style, for models that do
+      not fit one device; XLA gathers them where a step needs them). Arrays with no such
+      axis, or smaller than ``min_shard_size`` entries, stay replicated.
+    min_shard_size: see ``shard_params``.
   """
 
   mode: str = 'none'
   num_devices: int | None = None
+  shard_params: bool = False
+  min_shard_size: int = 2**14
 
   def __post_init__(self):
     if self.mode not in MODES:
       raise ValueError(f"parallel mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+    if self.shard_params and self.mode != 'shard':
+      raise ValueError("shard_params needs parallel mode 'shard'")
     if self.num_devices is not None:  # (the default touches no backend: it is built at import)
       available = jax.local_device_count()
       if self.mode == 'none' and self.num_devices != 1:
@@ -123,8 +132,18 @@ class Parallel:
       return jax.tree.map(lambda a: np.broadcast_to(a, (self.size, *np.shape(a))),
                           jax.device_get(tree))
     if self.mode == 'shard':
-      return jax.device_put(tree, NamedSharding(self._mesh(), PartitionSpec()))
+      mesh = self._mesh()
+      return jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, self._spec(a))), tree)
     return tree
+
+  def _spec(self, a) -> PartitionSpec:
+    """Replicated, or (``shard_params``) split along the last axis divisible by ``size``."""
+    shape = np.shape(a)
+    if self.shard_params and np.size(a) >= self.min_shard_size:
+      for axis in reversed(range(len(shape))):
+        if shape[axis] % self.size == 0:
+          return PartitionSpec(*([None] * axis), AXIS)
+    return PartitionSpec()
 
   def get(self, tree):
     """Host (numpy) copy of a placed tree, one replica."""
@@ -168,11 +187,16 @@ class Parallel:
         return state, jax.tree.map(lambda m: m[0], metrics)
       return call
 
-    jitted = jax.jit(fn, donate_argnums=donate_argnums)
+    compiled = {}
 
     def call(state, *args):
       *batches, key = args
-      return self._await(jitted(state, *[self.split(b) for b in batches], key))
+      if 'step' not in compiled:  # the state keeps the placement ``put`` gave it
+        mesh = self._mesh()
+        placement = jax.tree.map(lambda a: NamedSharding(mesh, self._spec(a)), state)
+        compiled['step'] = jax.jit(fn, donate_argnums=donate_argnums,
+                                   out_shardings=(placement, NamedSharding(mesh, PartitionSpec())))
+      return self._await(compiled['step'](state, *[self.split(b) for b in batches], key))
     return call
 
   def batched(self, fn: Callable, per_example: bool = False) -> Callable:

@@ -46,6 +46,7 @@ def test_run_end_to_end_writes_json_and_plot(tmp_path, capsys):
     (['--set', 'train.epoch=1'], 'train has no setting'),
     (['--parallel', 'pmap', '--devices', '64'], '64 devices requested, 8 available'),
     (['--alignment-every', '-1'], 'alignment_every must be >= 0'),
+    (['--parallel', 'pmap', '--shard-params'], "shard_params needs parallel mode 'shard'"),
 ])
 def test_bad_input_is_a_clear_error_before_compute(tmp_path, capsys, argv, message):
   assert main(['run', '--out', str(tmp_path), '--no-cache', '--quiet'] + argv) == 2
@@ -127,7 +128,11 @@ def test_sfron_step_benchmark_prints_ratios(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'hvp / grad' in proc.stdout
   bench = json.loads((tmp_path / 'bench.json').read_text())
-  assert all(v > 0 for v in bench['ratios'].values())
+  assert all(v > 0 for v in bench['ms'].values())
+  # (Ratios are finite; at this toy size "hvp in a solve", a difference of two timings over
+  # one call, can come out negative from timer noise, so no sign is asserted.)
+  import math
+  assert bench['ratios'] and all(math.isfinite(v) for v in bench['ratios'].values())
 
 
 @pytest.mark.parametrize('mode', ['pmap', 'shard'])

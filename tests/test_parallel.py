@@ -136,3 +136,29 @@ def test_masks_fisher_and_evaluation_on_8_devices_equal_1_device(task, mode):
   many = model_outputs(task.model, task.variables, ds, split, par)
   jax.tree.map(close, dataclasses.asdict(many), dataclasses.asdict(one))
   assert evaluate(many, ds, split, one) == pytest.approx(evaluate(one, ds, split, one), abs=1e-6)
+
+
+@pytest.mark.parametrize('name', ['salun', 'sfron_hvp', 'lur'])
+def test_sharded_params_give_the_same_result(task, name, monkeypatch):
+  """FSDP-style: params and optimizer state split over the 8 devices, batch too."""
+  from jaxunlearn.train import init_variables
+  model = make_model('resnet1', task.num_classes, 8)  # width 8: kernels [3, 3, 8, 8] split
+  task = dataclasses.replace(task, model=model,
+                             variables=init_variables(model, task.forget_x.shape[1:], 0))
+  par = Parallel('shard', DEVICES, shard_params=True, min_shard_size=64)
+  placed = []
+  put = Parallel.put
+  monkeypatch.setattr(Parallel, 'put', lambda self, tree: placed.append(put(self, tree))
+                      or placed[-1])
+  hp = _hparams(name)
+  single = get_method(name).run(task, hp)
+  multi = get_method(name).run(dataclasses.replace(task, parallel=par), hp)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+               multi, single)
+  # Arrays of >= 64 entries with an axis divisible by 8 are split, the others replicated.
+  leaves = jax.tree.leaves(placed[-1].params)
+  split = [not a.sharding.is_fully_replicated for a in leaves]
+  expected = [a.size >= 64 and any(d % DEVICES == 0 for d in a.shape) for a in leaves]
+  assert split == expected and any(split)
+  with pytest.raises(ValueError, match="needs parallel mode 'shard'"):
+    Parallel('pmap', shard_params=True)
