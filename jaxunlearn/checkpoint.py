@@ -1,10 +1,16 @@
-"""Orbax checkpoints of flax variables, and the on-disk cache of trained models.
+"""Orbax checkpoints: of flax variables, of running loops (resume), and the model cache.
 
-Trained originals and Retrains are expensive and deterministic, so they are cached under
-``cache_dir/<kind>-<hash>/`` where the hash covers their full configuration (dataset,
-image size, model, width, training recipe, seed, and for Retrain the scenario). Orbax writes
-to a temporary directory and renames it when complete, so an interrupted save never leaves a
-half-written entry that a later run would load.
+- :class:`LoopCheckpoint`: periodic checkpoints of a training or unlearning loop, which
+  restarts where the last one left off (:class:`jaxunlearn.train.LoopControl`).
+- :func:`cached`: trained originals and Retrains are expensive and deterministic, so they
+  are cached under ``cache_dir/<kind>-<hash>/`` where the hash covers their full
+  configuration (dataset, image size, model, width, training recipe, seed, and for Retrain
+  the scenario).
+
+Every write is atomic. Orbax writes a checkpoint into a temporary directory and renames it
+when complete; JSON files go through :func:`write_json_atomic` (a temporary file, fsync,
+``os.replace``). A process killed in the middle of a save leaves the previous checkpoint as
+it was, and never a half-written one that a later run would load.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +34,124 @@ def default_cache_dir() -> Path:
   root = os.environ.get('JAXUNLEARN_CACHE') or os.path.join(
       os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'jaxunlearn')
   return Path(root)
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint in a directory can be restored; the message says how to recover."""
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+  """Writes ``obj`` as JSON to ``path`` so that a reader sees the old file or the new one,
+  never a truncated one (temporary file in the same directory, fsync, ``os.replace``)."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), tree)
+
+
+class LoopCheckpoint:
+  """Periodic orbax checkpoints of one loop, and the way back into it after a kill.
+
+  A checkpoint at update ``n`` holds the loop's whole :class:`jaxunlearn.step.TrainState`
+  (params, BatchNorm statistics, optimizer state with its saliency masks and schedule
+  counts, the step that per-step PRNG keys fold in, the non-finite counters) and a JSON
+  record: ``n`` itself (the data iterator's position: batches are a pure function of the
+  seed and the pass, so replaying the first ``n`` batch draws puts it back), the losses
+  so far, the callback's state and the seconds spent. Restarted from it, a loop takes the
+  same steps as one never interrupted, so it ends bit-identical on CPU.
+
+  Args:
+    directory: where the steps go (one subdirectory per checkpoint).
+    every: save after every this many updates.
+    keep: how many of the newest checkpoints to keep (>= 2, so that a damaged newest one
+      has a previous one to fall back to).
+  """
+
+  def __init__(self, directory: str | os.PathLike, every: int = 50, keep: int = 2):
+    if every < 1:
+      raise ValueError(f'checkpoint every must be >= 1 update, got {every}')
+    if keep < 2:
+      raise ValueError(f'keep at least 2 checkpoints (a damaged newest one falls back to the '
+                       f'previous one), got {keep}')
+    self.directory = Path(directory).absolute()
+    self.every = every
+    self.keep = keep
+    self.prior_seconds = 0.0  # set by restore(): the seconds its record says were spent
+    self._manager = None
+
+  def _open(self):
+    import orbax.checkpoint as ocp
+    if self._manager is None:
+      self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+          max_to_keep=self.keep, create=True, enable_async_checkpointing=False,
+          cleanup_tmp_directories=True))
+    return self._manager
+
+  def steps(self) -> list[int]:
+    """The updates at which complete checkpoints exist, oldest first."""
+    if not self.directory.is_dir():
+      return []
+    return sorted(self._open().all_steps())
+
+  def save(self, updates: int, state, record: dict) -> None:
+    """Saves ``state`` (a host pytree) and ``record`` (JSON) as the checkpoint at ``updates``."""
+    import orbax.checkpoint as ocp
+    manager = self._open()
+    manager.save(updates, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(jax.device_get(state)),
+        record=ocp.args.JsonSave({**record, 'updates': updates})), force=True)
+    manager.wait_until_finished()
+
+  def restore(self, like):
+    """The newest checkpoint that reads back, as ``(updates, state, record)`` with ``state``
+    shaped like ``like``; None if there is none.
+
+    A damaged checkpoint (a truncated or missing file) is skipped with a warning naming it,
+    and the previous one is used.
+
+    Raises:
+      CheckpointError: checkpoints exist but none can be read; says what to delete.
+    """
+    import orbax.checkpoint as ocp
+    steps = self.steps()
+    errors = []
+    for step in reversed(steps):
+      path = self.directory / str(step)
+      try:
+        out = self._open().restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(like)), record=ocp.args.JsonRestore()))
+        leaves = jax.tree.leaves(out.state)
+        if len(leaves) != len(jax.tree.leaves(like)) or out.record.get('updates') != step:
+          raise ValueError('its contents do not match this loop (another model or optimizer?)')
+        state = jax.tree.unflatten(jax.tree.structure(like), [np.asarray(x) for x in leaves])
+        self.prior_seconds = float(out.record.get('seconds', 0.0))
+        return step, state, dict(out.record)
+      except Exception as e:  # orbax and tensorstore raise many types for damaged files
+        errors.append(f'{path}: {type(e).__name__}: {str(e)[:300]}')
+        if step != steps[0]:
+          warnings.warn(f'checkpoint {path} cannot be read ({type(e).__name__}: '
+                        f'{str(e)[:300]}); falling back to the previous one', stacklevel=2)
+    if errors:
+      raise CheckpointError(
+          f'no checkpoint in {self.directory} can be read:\n  ' + '\n  '.join(errors) +
+          f'\nDelete {self.directory} to run this loop again from its start (it repeats the '
+          'same steps, so the result is the same).')
+    return None
+
+  def remove(self) -> None:
+    """Deletes the directory (once the loop's result is safely stored elsewhere)."""
+    if self._manager is not None:
+      self._manager.close()
+      self._manager = None
+    shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def save_variables(path: str | os.PathLike, variables) -> None:
@@ -47,8 +173,7 @@ def load_variables(path: str | os.PathLike, like=None):
   path = Path(path).absolute()
   if not path.is_dir():
     raise FileNotFoundError(f'no checkpoint at {path}: train it first, or check the path')
-  target = None if like is None else jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), like)
+  target = None if like is None else _abstract(like)
   try:
     with ocp.StandardCheckpointer() as ckptr:
       restored = ckptr.restore(path, target)
@@ -66,13 +191,17 @@ def config_hash(config: dict) -> str:
 
 
 def cached(cache_dir: str | os.PathLike | None, kind: str, config: dict,
-           compute: Callable[[], Any], like=None):
+           compute: Callable[..., Any], like=None, checkpoint_every: int = 0):
   """Returns ``(variables, info)``: loaded from the cache, or computed and stored there.
 
   ``info`` is ``{'hit': bool, 'seconds': float}``, ``seconds`` being the wall time of the
   original computation (recorded in the entry, so a cache hit still reports it).
   ``cache_dir=None`` disables caching. The config is written beside the checkpoint as
   ``config.json`` so that a cache entry says what it holds.
+
+  With ``checkpoint_every > 0`` the computation is resumable: ``compute(loop_checkpoint)``
+  gets a :class:`LoopCheckpoint` in the entry's ``partial/`` directory (None without a
+  cache), so a computation killed midway resumes there; otherwise ``compute()``.
   """
   entry = None if cache_dir is None else Path(cache_dir) / f'{kind}-{config_hash(config)}'
   if entry is not None and (entry / 'meta.json').is_file():
@@ -81,13 +210,19 @@ def cached(cache_dir: str | os.PathLike | None, kind: str, config: dict,
       return variables, {'hit': True, **json.loads((entry / 'meta.json').read_text())}
     except (FileNotFoundError, ValueError):
       pass  # damaged entry: recompute and overwrite below
+  partial = None
+  if checkpoint_every > 0 and entry is not None:
+    partial = LoopCheckpoint(entry / 'partial', checkpoint_every)
   start = time.perf_counter()
-  variables = jax.block_until_ready(compute())
-  info = {'hit': False, 'seconds': time.perf_counter() - start}
+  variables = jax.block_until_ready(compute(partial) if checkpoint_every > 0 else compute())
+  info = {'hit': False, 'seconds': time.perf_counter() - start +
+          (partial.prior_seconds if partial is not None else 0.0)}
   if entry is not None:
     entry.mkdir(parents=True, exist_ok=True)
     (entry / 'config.json').write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
     save_variables(entry / 'variables', variables)
     # Written last: an entry without meta.json (a save cut short) is never loaded.
-    (entry / 'meta.json').write_text(json.dumps({'seconds': info['seconds']}))
+    write_json_atomic(entry / 'meta.json', {'seconds': info['seconds']})
+    if partial is not None:
+      partial.remove()
   return variables, info

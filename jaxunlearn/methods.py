@@ -16,7 +16,9 @@ model by almost nothing in the 10 steps digits gives it).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import hashlib
 from typing import Any, Callable
 
 import jax
@@ -27,8 +29,8 @@ from jaxunlearn.influence import influence_direction
 from jaxunlearn.parallel import SINGLE, Parallel
 from jaxunlearn.saliency import salun_mask, sfron_mask
 from jaxunlearn.step import predict
-from jaxunlearn.train import (FastSlowConfig, OptimConfig, Phase, TrainConfig, fit,
-                              fit_fast_slow, fit_joint, init_variables, train_classifier)
+from jaxunlearn.train import (FastSlowConfig, LoopControl, OptimConfig, Phase, TrainConfig,
+                              fit, fit_fast_slow, fit_joint, init_variables, train_classifier)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +50,13 @@ class UnlearnTask:
     parallel: the devices the methods run on (:class:`jaxunlearn.parallel.Parallel`): their
       steps, saliency masks, Fisher statistics and teacher outputs (Boundary Shrink's FGSM
       input gradients and the influence step run on one device).
+    control: the loop's checkpoints (resume) and non-finite guard
+      (:class:`jaxunlearn.train.LoopControl`; None: no checkpoints, stop after 10
+      non-finite steps in a row).
+
+  Shapes, dtypes and labels are checked when the task is made; :meth:`validate` also
+  checks that the model takes the data and that no forget example appears in the retain
+  set (``Method.run`` calls it).
   """
 
   model: Any
@@ -62,14 +71,92 @@ class UnlearnTask:
   callback: Callable | None = None
   callback_every: int = 0
   parallel: Parallel = SINGLE
+  control: LoopControl | None = None
+
+  def __post_init__(self):
+    check_examples(self.forget_x, self.forget_y, self.num_classes, 'forget')
+    check_examples(self.retain_x, self.retain_y, self.num_classes, 'retain')
+    if self.forget_x.shape[1:] != self.retain_x.shape[1:]:
+      raise ValueError(f'forget images {self.forget_x.shape[1:]} and retain images '
+                       f'{self.retain_x.shape[1:]} differ in shape')
+
+  def validate(self) -> None:
+    """The checks that cost a pass over the data (and, with ``variables``, a trace of the
+    model); raises ValueError saying what is wrong."""
+    overlap = shared_examples(self.forget_x, self.retain_x)
+    if overlap:
+      raise ValueError(f'{len(overlap)} forget examples also appear in the retain set (forget '
+                       f'row {overlap[0][0]} = retain row {overlap[0][1]}, ...): a model cannot '
+                       'forget what it keeps training on; remove the duplicates from one set')
+    if self.variables is not None:
+      try:
+        out = jax.eval_shape(lambda v, x: self.model.apply(v, x, train=False), self.variables,
+                             jax.ShapeDtypeStruct((1, *self.forget_x.shape[1:]), np.float32))
+      except Exception as e:  # flax raises many types for a mismatched input
+        raise ValueError(f'the model does not take images of shape {self.forget_x.shape[1:]} '
+                         f'with these variables ({type(e).__name__}: {str(e)[:200]})') from e
+      if out.shape[-1] != self.num_classes:
+        raise ValueError(f'the model has {out.shape[-1]} outputs but the task '
+                         f'{self.num_classes} classes')
+
+  def loop(self, desc: str) -> dict:
+    """The keyword arguments every training loop of a method takes from the task."""
+    return dict(seed=self.seed, desc=desc, progress=self.progress, callback=self.callback,
+                callback_every=self.callback_every, parallel=self.parallel,
+                control=self.control)
+
+
+def check_examples(x, y, num_classes: int, what: str) -> None:
+  """Raises ValueError unless ``x`` is a non-empty float ``[N, H, W, C]`` array and ``y``
+  ``[N]`` integer labels in ``0..num_classes-1``."""
+  x, y = np.asarray(x), np.asarray(y)
+  if len(y) == 0:
+    raise ValueError(f'the {what} set is empty: give it at least one example')
+  if x.ndim != 4:
+    raise ValueError(f'{what} images must be [N, H, W, C], got shape {x.shape}')
+  if not np.issubdtype(x.dtype, np.floating):
+    raise ValueError(f'{what} images have dtype {x.dtype}: convert them to float32 (and '
+                     'normalise them as the model was trained)')
+  if y.shape != (x.shape[0],):
+    raise ValueError(f'{what} labels have shape {y.shape}, expected ({x.shape[0]},) to match '
+                     f'its {x.shape[0]} images')
+  if not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f'{what} labels have dtype {y.dtype}: they must be integer class ids')
+  if y.min() < 0 or y.max() >= num_classes:
+    raise ValueError(f'{what} labels must lie in 0..{num_classes - 1}, found '
+                     f'{int(y.min())}..{int(y.max())}')
+  if not np.all(np.isfinite(x)):
+    raise ValueError(f'{what} images contain NaN or inf values')
+
+
+def _row_hashes(x) -> dict:
+  x = np.ascontiguousarray(x)
+  return {hashlib.blake2b(row.tobytes(), digest_size=16).digest(): i for i, row in enumerate(x)}
+
+
+def shared_examples(a, b) -> list[tuple[int, int]]:
+  """``(row of a, row of b)`` pairs of byte-identical examples (hashed rows)."""
+  in_b = _row_hashes(b)
+  a = np.ascontiguousarray(a)
+  return [(i, in_b[h]) for i, h in
+          ((i, hashlib.blake2b(row.tobytes(), digest_size=16).digest())
+           for i, row in enumerate(a)) if h in in_b]
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
+  """A registered method: ``fn(task, hp) -> variables``, its defaults and a summary."""
+
   name: str
-  run: Callable[[UnlearnTask, dict], Any]
+  fn: Callable[[UnlearnTask, dict], Any]
   defaults: dict
   summary: str
+
+  def run(self, task: UnlearnTask, hp: dict):
+    """Checks ``task`` (:meth:`UnlearnTask.validate`) and ``hp`` (names, types, ranges),
+    then unlearns; returns the new flax variables."""
+    task.validate()
+    return self.fn(task, resolve_hparams(self.name, hp))
 
 
 METHODS: dict[str, Method] = {}
@@ -101,10 +188,39 @@ def resolve_hparams(name: str, overrides: dict | None = None) -> dict:
   hp = dict(method.defaults)
   for key, value in (overrides or {}).items():
     if key not in hp:
-      raise ValueError(f'method {name!r} has no hyperparameter {key!r}; its hyperparameters '
-                       f'are {", ".join(sorted(hp))}')
+      raise ValueError(f'method {name!r} has no hyperparameter {key!r}{did_you_mean(key, hp)}; '
+                       f'its hyperparameters are {", ".join(sorted(hp))}')
     hp[key] = cast_like(value, hp[key], f'{name}.{key}')
+  for key, value in hp.items():
+    if key in _RANGES and not _RANGES[key][0](value):
+      raise ValueError(f'{name}.{key} must be {_RANGES[key][1]}, got {value!r}')
   return hp
+
+
+def did_you_mean(word: str, choices) -> str:
+  """' (did you mean 'x'?)' for the closest of ``choices``, or ''."""
+  close = difflib.get_close_matches(word, list(choices), n=1)
+  return f' (did you mean {close[0]!r}?)' if close else ''
+
+
+_positive = (lambda v: v > 0, '> 0')
+_non_negative = (lambda v: v >= 0, '>= 0')
+_at_least_one = (lambda v: v >= 1, '>= 1')
+# Ranges of hyperparameters by name, checked for every method that has them (NaN fails all).
+_RANGES = {
+    'lr': _positive, 'inner_lr': _non_negative, 'epochs': _non_negative,
+    'batch_size': _at_least_one, 'iterations': _at_least_one, 'every': _at_least_one,
+    'msteps': _non_negative, 'momentum': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'weight_decay': _non_negative, 'clip_norm': _non_negative,
+    'keep': (lambda v: 0 < v <= 1, 'a fraction in (0, 1] (the share of weights updated)'),
+    'gamma': _positive, 'damping': _positive, 'solver_iters': _at_least_one,
+    'temperature': _positive, 'num_samples': _at_least_one, 'bound': _non_negative,
+    'schedule': (lambda v: v in ('constant', 'cosine'), "'constant' or 'cosine'"),
+    'forget_loss': (lambda v: v in ('rl', 'ga'), "'rl' or 'ga'"),
+    'order': (lambda v: v in ('first', 'second'), "'first' or 'second'"),
+    'virtual': (lambda v: v in ('retain', 'forget'), "'retain' or 'forget'"),
+    'precondition': (lambda v: v in ('none', 'cg', 'neumann'), "'none', 'cg' or 'neumann'"),
+}
 
 
 def cast_like(value, default, where: str):
@@ -130,9 +246,7 @@ def _fit(task: UnlearnTask, hp: dict, phases, desc: str, model=None, variables=N
   """``fit`` from the original (or ``variables`` of ``model``) with the method's SGD."""
   variables, _ = fit(model or task.model, task.variables if variables is None else variables,
                      phases, epochs=hp['epochs'], batch_size=hp['batch_size'],
-                     optim=_sgd(hp, **options), seed=task.seed, desc=desc,
-                     progress=task.progress, mask=mask, callback=task.callback,
-                     callback_every=task.callback_every, parallel=task.parallel)
+                     optim=_sgd(hp, **options), mask=mask, **task.loop(desc))
   return variables
 
 
@@ -153,8 +267,7 @@ _SGD = dict(momentum=0.9, weight_decay=5e-4, schedule='constant', batch_size=128
           **dataclasses.asdict(TrainConfig()))
 def retrain(task: UnlearnTask, hp: dict):
   return train_classifier(task.model, task.retain_x, task.retain_y, TrainConfig(**hp),
-                          seed=task.seed, desc='retrain', progress=task.progress,
-                          parallel=task.parallel)
+                          **task.loop('retrain'))
 
 
 @register('ft', 'Fine-tune: CE on D_r', lr=0.01, epochs=10, **_SGD)
@@ -206,9 +319,8 @@ def salun_joint(task: UnlearnTask, hp: dict):
       task.model, task.variables, Phase(task.forget_x, task.forget_y, _forget_loss(hp)),
       Phase(task.retain_x, task.retain_y, losses.cross_entropy), epochs=hp['epochs'],
       batch_size=hp['batch_size'],
-      optim=_sgd(hp, saliency=True, forget_weight=1.0, retain_weight=hp['alpha']),
-      seed=task.seed, desc='salun_joint', progress=task.progress, mask=mask,
-      callback=task.callback, callback_every=task.callback_every, parallel=task.parallel)
+      optim=_sgd(hp, saliency=True, forget_weight=1.0, retain_weight=hp['alpha']), mask=mask,
+      **task.loop('salun_joint'))
   return variables
 
 
@@ -228,9 +340,7 @@ def _sfron(task: UnlearnTask, hp: dict, desc: str, **options):
       task.model, task.variables,
       Phase(task.forget_x, task.forget_y, losses.AdaptiveGradientAscent(hp['lam'])),
       Phase(task.retain_x, task.retain_y, losses.cross_entropy), config=config,
-      batch_size=hp['batch_size'], seed=task.seed, desc=desc, progress=task.progress,
-      mask=mask, callback=task.callback, callback_every=task.callback_every,
-      parallel=task.parallel)
+      batch_size=hp['batch_size'], mask=mask, **task.loop(desc))
   return variables
 
 
@@ -267,8 +377,6 @@ def lur(task: UnlearnTask, hp: dict):
   paired with a forget batch and one SGD step follows the gradient of the look-ahead
   objective (``align_forget_retain``: ``w_r g_R + w_u (I - eta H_R) grad L_U(theta')``,
   ``order='first'`` without the HVP). ``forget_loss``: 'rl' (random-label CE) or 'ga'."""
-  if hp['forget_loss'] not in ('rl', 'ga'):
-    raise ValueError(f"lur.forget_loss must be 'rl' or 'ga', got {hp['forget_loss']!r}")
   forget = _forget_loss(hp) if hp['forget_loss'] == 'rl' else losses.gradient_ascent
   variables, _ = fit_joint(
       task.model, task.variables, Phase(task.forget_x, task.forget_y, forget),
@@ -276,9 +384,7 @@ def lur(task: UnlearnTask, hp: dict):
       batch_size=hp['batch_size'],
       optim=_sgd(hp, forget_weight=hp['forget_weight'], retain_weight=hp['retain_weight'],
                  lookahead_lr=hp['inner_lr'], lookahead_order=hp['order'],
-                 lookahead_virtual=hp['virtual']),
-      seed=task.seed, desc='lur', progress=task.progress, callback=task.callback,
-      callback_every=task.callback_every, parallel=task.parallel)
+                 lookahead_virtual=hp['virtual']), **task.loop('lur'))
   return variables
 
 

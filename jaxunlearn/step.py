@@ -29,13 +29,19 @@ class TrainState(NamedTuple):
     params: the model's trainable parameters.
     model_state: the model's other variable collections (BatchNorm ``batch_stats``).
     opt_state: the optax state of the transformation chain.
-    step: int32 scalar, number of steps taken; per-step keys fold it into the base key.
+    step: int32 scalar, number of steps taken (skipped ones included); per-step keys fold
+      it into the base key.
+    nonfinite: int32 scalar, how many of the last steps in a row were skipped because
+      something they computed was not finite (0 after any step that was applied).
+    skipped: int32 scalar, how many steps were skipped in all.
   """
 
   params: Any
   model_state: Any
   opt_state: Any
   step: jax.Array
+  nonfinite: jax.Array = 0
+  skipped: jax.Array = 0
 
   @property
   def variables(self):
@@ -46,7 +52,33 @@ def init_state(variables, tx: optax.GradientTransformation) -> TrainState:
   """A fresh :class:`TrainState` for ``variables`` (a flax variables dict)."""
   params = variables['params']
   model_state = {k: v for k, v in variables.items() if k != 'params'}
-  return TrainState(params, model_state, tx.init(params), jnp.zeros([], jnp.int32))
+  counters = [jnp.zeros([], jnp.int32) for _ in range(3)]  # distinct buffers: all donated
+  return TrainState(params, model_state, tx.init(params), *counters)
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _commit(state: TrainState, updates, opt_state, model_state, loss):
+  """The state after a step, or, if its loss, update or new model state is not finite,
+  the state before it with the skip counted (``optax.apply_if_finite`` at the level of
+  the whole step: a diverged forward pass would also poison BatchNorm's running
+  statistics, which an optimizer wrapper cannot hold back).
+
+  Returns ``(new_state, {'skipped': 0/1, 'nonfinite': steps skipped in a row})``. Under
+  ``pmap`` every input is already averaged over devices, so all take the same branch.
+  """
+  ok = _all_finite((loss, updates, model_state))
+  params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  nonfinite = jnp.where(ok, 0, state.nonfinite + 1).astype(jnp.int32)
+  new_state = TrainState(keep(params, state.params), keep(model_state, state.model_state),
+                         keep(opt_state, state.opt_state), optax.safe_increment(state.step),
+                         nonfinite, (state.skipped + (~ok).astype(jnp.int32)).astype(jnp.int32))
+  return new_state, {'skipped': ~ok, 'nonfinite': nonfinite}
 
 
 def labels_of(y):
@@ -100,15 +132,16 @@ def train_step(state: TrainState, x, y, w, base_key, *, model: nn.Module, loss_f
       gradients and metrics are those of the global batch.
 
   Returns:
-    ``(new_state, {'loss': scalar, 'accuracy': scalar})``.
+    ``(new_state, {'loss': scalar, 'accuracy': scalar, 'skipped': bool, 'nonfinite':
+    int32})``: a step whose loss, update or BatchNorm statistics are not finite is not
+    applied (``skipped``; ``nonfinite`` counts such steps in a row, see ``_commit``).
   """
   key = jax.random.fold_in(base_key, state.step)
   loss, accuracy, grads, model_state = _loss_and_grads(
       state.params, state.model_state, x, y, w, key, model, loss_fn, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  new_state = TrainState(params, model_state, opt_state, optax.safe_increment(state.step))
-  return new_state, {'loss': loss, 'accuracy': accuracy}
+  new_state, guard = _commit(state, updates, opt_state, model_state, loss)
+  return new_state, {'loss': loss, 'accuracy': accuracy, **guard}
 
 
 def tree_cosine(a, b):
@@ -142,7 +175,8 @@ def forget_retain_step(state: TrainState, forget_batch, retain_batch, base_key, 
 
   Returns:
     ``(new_state, metrics)``: the retain loss and accuracy, and (with
-    ``forget_grads_at_params``) the forget loss and the cosine between the two gradients.
+    ``forget_grads_at_params``) the forget loss and the cosine between the two gradients;
+    ``skipped`` and ``nonfinite`` as in :func:`train_step`.
   """
   key = jax.random.fold_in(base_key, state.step)
   fkey, rkey = jax.random.split(key)
@@ -165,9 +199,8 @@ def forget_retain_step(state: TrainState, forget_batch, retain_batch, base_key, 
                                  forget_grad_fn=jax.grad(forget_loss_fn),
                                  forget_loss_fn=forget_loss_fn,
                                  retain_loss_fn=lambda p: r_obj(p)[0])
-  params = optax.apply_updates(state.params, updates)
-  new_state = TrainState(params, model_state, opt_state, optax.safe_increment(state.step))
-  return new_state, {'loss': r_loss, 'accuracy': r_acc, **metrics}
+  new_state, guard = _commit(state, updates, opt_state, model_state, r_loss)
+  return new_state, {'loss': r_loss, 'accuracy': r_acc, **metrics, **guard}
 
 
 def forget_step(state: TrainState, forget_batch, retain_batch, base_key, *, model: nn.Module,
@@ -182,7 +215,7 @@ def forget_step(state: TrainState, forget_batch, retain_batch, base_key, *, mode
 
   Returns:
     ``(new_state, {'loss': forget loss, 'accuracy': on the forget batch,
-    'update_norm': norm of the applied update})``.
+    'update_norm': norm of the update, 'skipped', 'nonfinite'})`` (as in :func:`train_step`).
   """
   key = jax.random.fold_in(base_key, state.step)
   fkey, rkey = jax.random.split(key)
@@ -194,10 +227,9 @@ def forget_step(state: TrainState, forget_batch, retain_batch, base_key, *, mode
                                 axis_name)
     extra['retain_loss_fn'] = lambda p: objective(p)[0]
   updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
-  params = optax.apply_updates(state.params, updates)
-  new_state = TrainState(params, model_state, opt_state, optax.safe_increment(state.step))
+  new_state, guard = _commit(state, updates, opt_state, model_state, loss)
   return new_state, {'loss': loss, 'accuracy': accuracy,
-                     'update_norm': optax.tree.norm(updates)}
+                     'update_norm': optax.tree.norm(updates), **guard}
 
 
 @functools.lru_cache(maxsize=32)

@@ -9,8 +9,10 @@ batch of a phase wraps around to keep one compiled shape, its wrapped examples w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
+import time
 from typing import Any, Sequence
 
 import jax
@@ -298,9 +300,138 @@ def _start(variables, optim: OptimConfig, total: int, mask, parallel: Parallel):
   return optim, _init_masked(variables, optim, mask, parallel)
 
 
+class NonFiniteError(FloatingPointError):
+  """A loop took ``max_nonfinite`` non-finite steps in a row (it diverged)."""
+
+
+@dataclasses.dataclass
+class LoopControl:
+  """How a loop guards and checkpoints itself, and what it reports back.
+
+  Attributes:
+    checkpoint: a :class:`jaxunlearn.checkpoint.LoopCheckpoint`: the loop resumes from its
+      newest checkpoint and saves one every ``checkpoint.every`` updates (None: neither).
+    max_nonfinite: a step whose loss, update or BatchNorm statistics are not finite is
+      skipped (not applied) and counted; this many in a row stop the loop with
+      :class:`NonFiniteError` (None: never stop).
+    skipped: (set by the loop) how many steps it skipped.
+    resumed_from: (set by the loop) the update it resumed at, None if it started afresh.
+    overhead_seconds: (set by the loop) seconds spent saving and restoring checkpoints,
+      which :meth:`elapsed` includes and a run's reported time leaves out.
+  """
+
+  checkpoint: Any = None
+  max_nonfinite: int | None = 10
+  skipped: int = 0
+  resumed_from: int | None = None
+  overhead_seconds: float = 0.0
+  _origin: float = dataclasses.field(default_factory=time.perf_counter, repr=False)
+
+  def __post_init__(self):
+    if self.max_nonfinite is not None and self.max_nonfinite < 1:
+      raise ValueError(f'max_nonfinite must be >= 1 (or None: never stop), got '
+                       f'{self.max_nonfinite}')
+
+  def start_clock(self) -> None:
+    """Starts :meth:`elapsed` at 0 (a run starts it when the method starts)."""
+    self._origin = time.perf_counter()
+
+  def elapsed(self) -> float:
+    """Seconds since :meth:`start_clock`, counting the segments before a resume (the time
+    an uninterrupted run would have taken up to here)."""
+    return time.perf_counter() - self._origin
+
+  def _resume_clock(self, seconds: float) -> None:
+    self._origin = time.perf_counter() - seconds
+
+
+def _drive(state, plan, total: int, *, parallel: Parallel, control: LoopControl | None,
+           callback, callback_every: int, desc: str, progress: bool, history: Sequence[str]):
+  """Runs a loop's updates: resume, guard against non-finite steps, checkpoint, report.
+
+  ``plan`` yields one ``(run, record)`` per update, in order: ``run(state) -> (state,
+  metrics)`` takes the step (gathering its batch only when called, so that resuming past an
+  update costs only the batch *draw*, which must happen to keep the iterators in place),
+  ``record`` maps metric names to the history keys they are appended to.
+
+  Returns ``(final placed state, history as float32 arrays)``.
+  """
+  control = control if control is not None else LoopControl()
+  ckpt = control.checkpoint
+  done = 0
+  saved = {k: [] for k in history}  # host floats (what a checkpoint holds)
+  fresh = {k: [] for k in history}  # device scalars of the steps since
+  if ckpt is not None:
+    start = time.perf_counter()
+    restored = ckpt.restore(parallel.get(state))
+    if restored is not None:
+      done, host_state, record = restored
+      state = parallel.put(host_state)
+      saved = {k: list(record['history'].get(k, [])) for k in history}
+      if callback is not None and hasattr(callback, 'load_state_dict') and 'callback' in record:
+        callback.load_state_dict(record['callback'])
+      control.resumed_from = done
+      control._resume_clock(record['seconds'])
+      control.overhead_seconds = record['overhead_seconds']
+    control.overhead_seconds += time.perf_counter() - start
+
+  def check(metrics, at):
+    if metrics is None or control.max_nonfinite is None:
+      return
+    count = int(metrics['nonfinite'])  # metrics are one replica's (Parallel.compile)
+    if count >= control.max_nonfinite:
+      control.skipped = int(np.asarray(parallel.get(state.skipped)))
+      loss = float(metrics['loss'])
+      raise NonFiniteError(
+          f'{desc}: {count} steps in a row up to update {at} of {total} had a non-finite loss, '
+          f'gradient or BatchNorm statistic (last loss {loss}); they were skipped, and the '
+          f'run stopped. It diverged: lower its learning rate (--set {desc}.lr=...), clip its '
+          'gradients, or allow more such steps (--max-nonfinite)')
+
+  bar = tqdm(total=total, initial=done, desc=desc, disable=not progress, leave=False,
+             dynamic_ncols=True)
+  previous = None
+  for i, (run, record) in enumerate(plan):
+    if i < done:
+      continue
+    state, metrics = run(state)
+    for name, key in record.items():
+      if name in metrics:  # e.g. LUR's joint steps have no forget loss at the params
+        fresh[key].append(metrics[name])
+    check(previous, done)  # the step before: ready, or nearly, while this one runs
+    if progress and previous is not None and done % 10 == 0:
+      bar.set_postfix(loss=f'{float(previous["loss"]):.3f}')
+    previous = metrics
+    done += 1
+    bar.update(1)
+    if callback is not None and callback_every and done % callback_every == 0:
+      callback(done, parallel.get(state.variables))
+    if ckpt is not None and done % ckpt.every == 0 and done < total:
+      check(metrics, done)  # never save a run that has already failed
+      start = time.perf_counter()
+      for key, values in fresh.items():
+        saved[key] += [float(v) for v in np.asarray(jax.device_get(values)).ravel()]
+        fresh[key] = []
+      callback_state = (callback.state_dict() if hasattr(callback, 'state_dict') else None)
+      control.overhead_seconds += time.perf_counter() - start
+      ckpt.save(done, parallel.get(state), {
+          'history': saved, 'callback': callback_state, 'seconds': control.elapsed(),
+          'overhead_seconds': control.overhead_seconds + time.perf_counter() - start})
+      control.overhead_seconds += time.perf_counter() - start
+  bar.close()
+  check(previous, done)
+  control.skipped = int(np.asarray(parallel.get(state.skipped)))
+  if callback is not None and (not callback_every or total % callback_every):
+    callback(total, parallel.get(state.variables))
+  out = {k: np.asarray(saved[k] + [float(v) for v in np.asarray(jax.device_get(fresh[k]))
+                                   .ravel()], np.float32) for k in history}
+  return state, out
+
+
 def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: int,
         optim: OptimConfig, seed: int, desc: str = 'train', progress: bool = True,
-        mask=None, callback=None, callback_every: int = 0, parallel: Parallel = SINGLE):
+        mask=None, callback=None, callback_every: int = 0, parallel: Parallel = SINGLE,
+        control: LoopControl | None = None):
   """Runs ``epochs`` epochs of ``phases`` from ``variables``; returns (variables, history).
 
   ``optim.total_steps`` is filled in from the data so a schedule spans the whole run.
@@ -308,6 +439,8 @@ def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: i
   first step. ``history`` holds the per-step loss of every phase, keyed by phase name.
   ``callback(steps, variables)`` runs every ``callback_every`` steps and at the end.
   ``parallel``: the devices the steps run on (:mod:`jaxunlearn.parallel`).
+  ``control``: checkpoints to resume from and save, and the non-finite-step guard
+  (:class:`LoopControl`; default: no checkpoints, stop after 10 non-finite steps in a row).
   """
   if epochs < 0:
     raise ValueError(f'epochs must be >= 0, got {epochs}')
@@ -316,29 +449,21 @@ def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: i
               if p.active(e))
   optim, state = _start(variables, optim, total, mask, parallel)
   base_key = jax.random.key(seed)
-  history = {p.name: [] for p in phases}
-  bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-  done = 0
-  for epoch in range(epochs):
-    for phase_id, phase in enumerate(phases):
-      if not phase.active(epoch):
-        continue
-      step = compiled_train_step(model, phase.loss_fn, optim, parallel)
-      for idx, w in epoch_batches(len(phase), batch_size, seed * 1000 + phase_id, epoch,
-                                  multiple_of=m):
-        state, metrics = step(state, *phase.batch(idx, w), base_key)
-        history[phase.name].append(metrics['loss'])
-        bar.update(1)
-        done += 1
-        if callback is not None and callback_every and done % callback_every == 0:
-          callback(done, parallel.get(state.variables))
-    last = [h for h in history.values() if h]
-    if last:
-      bar.set_postfix(loss=f'{float(last[-1][-1]):.3f}')
-  bar.close()
-  if callback is not None and (not callback_every or total % callback_every):
-    callback(total, parallel.get(state.variables))
-  history = {k: np.asarray(jax.device_get(v), np.float32) for k, v in history.items()}
+
+  def plan():
+    for epoch in range(epochs):
+      for phase_id, phase in enumerate(phases):
+        if not phase.active(epoch):
+          continue
+        step = compiled_train_step(model, phase.loss_fn, optim, parallel)
+        for idx, w in epoch_batches(len(phase), batch_size, seed * 1000 + phase_id, epoch,
+                                    multiple_of=m):
+          yield (lambda st, step=step, batch=functools.partial(phase.batch, idx, w):
+                 step(st, *batch(), base_key)), {'loss': phase.name}
+
+  state, history = _drive(state, plan(), total, parallel=parallel, control=control,
+                          callback=callback, callback_every=callback_every, desc=desc,
+                          progress=progress, history=[p.name for p in phases])
   return parallel.get(state.variables), history
 
 
@@ -351,7 +476,7 @@ def _cycle(n: int, batch_size: int, seed: int, multiple_of: int = 1):
 def fit_joint(model, variables, forget: Phase, retain: Phase, *, epochs: int,
               batch_size: int, optim: OptimConfig, seed: int, desc: str = 'joint',
               progress: bool = True, mask=None, callback=None, callback_every: int = 0,
-              parallel: Parallel = SINGLE):
+              parallel: Parallel = SINGLE, control: LoopControl | None = None):
   """Joint steps: each retain batch is paired with the next forget batch (the forget set
   is cycled, reshuffled at each pass), one optimizer step per pair.
 
@@ -360,7 +485,8 @@ def fit_joint(model, variables, forget: Phase, retain: Phase, *, epochs: int,
   the cosine between the forget and retain gradients of each step (on its two batches;
   the last two empty for LUR's look-ahead steps, which skip the forget gradient at the
   params: see ``OptimConfig.uses_forget_grads``).
-  ``callback(steps, variables)`` runs every ``callback_every`` steps and at the end.
+  ``callback(steps, variables)`` runs every ``callback_every`` steps and at the end;
+  ``control`` as in :func:`fit`.
   """
   if optim.forget_weight is None:
     raise ValueError('fit_joint needs OptimConfig.forget_weight to combine the gradients')
@@ -370,32 +496,25 @@ def fit_joint(model, variables, forget: Phase, retain: Phase, *, epochs: int,
   step = compiled_forget_retain_step(model, forget.loss_fn, retain.loss_fn, optim, parallel)
   base_key = jax.random.key(seed)
   forget_iter = _cycle(len(forget), batch_size, seed * 1000 + 1, m)
-  history = {'retain': [], 'forget': [], 'grad_cosine': []}
-  bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-  done = 0
-  for epoch in range(epochs):
-    for idx, w in epoch_batches(len(retain), batch_size, seed * 1000, epoch, multiple_of=m):
-      state, metrics = step(state, forget.batch(*next(forget_iter)), retain.batch(idx, w),
-                            base_key)
-      for k, name in (('loss', 'retain'), ('forget_loss', 'forget'),
-                      ('grad_cosine', 'grad_cosine')):
-        if k in metrics:  # LUR's steps have no forget loss or cosine at the params
-          history[name].append(metrics[k])
-      bar.update(1)
-      done += 1
-      if callback is not None and callback_every and done % callback_every == 0:
-        callback(done, parallel.get(state.variables))
-  bar.close()
-  if callback is not None and (not callback_every or total % callback_every):
-    callback(total, parallel.get(state.variables))
-  history = {k: np.asarray(jax.device_get(v), np.float32) for k, v in history.items()}
+
+  def plan():
+    for epoch in range(epochs):
+      for idx, w in epoch_batches(len(retain), batch_size, seed * 1000, epoch, multiple_of=m):
+        f = next(forget_iter)
+        yield (lambda st, f=f, r=(idx, w): step(st, forget.batch(*f), retain.batch(*r),
+                                                base_key)), \
+            {'loss': 'retain', 'forget_loss': 'forget', 'grad_cosine': 'grad_cosine'}
+
+  state, history = _drive(state, plan(), total, parallel=parallel, control=control,
+                          callback=callback, callback_every=callback_every, desc=desc,
+                          progress=progress, history=['retain', 'forget', 'grad_cosine'])
   return parallel.get(state.variables), history
 
 
 def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: FastSlowConfig,
                   batch_size: int, seed: int, desc: str = 'fast-slow', progress: bool = True,
                   mask=None, callback=None, callback_every: int = 0,
-                  parallel: Parallel = SINGLE):
+                  parallel: Parallel = SINGLE, control: LoopControl | None = None):
   """SFR-on's fast-slow loop: ``config.iterations`` iterations, each a retain descent step,
   preceded every ``config.every``-th iteration by a forget step (Algorithm 1 of arXiv
   2409.19732). Forget and retain batches are drawn from their sets cycled independently.
@@ -407,6 +526,7 @@ def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: Fas
     mask: the forget-gradient mask (with ``config.saliency``).
     callback: ``callback(updates, variables)`` after every ``callback_every`` optimizer
       updates (forget and retain steps both count) and at the end.
+    control: as in :func:`fit` (its updates, too, count both kinds of step).
 
   Returns:
     ``(variables, history)``; history holds per-step 'forget' and 'retain' losses and the
@@ -421,34 +541,23 @@ def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: Fas
   forget_iter = _cycle(len(forget), batch_size, seed * 1000 + 1, parallel.size)
   retain_iter = _cycle(len(retain), batch_size, seed * 1000, parallel.size)
   base_key = jax.random.key(seed)
-  history = {'forget': [], 'retain': [], 'forget_update_norm': []}
-  bar = tqdm(total=config.iterations, desc=desc, disable=not progress, leave=False,
-             dynamic_ncols=True)
-  updates = 0
+  total = config.iterations + -(-config.iterations // config.every)
+  with_retain = config.precondition != 'none'
 
-  def after_update(state):
-    nonlocal updates
-    updates += 1
-    if callback is not None and callback_every and updates % callback_every == 0:
-      callback(updates, parallel.get(state.variables))
+  def plan():
+    for t in range(config.iterations):
+      r = next(retain_iter)
+      if t % config.every == 0:
+        f = next(forget_iter)
+        yield (lambda st, f=f, r=r: forget_step(
+            st, forget.batch(*f), retain.batch(*r) if with_retain else None, base_key)), \
+            {'loss': 'forget', 'update_norm': 'forget_update_norm'}
+      yield (lambda st, r=r: retain_step(st, *retain.batch(*r), base_key)), {'loss': 'retain'}
 
-  for t in range(config.iterations):
-    retain_batch = retain.batch(*next(retain_iter))
-    if t % config.every == 0:
-      state, metrics = forget_step(state, forget.batch(*next(forget_iter)),
-                                   retain_batch if config.precondition != 'none' else None,
-                                   base_key)
-      history['forget'].append(metrics['loss'])
-      history['forget_update_norm'].append(metrics['update_norm'])
-      after_update(state)
-    state, metrics = retain_step(state, *retain_batch, base_key)
-    history['retain'].append(metrics['loss'])
-    after_update(state)
-    bar.update(1)
-  bar.close()
-  if callback is not None and (not callback_every or updates % callback_every):
-    callback(updates, parallel.get(state.variables))
-  history = {k: np.asarray(jax.device_get(v), np.float32) for k, v in history.items()}
+  state, history = _drive(state, plan(), total, parallel=parallel, control=control,
+                          callback=callback, callback_every=callback_every, desc=desc,
+                          progress=progress, history=['forget', 'retain',
+                                                      'forget_update_norm'])
   return parallel.get(state.variables), history
 
 
@@ -474,11 +583,15 @@ def init_variables(model, image_shape, seed: int):
 
 
 def train_classifier(model, x, y, config: TrainConfig, seed: int, desc: str = 'train',
-                     progress: bool = True, parallel: Parallel = SINGLE):
-  """Trains ``model`` from scratch on (x, y) with cross-entropy; returns flax variables."""
+                     progress: bool = True, parallel: Parallel = SINGLE,
+                     control: LoopControl | None = None, callback=None,
+                     callback_every: int = 0):
+  """Trains ``model`` from scratch on (x, y) with cross-entropy; returns flax variables.
+  ``control`` (checkpoints, the non-finite guard) and ``callback`` as in :func:`fit`."""
   from jaxunlearn.losses import cross_entropy
   variables = init_variables(model, x.shape[1:], seed)
   variables, _ = fit(model, variables, [Phase(x, y, cross_entropy)], epochs=config.epochs,
                      batch_size=config.batch_size, optim=config.optim(), seed=seed, desc=desc,
-                     progress=progress, parallel=parallel)
+                     progress=progress, parallel=parallel, control=control,
+                     callback=callback, callback_every=callback_every)
   return variables
