@@ -4,7 +4,12 @@
                    [--methods retrain,ft,ga,rl] [--seeds 0,1,2] [--out DIR]
                    [--set ft.lr=0.02 --set train.epochs=5 ...] [--tune]
                    [--alignment-every N] [--parallel auto|none|pmap|shard] [--devices N]
-                   [--shard-params]
+                   [--shard-params] [--checkpoint-every N] [--restart] [--max-nonfinite N]
+                   [--allow-duplicates]
+
+A run killed at any point resumes when the same command is run again (see --restart).
+Exit status: 0 done, 1 done but some method run failed (diverged; see results.json
+``failures``), 2 bad input or an unreadable checkpoint (nothing computed).
     jaxunlearn methods      # the registered methods and their default hyperparameters
 """
 
@@ -87,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--shard-params', action='store_true',
                    help='with --parallel shard, split params and optimizer state over the '
                         'devices too (FSDP-style, for models that do not fit one device)')
+  run.add_argument('--checkpoint-every', type=int, default=50, metavar='N',
+                   help='save every loop to OUT/checkpoints every N updates, so that the '
+                        'same command run again after a kill resumes (0 = off)')
+  run.add_argument('--restart', action='store_true',
+                   help='discard an unfinished run in OUT instead of resuming it')
+  run.add_argument('--max-nonfinite', type=int, default=10, metavar='N',
+                   help='steps with a non-finite loss or gradient are skipped; N in a row '
+                        "stop that method's run, recorded as failed (0 = never stop)")
+  run.add_argument('--allow-duplicates', action='store_true',
+                   help='run even if forget examples have exact copies in the retain or '
+                        'test set')
   sub.add_parser('methods', help='list methods and default hyperparameters')
   return parser
 
@@ -102,6 +118,7 @@ def main(argv=None) -> int:
   from jaxunlearn import checkpoint
   from jaxunlearn.experiment import ExperimentConfig, run_experiment
   from jaxunlearn.report import format_table
+  from jaxunlearn.train import NonFiniteError
   try:
     cache = None if args.no_cache else (args.cache_dir or str(checkpoint.default_cache_dir()))
     config = ExperimentConfig(
@@ -111,22 +128,30 @@ def main(argv=None) -> int:
         overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
         tune=args.tune, tune_seeds=tuple(args.tune_seeds), tune_grid=tuple(args.tune_grid),
         alignment_every=args.alignment_every, parallel=args.parallel,
-        num_devices=args.devices, shard_params=args.shard_params)
+        num_devices=args.devices, shard_params=args.shard_params,
+        checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite or None,
+        allow_duplicates=args.allow_duplicates)
     config.validate()
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
     return 2
   start = time.perf_counter()
   try:
-    results = run_experiment(config, args.out)
-  except (ValueError, FileNotFoundError) as e:
+    results = run_experiment(config, args.out, restart=args.restart)
+  except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
     return 2
+  except NonFiniteError as e:  # training the original or Retrain diverged
+    print(f'jaxunlearn: error: {e}', file=sys.stderr)
+    return 1
   print(format_table(results))
   extra = ' and alignment.png' if results.get('alignment') else ''
   print(f'\nwrote {args.out}/results.json, {args.out}/results.png{extra} '
         f'({time.perf_counter() - start:.0f} s)')
-  return 0
+  for name, seeds in results.get('failures', {}).items():
+    for seed, message in seeds.items():
+      print(f'jaxunlearn: {name} failed on seed {seed}: {message}', file=sys.stderr)
+  return 1 if results.get('failures') else 0
 
 
 if __name__ == '__main__':

@@ -9,24 +9,24 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import time
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from jaxunlearn import checkpoint, methods as methods_lib
+from jaxunlearn import __version__, checkpoint, methods as methods_lib
 from jaxunlearn.data import load_dataset, make_split, parse_scenario
 from jaxunlearn.evaluate import (GradientAlignment, avg_gap, evaluate, model_outputs,
                                  summarize)
 from jaxunlearn.models import make_model
 from jaxunlearn.parallel import Parallel
-from jaxunlearn.train import TrainConfig, init_variables, train_classifier
+from jaxunlearn.train import (LoopControl, NonFiniteError, TrainConfig, init_variables,
+                              train_classifier)
 
 REPORTED = ('UA', 'RA', 'TA', 'MIA', 'MIA_entropy', 'KL', 'JS', 'avg_gap', 'rte_s',
-            'grad_cosine')
+            'grad_cosine', 'skipped_steps')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +57,16 @@ class ExperimentConfig:
       are several): how training and unlearning steps run (:mod:`jaxunlearn.parallel`).
     num_devices: devices for 'pmap'/'shard' (None: all local ones).
     shard_params: with 'shard', split params and optimizer state over the devices too.
+    checkpoint_every: with an output directory, every loop (original and Retrain training
+      too, in the cache) saves an orbax checkpoint every this many updates, and a run
+      started again with the same configuration resumes from them and from the method runs
+      already finished (``out_dir/progress.json``); 0 = off.
+    max_nonfinite: steps with a non-finite loss, gradient or BatchNorm statistic are
+      skipped and counted (``skipped_steps``); this many in a row stop that method's run,
+      recorded under ``failures`` (None: never stop).
+    allow_duplicates: run even if forget examples have byte-identical copies in the
+      retain or test set (by default an error: that copy would teach the model again, or
+      count as unseen).
   """
 
   dataset: str = 'digits'
@@ -78,6 +88,33 @@ class ExperimentConfig:
   parallel: str = 'none'
   num_devices: int | None = None
   shard_params: bool = False
+  checkpoint_every: int = 50
+  max_nonfinite: int | None = 10
+  allow_duplicates: bool = False
+
+  @classmethod
+  def from_dict(cls, d: dict) -> ExperimentConfig:
+    """A config from a plain dict (a JSON or YAML file); a key that is not a setting is a
+    ValueError naming the closest one. ``train`` may be a dict of :class:`TrainConfig`."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in d:
+      if key not in names:
+        raise ValueError(f'{key!r} is not an experiment setting'
+                         f'{methods_lib.did_you_mean(key, names)}; settings are '
+                         f'{", ".join(names)}')
+    d = dict(d)
+    if isinstance(d.get('train'), dict):
+      fields = [f.name for f in dataclasses.fields(TrainConfig)]
+      for key in d['train']:
+        if key not in fields:
+          raise ValueError(f'train has no setting {key!r}'
+                           f'{methods_lib.did_you_mean(key, fields)}; settings are '
+                           f'{", ".join(fields)}')
+      d['train'] = TrainConfig(**d['train'])
+    for key in ('methods', 'seeds', 'tune_seeds', 'tune_grid'):
+      if key in d:
+        d[key] = tuple(d[key])
+    return cls(**d)
 
   def validate(self):
     """Checks names and overrides before any compute; raises ValueError saying what to fix."""
@@ -89,20 +126,28 @@ class ExperimentConfig:
     self.devices()
     if self.alignment_every < 0:
       raise ValueError(f'alignment_every must be >= 0 (0 = off), got {self.alignment_every}')
+    if self.checkpoint_every < 0:
+      raise ValueError(f'checkpoint_every must be >= 0 (0 = off), got {self.checkpoint_every}')
+    if self.max_nonfinite is not None and self.max_nonfinite < 1:
+      raise ValueError(f'max_nonfinite must be >= 1 (or None: never stop), got '
+                       f'{self.max_nonfinite}')
     if len(set(self.seeds)) != len(self.seeds):
       raise ValueError(f'seeds repeat: {list(self.seeds)}')
     for name in self.methods:
       methods_lib.get_method(name)
     for name, hp in self.overrides.items():
       if name == 'train':
-        bad = set(hp) - {f.name for f in dataclasses.fields(TrainConfig)}
-        if bad:
-          raise ValueError(f'train has no setting {sorted(bad)}; settings are '
-                           f'{[f.name for f in dataclasses.fields(TrainConfig)]}')
+        fields = [f.name for f in dataclasses.fields(TrainConfig)]
+        for key in hp:
+          if key not in fields:
+            raise ValueError(f'train has no setting {key!r}'
+                             f'{methods_lib.did_you_mean(key, fields)}; settings are '
+                             f'{", ".join(fields)}')
         continue
       if name not in self.methods and name != 'retrain':  # Retrain is always the reference
         raise ValueError(f'--set names method {name!r}, which is not among --methods '
-                         f'{",".join(self.methods)}')
+                         f'{",".join(self.methods)}'
+                         f'{methods_lib.did_you_mean(name, [*self.methods, "train"])}')
       methods_lib.resolve_hparams(name, hp)
 
 
@@ -111,12 +156,6 @@ class ExperimentConfig:
     if self.parallel == 'auto':
       return Parallel.auto(self.num_devices)
     return Parallel(self.parallel, self.num_devices, self.shard_params)
-
-
-def _timed(fn):
-  start = time.perf_counter()
-  out = fn()
-  return out, time.perf_counter() - start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,25 +198,46 @@ class _Seed:
   retrain_seconds: float
 
 
-def _prepare_seed(s: _Setup, seed: int) -> _Seed:
-  config, ds, model = s.config, s.dataset, s.model
+def _checked_split(s: _Setup, seed: int):
+  """The seed's split, with the data checks that come before any compute."""
+  ds, config = s.dataset, s.config
   split = make_split(ds, config.scenario, seed)
+  if not config.allow_duplicates:
+    for other, rows, where in (('retain', ds.x_train[split.retain], split.retain),
+                               ('test', ds.x_test[split.test], split.test)):
+      shared = methods_lib.shared_examples(ds.x_train[split.forget], rows)
+      if shared:
+        i, j = shared[0]
+        raise ValueError(
+            f'{len(shared)} forget examples of {ds.name} (scenario {config.scenario}, seed '
+            f'{seed}) also appear in its {other} set (train image {split.forget[i]} = '
+            f'{"train" if other == "retain" else "test"} image {where[j]}, ...): remove the '
+            'duplicates from the dataset, or pass --allow-duplicates to run anyway')
+  return split
+
+
+def _prepare_seed(s: _Setup, seed: int, split=None) -> _Seed:
+  config, ds, model = s.config, s.dataset, s.model
+  split = _checked_split(s, seed) if split is None else split
   task = methods_lib.UnlearnTask(model, None, ds.x_train[split.forget], ds.y_train[split.forget],
                                  ds.x_train[split.retain], ds.y_train[split.retain],
                                  ds.num_classes, seed, config.progress,
                                  parallel=config.devices())
+  control = lambda ckpt: LoopControl(ckpt, config.max_nonfinite)
   original, _ = checkpoint.cached(
       config.cache_dir, 'original',
       {**s.cache_key, 'train': dataclasses.asdict(s.train_cfg), 'seed': seed},
-      lambda: train_classifier(model, ds.x_train, ds.y_train, s.train_cfg, seed,
-                               desc=f'original (seed {seed})', progress=config.progress,
-                               parallel=task.parallel),
-      like=s.like)
+      lambda ckpt: train_classifier(model, ds.x_train, ds.y_train, s.train_cfg, seed,
+                                    desc=f'original (seed {seed})', progress=config.progress,
+                                    parallel=task.parallel, control=control(ckpt)),
+      like=s.like, checkpoint_every=config.checkpoint_every)
   retrained, info = checkpoint.cached(
       config.cache_dir, 'retrain',
       {**s.cache_key, 'train': s.retrain_hp, 'seed': seed, 'scenario': config.scenario,
        'forget': split.forget.tolist()},
-      lambda: methods_lib.get_method('retrain').run(task, s.retrain_hp), like=s.like)
+      lambda ckpt: methods_lib.get_method('retrain').run(
+          dataclasses.replace(task, control=control(ckpt)), s.retrain_hp),
+      like=s.like, checkpoint_every=config.checkpoint_every)
   reference = model_outputs(model, retrained, ds, split, task.parallel)
   return _Seed(split, dataclasses.replace(task, variables=original), reference,
                evaluate(reference, ds, split, reference), info['seconds'])
@@ -218,12 +278,96 @@ def score(setup: _Setup, seed_data: _Seed, variables) -> dict:
   return _score(setup, seed_data, variables)
 
 
-def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None) -> dict:
+class _Progress:
+  """What a run has finished, kept in ``out_dir/progress.json`` (written atomically after
+  each method run) beside the loops' checkpoints in ``out_dir/checkpoints/``, so that the
+  same command started again after a kill resumes. Both go once results.json is written.
+  Without an output directory nothing is kept."""
+
+  def __init__(self, out_dir, config: ExperimentConfig, restart: bool = False):
+    self.dir = None if out_dir is None else Path(out_dir)
+    self.every = config.checkpoint_every
+    identity = {k: v for k, v in dataclasses.asdict(config).items()
+                if k not in ('progress', 'cache_dir', 'checkpoint_every')}
+    identity = json.loads(json.dumps({**identity, 'version': __version__}, default=str))
+    self.data = {'config': identity, 'tuning': {}, 'seeds': {}}
+    self.resumed = False
+    if self.dir is None:
+      return
+    if restart:
+      self.discard()
+    path = self.dir / 'progress.json'
+    if path.is_file():
+      try:
+        old = json.loads(path.read_text())
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path} is damaged ({e}): pass --restart to discard the unfinished '
+                         'run and start again') from None
+      if old.get('config') != identity:
+        theirs = old.get('config', {})
+        differ = sorted(k for k in {*theirs, *identity} if theirs.get(k) != identity.get(k))
+        raise ValueError(f'{self.dir} holds an unfinished run of another configuration (it '
+                         f'differs in {", ".join(differ)}): run that command again to resume '
+                         'it, pass --restart to discard it, or choose another --out')
+      self.data, self.resumed = old, True
+
+  def seed(self, seed: int) -> dict:
+    return self.data['seeds'].setdefault(str(seed), {'methods': {}, 'alignment': {}})
+
+  def checkpoint(self, seed: int, name: str) -> checkpoint.LoopCheckpoint | None:
+    if self.dir is None or not self.every:
+      return None
+    return checkpoint.LoopCheckpoint(self.dir / 'checkpoints' / f'seed{seed}-{name}',
+                                     self.every)
+
+  def save(self) -> None:
+    if self.dir is not None:
+      checkpoint.write_json_atomic(self.dir / 'progress.json', self.data)
+
+  def discard(self) -> None:
+    if self.dir is not None:
+      (self.dir / 'progress.json').unlink(missing_ok=True)
+      shutil.rmtree(self.dir / 'checkpoints', ignore_errors=True)
+
+
+def _unlearn(s: _Setup, sd: _Seed, name: str, hp: dict, ckpt) -> tuple[dict, dict | None]:
+  """One method on one seed: ``(row of metrics, alignment curve or None)``; a run stopped
+  by non-finite steps gives ``{'error', 'skipped_steps'}``."""
+  config = s.config
+  control = LoopControl(ckpt, config.max_nonfinite)
+  task, probe = dataclasses.replace(sd.task, control=control), None
+  if config.alignment_every:
+    probe = GradientAlignment(s.model, task.forget_x, task.forget_y, task.retain_x,
+                              task.retain_y, seed=task.seed)
+    probe(0, task.variables)  # the original's alignment (and the compile), untimed
+    probe.seconds = 0.0
+    task = dataclasses.replace(task, callback=probe, callback_every=config.alignment_every)
+  control.start_clock()
+  try:
+    variables = methods_lib.get_method(name).run(task, hp)
+  except NonFiniteError as e:
+    return {'error': str(e), 'skipped_steps': control.skipped}, None
+  seconds = control.elapsed() - control.overhead_seconds - (probe.seconds if probe else 0.0)
+  row = dict(_score(s, sd, variables), rte_s=seconds, skipped_steps=control.skipped)
+  if probe is not None and len(probe.steps) > 1:  # the method reported its updates
+    row['grad_cosine'] = float(np.mean(probe.cosines[1:]))
+    return row, {'steps': probe.steps, 'cosine': probe.cosines}
+  return row, None
+
+
+def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None,
+                   restart: bool = False) -> dict:
   """Runs the whole protocol; writes ``results.json`` and ``results.png`` to ``out_dir``
   (and ``alignment.png`` with ``config.alignment_every``).
 
   With ``config.tune``, first grid-searches each method's learning rate against Retrain
   (see :func:`tune_learning_rates`) and runs with the chosen rates.
+
+  With ``out_dir`` the run is resumable (``config.checkpoint_every``): killed at any point
+  and started again with the same configuration, it skips what it had finished, resumes
+  the interrupted loop from its last checkpoint, and ends with the same numbers as a run
+  never interrupted (bit-identical on CPU; ``rte_s`` is the time an uninterrupted run
+  takes). ``restart=True`` discards an unfinished run in ``out_dir`` instead.
 
   Returns:
     The results dict (schema in README.md): per method ``{metric: {'mean', 'std'}}``, plus
@@ -231,39 +375,55 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None) 
   """
   config.validate()
   s = _setup(config)
-  tuning = tune_learning_rates(s) if config.tune else None
+  seeds = list(config.seeds) + (list(config.tune_seeds) if config.tune else [])
+  splits = {seed: _checked_split(s, seed) for seed in seeds}  # every data check, up front
+  progress = _Progress(out_dir, config, restart)
+  if progress.resumed and config.progress:
+    done = sum(len(v['methods']) for v in progress.data['seeds'].values())
+    print(f'resuming the unfinished run in {out_dir} ({done} of '
+          f'{len(config.seeds) * len(config.methods)} method runs done)')
+  tuning = tune_learning_rates(s, progress, splits) if config.tune else None
   overrides = {**config.overrides}
   for name, t in (tuning or {}).items():
     overrides[name] = {**overrides.get(name, {}), 'lr': t['lr']}
   hparams = {name: methods_lib.resolve_hparams(name, overrides.get(name))
              for name in config.methods}
 
-  per_seed = {name: [] for name in config.methods}
-  alignment = {name: {'steps': [], 'cosine': []} for name in config.methods}
-  original_rows = []  # the model before unlearning, for context
   for seed in config.seeds:
-    sd = _prepare_seed(s, seed)
-    original_rows.append(_score(s, sd, sd.task.variables))
-    for name in config.methods:
+    done = progress.seed(seed)
+    todo = [name for name in config.methods if name not in done['methods']]
+    if 'original' in done and not todo:
+      continue
+    sd = _prepare_seed(s, seed, splits[seed])
+    if 'original' not in done:
+      done['original'] = _score(s, sd, sd.task.variables)  # the model before unlearning
+    for name in todo:
       if name == 'retrain':
-        per_seed[name].append(dict(sd.ref_metrics, avg_gap=0.0, rte_s=sd.retrain_seconds))
-        continue
-      task, probe = sd.task, None
-      if config.alignment_every:
-        probe = GradientAlignment(s.model, task.forget_x, task.forget_y, task.retain_x,
-                                  task.retain_y, seed=seed)
-        probe(0, task.variables)  # the original's alignment (and the compile), untimed
-        probe.seconds = 0.0
-        task = dataclasses.replace(task, callback=probe, callback_every=config.alignment_every)
-      method = methods_lib.get_method(name)
-      variables, seconds = _timed(functools.partial(method.run, task, hparams[name]))
-      row = dict(_score(s, sd, variables), rte_s=seconds - (probe.seconds if probe else 0.0))
-      if probe is not None and len(probe.steps) > 1:  # the method reported its updates
-        row['grad_cosine'] = float(np.mean(probe.cosines[1:]))
-        alignment[name]['steps'].append(probe.steps)
-        alignment[name]['cosine'].append(probe.cosines)
-      per_seed[name].append(row)
+        row, curve = dict(sd.ref_metrics, avg_gap=0.0, rte_s=sd.retrain_seconds), None
+        ckpt = None
+      else:
+        ckpt = progress.checkpoint(seed, name)
+        row, curve = _unlearn(s, sd, name, hparams[name], ckpt)
+        if 'error' in row and config.progress:
+          print(f'{name} failed on seed {seed}: {row["error"]}')
+      done['methods'][name] = row
+      if curve is not None:
+        done['alignment'][name] = curve
+      progress.save()
+      if ckpt is not None:  # its result is safely stored
+        ckpt.remove()
 
+  per_seed = {name: [progress.seed(seed)['methods'][name] for seed in config.seeds]
+              for name in config.methods}
+  alignment = {}
+  for name in config.methods:
+    curves = [progress.seed(seed)['alignment'][name] for seed in config.seeds
+              if name in progress.seed(seed)['alignment']]
+    if curves:
+      alignment[name] = {'steps': [c['steps'] for c in curves],
+                         'cosine': [c['cosine'] for c in curves]}
+  failures = {name: {str(seed): row['error'] for seed, row in zip(config.seeds, rows)
+                     if 'error' in row} for name, rows in per_seed.items()}
   results = {
       'dataset': config.dataset,
       'scenario': config.scenario,
@@ -271,22 +431,26 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None) 
       'model': {'name': config.model, 'width': config.width,
                 'image_shape': list(s.dataset.image_shape)},
       'methods': {name: _summarize_rows(rows) for name, rows in per_seed.items()},
-      'original': _summarize_rows(original_rows),
+      'original': _summarize_rows([progress.seed(seed)['original'] for seed in config.seeds]),
       'per_seed': per_seed,
       'hparams': {**hparams, 'train': dataclasses.asdict(s.train_cfg)},
       'metrics_doc': 'percent for UA/RA/TA/MIA/MIA_entropy/avg_gap; nats for KL/JS (to '
                      'Retrain on D_f); seconds for rte_s; grad_cosine: mean over the run '
                      'of cos(forget grad, retain grad) on probe batches (see alignment: '
                      'per seed, the optimizer updates and the cosine there, update 0 = '
-                     'the original); std is over seeds (ddof=1)',
+                     'the original); skipped_steps: steps not applied because something '
+                     'in them was not finite; std is over seeds (ddof=1), over the seeds '
+                     'that did not fail (see failures)',
   }
-  alignment = {k: v for k, v in alignment.items() if v['steps']}
   if alignment:
     results['alignment'] = alignment
+  if any(failures.values()):
+    results['failures'] = {k: v for k, v in failures.items() if v}
   if tuning is not None:
     results['tuning'] = tuning
   if out_dir is not None:
     write_results(results, out_dir)
+    progress.discard()
   return results
 
 
@@ -298,13 +462,16 @@ def validation_split(split, fraction: float = 0.5):
   return dataclasses.replace(split, test=keep)
 
 
-def tune_learning_rates(s: _Setup) -> dict:
+def tune_learning_rates(s: _Setup, progress: _Progress | None = None,
+                        splits: dict | None = None) -> dict:
   """Grid-searches each method's ``lr`` (default x ``tune_grid``) for the lowest Avg. Gap.
 
   As the SalUn authors do per setting, but kept apart from the reported numbers: it runs
   on the tuning seeds (``tune_seeds``, disjoint from ``seeds``: other originals, other
   Retrains, for ``random:P`` other forget sets) and measures TA on a validation half of the
   test set. Methods without an ``lr``, and those whose ``lr`` the user set, are skipped.
+
+  Each grid point's result is recorded in ``progress`` (a resumed run skips it).
 
   Returns:
     ``{method: {'lr': chosen, 'avg_gap_by_lr': {lr: mean Avg. Gap over tuning seeds}}}``.
@@ -315,16 +482,22 @@ def tune_learning_rates(s: _Setup) -> dict:
     raise ValueError(f'tuning seeds {sorted(clash)} are also reported seeds; choose others')
   names = [n for n in config.methods if n != 'retrain' and 'lr' in
            methods_lib.get_method(n).defaults and 'lr' not in config.overrides.get(n, {})]
-  seeds = [_prepare_seed(s, seed) for seed in config.tune_seeds]
+  splits = splits or {}
+  seeds = None  # prepared only if some grid point is still to run
   out = {}
   for name in names:
     base = methods_lib.resolve_hparams(name, config.overrides.get(name))
-    gaps = {}
+    gaps, record = {}, (progress.data['tuning'] if progress else {}).setdefault(name, {})
     for factor in config.tune_grid:
       hp = dict(base, lr=float(base['lr'] * factor))
-      gaps[hp['lr']] = float(np.mean([
-          _score(s, sd, methods_lib.get_method(name).run(sd.task, hp),
-                 validation_split(sd.split))['avg_gap'] for sd in seeds]))
+      if repr(hp['lr']) not in record:
+        seeds = seeds or [_prepare_seed(s, seed, splits.get(seed)) for seed in config.tune_seeds]
+        record[repr(hp['lr'])] = float(np.mean([
+            _score(s, sd, methods_lib.get_method(name).run(sd.task, hp),
+                   validation_split(sd.split))['avg_gap'] for sd in seeds]))
+        if progress:
+          progress.save()
+      gaps[hp['lr']] = record[repr(hp['lr'])]
     best = min(gaps, key=gaps.get)
     out[name] = {'lr': best, 'avg_gap_by_lr': {f'{k:g}': v for k, v in gaps.items()}}
     if config.progress:
@@ -333,14 +506,16 @@ def tune_learning_rates(s: _Setup) -> dict:
 
 
 def _summarize_rows(rows, keys=REPORTED):
-  return {k: summarize([r[k] for r in rows]) for k in keys if all(k in r for r in rows)}
+  """Mean and std of each metric over the rows of runs that did not fail."""
+  rows = [r for r in rows if 'error' not in r]
+  return {k: summarize([r[k] for r in rows]) for k in keys
+          if rows and all(k in r for r in rows)}
 
 
 def write_results(results: dict, out_dir: str | Path) -> None:
   from jaxunlearn.report import plot_alignment, plot_results
   out = Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / 'results.json').write_text(json.dumps(results, indent=1))
+  checkpoint.write_json_atomic(out / 'results.json', results)
   plot_results(results, out / 'results.png')
   if results.get('alignment'):
     plot_alignment(results, out / 'alignment.png')

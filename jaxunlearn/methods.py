@@ -153,10 +153,11 @@ class Method:
   summary: str
 
   def run(self, task: UnlearnTask, hp: dict):
-    """Checks ``task`` (:meth:`UnlearnTask.validate`) and ``hp`` (names, types, ranges),
+    """Checks ``hp`` (names, types, ranges) and ``task`` (:meth:`UnlearnTask.validate`),
     then unlearns; returns the new flax variables."""
+    hp = resolve_hparams(self.name, hp)
     task.validate()
-    return self.fn(task, resolve_hparams(self.name, hp))
+    return self.fn(task, hp)
 
 
 METHODS: dict[str, Method] = {}
@@ -174,7 +175,8 @@ def register(name: str, summary: str, **defaults):
 
 def get_method(name: str) -> Method:
   if name not in METHODS:
-    raise ValueError(f'unknown method {name!r}; available: {", ".join(sorted(METHODS))}')
+    raise ValueError(f'unknown method {name!r}{did_you_mean(name, METHODS)}; available: '
+                     f'{", ".join(sorted(METHODS))}')
   return METHODS[name]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 TABLE_COLUMNS = (('UA', 'UA'), ('RA', 'RA'), ('TA', 'TA'), ('MIA', 'MIA'),
                  ('avg_gap', 'Avg.Gap'), ('KL', 'KL(Rt||.)'), ('rte_s', 'RTE s'),
-                 ('grad_cosine', 'cos(gf,gr)'))
+                 ('grad_cosine', 'cos(gf,gr)'), ('skipped_steps', 'skipped'))
 BAR_METRICS = ('UA', 'RA', 'TA', 'MIA')
 
 
@@ -19,17 +19,26 @@ def _cell(stat: dict | None, digits: int) -> str:
 def format_table(results: dict) -> str:
   """A plain-text table: one row per method (and the original), mean ± std over seeds."""
   rows = [('original', results.get('original', {}))] + list(results['methods'].items())
-  columns = [(k, t) for k, t in TABLE_COLUMNS  # optional columns only when measured
-             if k != 'grad_cosine' or any(k in stats for _, stats in rows)]
+  def shown(key):  # optional columns only when they say something
+    if key == 'grad_cosine':
+      return any(key in stats for _, stats in rows)
+    if key == 'skipped_steps':
+      return any(stats.get(key, {}).get('mean', 0) > 0 for _, stats in rows)
+    return True
+  columns = [(k, t) for k, t in TABLE_COLUMNS if shown(k)]
   header = ['method'] + [title for _, title in columns]
-  body = [[name] + [_cell(stats.get(key), 3 if key in ('KL', 'grad_cosine') else 2)
-                    for key, _ in columns] for name, stats in rows]
+  digits = {'KL': 3, 'grad_cosine': 3, 'skipped_steps': 1}
+  body = [[name] + [_cell(stats.get(key), digits.get(key, 2)) for key, _ in columns]
+          for name, stats in rows]
   widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
   line = lambda r: '  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
                              enumerate(zip(r, widths)))
   title = (f"{results['dataset']}  scenario {results['scenario']}  seeds "
            f"{','.join(map(str, results['seeds']))}  (percent; Avg.Gap vs Retrain)")
-  return '\n'.join([title, line(header), line(['-' * w for w in widths])] + [line(r) for r in body])
+  failed = [f'{name} failed on seed {seed} (mean and std over the other seeds)'
+            for name, seeds in results.get('failures', {}).items() for seed in seeds]
+  return '\n'.join([title, line(header), line(['-' * w for w in widths])] +
+                   [line(r) for r in body] + failed)
 
 
 def plot_results(results: dict, path: str | Path) -> None:
@@ -39,7 +48,8 @@ def plot_results(results: dict, path: str | Path) -> None:
   import matplotlib.pyplot as plt
   import numpy as np
 
-  names = list(results['methods'])
+  names = [n for n, stats in results['methods'].items()  # not those that failed every seed
+           if all(m in stats for m in (*BAR_METRICS, 'avg_gap'))]
   fig, (ax, ax_gap) = plt.subplots(1, 2, figsize=(11, 4.2),
                                    gridspec_kw={'width_ratios': [3.2, 1]})
   width = 0.8 / max(len(names), 1)

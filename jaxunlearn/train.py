@@ -412,11 +412,10 @@ def _drive(state, plan, total: int, *, parallel: Parallel, control: LoopControl 
       for key, values in fresh.items():
         saved[key] += [float(v) for v in np.asarray(jax.device_get(values)).ravel()]
         fresh[key] = []
-      callback_state = (callback.state_dict() if hasattr(callback, 'state_dict') else None)
-      control.overhead_seconds += time.perf_counter() - start
-      ckpt.save(done, parallel.get(state), {
-          'history': saved, 'callback': callback_state, 'seconds': control.elapsed(),
-          'overhead_seconds': control.overhead_seconds + time.perf_counter() - start})
+      ckpt.save(done, parallel.get(state), {  # times as of now: a resume continues from here
+          'history': saved, 'seconds': control.elapsed(),
+          'overhead_seconds': control.overhead_seconds + time.perf_counter() - start,
+          'callback': callback.state_dict() if hasattr(callback, 'state_dict') else None})
       control.overhead_seconds += time.perf_counter() - start
   bar.close()
   check(previous, done)

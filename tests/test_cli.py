@@ -47,6 +47,11 @@ def test_run_end_to_end_writes_json_and_plot(tmp_path, capsys):
     (['--parallel', 'pmap', '--devices', '64'], '64 devices requested, 8 available'),
     (['--alignment-every', '-1'], 'alignment_every must be >= 0'),
     (['--parallel', 'pmap', '--shard-params'], "shard_params needs parallel mode 'shard'"),
+    (['--methods', 'salun', '--set', 'salun.keep=0'], r'salun.keep must be a fraction in \(0, 1\]'),
+    (['--set', 'ft.lrr=1'], "did you mean 'lr'"),
+    (['--checkpoint-every', '-2'], 'checkpoint_every must be >= 0'),
+    (['--max-nonfinite', '-1'], 'max_nonfinite must be >= 1'),
+    (['--scenario', 'class:nan'], 'the number must be finite'),
 ])
 def test_bad_input_is_a_clear_error_before_compute(tmp_path, capsys, argv, message):
   assert main(['run', '--out', str(tmp_path), '--no-cache', '--quiet'] + argv) == 2

@@ -34,3 +34,17 @@ def test_validation_split_is_a_fixed_half_of_the_test_set(toy):
   import numpy as np
   np.testing.assert_array_equal(a.test, b.test)
   np.testing.assert_array_equal(a.forget, split.forget)
+
+
+def test_same_config_and_seed_give_the_same_numbers_twice():
+  """Everything trained afresh both times (no cache): originals, Retrain, the methods."""
+  from jaxunlearn.train import TrainConfig
+  config = ExperimentConfig(model='resnet1', width=4, image_size=8, scenario='random:10',
+                            methods=('retrain', 'rl', 'sfron'), seeds=(0,), cache_dir=None,
+                            progress=False, train=TrainConfig(epochs=2),
+                            overrides={'retrain': {'epochs': 2}, 'rl': {'epochs': 1},
+                                       'sfron': {'iterations': 6}})
+  first, second = run_experiment(config), run_experiment(config)
+  strip = lambda rows: [{k: v for k, v in r.items() if k != 'rte_s'} for r in rows]
+  for name in config.methods:
+    assert strip(first['per_seed'][name]) == strip(second['per_seed'][name]), name

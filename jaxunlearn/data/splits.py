@@ -50,6 +50,8 @@ def parse_scenario(spec: str) -> Scenario:
     number = float(value)
   except ValueError:
     raise ValueError(f'forget scenario {spec!r} has no number after the colon: {forms}') from None
+  if not np.isfinite(number):
+    raise ValueError(f'forget scenario {spec!r}: the number must be finite; {forms}')
   if kind == 'class' and number != int(number):
     raise ValueError(f"forget scenario {spec!r}: the class must be an integer, e.g. 'class:3'")
   return Scenario(kind, number)

@@ -50,7 +50,8 @@ class GradientAlignment:
 
   Also a ``UnlearnTask.callback``: ``probe(steps, variables)`` appends ``(steps, cosine)``
   to ``probe.steps`` / ``probe.cosines`` and the time it took to ``probe.seconds`` (so that
-  a run's time can exclude the measurement).
+  a run's time can exclude the measurement); ``state_dict`` / ``load_state_dict`` carry
+  that record through a loop's checkpoint.
   """
 
   def __init__(self, model, forget_x, forget_y, retain_x, retain_y, *, batch_size: int = 128,
@@ -79,3 +80,13 @@ class GradientAlignment:
     self.steps.append(int(steps))
     self.cosines.append(self.cosine(variables))
     self.seconds += time.perf_counter() - start
+
+  def state_dict(self) -> dict:
+    """What it has recorded (a loop checkpoint saves it; see ``LoopCheckpoint``)."""
+    return {'steps': list(self.steps), 'cosines': list(self.cosines), 'seconds': self.seconds}
+
+  def load_state_dict(self, state: dict) -> None:
+    """Continues from a :meth:`state_dict` (a loop resumed from its checkpoint)."""
+    self.steps = [int(v) for v in state['steps']]
+    self.cosines = [float(v) for v in state['cosines']]
+    self.seconds = float(state['seconds'])
