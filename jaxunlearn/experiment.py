@@ -96,20 +96,10 @@ class ExperimentConfig:
   def from_dict(cls, d: dict) -> ExperimentConfig:
     """A config from a plain dict (a JSON or YAML file); a key that is not a setting is a
     ValueError naming the closest one. ``train`` may be a dict of :class:`TrainConfig`."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in d:
-      if key not in names:
-        raise ValueError(f'{key!r} is not an experiment setting'
-                         f'{methods_lib.did_you_mean(key, names)}; settings are '
-                         f'{", ".join(names)}')
+    _check_settings(d, cls, 'the experiment')
     d = dict(d)
     if isinstance(d.get('train'), dict):
-      fields = [f.name for f in dataclasses.fields(TrainConfig)]
-      for key in d['train']:
-        if key not in fields:
-          raise ValueError(f'train has no setting {key!r}'
-                           f'{methods_lib.did_you_mean(key, fields)}; settings are '
-                           f'{", ".join(fields)}')
+      _check_settings(d['train'], TrainConfig, 'train')
       d['train'] = TrainConfig(**d['train'])
     for key in ('methods', 'seeds', 'tune_seeds', 'tune_grid'):
       if key in d:
@@ -137,12 +127,7 @@ class ExperimentConfig:
       methods_lib.get_method(name)
     for name, hp in self.overrides.items():
       if name == 'train':
-        fields = [f.name for f in dataclasses.fields(TrainConfig)]
-        for key in hp:
-          if key not in fields:
-            raise ValueError(f'train has no setting {key!r}'
-                             f'{methods_lib.did_you_mean(key, fields)}; settings are '
-                             f'{", ".join(fields)}')
+        _check_settings(hp, TrainConfig, 'train')
         continue
       if name not in self.methods and name != 'retrain':  # Retrain is always the reference
         raise ValueError(f'--set names method {name!r}, which is not among --methods '
@@ -174,6 +159,15 @@ class _Setup:
     c = self.config
     return {'dataset': c.dataset, 'image_shape': self.dataset.image_shape,
             'n_train': len(self.dataset.y_train), 'model': c.model, 'width': c.width}
+
+
+def _check_settings(keys, cls, what: str) -> None:
+  """ValueError naming the first of ``keys`` that is not a field of dataclass ``cls``."""
+  names = [f.name for f in dataclasses.fields(cls)]
+  for key in keys:
+    if key not in names:
+      raise ValueError(f'{what} has no setting {key!r}{methods_lib.did_you_mean(key, names)}; '
+                       f'settings are {", ".join(names)}')
 
 
 def _setup(config: ExperimentConfig) -> _Setup:

@@ -160,6 +160,7 @@ def test_run_on_8_devices_matches_one_device(tmp_path, mode):
 @pytest.mark.parametrize('script, expect', [
     ('bench_lur_step.py', 'lur_second / plain'),
     ('bench_parallel.py', 'speed-up'),
+    ('bench_checkpoint.py', 'save / (50 steps)'),
 ])
 def test_step_benchmarks_print_their_tables(tmp_path, script, expect):
   import os

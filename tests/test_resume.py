@@ -85,6 +85,24 @@ def test_interrupted_method_resumes_bit_identical(task, tmp_path, name, hp):
   _assert_trees_equal(resumed, reference)
 
 
+@pytest.mark.parametrize('name, mode', [('rl', 'pmap'), ('sfron', 'shard')])
+def test_interrupted_multi_device_run_resumes_bit_identical(task, tmp_path, name, mode):
+  """The checkpoint holds one host copy of the state; it goes back onto the devices."""
+  from jaxunlearn.parallel import Parallel
+  task = dataclasses.replace(task, parallel=Parallel(mode, 4, shard_params=mode == 'shard',
+                                                     min_shard_size=1))
+  hp = resolve_hparams(name, {'batch_size': 16, **({'iterations': 6, 'every': 2}
+                                                    if name == 'sfron' else {'epochs': 2})})
+  method = get_method(name)
+  reference = method.run(task, hp)
+  with pytest.raises(_Killed):
+    method.run(dataclasses.replace(task, control=LoopControl(LoopCheckpoint(tmp_path, 2)),
+                                   callback=_kill_at(3), callback_every=1), hp)
+  control = LoopControl(LoopCheckpoint(tmp_path, 2))
+  _assert_trees_equal(method.run(dataclasses.replace(task, control=control), hp), reference)
+  assert control.resumed_from == 2
+
+
 def test_resumed_fit_returns_the_whole_history_and_callback_state(task, tmp_path):
   model, variables = task.model, task.variables
   phases = [Phase(task.forget_x, task.forget_y, losses.random_label_cross_entropy, 'forget'),

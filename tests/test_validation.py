@@ -161,7 +161,7 @@ def test_hyperparameters_out_of_range_are_rejected(name, hp, message):
 
 
 def test_config_keys_that_do_not_exist_name_the_closest_one():
-  with pytest.raises(ValueError, match="'scenaro' is not an experiment setting \\(did you "
+  with pytest.raises(ValueError, match="the experiment has no setting 'scenaro' \\(did you "
                                        "mean 'scenario'\\?\\)"):
     ExperimentConfig.from_dict({'scenaro': 'class:3'})
   with pytest.raises(ValueError, match="train has no setting 'epoch' \\(did you mean "
