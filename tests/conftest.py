@@ -34,3 +34,20 @@ def synthetic_dataset(n_train=60, n_test=30, classes=3, size=8, seed=0) -> Datas
 @pytest.fixture
 def toy():
   return synthetic_dataset()
+
+
+@pytest.fixture(scope='session')
+def tiny_unet():
+  """A class-conditional UNet2D (3 classes + null) on 8x8x1 images and its variables,
+  initialised once per test session (initialisation takes ~10 s to compile on CPU)."""
+  import jax
+  import jax.numpy as jnp
+
+  from jaxunlearn.models import UNet2D
+  model = UNet2D(in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                 down_block_types=('DownBlock2D', 'AttnDownBlock2D'),
+                 up_block_types=('AttnUpBlock2D', 'UpBlock2D'), layers_per_block=1,
+                 norm_num_groups=4, num_class_embeds=4)
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros(1),
+                                  jnp.zeros(1, jnp.int32))
+  return model, variables

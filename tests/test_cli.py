@@ -99,6 +99,7 @@ def test_sfron_methods_run_from_the_cli(tmp_path):
     assert 0 <= results['methods'][name]['UA']['mean'] <= 100
 
 
+@pytest.mark.slow  # a smoke test of an experiment script
 def test_steps_study_script_writes_curves(tmp_path):
   import subprocess
   import sys
@@ -140,6 +141,7 @@ def test_sfron_step_benchmark_prints_ratios(tmp_path):
   assert bench['ratios'] and all(math.isfinite(v) for v in bench['ratios'].values())
 
 
+@pytest.mark.slow  # the CLI end of what tests/test_parallel.py checks method by method
 @pytest.mark.parametrize('mode', ['pmap', 'shard'])
 def test_run_on_8_devices_matches_one_device(tmp_path, mode):
   """The CLI on 8 (fake CPU) devices: the same table as on one device."""

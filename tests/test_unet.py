@@ -62,7 +62,7 @@ def test_load_from_a_save_pretrained_folder(tmp_path):
   model, params = load_diffusers_unet(tmp_path)
   assert model.num_class_embeds == 4 and model.block_out_channels == (32, 64, 64)
   x = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype(np.float32)
-  out = model.apply({'params': params}, x, 5, np.array([1, 3]))
+  out = jax.jit(model.apply)({'params': params}, x, 5, np.array([1, 3]))
   with torch.no_grad():
     expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2)), 5,
                          class_labels=torch.tensor([1, 3])).sample.numpy()
@@ -95,13 +95,13 @@ def test_timestep_embedding_matches_diffusers():
     np.testing.assert_allclose(timestep_embedding(t, dim, flip, shift), expected, atol=1e-4)
 
 
-def test_unet_is_jit_and_grad_friendly():
-  model = UNet2D(**{k: v for k, v in SMALL.items() if k != 'sample_size'}, num_class_embeds=3)
-  x = jnp.ones((2, 16, 16, 3))
-  variables = model.init(jax.random.key(0), x, jnp.zeros(2), jnp.zeros(2, jnp.int32))
+def test_unet_is_jit_and_grad_friendly(tiny_unet):
+  model, variables = tiny_unet
+  x = jnp.ones((2, 8, 8, 1))
   loss = lambda p: jnp.mean(model.apply({'params': p}, x, jnp.array([3, 4]),
                                         jnp.array([0, 2])) ** 2)
   grads = jax.jit(jax.grad(loss))(variables['params'])
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+  assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads['class_embedding']))
   with pytest.raises(ValueError, match='pass class_labels'):
     model.apply(variables, x, 0)

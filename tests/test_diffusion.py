@@ -1,0 +1,132 @@
+"""Schedules, forward process, loss and samplers against diffusers' schedulers."""
+
+import diffusers
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxunlearn.diffusion import (NoiseSchedule, cosine_schedule, ddim_step, ddpm_step, drop_labels, eps_mse,
+                                  guided_eps, linear_schedule, make_sampler, q_sample, sample,
+                                  timesteps, to_grid)
+
+
+@pytest.mark.parametrize('ours, theirs', [
+    (lambda: linear_schedule(1000), dict(beta_schedule='linear')),
+    (lambda: cosine_schedule(1000), dict(beta_schedule='squaredcos_cap_v2')),
+    (lambda: linear_schedule(200, 1e-3, 0.05),
+     dict(num_train_timesteps=200, beta_start=1e-3, beta_end=0.05)),
+])
+def test_schedules_match_diffusers(ours, theirs):
+  sched = diffusers.DDPMScheduler(**theirs)
+  s = ours()
+  np.testing.assert_allclose(s.betas, sched.betas.numpy(), rtol=1e-6)
+  # diffusers multiplies in float32, we in float64: they part by 1e-5 at alpha_bar ~ 1e-9.
+  np.testing.assert_allclose(s.alphas_cumprod, sched.alphas_cumprod.numpy(), rtol=5e-5)
+
+
+def test_q_sample_matches_add_noise_and_the_loss_is_the_eps_error():
+  s, sched = linear_schedule(), diffusers.DDPMScheduler()
+  rng = np.random.default_rng(0)
+  x0, noise = rng.normal(size=(2, 4, 5, 5, 3)).astype(np.float32)  # 4 images
+  t = np.array([3, 3, 500, 999])
+  expected = sched.add_noise(torch.from_numpy(x0), torch.from_numpy(noise),
+                             torch.from_numpy(t)).numpy()
+  np.testing.assert_allclose(q_sample(s, x0, t, noise), expected, rtol=1e-5, atol=1e-6)
+  eps_fn = lambda x, tt, y: 0.5 * x  # any model
+  loss = eps_mse(eps_fn, s, x0, None, jax.random.key(0), t=t, noise=noise)
+  np.testing.assert_allclose(loss, ((0.5 * expected - noise) ** 2).mean(axis=(1, 2, 3)),
+                             rtol=1e-5)
+  random_t = eps_mse(eps_fn, s, x0, None, jax.random.key(1))
+  assert random_t.shape == (4,) and np.all(np.isfinite(random_t))
+
+
+def _same_schedule(sched):
+  """Theirs, as ours: near t = 0, 1 - alpha_bar cancels, and the last float32 bit of
+  alpha_bar (we compute it in float64) shows as 1e-4 in a step."""
+  return NoiseSchedule(jnp.asarray(sched.betas.numpy()), jnp.asarray(sched.alphas_cumprod.numpy()))
+
+
+def test_ddpm_step_matches_diffusers():
+  sched = diffusers.DDPMScheduler()  # fixed_small, clip_sample
+  s = _same_schedule(sched)
+  sched.set_timesteps(1000)
+  rng = np.random.default_rng(1)
+  x, eps = rng.normal(size=(2, 2, 3, 4, 4)).astype(np.float32)
+  for t in (999, 500, 1, 0):
+    gen = torch.Generator().manual_seed(t)
+    expected = sched.step(torch.from_numpy(eps), t, torch.from_numpy(x),
+                          generator=gen).prev_sample.numpy()
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(t)).numpy()
+    ours = ddpm_step(s, x, eps, t, t - 1, noise)
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5, err_msg=str(t))
+
+
+@pytest.mark.parametrize('eta', [0.0, 0.5])
+def test_ddim_step_matches_diffusers(eta):
+  sched = diffusers.DDIMScheduler()
+  s = _same_schedule(sched)
+  sched.set_timesteps(50)
+  np.testing.assert_array_equal(sched.timesteps.numpy(), timesteps(1000, 50))
+  rng = np.random.default_rng(2)
+  x, eps, noise = rng.normal(size=(3, 2, 3, 4, 4)).astype(np.float32)
+  for t in (980, 500, 0):
+    expected = sched.step(torch.from_numpy(eps), t, torch.from_numpy(x), eta=eta,
+                          variance_noise=torch.from_numpy(noise)).prev_sample.numpy()
+    np.testing.assert_allclose(ddim_step(s, x, eps, t, t - 20, noise, eta), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
+def _toy_eps(x, t, labels):
+  """A model that depends on x, t and the label (affine, so both sides agree exactly)."""
+  shift = 0.0 if labels is None else 0.1 * labels.reshape(-1, *([1] * (x.ndim - 1)))
+  return 0.3 * x + 1e-4 * t.reshape(-1, *([1] * (x.ndim - 1))) + shift
+
+
+def test_whole_ddim_loop_with_guidance_matches_diffusers_step_by_step():
+  sched = diffusers.DDIMScheduler()
+  s = _same_schedule(sched)
+  sched.set_timesteps(10)
+  x_init = np.random.default_rng(3).normal(size=(2, 4, 4, 1)).astype(np.float32)
+  labels, g, null = np.array([1, 2]), 3.0, 5
+  x = torch.from_numpy(x_init)
+  for t in sched.timesteps:
+    tt = np.full(2, int(t))
+    c = _toy_eps(x.numpy(), tt, labels)
+    u = _toy_eps(x.numpy(), tt, np.full(2, null))
+    x = sched.step(torch.from_numpy(u + g * (c - u)), t, x).prev_sample
+  ours = jax.jit(lambda k: sample(_toy_eps, s, x_init.shape, k, jnp.asarray(labels),
+                                  num_steps=10, guidance_scale=g, null_class=null,
+                                  x_init=x_init))(jax.random.key(0))
+  np.testing.assert_allclose(ours, x.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_guidance_scale_one_is_the_conditional_model_and_needs_no_null_class():
+  x, t, y = jnp.ones((2, 4, 4, 1)), jnp.array([5, 6]), jnp.array([1, 2])
+  np.testing.assert_array_equal(guided_eps(_toy_eps, x, t, y, 1.0, None), _toy_eps(x, t, y))
+  with pytest.raises(ValueError, match='null class'):
+    guided_eps(_toy_eps, x, t, y, 2.0, None)
+  with pytest.raises(ValueError, match='num_steps must lie in 1..1000'):
+    timesteps(1000, 0)
+
+
+def test_sampler_is_one_compiled_program_for_a_unet(tiny_unet):
+  model, variables = tiny_unet
+  sampler = make_sampler(model, linear_schedule(), (6, 8, 8, 1), num_steps=5,
+                         guidance_scale=2.0, null_class=3)
+  labels = jnp.arange(6) % 3
+  a = sampler(variables, jax.random.key(1), labels)
+  b = sampler(variables, jax.random.key(1), labels)
+  assert a.shape == (6, 8, 8, 1) and np.all(np.isfinite(a))
+  np.testing.assert_array_equal(a, b)
+  assert sampler._cache_size() == 1  # one program, reused
+  grid = to_grid(a)
+  assert grid.shape == (16, 24, 1) and 0 <= float(grid.min()) and float(grid.max()) <= 1
+
+
+def test_drop_labels_replaces_about_the_given_share():
+  labels = jnp.zeros(20000, jnp.int32)
+  dropped = drop_labels(labels, jax.random.key(0), 0.1, 10)
+  share = float(jnp.mean(dropped == 10))
+  assert 0.09 < share < 0.11 and set(np.unique(dropped)) == {0, 10}
