@@ -62,7 +62,7 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _commit(state: TrainState, updates, opt_state, model_state, loss):
+def finish_step(state: TrainState, updates, opt_state, model_state, loss):
   """The state after a step, or, if its loss, update or new model state is not finite,
   the state before it with the skip counted (``optax.apply_if_finite`` at the level of
   the whole step: a diverged forward pass would also poison BatchNorm's running
@@ -134,13 +134,13 @@ def train_step(state: TrainState, x, y, w, base_key, *, model: nn.Module, loss_f
   Returns:
     ``(new_state, {'loss': scalar, 'accuracy': scalar, 'skipped': bool, 'nonfinite':
     int32})``: a step whose loss, update or BatchNorm statistics are not finite is not
-    applied (``skipped``; ``nonfinite`` counts such steps in a row, see ``_commit``).
+    applied (``skipped``; ``nonfinite`` counts such steps in a row, see :func:`finish_step`).
   """
   key = jax.random.fold_in(base_key, state.step)
   loss, accuracy, grads, model_state = _loss_and_grads(
       state.params, state.model_state, x, y, w, key, model, loss_fn, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state, guard = _commit(state, updates, opt_state, model_state, loss)
+  new_state, guard = finish_step(state, updates, opt_state, model_state, loss)
   return new_state, {'loss': loss, 'accuracy': accuracy, **guard}
 
 
@@ -199,7 +199,7 @@ def forget_retain_step(state: TrainState, forget_batch, retain_batch, base_key, 
                                  forget_grad_fn=jax.grad(forget_loss_fn),
                                  forget_loss_fn=forget_loss_fn,
                                  retain_loss_fn=lambda p: r_obj(p)[0])
-  new_state, guard = _commit(state, updates, opt_state, model_state, r_loss)
+  new_state, guard = finish_step(state, updates, opt_state, model_state, r_loss)
   return new_state, {'loss': r_loss, 'accuracy': r_acc, **metrics, **guard}
 
 
@@ -227,7 +227,7 @@ def forget_step(state: TrainState, forget_batch, retain_batch, base_key, *, mode
                                 axis_name)
     extra['retain_loss_fn'] = lambda p: objective(p)[0]
   updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
-  new_state, guard = _commit(state, updates, opt_state, model_state, loss)
+  new_state, guard = finish_step(state, updates, opt_state, model_state, loss)
   return new_state, {'loss': loss, 'accuracy': accuracy,
                      'update_norm': optax.tree.norm(updates), **guard}
 

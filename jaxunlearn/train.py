@@ -345,9 +345,10 @@ class LoopControl:
     self._origin = time.perf_counter() - seconds
 
 
-def _drive(state, plan, total: int, *, parallel: Parallel, control: LoopControl | None,
+def run_updates(state, plan, total: int, *, parallel: Parallel, control: LoopControl | None,
            callback, callback_every: int, desc: str, progress: bool, history: Sequence[str]):
-  """Runs a loop's updates: resume, guard against non-finite steps, checkpoint, report.
+  """Runs a loop's updates: resume, guard against non-finite steps, checkpoint, report
+  (what :func:`fit`, :func:`fit_joint` and :func:`fit_fast_slow` share).
 
   ``plan`` yields one ``(run, record)`` per update, in order: ``run(state) -> (state,
   metrics)`` takes the step (gathering its batch only when called, so that resuming past an
@@ -460,7 +461,7 @@ def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: i
           yield (lambda st, step=step, batch=functools.partial(phase.batch, idx, w):
                  step(st, *batch(), base_key)), {'loss': phase.name}
 
-  state, history = _drive(state, plan(), total, parallel=parallel, control=control,
+  state, history = run_updates(state, plan(), total, parallel=parallel, control=control,
                           callback=callback, callback_every=callback_every, desc=desc,
                           progress=progress, history=[p.name for p in phases])
   return parallel.get(state.variables), history
@@ -504,7 +505,7 @@ def fit_joint(model, variables, forget: Phase, retain: Phase, *, epochs: int,
                                                 base_key)), \
             {'loss': 'retain', 'forget_loss': 'forget', 'grad_cosine': 'grad_cosine'}
 
-  state, history = _drive(state, plan(), total, parallel=parallel, control=control,
+  state, history = run_updates(state, plan(), total, parallel=parallel, control=control,
                           callback=callback, callback_every=callback_every, desc=desc,
                           progress=progress, history=['retain', 'forget', 'grad_cosine'])
   return parallel.get(state.variables), history
@@ -553,7 +554,7 @@ def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: Fas
             {'loss': 'forget', 'update_norm': 'forget_update_norm'}
       yield (lambda st, r=r: retain_step(st, *retain.batch(*r), base_key)), {'loss': 'retain'}
 
-  state, history = _drive(state, plan(), total, parallel=parallel, control=control,
+  state, history = run_updates(state, plan(), total, parallel=parallel, control=control,
                           callback=callback, callback_every=callback_every, desc=desc,
                           progress=progress, history=['forget', 'retain',
                                                       'forget_update_norm'])

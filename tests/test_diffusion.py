@@ -130,3 +130,45 @@ def test_drop_labels_replaces_about_the_given_share():
   dropped = drop_labels(labels, jax.random.key(0), 0.1, 10)
   share = float(jnp.mean(dropped == 10))
   assert 0.09 < share < 0.11 and set(np.unique(dropped)) == {0, 10}
+
+
+def test_ddpm_training_learns_and_resumes_bit_identical(tiny_unet, tmp_path):
+  from jaxunlearn.checkpoint import LoopCheckpoint
+  from jaxunlearn.diffusion.train import DiffusionConfig, train_diffusion
+  from jaxunlearn.train import LoopControl
+  model, variables = tiny_unet
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 3, 64).astype(np.int32)
+  x = np.where(np.arange(8)[None, :, None, None] < 2 + 2 * y[:, None, None, None], 0.8, -0.8)
+  x = np.broadcast_to(x, (64, 8, 8, 1)).astype(np.float32)  # class = height of a bar
+  config = DiffusionConfig(steps=40, batch_size=16, lr=3e-3, warmup=1)
+  out, history = train_diffusion(model, x, y, config, variables=variables, progress=False)
+  assert history['loss'].shape == (40,)
+  assert history['loss'][-10:].mean() < 0.6 * history['loss'][:5].mean()
+
+  class Killed(Exception):
+    pass
+
+  ckpt = lambda: LoopCheckpoint(tmp_path, every=7)
+  short = DiffusionConfig(steps=20, batch_size=16, lr=3e-3, warmup=1)
+  reference, _ = train_diffusion(model, x, y, short, variables=variables, progress=False)
+  first = LoopControl(ckpt())
+  import jaxunlearn.diffusion.train as dtrain
+  original = dtrain.compiled_diffusion_step(model, short)
+  calls = {'n': 0}
+
+  def dying(*args):  # the process "dies" during the 17th step
+    calls['n'] += 1
+    if calls['n'] == 17:
+      raise Killed
+    return original(*args)
+
+  import unittest.mock
+  with unittest.mock.patch.object(dtrain, 'compiled_diffusion_step', lambda *a: dying):
+    with pytest.raises(Killed):
+      train_diffusion(model, x, y, short, variables=variables, progress=False, control=first)
+  again = LoopControl(ckpt())
+  resumed, _ = train_diffusion(model, x, y, short, variables=variables, progress=False,
+                               control=again)
+  assert again.resumed_from == 14
+  jax.tree.map(np.testing.assert_array_equal, resumed, reference)

@@ -15,11 +15,13 @@ TEST_FRACTION = 0.2
 _SPLIT_SEED = 20240101  # Fixed forever: changing it changes every cached model.
 
 
-def load_digits(image_size: int = 16) -> Dataset:
-  """Loads digits, upsampled (bilinear) to ``image_size`` and standardized.
+def load_digits(image_size: int = 16, pixels: str = 'standardized') -> Dataset:
+  """Loads digits, upsampled (bilinear) to ``image_size``.
 
   Args:
     image_size: side of the square images given to the model (8 = native).
+    pixels: 'standardized' (zero mean, unit variance over the training images: for
+      classifiers) or 'symmetric' (ink 0..1 mapped to -1..1: for diffusion models).
 
   Returns:
     A :class:`Dataset` with 1,437 training and 360 test images of shape
@@ -37,5 +39,11 @@ def load_digits(image_size: int = 16) -> Dataset:
     idx = np.flatnonzero(y == c)
     test[rng.permutation(idx)[:int(round(TEST_FRACTION * len(idx)))]] = True
   x = resize_images(x, image_size)
-  x_train, x_test = standardize(x[~test], x[test])
+  if pixels == 'symmetric':
+    x = np.clip(x, 0.0, 1.0) * 2 - 1
+    x_train, x_test = x[~test], x[test]
+  elif pixels == 'standardized':
+    x_train, x_test = standardize(x[~test], x[test])
+  else:
+    raise ValueError(f"pixels must be 'standardized' or 'symmetric', got {pixels!r}")
   return Dataset('digits', x_train, y[~test], x_test, y[test], num_classes=10)
