@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='jaxunlearn', description=__doc__.split('\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
   run = sub.add_parser('run', help='train, unlearn, evaluate and report')
+  run.add_argument('--task', default='classification', choices=('classification', 'generation'),
+                   help='classification (ResNet, the default) or generation: forget a class '
+                        'of a class-conditional DDPM (UNet2D on the digits in [-1, 1])')
   run.add_argument('--dataset', default='digits',
                    help="'digits' (embedded, default) or a TFDS name such as cifar10")
   run.add_argument('--data-dir', default=None, help='TFDS data_dir holding the prepared data')
@@ -63,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--width', type=int, default=16,
                    help='channels of the first stage (64 = the standard ResNet-18)')
   run.add_argument('--scenario', default='class:3', help="'class:K' or 'random:P'")
-  run.add_argument('--methods', type=_csv, default=['retrain', 'ft', 'ga', 'rl'])
+  run.add_argument('--methods', type=_csv, default=None,
+                   help='comma-separated (default: retrain,ft,ga,rl; generation: '
+                        'salun,sfron,lur,sa,ga); see `jaxunlearn methods`')
   run.add_argument('--seeds', type=_seeds, default=[0])
   run.add_argument('--out', default='results', help='directory for results.json/.png')
   run.add_argument('--set', dest='overrides', action='append', default=[],
@@ -100,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--max-nonfinite', type=int, default=10, metavar='N',
                    help='steps with a non-finite loss or gradient are skipped; N in a row '
                         "stop that method's run, recorded as failed (0 = never stop)")
+  run.add_argument('--check-every', type=int, default=25, metavar='N',
+                   help='generation: UA of the forgotten class every N iterations, for '
+                        'steps-to-forget (0 = only at the end; not timed)')
   run.add_argument('--allow-duplicates', action='store_true',
                    help='run even if forget examples have exact copies in the retain or '
                         'test set')
@@ -111,9 +119,15 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   from jaxunlearn import methods as methods_lib
   if args.command == 'methods':
-    for name, m in sorted(methods_lib.METHODS.items()):
-      print(f'{name:10s} {m.summary}\n{"":10s} {m.defaults}')
+    from jaxunlearn.diffusion.methods import GENERATION_METHODS
+    for title, registry in (('classification', methods_lib.METHODS),
+                            ('generation (--task generation)', GENERATION_METHODS)):
+      print(f'# {title}')
+      for name, m in sorted(registry.items()):
+        print(f'{name:10s} {m.summary}\n{"":10s} {m.defaults}')
     return 0
+  if args.task == 'generation':
+    return _run_generation(args)
 
   from jaxunlearn import checkpoint
   from jaxunlearn.experiment import ExperimentConfig, run_experiment
@@ -124,7 +138,7 @@ def main(argv=None) -> int:
     config = ExperimentConfig(
         dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
         model=args.model, width=args.width, scenario=args.scenario,
-        methods=tuple(args.methods), seeds=tuple(args.seeds),
+        methods=tuple(args.methods or ('retrain', 'ft', 'ga', 'rl')), seeds=tuple(args.seeds),
         overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
         tune=args.tune, tune_seeds=tuple(args.tune_seeds), tune_grid=tuple(args.tune_grid),
         alignment_every=args.alignment_every, parallel=args.parallel,
@@ -147,6 +161,43 @@ def main(argv=None) -> int:
   print(format_table(results))
   extra = ' and alignment.png' if results.get('alignment') else ''
   print(f'\nwrote {args.out}/results.json, {args.out}/results.png{extra} '
+        f'({time.perf_counter() - start:.0f} s)')
+  for name, seeds in results.get('failures', {}).items():
+    for seed, message in seeds.items():
+      print(f'jaxunlearn: {name} failed on seed {seed}: {message}', file=sys.stderr)
+  return 1 if results.get('failures') else 0
+
+
+def _run_generation(args) -> int:
+  from jaxunlearn import checkpoint
+  from jaxunlearn.diffusion.experiment import GenerationConfig, run_generation
+  from jaxunlearn.diffusion.report import format_generation_table
+  from jaxunlearn.train import NonFiniteError
+  try:
+    cache = None if args.no_cache else (args.cache_dir or str(checkpoint.default_cache_dir()))
+    extra = {} if args.methods is None else {'methods': tuple(args.methods)}
+    if args.image_size is not None:
+      extra['image_size'] = args.image_size
+    config = GenerationConfig(
+        dataset=args.dataset, scenario=args.scenario, seeds=tuple(args.seeds),
+        overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
+        check_every=args.check_every, checkpoint_every=args.checkpoint_every,
+        max_nonfinite=args.max_nonfinite or None, **extra)
+    config.validate()
+  except ValueError as e:
+    print(f'jaxunlearn: error: {e}', file=sys.stderr)
+    return 2
+  start = time.perf_counter()
+  try:
+    results = run_generation(config, args.out, restart=args.restart)
+  except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
+    print(f'jaxunlearn: error: {e}', file=sys.stderr)
+    return 2
+  except NonFiniteError as e:  # training the original DDPM diverged
+    print(f'jaxunlearn: error: {e}', file=sys.stderr)
+    return 1
+  print(format_generation_table(results))
+  print(f'\nwrote {args.out}/results.json, results.png, forgetting.png and samples.png '
         f'({time.perf_counter() - start:.0f} s)')
   for name, seeds in results.get('failures', {}).items():
     for seed, message in seeds.items():

@@ -272,7 +272,7 @@ def score(setup: _Setup, seed_data: _Seed, variables) -> dict:
   return _score(setup, seed_data, variables)
 
 
-class _Progress:
+class RunProgress:
   """What a run has finished, kept in ``out_dir/progress.json`` (written atomically after
   each method run) beside the loops' checkpoints in ``out_dir/checkpoints/``, so that the
   same command started again after a kill resumes. Both go once results.json is written.
@@ -371,7 +371,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None,
   s = _setup(config)
   seeds = list(config.seeds) + (list(config.tune_seeds) if config.tune else [])
   splits = {seed: _checked_split(s, seed) for seed in seeds}  # every data check, up front
-  progress = _Progress(out_dir, config, restart)
+  progress = RunProgress(out_dir, config, restart)
   if progress.resumed and config.progress:
     done = sum(len(v['methods']) for v in progress.data['seeds'].values())
     print(f'resuming the unfinished run in {out_dir} ({done} of '
@@ -456,7 +456,7 @@ def validation_split(split, fraction: float = 0.5):
   return dataclasses.replace(split, test=keep)
 
 
-def tune_learning_rates(s: _Setup, progress: _Progress | None = None,
+def tune_learning_rates(s: _Setup, progress: RunProgress | None = None,
                         splits: dict | None = None) -> dict:
   """Grid-searches each method's ``lr`` (default x ``tune_grid``) for the lowest Avg. Gap.
 

@@ -145,17 +145,22 @@ def shared_examples(a, b) -> list[tuple[int, int]]:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A registered method: ``fn(task, hp) -> variables``, its defaults and a summary."""
+  """A registered method: ``fn(task, hp) -> variables``, its defaults and a summary.
+
+  ``registry`` is the table it is registered in: :data:`METHODS` (classification) or
+  :data:`jaxunlearn.diffusion.unlearn.GENERATION_METHODS`.
+  """
 
   name: str
-  fn: Callable[[UnlearnTask, dict], Any]
+  fn: Callable[[Any, dict], Any]
   defaults: dict
   summary: str
+  registry: dict = dataclasses.field(default=None, repr=False, compare=False)
 
-  def run(self, task: UnlearnTask, hp: dict):
-    """Checks ``hp`` (names, types, ranges) and ``task`` (:meth:`UnlearnTask.validate`),
-    then unlearns; returns the new flax variables."""
-    hp = resolve_hparams(self.name, hp)
+  def run(self, task, hp: dict):
+    """Checks ``hp`` (names, types, ranges) and ``task`` (its ``validate()``), then
+    unlearns; returns the new flax variables."""
+    hp = resolve_hparams(self.name, hp, self.registry)
     task.validate()
     return self.fn(task, hp)
 
@@ -163,30 +168,35 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, summary: str, **defaults):
-  """Decorator: registers ``fn(task, hp) -> variables`` as method ``name``."""
+def register(name: str, summary: str, registry: dict | None = None, **defaults):
+  """Decorator: registers ``fn(task, hp) -> variables`` as method ``name`` in ``registry``
+  (default :data:`METHODS`)."""
+  registry = METHODS if registry is None else registry
+
   def wrap(fn):
-    if name in METHODS:
+    if name in registry:
       raise ValueError(f'method {name!r} is registered twice')
-    METHODS[name] = Method(name, fn, dict(defaults), summary)
+    registry[name] = Method(name, fn, dict(defaults), summary, registry)
     return fn
   return wrap
 
 
-def get_method(name: str) -> Method:
-  if name not in METHODS:
-    raise ValueError(f'unknown method {name!r}{did_you_mean(name, METHODS)}; available: '
-                     f'{", ".join(sorted(METHODS))}')
-  return METHODS[name]
+def get_method(name: str, registry: dict | None = None) -> Method:
+  registry = METHODS if registry is None else registry
+  if name not in registry:
+    raise ValueError(f'unknown method {name!r}{did_you_mean(name, registry)}; available: '
+                     f'{", ".join(sorted(registry))}')
+  return registry[name]
 
 
-def resolve_hparams(name: str, overrides: dict | None = None) -> dict:
+def resolve_hparams(name: str, overrides: dict | None = None,
+                    registry: dict | None = None) -> dict:
   """The method's defaults updated by ``overrides``, each cast to its default's type.
 
   Raises:
     ValueError: an override names a hyperparameter the method does not have.
   """
-  method = get_method(name)
+  method = get_method(name, registry)
   hp = dict(method.defaults)
   for key, value in (overrides or {}).items():
     if key not in hp:
@@ -217,6 +227,9 @@ _RANGES = {
     'keep': (lambda v: 0 < v <= 1, 'a fraction in (0, 1] (the share of weights updated)'),
     'gamma': _positive, 'damping': _positive, 'solver_iters': _at_least_one,
     'temperature': _positive, 'num_samples': _at_least_one, 'bound': _non_negative,
+    'steps': _at_least_one, 'alpha': _non_negative, 'lam': _non_negative,
+    'strength': _non_negative, 'replay_per_class': _at_least_one,
+    'fisher_timesteps': _at_least_one,
     'schedule': (lambda v: v in ('constant', 'cosine'), "'constant' or 'cosine'"),
     'forget_loss': (lambda v: v in ('rl', 'ga'), "'rl' or 'ga'"),
     'order': (lambda v: v in ('first', 'second'), "'first' or 'second'"),

@@ -133,8 +133,9 @@ class FastSlowConfig:
                     clip_by_global_norm(clip_norm),              # if clip_norm > 0
                     shared)
       retain: chain(hold(<the forget preprocessing>), shared)
-      shared: chain(add_decayed_weights(weight_decay),
-                    sgd(lr_t, momentum))                         # lr_t per *iteration* t
+      shared: chain(clip_by_global_norm(shared_clip_norm),       # if shared_clip_norm > 0
+                    add_decayed_weights(weight_decay),
+                    sgd(lr_t, momentum) | adam(lr_t))            # lr_t per *iteration* t
 
   This is the reference's order (loss scaled by alpha, backward, ``grad *= mask``,
   ``clip_grad_norm``, ``SGD.step`` with coupled weight decay). The preconditioner, scaled by
@@ -156,6 +157,10 @@ class FastSlowConfig:
     precondition: 'none', 'cg' or 'neumann' (``sfron_hvp``).
     damping, solver_iters, neumann_scale: of the preconditioner.
     role: which of the two chains calling the config builds.
+    optimizer: 'sgd' (classification) or 'adam' (the DDPM reference; ``momentum`` is then
+      Adam's b1).
+    shared_clip_norm: global-norm clip of every update, forget and retain (the DDPM
+      reference clips both kinds of step at 1; 0: none).
   """
 
   lr: float = 0.01
@@ -173,8 +178,12 @@ class FastSlowConfig:
   solver_iters: int = 5
   neumann_scale: float = 1.0
   role: str = 'forget'
+  optimizer: str = 'sgd'
+  shared_clip_norm: float = 0.0
 
   def __post_init__(self):
+    if self.optimizer not in ('sgd', 'adam'):
+      raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
     for name in ('schedule', 'forget_schedule'):
       if getattr(self, name) not in ('constant', 'cosine'):
         raise ValueError(f"{name} must be 'constant' or 'cosine', got {getattr(self, name)!r}")
@@ -213,8 +222,10 @@ class FastSlowConfig:
   def shared(self) -> optax.GradientTransformation:
     from jaxunlearn import transforms
     lr = transforms.fast_slow_schedule(self._per_iteration(self.lr, self.schedule), self.every)
-    return optax.chain(optax.add_decayed_weights(self.weight_decay),
-                       optax.sgd(lr, momentum=self.momentum or None))
+    opt = (optax.adam(lr, b1=self.momentum) if self.optimizer == 'adam' else
+           optax.sgd(lr, momentum=self.momentum or None))
+    clip = [optax.clip_by_global_norm(self.shared_clip_norm)] if self.shared_clip_norm else []
+    return optax.chain(*clip, optax.add_decayed_weights(self.weight_decay), opt)
 
   def __call__(self, axis_name: str | None = None) -> optax.GradientTransformationExtraArgs:
     from jaxunlearn import transforms
@@ -467,7 +478,7 @@ def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: i
   return parallel.get(state.variables), history
 
 
-def _cycle(n: int, batch_size: int, seed: int, multiple_of: int = 1):
+def cycle_batches(n: int, batch_size: int, seed: int, multiple_of: int = 1):
   """Endless fixed-size batches over ``0..n-1``, reshuffled at every pass."""
   for cycle in itertools.count():
     yield from epoch_batches(n, batch_size, seed, cycle, multiple_of=multiple_of)
@@ -495,7 +506,7 @@ def fit_joint(model, variables, forget: Phase, retain: Phase, *, epochs: int,
   optim, state = _start(variables, optim, total, mask, parallel)
   step = compiled_forget_retain_step(model, forget.loss_fn, retain.loss_fn, optim, parallel)
   base_key = jax.random.key(seed)
-  forget_iter = _cycle(len(forget), batch_size, seed * 1000 + 1, m)
+  forget_iter = cycle_batches(len(forget), batch_size, seed * 1000 + 1, m)
 
   def plan():
     for epoch in range(epochs):
@@ -538,8 +549,8 @@ def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: Fas
   forget_step = compiled_forget_step(model, forget.loss_fn, retain.loss_fn, forget_cfg,
                                      parallel)
   retain_step = compiled_train_step(model, retain.loss_fn, retain_cfg, parallel)
-  forget_iter = _cycle(len(forget), batch_size, seed * 1000 + 1, parallel.size)
-  retain_iter = _cycle(len(retain), batch_size, seed * 1000, parallel.size)
+  forget_iter = cycle_batches(len(forget), batch_size, seed * 1000 + 1, parallel.size)
+  retain_iter = cycle_batches(len(retain), batch_size, seed * 1000, parallel.size)
   base_key = jax.random.key(seed)
   total = config.iterations + -(-config.iterations // config.every)
   with_retain = config.precondition != 'none'

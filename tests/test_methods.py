@@ -8,7 +8,7 @@ from jaxunlearn.methods import METHODS, UnlearnTask, get_method, resolve_hparams
 from jaxunlearn.models import make_model
 from jaxunlearn.saliency import salun_mask, sfron_mask
 from jaxunlearn.step import compiled_train_step, init_state, predict
-from jaxunlearn.train import (FastSlowConfig, OptimConfig, Phase, TrainConfig, _cycle,
+from jaxunlearn.train import (FastSlowConfig, OptimConfig, Phase, TrainConfig, cycle_batches,
                               fit_fast_slow, train_classifier)
 from jaxunlearn.transforms import set_saliency_mask
 
@@ -145,8 +145,8 @@ def _reference_sfron(task, mask, *, lr, wd, momentum, iterations, every, alpha0,
     buf = jax.tree.map(lambda b, d: momentum * b + d, buf, d)
     return jax.tree.map(lambda p, b: p - lr_t * b, params, buf), buf
 
-  forget_iter = _cycle(len(task.forget_y), batch_size, task.seed * 1000 + 1)
-  retain_iter = _cycle(len(task.retain_y), batch_size, task.seed * 1000)
+  forget_iter = cycle_batches(len(task.forget_y), batch_size, task.seed * 1000 + 1)
+  retain_iter = cycle_batches(len(task.retain_y), batch_size, task.seed * 1000)
   for t in range(iterations):
     lr_t = cosine(lr, t)
     r_idx, r_w = next(retain_iter)

@@ -27,7 +27,7 @@ from jaxunlearn.data import make_split
 from jaxunlearn.methods import UnlearnTask, get_method, resolve_hparams
 from jaxunlearn.models import make_model
 from jaxunlearn.train import (LoopControl, NonFiniteError, OptimConfig, Phase, TrainConfig,
-                              fit, init_variables, train_classifier)
+                              fit, train_classifier)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,10 +6,10 @@ import pytest
 
 import transform_harness as H
 from jaxunlearn.train import FastSlowConfig
-from jaxunlearn.transforms import (add_l1_penalty, align_forget_retain, combine_forget_retain,
+from jaxunlearn.transforms import (add_elastic_penalty, add_l1_penalty, align_forget_retain, combine_forget_retain,
                                    fast_slow_schedule,
                                    hold, mask_by_saliency, precondition_by_remain_hessian,
-                                   set_saliency_mask)
+                                   set_elastic_fisher, set_saliency_mask)
 
 
 def _half_mask(params):
@@ -65,6 +65,10 @@ CASES = [
     H.Case('fast_slow_forget_chain',
            FastSlowConfig(lr=0.05, iterations=10, every=2, forget_weight=3.0, clip_norm=1.0),
            prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
+    H.Case('fast_slow_forget_chain_adam_shared_clip',
+           FastSlowConfig(lr=0.05, iterations=10, every=1, forget_weight=3.0, clip_norm=1.0,
+                          optimizer='adam', shared_clip_norm=1.0, weight_decay=0.0),
+           prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
     H.Case('fast_slow_retain_chain',
            FastSlowConfig(lr=0.05, iterations=10, every=2, role='retain'),
            prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
@@ -77,6 +81,10 @@ CASES = [
            extras=_align_extras,
            make_parallel=lambda: _aligned('batch', order='second', virtual='forget',
                                           forget_weight=0.5)),
+    H.Case('add_elastic_penalty',
+           lambda: optax.chain(add_elastic_penalty(0.5), optax.adam(0.05)),
+           prepare_state=lambda s, p: set_elastic_fisher(
+               s, jax.tree.map(lambda x: jnp.abs(x) + 0.5, p))),
     H.Case('add_l1_penalty',
            lambda: optax.chain(add_l1_penalty(optax.linear_schedule(0.1, 0.0, 4)),
                                optax.sgd(0.05, momentum=0.9))),
@@ -304,3 +312,29 @@ def test_align_forget_retain_rejects_bad_options_and_missing_closures():
     tx.update(g, tx.init(params), params, forget_grad_fn=lambda p: g)
   with pytest.raises(ValueError, match='needs params'):
     tx.update(g, tx.init(params), forget_grad_fn=lambda p: g)
+
+
+def test_add_elastic_penalty_is_the_gradient_of_ewc_and_installs_checked():
+  params = H.init_params()
+  fisher = jax.tree.map(lambda x: jnp.abs(x) + 0.1, params)
+  tx = add_elastic_penalty(0.3)
+  state = set_elastic_fisher(tx.init(params), fisher)
+  moved = jax.tree.map(lambda p: p + 0.7 * jnp.sin(p), params)
+  ewc = lambda q: 0.3 * sum(jnp.sum(f * (a - b) ** 2) for f, a, b in zip(
+      jax.tree.leaves(fisher), jax.tree.leaves(q), jax.tree.leaves(params)))
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, state, moved)
+  for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(jax.grad(ewc)(moved))):
+    np.testing.assert_allclose(u, g, rtol=1e-6)
+  # No Fisher installed: no pull; at the anchor: no pull.
+  assert all(np.all(u == 0) for u in jax.tree.leaves(tx.update(zeros, tx.init(params), moved)[0]))
+  assert all(np.all(u == 0) for u in jax.tree.leaves(tx.update(zeros, state, params)[0]))
+  # Nested in a chain; bad Fishers refused.
+  chained = optax.chain(optax.clip(1.0), add_elastic_penalty(1.0))
+  set_elastic_fisher(chained.init(params), fisher)
+  with pytest.raises(ValueError, match='non-negative'):
+    set_elastic_fisher(state, jax.tree.map(lambda f: -f, fisher))
+  with pytest.raises(ValueError, match='shape'):
+    set_elastic_fisher(state, {'w': jnp.ones((3, 4)), 'b': jnp.ones(3)})
+  with pytest.raises(ValueError, match='no add_elastic_penalty'):
+    set_elastic_fisher(optax.sgd(0.1).init(params), fisher)

@@ -65,7 +65,9 @@ class ResNet(nn.Module):
   axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, features: bool = False):
+    """Logits ``[B, num_classes]``, or with ``features`` the pooled penultimate features
+    ``[B, width * 8]`` (the embedding generation metrics compare)."""
     conv = functools.partial(nn.Conv, use_bias=False, padding='SAME', dtype=self.dtype)
     # PyTorch's BatchNorm2d defaults: momentum 0.1 (flax: 0.9), eps 1e-5.
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
@@ -79,6 +81,8 @@ class ResNet(nn.Module):
         x = BasicBlock(self.width * 2**i, strides, conv=conv, norm=norm,
                        name=f'stage{i + 1}_block{j + 1}')(x)
     x = jnp.mean(x, axis=(1, 2))
+    if features:
+      return jnp.asarray(x, jnp.float32)
     x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
     return jnp.asarray(x, jnp.float32)
 

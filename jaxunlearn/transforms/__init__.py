@@ -3,12 +3,15 @@
 from jaxunlearn.transforms.align import AlignForgetRetainState, align_forget_retain
 from jaxunlearn.transforms.combine import (AddL1PenaltyState, CombineForgetRetainState,
                                            add_l1_penalty, combine_forget_retain)
+from jaxunlearn.transforms.elastic import (ElasticPenaltyState, add_elastic_penalty,
+                                           set_elastic_fisher)
 from jaxunlearn.transforms.fast_slow import fast_slow_schedule, hold
 from jaxunlearn.transforms.mask import MaskBySaliencyState, mask_by_saliency, set_saliency_mask
 from jaxunlearn.transforms.remain_geometry import (PreconditionByRemainHessianState,
                                                    precondition_by_remain_hessian)
 
-__all__ = ['AddL1PenaltyState', 'AlignForgetRetainState', 'align_forget_retain', 'CombineForgetRetainState', 'MaskBySaliencyState',
-           'PreconditionByRemainHessianState', 'add_l1_penalty', 'combine_forget_retain',
-           'fast_slow_schedule', 'hold', 'mask_by_saliency', 'precondition_by_remain_hessian',
-           'set_saliency_mask']
+__all__ = ['AddL1PenaltyState', 'AlignForgetRetainState', 'CombineForgetRetainState',
+           'ElasticPenaltyState', 'MaskBySaliencyState', 'PreconditionByRemainHessianState',
+           'add_elastic_penalty', 'add_l1_penalty', 'align_forget_retain',
+           'combine_forget_retain', 'fast_slow_schedule', 'hold', 'mask_by_saliency',
+           'precondition_by_remain_hessian', 'set_elastic_fisher', 'set_saliency_mask']

@@ -1,0 +1,353 @@
+"""The generation job: train a class-conditional DDPM, forget a class, measure, report.
+
+What ``jaxunlearn run --task generation`` calls::
+
+    from jaxunlearn.diffusion.experiment import GenerationConfig, run_generation
+    results = run_generation(GenerationConfig(scenario='class:3', methods=('sfron',)), 'out')
+
+Per seed: the original DDPM (trained here on the digits in [-1, 1], cached), a generation
+classifier (a ResNet trained on the real images, cached), then each method from the
+original. Reported (DESIGN.md section 5): **UA** = 100 - the classifier's accuracy on
+``forget_samples`` samples of the forgotten class; **FID** of samples of the remaining
+classes against their real training images, in the classifier's feature space;
+**acc_remaining**, the classifier's accuracy on those samples; **steps_to_forget**, the
+first checked iteration with UA >= 95 (checks every ``check_every`` iterations, not timed);
+**rte_s**. Written: ``results.json``, ``results.png`` (bars), ``forgetting.png`` (UA over
+iterations) and ``samples.png`` (a grid of every class per model, the forgotten row boxed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from jaxunlearn import checkpoint
+from jaxunlearn.data import make_split, parse_scenario
+from jaxunlearn.data.digits import load_digits
+from jaxunlearn.diffusion.methods import GENERATION_METHODS
+from jaxunlearn.diffusion.train import DiffusionConfig, train_diffusion
+from jaxunlearn.diffusion.unlearn import GenerationTask, generate
+from jaxunlearn.evaluate import summarize
+from jaxunlearn.evaluate.generation import fid_from_features
+from jaxunlearn.experiment import RunProgress, _check_settings
+from jaxunlearn.methods import cast_like, did_you_mean, resolve_hparams
+from jaxunlearn.models import digits_unet, make_model
+from jaxunlearn.step import predict
+from jaxunlearn.train import LoopControl, NonFiniteError, TrainConfig, train_classifier
+
+REPORTED = ('UA', 'FID', 'acc_remaining', 'steps_to_forget', 'rte_s', 'skipped_steps')
+FORGOTTEN = 95.0  # UA (percent) at which a class counts as forgotten
+GRID_PER_CLASS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+  """Everything that defines a generation run; the defaults are the embedded digits.
+
+  Attributes:
+    dataset: 'digits' (the only embedded set; other data go through the library API).
+    image_size: side of the images (8 = the digits' native size).
+    channels: ``block_out_channels`` of :func:`jaxunlearn.models.digits_unet`.
+    scenario: 'class:K'.
+    methods: names from :data:`jaxunlearn.diffusion.methods.GENERATION_METHODS`.
+    seeds: one original DDPM and one run of every method per seed.
+    ddpm: how the original DDPM is trained (and its noise schedule).
+    classifier: how the generation classifier (ResNet-18, ``classifier_width``) is trained.
+    overrides: ``{method: {hyperparameter: value}}`` (also 'ddpm' and 'classifier').
+    cache_dir: cache of trained DDPMs and classifiers (None: none).
+    progress: progress bars.
+    check_every: iterations between UA checks (steps-to-forget); 0 = only at the end.
+    forget_samples: samples of the forgotten class for UA.
+    fid_samples_per_class: samples of each remaining class for FID and acc_remaining.
+    sample_steps, guidance: the DDIM sampler of every evaluation (guidance in diffusers'
+      convention; 2.0 = w 1 of Ho & Salimans).
+    checkpoint_every, max_nonfinite: as :class:`jaxunlearn.experiment.ExperimentConfig`.
+  """
+
+  dataset: str = 'digits'
+  image_size: int = 8
+  channels: Sequence[int] = (32, 64)
+  scenario: str = 'class:3'
+  methods: Sequence[str] = ('salun', 'sfron', 'lur', 'sa', 'ga')
+  seeds: Sequence[int] = (0,)
+  ddpm: DiffusionConfig = DiffusionConfig(steps=3000, batch_size=64)
+  classifier: TrainConfig = TrainConfig(epochs=20)
+  classifier_width: int = 16
+  overrides: dict = dataclasses.field(default_factory=dict)
+  cache_dir: str | None = str(checkpoint.default_cache_dir())
+  progress: bool = True
+  check_every: int = 25
+  forget_samples: int = 100
+  fid_samples_per_class: int = 50
+  sample_steps: int = 50
+  guidance: float = 2.0
+  checkpoint_every: int = 50
+  max_nonfinite: int | None = 10
+
+  def validate(self) -> None:
+    """Checks names, scenario and overrides before any compute (ValueError says what)."""
+    if self.dataset != 'digits':
+      raise ValueError(f"the generation job runs on the embedded 'digits' (got "
+                       f"{self.dataset!r}); for other data build a GenerationTask yourself "
+                       '(jaxunlearn.diffusion.unlearn) from a converted diffusers UNet')
+    if parse_scenario(self.scenario).kind != 'class':
+      raise ValueError(f"generation forgets a class: use --scenario class:K, got "
+                       f"{self.scenario!r}")
+    if not self.methods or not self.seeds:
+      raise ValueError('give at least one method and one seed')
+    if len(set(self.seeds)) != len(self.seeds):
+      raise ValueError(f'seeds repeat: {list(self.seeds)}')
+    for key in ('check_every', 'checkpoint_every'):
+      if getattr(self, key) < 0:
+        raise ValueError(f'{key} must be >= 0 (0 = off), got {getattr(self, key)}')
+    if self.forget_samples < 1 or self.fid_samples_per_class < 2:
+      raise ValueError('forget_samples must be >= 1 and fid_samples_per_class >= 2')
+    for name, hp in self.overrides.items():
+      if name in ('ddpm', 'classifier'):
+        _check_settings(hp, DiffusionConfig if name == 'ddpm' else TrainConfig, name)
+      elif name not in self.methods:
+        raise ValueError(f'--set names method {name!r}, which is not among --methods '
+                         f'{",".join(self.methods)}'
+                         f'{did_you_mean(name, [*self.methods, "ddpm", "classifier"])}')
+    for name in self.methods:
+      resolve_hparams(name, self.overrides.get(name), GENERATION_METHODS)
+
+  def _replaced(self, which: str):
+    base = getattr(self, which)
+    return dataclasses.replace(base, **{k: cast_like(v, getattr(base, k), f'{which}.{k}')
+                                        for k, v in self.overrides.get(which, {}).items()})
+
+
+def iterations_done(updates: int, hp: dict) -> int:
+  """Iterations completed after ``updates`` optimizer updates: SFR-on's fast-slow loop
+  (``every`` in ``hp``) makes ``every + 1`` updates per ``every`` iterations, a forget
+  step first; the other methods one update per iteration."""
+  if 'every' not in hp:
+    return updates
+  k = hp['every']
+  return (updates // (k + 1)) * k + max(updates % (k + 1) - 1, 0)
+
+
+class _Judge:
+  """Classifies generated images: UA, accuracy and FID features, compiled once."""
+
+  def __init__(self, model, variables, diffusion, config: GenerationConfig, image_shape,
+               real_features):
+    self.model, self.variables, self.diffusion = model, variables, diffusion
+    self.config, self.shape = config, image_shape
+    self.real = real_features  # {class: features of its real training images}
+    self.classifier = None
+
+  def sample(self, unet, variables, labels, seed):
+    return generate(unet, variables, self.diffusion, labels, self.shape, seed,
+                    num_steps=self.config.sample_steps, guidance=self.config.guidance)
+
+  def accuracy(self, images, labels) -> float:
+    logits = predict(self.model, self.variables, images)
+    return float(np.mean(np.argmax(logits, -1) == labels) * 100)
+
+  def forget_ua(self, unet, variables, cls: int, seed: int) -> float:
+    labels = np.full(self.config.forget_samples, cls, np.int32)
+    return 100.0 - self.accuracy(self.sample(unet, variables, labels, seed + 1), labels)
+
+  def score(self, unet, variables, cls: int, num_classes: int, seed: int) -> dict:
+    others = [c for c in range(num_classes) if c != cls]
+    labels = np.repeat(np.asarray(others, np.int32), self.config.fid_samples_per_class)
+    images = self.sample(unet, variables, labels, seed + 2)
+    fake = _features(self.model, self.variables, images)
+    real = np.concatenate([self.real[c] for c in others])
+    return {'UA': self.forget_ua(unet, variables, cls, seed),
+            'FID': fid_from_features(fake, real),
+            'acc_remaining': self.accuracy(images, labels)}
+
+
+@functools.lru_cache(maxsize=4)
+def _feature_fn(model):
+  return jax.jit(lambda v, x: model.apply(v, x, train=False, features=True))
+
+
+def _features(model, variables, x, batch: int = 500) -> np.ndarray:
+  fn = _feature_fn(model)
+  return np.concatenate([np.asarray(fn(variables, x[i:i + batch]))
+                         for i in range(0, len(x), batch)])
+
+
+class ForgetTracker:
+  """Callback: UA of the forgotten class every ``every`` updates (its time not counted in
+  the method's run time); resumable (``state_dict``)."""
+
+  def __init__(self, judge: _Judge, unet, cls: int, seed: int, hp: dict):
+    self.judge, self.unet, self.cls, self.seed, self.hp = judge, unet, cls, seed, hp
+    self.iterations, self.ua, self.seconds = [], [], 0.0
+
+  def __call__(self, updates: int, variables) -> None:
+    start = time.perf_counter()
+    self.iterations.append(iterations_done(updates, self.hp))
+    self.ua.append(self.judge.forget_ua(self.unet, variables, self.cls, self.seed))
+    self.seconds += time.perf_counter() - start
+
+  def state_dict(self) -> dict:
+    return {'iterations': self.iterations, 'ua': self.ua, 'seconds': self.seconds}
+
+  def load_state_dict(self, state: dict) -> None:
+    self.iterations, self.ua = list(state['iterations']), list(state['ua'])
+    self.seconds = state['seconds']
+
+  def steps_to_forget(self):
+    return next((i for i, ua in zip(self.iterations, self.ua) if ua >= FORGOTTEN), None)
+
+
+def _updates_per(check_every: int, hp: dict) -> int:
+  """Optimizer updates in ``check_every`` iterations (SFR-on: ``every + 1`` per ``every``)."""
+  if not check_every:
+    return 0
+  return -(-check_every * (hp['every'] + 1) // hp['every']) if 'every' in hp else check_every
+
+
+def run_generation(config: GenerationConfig, out_dir: str | Path | None = None,
+                   restart: bool = False) -> dict:
+  """Runs the generation protocol; writes results.json, results.png, forgetting.png and
+  samples.png to ``out_dir``. Resumable like :func:`jaxunlearn.experiment.run_experiment`."""
+  config.validate()
+  ds = load_digits(config.image_size, pixels='symmetric')
+  ddpm, clf_cfg = config._replaced('ddpm'), config._replaced('classifier')
+  unet = digits_unet(tuple(config.channels), ds.num_classes)
+  clf = make_model('resnet18', ds.num_classes, config.classifier_width)
+  cls = int(parse_scenario(config.scenario).value)
+  hparams = {n: resolve_hparams(n, config.overrides.get(n), GENERATION_METHODS)
+             for n in config.methods}
+  progress = RunProgress(out_dir, config, restart)
+  key = {'dataset': 'digits', 'image_size': config.image_size, 'pixels': 'symmetric'}
+  clf_vars, clf_info = checkpoint.cached(
+      config.cache_dir, 'genclassifier',
+      {**key, 'width': config.classifier_width, 'train': dataclasses.asdict(clf_cfg)},
+      lambda: train_classifier(clf, ds.x_train, ds.y_train, clf_cfg, 0, desc='classifier',
+                               progress=config.progress))
+  test_acc = float(np.mean(np.argmax(predict(clf, clf_vars, ds.x_test), -1) == ds.y_test) * 100)
+  real = {c: _features(clf, clf_vars, ds.x_train[ds.y_train == c]) for c in range(10)}
+  judge = _Judge(clf, clf_vars, ddpm, config, ds.image_shape, real)
+  grids = {}
+  for seed in config.seeds:
+    done = progress.seed(seed)
+    split = make_split(ds, config.scenario, seed)
+    original, info = checkpoint.cached(
+        config.cache_dir, 'ddpm',
+        {**key, 'channels': list(config.channels), 'train': dataclasses.asdict(ddpm),
+         'seed': seed},
+        lambda ckpt=None: train_diffusion(unet, ds.x_train, ds.y_train, ddpm, seed,
+                                     desc=f'DDPM (seed {seed})', progress=config.progress,
+                                     control=LoopControl(ckpt, config.max_nonfinite))[0],
+        checkpoint_every=config.checkpoint_every)
+    task = GenerationTask(unet, original, ds.x_train[split.forget], ds.y_train[split.forget],
+                          ds.x_train[split.retain], ds.y_train[split.retain], ds.num_classes,
+                          ddpm, seed, config.progress)
+    if 'original' not in done:
+      done['original'] = dict(judge.score(unet, original, cls, ds.num_classes, seed),
+                              train_s=info['seconds'])
+      progress.save()
+    if seed == config.seeds[0]:
+      grids['original'] = _grid(judge, unet, original, ds.num_classes, seed)
+    for name in config.methods:
+      if name in done['methods']:
+        continue
+      hp = hparams[name]
+      ckpt = progress.checkpoint(seed, name)
+      control = LoopControl(ckpt, config.max_nonfinite)
+      tracker = ForgetTracker(judge, unet, cls, seed, hp)
+      tracker.iterations, tracker.ua = [0], [done['original']['UA']]  # the curve's start
+      run = dataclasses.replace(task, control=control, callback=tracker,
+                                callback_every=_updates_per(config.check_every, hp))
+      control.start_clock()
+      try:
+        variables = GENERATION_METHODS[name].run(run, hp)
+      except NonFiniteError as e:
+        done['methods'][name] = {'error': str(e), 'skipped_steps': control.skipped}
+        progress.save()
+        continue
+      seconds = control.elapsed() - control.overhead_seconds - tracker.seconds
+      row = judge.score(unet, variables, cls, ds.num_classes, seed)
+      row.update(rte_s=seconds, skipped_steps=control.skipped,
+                 steps_to_forget=tracker.steps_to_forget(),
+                 curve={'iterations': tracker.iterations, 'UA': tracker.ua})
+      done['methods'][name] = row
+      if seed == config.seeds[0] and out_dir is not None:
+        np.save(Path(out_dir) / f'grid-{name}.npy', _grid(judge, unet, variables,
+                                                          ds.num_classes, seed))
+      progress.save()
+      if ckpt is not None:
+        ckpt.remove()
+  if out_dir is not None:
+    for name in config.methods:
+      path = Path(out_dir) / f'grid-{name}.npy'
+      if path.is_file():
+        grids[name] = np.load(path)
+  results = _results(config, progress, hparams, ddpm, clf_cfg, test_acc, clf_info, cls)
+  if out_dir is not None:
+    from jaxunlearn.diffusion.report import plot_forgetting, plot_generation, plot_samples
+    out = Path(out_dir)
+    checkpoint.write_json_atomic(out / 'results.json', results)
+    plot_generation(results, out / 'results.png')
+    plot_forgetting(results, out / 'forgetting.png')
+    plot_samples(grids, cls, out / 'samples.png')
+    for name in config.methods:
+      (out / f'grid-{name}.npy').unlink(missing_ok=True)
+    progress.discard()
+  return results
+
+
+def _grid(judge: _Judge, unet, variables, num_classes: int, seed: int) -> np.ndarray:
+  labels = np.repeat(np.arange(num_classes, dtype=np.int32), GRID_PER_CLASS)
+  return judge.sample(unet, variables, labels, seed + 3)
+
+
+def _results(config, progress, hparams, ddpm, clf_cfg, test_acc, clf_info, cls) -> dict:
+  seeds = [progress.seed(s) for s in config.seeds]
+  per_seed = {n: [s['methods'][n] for s in seeds] for n in config.methods}
+
+  def summary(rows):
+    rows = [r for r in rows if 'error' not in r]
+    out = {}
+    for k in REPORTED:
+      values = [r[k] for r in rows if r.get(k) is not None]
+      if values:
+        out[k] = summarize(values)
+    if rows and 'steps_to_forget' in rows[0]:
+      out['forgotten_runs'] = sum(r['steps_to_forget'] is not None for r in rows)
+    return out
+
+  failures = {n: {str(s): r['error'] for s, r in zip(config.seeds, rows) if 'error' in r}
+              for n, rows in per_seed.items()}
+  results = {
+      'task': 'generation',
+      'dataset': config.dataset,
+      'scenario': config.scenario,
+      'forget_class': cls,
+      'seeds': list(config.seeds),
+      'model': {'name': 'UNet2D', 'channels': list(config.channels),
+                'image_shape': [config.image_size, config.image_size, 1]},
+      'methods': {n: summary(rows) for n, rows in per_seed.items()},
+      'original': summary([s['original'] for s in seeds]),
+      'per_seed': per_seed,
+      'hparams': {**hparams, 'ddpm': dataclasses.asdict(ddpm),
+                  'classifier': dataclasses.asdict(clf_cfg)},
+      'classifier': {'test_accuracy': test_acc, 'train_s': clf_info['seconds']},
+      'evaluation': {'forget_samples': config.forget_samples,
+                     'fid_samples_per_class': config.fid_samples_per_class,
+                     'sample_steps': config.sample_steps, 'guidance': config.guidance,
+                     'check_every': config.check_every, 'forgotten_at_UA': FORGOTTEN},
+      'metrics_doc': 'UA: 100 - classifier accuracy (percent) on samples of the forgotten '
+                     'class; FID: Frechet distance between classifier features of samples '
+                     'of the remaining classes and of their real training images; '
+                     'acc_remaining: classifier accuracy on those samples; steps_to_forget: '
+                     'first checked iteration with UA >= 95 (forgotten_runs: seeds that got '
+                     'there); rte_s: seconds of unlearning, checks excluded; std over seeds',
+  }
+  if any(failures.values()):
+    results['failures'] = {k: v for k, v in failures.items() if v}
+  return results

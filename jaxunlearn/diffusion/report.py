@@ -1,0 +1,140 @@
+"""Human-facing output of the generation job: table, bars, forgetting curves, samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = (('UA', 'UA', 1), ('FID', 'FID', 2), ('acc_remaining', 'acc rest', 1),
+           ('steps_to_forget', 'iters to UA>=95', 0), ('rte_s', 'RTE s', 1),
+           ('skipped_steps', 'skipped', 0))
+
+
+def _cell(stat, digits):
+  if stat is None:
+    return '-'
+  return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def format_generation_table(results: dict) -> str:
+  """One row per model (the original first), mean ± std over seeds."""
+  rows = [('original', results['original'])] + list(results['methods'].items())
+  n_seeds = len(results['seeds'])
+  header = ['method'] + [title for _, title, _ in COLUMNS]
+  body = []
+  for name, stats in rows:
+    cells = [name]
+    for key, _, digits in COLUMNS:
+      cell = _cell(stats.get(key), digits)
+      if key == 'steps_to_forget' and name != 'original':
+        got = stats.get('forgotten_runs', 0)
+        cell = cell if got == n_seeds else f'{cell} ({got}/{n_seeds} seeds)' if got else 'never'
+      cells.append(cell)
+    body.append(cells)
+  widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+  line = lambda r: '  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                             enumerate(zip(r, widths)))
+  title = (f"{results['dataset']} DDPM  forget class {results['forget_class']}  seeds "
+           f"{','.join(map(str, results['seeds']))}  (UA, acc: percent; FID on classifier "
+           'features of the remaining classes)')
+  failed = [f'{name} failed on seed {seed}' for name, seeds in
+            results.get('failures', {}).items() for seed in seeds]
+  return '\n'.join([title, line(header), line(['-' * w for w in widths])] +
+                   [line(r) for r in body] + failed)
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_generation(results: dict, path: str | Path) -> None:
+  """Bars: UA and acc_remaining (percent) per model, and FID (lower is better)."""
+  plt = _plt()
+  names = ['original'] + [n for n, s in results['methods'].items() if 'UA' in s]
+  stats = {'original': results['original'], **results['methods']}
+  fig, (ax, ax_fid) = plt.subplots(1, 2, figsize=(11, 4.2),
+                                   gridspec_kw={'width_ratios': [2.2, 1]})
+  palette = plt.get_cmap('tab10')
+  x = np.arange(2)
+  width = 0.8 / len(names)
+  for i, name in enumerate(names):
+    s = stats[name]
+    ax.bar(x + (i - (len(names) - 1) / 2) * width, [s['UA']['mean'], s['acc_remaining']['mean']],
+           width, yerr=[s['UA']['std'], s['acc_remaining']['std']], capsize=2, label=name,
+           color='0.3' if name == 'original' else palette(i % 10))
+  ax.axhline(95, color='k', ls='--', lw=0.8)
+  ax.set_xticks(x, [f"UA: class {results['forget_class']} not generated",
+                    'accuracy on the other classes'])
+  ax.set_ylim(0, 105)
+  ax.set_ylabel('percent (classifier on samples)')
+  ax.legend(fontsize=8, ncol=min(len(names), 6), loc='upper center',
+            bbox_to_anchor=(0.5, -0.1), frameon=False)
+  ax.set_title(f"{results['dataset']} DDPM · forget class {results['forget_class']} · "
+               f"{len(results['seeds'])} seed(s) · dashed = UA 95")
+  fids = [stats[n]['FID']['mean'] for n in names]
+  ax_fid.barh(names, fids, xerr=[stats[n]['FID']['std'] for n in names], capsize=2,
+              color=['0.3' if n == 'original' else palette(i % 10) for i, n in enumerate(names)])
+  for y, f in enumerate(fids):
+    ax_fid.text(f, y, f' {f:.2f}', va='center', fontsize=8)
+  ax_fid.set_xlim(0, max(fids + [1e-3]) * 1.3)
+  ax_fid.invert_yaxis()
+  ax_fid.set_xlabel('FID of the remaining classes (lower is better)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=130)
+  plt.close(fig)
+
+
+def plot_forgetting(results: dict, path: str | Path) -> None:
+  """UA of the forgotten class over unlearning iterations, one line per method and seed."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(7.5, 4.2))
+  palette = plt.get_cmap('tab10')
+  names = ['original'] + list(results['methods'])
+  for name, rows in results['per_seed'].items():
+    color = palette(names.index(name) % 10)
+    for j, row in enumerate(r for r in rows if 'curve' in r):
+      it, ua = row['curve']['iterations'], row['curve']['UA']
+      steps = row.get('steps_to_forget')
+      label = None if j else f"{name} ({'never' if steps is None else f'{steps} iters'})"
+      ax.plot(it, ua, marker='.', color=color, lw=1.4, label=label)
+  ax.axhline(95, color='k', ls='--', lw=0.8)
+  ax.set_xscale('symlog', linthresh=10)
+  ax.set_ylim(-2, 102)
+  ax.set_xlabel('unlearning iterations (SFR-on: one forget + one retain step each)')
+  ax.set_ylabel(f"UA on class {results['forget_class']} (percent)")
+  ax.set_title('How fast each method forgets · dashed = UA 95 (forgotten)', fontsize=10)
+  ax.legend(fontsize=8, frameon=False)
+  fig.tight_layout()
+  fig.savefig(path, dpi=130)
+  plt.close(fig)
+
+
+def plot_samples(grids: dict, forget_class: int, path: str | Path) -> None:
+  """One panel per model: a row of samples per class (``[classes * per_row, H, W, C]`` in
+  [-1, 1]), the forgotten class's row boxed in red."""
+  plt = _plt()
+  from matplotlib.patches import Rectangle
+  names = list(grids)
+  fig, axes = plt.subplots(1, len(names), figsize=(2.3 * len(names), 3.0), squeeze=False)
+  for ax, name in zip(axes[0], names):
+    images = np.asarray(grids[name])
+    n, h, w, _ = images.shape
+    classes = 10
+    per = n // classes
+    grid = images[:classes * per, ..., 0].reshape(classes, per, h, w)
+    grid = grid.transpose(0, 2, 1, 3).reshape(classes * h, per * w)
+    ax.imshow((np.clip(grid, -1, 1) + 1) / 2, cmap='gray_r', vmin=0, vmax=1,
+              interpolation='nearest')
+    ax.add_patch(Rectangle((-0.5, forget_class * h - 0.5), per * w, h, fill=False,
+                           edgecolor='red', lw=1.5))
+    ax.set_title(name, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([(c + 0.5) * h for c in range(classes)], [str(c) for c in range(classes)],
+                  fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=150)
+  plt.close(fig)

@@ -1,0 +1,212 @@
+"""Forgetting a class of a diffusion model: losses, steps, masks, methods, the job."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxunlearn.cli import main
+from jaxunlearn.data.digits import load_digits
+from jaxunlearn.diffusion import eps_mse, linear_schedule
+from jaxunlearn.diffusion.experiment import GenerationConfig, iterations_done, run_generation
+from jaxunlearn.diffusion.methods import GENERATION_METHODS
+from jaxunlearn.diffusion.train import DiffusionConfig, init_unet
+from jaxunlearn.diffusion.unlearn import (AdaptiveDenoisingAscent, Denoising, GenerationTask,
+                                          RemappedClass, _example_fisher, elbo_fisher)
+from jaxunlearn.losses import reduce_loss
+from jaxunlearn.methods import resolve_hparams
+from jaxunlearn.models import digits_unet
+from jaxunlearn.train import FastSlowConfig
+
+SCHEDULE = linear_schedule(100)
+
+
+@pytest.fixture(scope='module')
+def task():
+  ds = load_digits(8, pixels='symmetric')
+  model = digits_unet((8,))
+  forget = ds.y_train == 3
+  return GenerationTask(model, init_unet(model, (8, 8, 1)), ds.x_train[forget],
+                        ds.y_train[forget], ds.x_train[~forget], ds.y_train[~forget], 10,
+                        DiffusionConfig(num_timesteps=100), progress=False)
+
+
+def _toy_eps(x, t, c):  # depends on the image, the timestep and the label
+  return 0.5 * x + 0.01 * t[:, None, None, None] + 0.1 * c[:, None, None, None]
+
+
+def test_denoising_sums_pixels_scales_and_drops_labels():
+  x0 = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+  labels = jnp.array([0, 1, 2, 3])
+  key = jax.random.key(1)
+  base = Denoising()(_toy_eps, SCHEDULE, x0, labels, key)
+  _, _, k_loss = jax.random.split(key, 3)
+  np.testing.assert_allclose(base, 64 * eps_mse(_toy_eps, SCHEDULE, x0, labels, k_loss),
+                             rtol=1e-6)
+  np.testing.assert_allclose(Denoising(-1.0)(_toy_eps, SCHEDULE, x0, labels, key), -base)
+  np.testing.assert_allclose(Denoising(reduction='mean')(_toy_eps, SCHEDULE, x0, labels, key),
+                             base / 64, rtol=1e-6)
+  # Every label dropped to the null class: the loss of the null-labelled batch.
+  dropped = Denoising(cond_drop_prob=0.999999, null_class=10)(_toy_eps, SCHEDULE, x0, labels,
+                                                              key)
+  np.testing.assert_allclose(dropped, 64 * eps_mse(_toy_eps, SCHEDULE, x0, jnp.full(4, 10),
+                                                   k_loss), rtol=1e-6)
+  # Selective Amnesia's surrogate ignores the images it is given.
+  sa = Denoising(surrogate=True)
+  np.testing.assert_allclose(sa(_toy_eps, SCHEDULE, x0, labels, key),
+                             sa(_toy_eps, SCHEDULE, 5 * x0, labels, key))
+
+
+def test_remapped_class_loss_value_and_stopped_target():
+  x0 = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
+  labels = jnp.array([3, 3, 9])
+  loss = RemappedClass(10)
+  # _toy_eps differs between c and c' only by 0.1 (c - c'): 0.01, 0.01 and 0.81 per pixel.
+  np.testing.assert_allclose(loss(_toy_eps, SCHEDULE, x0, labels, jax.random.key(2)),
+                             [0.01, 0.01, 0.81], rtol=1e-5)
+  # The gradient flows through eps(x_t, t, c) only: d/dw of mean((w c - sg(w c'))^2).
+  eps_w = lambda w: (lambda x, t, c: w * c[:, None, None, None].astype(jnp.float32))
+  grad = jax.grad(lambda w: jnp.mean(loss(eps_w(w), SCHEDULE, x0, labels, jax.random.key(2))))
+  w = 0.7
+  expected = np.mean([2 * (w * c - w * ((c + 1) % 10)) * c for c in (3, 3, 9)])
+  np.testing.assert_allclose(grad(w), expected, rtol=1e-5)
+
+
+def test_adaptive_ascent_weights_are_softmax_of_minus_lambda_log_loss():
+  x0 = jax.random.normal(jax.random.key(0), (5, 8, 8, 1))
+  labels = jnp.arange(5)
+  loss = AdaptiveDenoisingAscent(lam=0.5)
+  per = loss(_toy_eps, SCHEDULE, x0, labels, jax.random.key(3))
+  plain = Denoising()(_toy_eps, SCHEDULE, x0, labels, jax.random.key(3))
+  np.testing.assert_allclose(per, -plain, rtol=1e-6)
+  w = jax.nn.softmax(-0.5 * jnp.log(plain))
+  np.testing.assert_allclose(reduce_loss(loss, per, jnp.ones(5)), -jnp.sum(w * plain),
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize('every', [1, 2, 5])
+def test_iterations_done_counts_fast_slow_updates(every):
+  updates, done = 0, []
+  for t in range(12):  # the fast-slow plan: a forget update first every `every`-th
+    updates += 1 if t % every else 2
+    done.append((updates, t + 1))
+  for u, iters in done:
+    assert iterations_done(u, {'every': every}) == iters
+  assert iterations_done(7, {'steps': 10}) == 7
+
+
+def test_generation_task_refuses_bad_input(task):
+  ds_x, ds_y = task.forget_x, task.forget_y
+  with pytest.raises(ValueError, match=r'\[-1, 1\]'):
+    dataclasses.replace(task, forget_x=(ds_x + 1) * 8)
+  with pytest.raises(ValueError, match='11 class embeddings'):
+    dataclasses.replace(task, model=dataclasses.replace(task.model, num_class_embeds=None))
+  with pytest.raises(ValueError, match='labels must lie'):
+    dataclasses.replace(task, forget_y=ds_y + 20)
+  copied = dataclasses.replace(task, retain_x=np.concatenate([task.retain_x, ds_x[:2]]),
+                               retain_y=np.concatenate([task.retain_y, ds_y[:2]]))
+  with pytest.raises(ValueError, match='2 forget images also appear in the retain set'):
+    copied.validate()
+  with pytest.raises(ValueError, match='has no hyperparameter'):
+    resolve_hparams('sfron', {'iters': 3}, GENERATION_METHODS)
+  with pytest.raises(ValueError, match='salun.keep must be'):
+    resolve_hparams('salun', {'keep': 1.5}, GENERATION_METHODS)
+
+
+def _forget_loss(task, variables, loss):
+  eps = lambda x, t, c: task.model.apply(variables, x, t, c)
+  return float(jnp.mean(loss(eps, task.diffusion.noise_schedule(), task.forget_x[:64],
+                             task.forget_y[:64], jax.random.key(7))))
+
+
+def _run(task, name, **overrides):
+  hp = resolve_hparams(name, {'batch_size': 32, **overrides}, GENERATION_METHODS)
+  return GENERATION_METHODS[name].run(task, hp)
+
+
+def test_salun_moves_only_salient_weights_and_lowers_the_remapped_loss(task):
+  out = _run(task, 'salun', steps=8, lr=3e-3, keep=0.3)
+  before = jax.tree.leaves(task.variables['params'])
+  after = jax.tree.leaves(out['params'])
+  changed = sum(int(np.sum(a != b)) for a, b in zip(after, before))
+  total = sum(b.size for b in before)
+  assert 0 < changed <= round(0.3 * total)  # frozen outside the mask, bit for bit
+  remap = RemappedClass(10)
+  assert _forget_loss(task, out, remap) < _forget_loss(task, task.variables, remap)
+
+
+def test_sfron_raises_the_forget_denoising_loss_more_than_the_retain_one(task):
+  out = _run(task, 'sfron', iterations=6, lr=3e-3)
+  loss = Denoising()
+  f_before, f_after = (_forget_loss(task, v, loss) for v in (task.variables, out))
+  retain = dataclasses.replace(task, forget_x=task.retain_x, forget_y=task.retain_y)
+  r_before, r_after = (_forget_loss(retain, v, loss) for v in (task.variables, out))
+  # From a random init retain descent lowers every loss; the forget class's falls less.
+  assert f_after - f_before > r_after - r_before
+
+
+def test_elbo_fisher_is_a_mean_of_per_image_squares(task):
+  x, y = task.retain_x[:3], task.retain_y[:3]
+  fisher = elbo_fisher(task, x, y, timesteps=4, batch_size=2, seed=5)
+  fn = _example_fisher(task.model, task.diffusion, 4)
+  keys = [jax.random.split(jax.random.fold_in(jax.random.key(5), i), 2) for i in range(2)]
+  parts = [fn(task.variables['params'], x[:2], y[:2], keys[0]),
+           fn(task.variables['params'], x[2:], y[2:], keys[1][:1])]
+  expected = jax.tree.map(lambda a, b: (a + b) / 3, *parts)
+  for f, e in zip(jax.tree.leaves(fisher), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(f, e, rtol=1e-5, atol=1e-12)
+    assert np.all(np.asarray(f) >= 0)
+  assert sum(float(np.sum(f)) for f in jax.tree.leaves(fisher)) > 0
+
+
+def test_fast_slow_adam_chain_clips_every_update():
+  config = FastSlowConfig(lr=1.0, weight_decay=0.0, schedule='constant', iterations=4,
+                          every=1, forget_weight=1.0, forget_schedule='constant',
+                          clip_norm=0.0, saliency=False, optimizer='adam',
+                          shared_clip_norm=0.5, momentum=0.0)
+  params = {'w': jnp.zeros(3)}
+  for role in ('forget', 'retain'):
+    tx = dataclasses.replace(config, role=role)()
+    updates, _ = tx.update({'w': jnp.array([30.0, 40.0, 0.0])}, tx.init(params), params)
+    # clipped to norm 0.5 then Adam with b1=0 normalises each coordinate: -lr sign(g).
+    np.testing.assert_allclose(updates['w'], [-1.0, -1.0, 0.0], atol=1e-4)
+  with pytest.raises(ValueError, match="'sgd' or 'adam'"):
+    FastSlowConfig(optimizer='rmsprop')
+
+
+def test_cli_generation_refuses_bad_settings_before_any_compute(capsys):
+  assert main(['run', '--task', 'generation', '--scenario', 'random:10']) == 2
+  assert 'forgets a class' in capsys.readouterr().err
+  assert main(['run', '--task', 'generation', '--methods', 'salun,sfronn']) == 2
+  assert "did you mean 'sfron'" in capsys.readouterr().err
+  assert main(['run', '--task', 'generation', '--methods', 'sa', '--set', 'sa.steps=0']) == 2
+  assert 'sa.steps must be >= 1' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_generation_job_runs_every_method_and_writes_its_report(tmp_path):
+  config = GenerationConfig(
+      channels=(8,), cache_dir=str(tmp_path / 'cache'), progress=False, classifier_width=4,
+      check_every=2, forget_samples=10, fid_samples_per_class=5, sample_steps=5,
+      overrides={'ddpm': {'steps': 20, 'num_timesteps': 100}, 'classifier': {'epochs': 1},
+                 'salun': {'steps': 3, 'batch_size': 32},
+                 'sfron': {'iterations': 3, 'batch_size': 32},
+                 'lur': {'steps': 3, 'batch_size': 32},
+                 'sa': {'steps': 3, 'batch_size': 32, 'replay_per_class': 3,
+                        'fisher_timesteps': 2, 'sample_steps': 5},
+                 'ga': {'steps': 3, 'batch_size': 32}})
+  out = tmp_path / 'out'
+  results = run_generation(config, out)
+  saved = json.loads((out / 'results.json').read_text())
+  assert saved['methods'].keys() == set(config.methods)
+  for name in config.methods:
+    row = saved['per_seed'][name][0]
+    assert 0 <= row['UA'] <= 100 and row['FID'] >= 0 and row['rte_s'] > 0
+    assert row['curve']['iterations'][0] == 0 and row['curve']['iterations'][-1] == 3
+  assert results['original']['FID']['mean'] >= 0
+  for png in ('results.png', 'forgetting.png', 'samples.png'):
+    assert (out / png).stat().st_size > 10_000
+  assert not list(out.glob('grid-*.npy')) and not (out / 'progress.json').exists()
