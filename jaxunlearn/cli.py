@@ -132,7 +132,6 @@ def main(argv=None) -> int:
   from jaxunlearn import checkpoint
   from jaxunlearn.experiment import ExperimentConfig, run_experiment
   from jaxunlearn.report import format_table
-  from jaxunlearn.train import NonFiniteError
   try:
     cache = None if args.no_cache else (args.cache_dir or str(checkpoint.default_cache_dir()))
     config = ExperimentConfig(
@@ -149,19 +148,27 @@ def main(argv=None) -> int:
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
     return 2
+  return _execute(lambda: run_experiment(config, args.out, restart=args.restart), format_table,
+                  lambda r: f'{args.out}/results.json, {args.out}/results.png'
+                            + (' and alignment.png' if r.get('alignment') else ''))
+
+
+def _execute(run, table, written) -> int:
+  """Runs a job; prints its table, what it wrote and its failures. Exit status: 0, 1 if
+  a method (or the training of an original) diverged, 2 for bad input or checkpoints."""
+  from jaxunlearn import checkpoint
+  from jaxunlearn.train import NonFiniteError
   start = time.perf_counter()
   try:
-    results = run_experiment(config, args.out, restart=args.restart)
+    results = run()
   except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
     return 2
-  except NonFiniteError as e:  # training the original or Retrain diverged
+  except NonFiniteError as e:  # training an original model diverged
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
     return 1
-  print(format_table(results))
-  extra = ' and alignment.png' if results.get('alignment') else ''
-  print(f'\nwrote {args.out}/results.json, {args.out}/results.png{extra} '
-        f'({time.perf_counter() - start:.0f} s)')
+  print(table(results))
+  print(f'\nwrote {written(results)} ({time.perf_counter() - start:.0f} s)')
   for name, seeds in results.get('failures', {}).items():
     for seed, message in seeds.items():
       print(f'jaxunlearn: {name} failed on seed {seed}: {message}', file=sys.stderr)
@@ -172,7 +179,6 @@ def _run_generation(args) -> int:
   from jaxunlearn import checkpoint
   from jaxunlearn.diffusion.experiment import GenerationConfig, run_generation
   from jaxunlearn.diffusion.report import format_generation_table
-  from jaxunlearn.train import NonFiniteError
   try:
     cache = None if args.no_cache else (args.cache_dir or str(checkpoint.default_cache_dir()))
     extra = {} if args.methods is None else {'methods': tuple(args.methods)}
@@ -187,23 +193,10 @@ def _run_generation(args) -> int:
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
     return 2
-  start = time.perf_counter()
-  try:
-    results = run_generation(config, args.out, restart=args.restart)
-  except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
-    print(f'jaxunlearn: error: {e}', file=sys.stderr)
-    return 2
-  except NonFiniteError as e:  # training the original DDPM diverged
-    print(f'jaxunlearn: error: {e}', file=sys.stderr)
-    return 1
-  print(format_generation_table(results))
-  print(f'\nwrote {args.out}/results.json, results.png, forgetting.png and samples.png '
-        f'({time.perf_counter() - start:.0f} s)')
-  for name, seeds in results.get('failures', {}).items():
-    for seed, message in seeds.items():
-      print(f'jaxunlearn: {name} failed on seed {seed}: {message}', file=sys.stderr)
-  return 1 if results.get('failures') else 0
-
+  return _execute(lambda: run_generation(config, args.out, restart=args.restart),
+                  format_generation_table,
+                  lambda r: f'{args.out}/results.json, results.png, forgetting.png and '
+                            'samples.png')
 
 if __name__ == '__main__':
   sys.exit(main())

@@ -74,11 +74,7 @@ class UnlearnTask:
   control: LoopControl | None = None
 
   def __post_init__(self):
-    check_examples(self.forget_x, self.forget_y, self.num_classes, 'forget')
-    check_examples(self.retain_x, self.retain_y, self.num_classes, 'retain')
-    if self.forget_x.shape[1:] != self.retain_x.shape[1:]:
-      raise ValueError(f'forget images {self.forget_x.shape[1:]} and retain images '
-                       f'{self.retain_x.shape[1:]} differ in shape')
+    check_sets(self)
 
   def validate(self) -> None:
     """The checks that cost a pass over the data (and, with ``variables``, a trace of the
@@ -104,6 +100,16 @@ class UnlearnTask:
     return dict(seed=self.seed, desc=desc, progress=self.progress, callback=self.callback,
                 callback_every=self.callback_every, parallel=self.parallel,
                 control=self.control)
+
+
+def check_sets(task) -> None:
+  """Checks a task's forget and retain sets (:func:`check_examples`) and that their
+  images have one shape."""
+  check_examples(task.forget_x, task.forget_y, task.num_classes, 'forget')
+  check_examples(task.retain_x, task.retain_y, task.num_classes, 'retain')
+  if task.forget_x.shape[1:] != task.retain_x.shape[1:]:
+    raise ValueError(f'forget images {task.forget_x.shape[1:]} and retain images '
+                     f'{task.retain_x.shape[1:]} differ in shape')
 
 
 def check_examples(x, y, num_classes: int, what: str) -> None:

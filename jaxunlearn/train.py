@@ -104,19 +104,28 @@ class OptimConfig:
                       optax.sgd(self.learning_rate(), momentum=self.momentum or None))
     if self.saliency:
       opt = transforms.mask_by_saliency(freeze=True, inner=opt)
-    head = []
-    if self.forget_weight is not None and self.lookahead_lr > 0:
-      head.append(transforms.align_forget_retain(
-          self.lookahead_lr, self.lookahead_order, self.lookahead_virtual, self.forget_weight,
-          self.retain_weight, axis_name=axis_name))
-    elif self.forget_weight is not None:
-      head.append(transforms.combine_forget_retain(self.forget_weight, self.retain_weight))
+    head = joint_combiner(self, axis_name)
     if self.clip_norm > 0:
       head.append(optax.clip_by_global_norm(self.clip_norm))
     if self.l1 > 0:
       head.append(transforms.add_l1_penalty(
           optax.linear_schedule(self.l1, 0.0, max(self.l1_decay_steps, 1))))
     return optax.chain(*head, opt)
+
+
+def joint_combiner(config, axis_name: str | None = None) -> list:
+  """The head of a joint step's chain that merges its forget and retain gradients, from a
+  config with ``forget_weight``, ``retain_weight`` and ``lookahead_*`` fields: LUR's
+  ``align_forget_retain`` (``lookahead_lr > 0``), else ``combine_forget_retain``; none
+  without ``forget_weight``."""
+  from jaxunlearn import transforms
+  if config.forget_weight is None:
+    return []
+  if config.lookahead_lr > 0:
+    return [transforms.align_forget_retain(
+        config.lookahead_lr, config.lookahead_order, config.lookahead_virtual,
+        config.forget_weight, config.retain_weight, axis_name=axis_name)]
+  return [transforms.combine_forget_retain(config.forget_weight, config.retain_weight)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,7 @@ from jaxunlearn.parallel import SINGLE
 from jaxunlearn.saliency import fisher_ratio_mask, topk_gradient_mask
 from jaxunlearn.step import finish_step, init_state, tree_cosine
 from jaxunlearn.train import (FastSlowConfig, LoopControl, Phase, cycle_batches, epoch_batches,
-                              num_batches, run_updates)
+                              joint_combiner, num_batches, run_updates)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -226,13 +226,7 @@ class AdamConfig:
     opt = optax.adam(self.lr)
     if self.saliency:
       opt = transforms.mask_by_saliency(freeze=True, inner=opt)
-    head = []
-    if self.forget_weight is not None and self.lookahead_lr > 0:
-      head.append(transforms.align_forget_retain(
-          self.lookahead_lr, self.lookahead_order, self.lookahead_virtual, self.forget_weight,
-          self.retain_weight, axis_name=axis_name))
-    elif self.forget_weight is not None:
-      head.append(transforms.combine_forget_retain(self.forget_weight, self.retain_weight))
+    head = joint_combiner(self, axis_name)
     if self.elastic > 0:
       head.append(transforms.add_elastic_penalty(self.elastic))
     if self.clip_norm > 0:
@@ -274,12 +268,8 @@ class GenerationTask:
   control: LoopControl | None = None
 
   def __post_init__(self):
-    from jaxunlearn.methods import check_examples
-    check_examples(self.forget_x, self.forget_y, self.num_classes, 'forget')
-    check_examples(self.retain_x, self.retain_y, self.num_classes, 'retain')
-    if self.forget_x.shape[1:] != self.retain_x.shape[1:]:
-      raise ValueError(f'forget images {self.forget_x.shape[1:]} and retain images '
-                       f'{self.retain_x.shape[1:]} differ in shape')
+    from jaxunlearn.methods import check_sets
+    check_sets(self)
     for what, x in (('forget', self.forget_x), ('retain', self.retain_x)):
       if np.min(x) < -1.001 or np.max(x) > 1.001:
         raise ValueError(f'{what} images span {np.min(x):.3g}..{np.max(x):.3g}; a diffusion '
