@@ -142,7 +142,6 @@ class _Judge:
     self.model, self.variables, self.diffusion = model, variables, diffusion
     self.config, self.shape = config, image_shape
     self.real = real_features  # {class: features of its real training images}
-    self.classifier = None
 
   def sample(self, unet, variables, labels, seed):
     return generate(unet, variables, self.diffusion, labels, self.shape, seed,
