@@ -127,6 +127,7 @@ def _run(task, name, **overrides):
   return GENERATION_METHODS[name].run(task, hp)
 
 
+@pytest.mark.slow  # ~30 s each, mostly XLA compiling the tiny UNet
 def test_salun_moves_only_salient_weights_and_lowers_the_remapped_loss(task):
   out = _run(task, 'salun', steps=8, lr=3e-3, keep=0.3)
   before = jax.tree.leaves(task.variables['params'])
@@ -138,6 +139,7 @@ def test_salun_moves_only_salient_weights_and_lowers_the_remapped_loss(task):
   assert _forget_loss(task, out, remap) < _forget_loss(task, task.variables, remap)
 
 
+@pytest.mark.slow  # ~30 s each, mostly XLA compiling the tiny UNet
 def test_sfron_raises_the_forget_denoising_loss_more_than_the_retain_one(task):
   out = _run(task, 'sfron', iterations=6, lr=3e-3)
   loss = Denoising()
