@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--check-every', type=int, default=25, metavar='N',
                    help='generation: UA of the forgotten class every N iterations, for '
                         'steps-to-forget (0 = only at the end; not timed)')
+  run.add_argument('--fid-inception', metavar='PTH',
+                   help="generation: FID in Inception pool-3 features, from pytorch-fid's "
+                        'weight file pt_inception-2015-12-05-6726825d.pth on disk (default: '
+                        "the generation classifier's features)")
   run.add_argument('--allow-duplicates', action='store_true',
                    help='run even if forget examples have exact copies in the retain or '
                         'test set')
@@ -128,6 +132,10 @@ def main(argv=None) -> int:
     return 0
   if args.task == 'generation':
     return _run_generation(args)
+  if args.fid_inception is not None:
+    print('jaxunlearn: error: --fid-inception is for --task generation (classification '
+          'reports no FID)', file=sys.stderr)
+    return 2
 
   from jaxunlearn import checkpoint
   from jaxunlearn.experiment import ExperimentConfig, run_experiment
@@ -188,7 +196,7 @@ def _run_generation(args) -> int:
         dataset=args.dataset, scenario=args.scenario, seeds=tuple(args.seeds),
         overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
         check_every=args.check_every, checkpoint_every=args.checkpoint_every,
-        max_nonfinite=args.max_nonfinite or None, **extra)
+        max_nonfinite=args.max_nonfinite or None, fid_inception=args.fid_inception, **extra)
     config.validate()
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)

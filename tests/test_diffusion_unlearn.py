@@ -212,3 +212,37 @@ def test_generation_job_runs_every_method_and_writes_its_report(tmp_path):
   for png in ('results.png', 'forgetting.png', 'samples.png'):
     assert (out / png).stat().st_size > 10_000
   assert not list(out.glob('grid-*.npy')) and not (out / 'progress.json').exists()
+
+
+def test_fid_inception_needs_an_existing_file_and_the_generation_task(tmp_path, capsys):
+  with pytest.raises(ValueError, match='no such file'):
+    GenerationConfig(fid_inception=str(tmp_path / 'missing.pth')).validate()
+  assert main(['run', '--fid-inception', str(tmp_path / 'x.pth')]) == 2
+  assert 'is for --task generation' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_generation_job_measures_fid_in_inception_features(tmp_path):
+  """The job with --fid-inception: pytorch-fid's network (random weights, from a .pth as
+  the real file would be) gives the FID features of every score."""
+  import torch
+
+  from tests.torch_reference import random_fid_inception
+  net, _ = random_fid_inception(seed=0)
+  torch.save(net.state_dict(), tmp_path / 'pt_inception.pth')
+  common = dict(
+      channels=(8,), cache_dir=str(tmp_path / 'cache'), progress=False, classifier_width=4,
+      methods=('ga',), check_every=0, forget_samples=4, fid_samples_per_class=3,
+      sample_steps=3, overrides={'ddpm': {'steps': 20, 'num_timesteps': 100},
+                                 'classifier': {'epochs': 1}, 'ga': {'steps': 2}})
+  inception = run_generation(GenerationConfig(
+      fid_inception=str(tmp_path / 'pt_inception.pth'), **common), tmp_path / 'a')
+  classifier = run_generation(GenerationConfig(**common), tmp_path / 'b')
+  assert inception['evaluation']['fid_features'] == 'inception'
+  assert classifier['evaluation']['fid_features'] == 'classifier'
+  # Same samples (same seeds), same UA; the FID differs because the features do.
+  for key in ('original', 'ga'):
+    a = inception['original'] if key == 'original' else inception['methods'][key]
+    b = classifier['original'] if key == 'original' else classifier['methods'][key]
+    assert a['UA'] == b['UA'] and a['FID']['mean'] > 0
+    assert a['FID']['mean'] != pytest.approx(b['FID']['mean'], rel=1e-3)

@@ -34,7 +34,7 @@ from jaxunlearn.diffusion.methods import GENERATION_METHODS
 from jaxunlearn.diffusion.train import DiffusionConfig, train_diffusion
 from jaxunlearn.diffusion.unlearn import GenerationTask, generate
 from jaxunlearn.evaluate import summarize
-from jaxunlearn.evaluate.generation import fid_from_features
+from jaxunlearn.evaluate.generation import InceptionFeatures, fid_from_features
 from jaxunlearn.experiment import RunProgress, _check_settings
 from jaxunlearn.methods import cast_like, did_you_mean, resolve_hparams
 from jaxunlearn.models import digits_unet, make_model
@@ -65,6 +65,8 @@ class GenerationConfig:
     check_every: iterations between UA checks (steps-to-forget); 0 = only at the end.
     forget_samples: samples of the forgotten class for UA.
     fid_samples_per_class: samples of each remaining class for FID and acc_remaining.
+    fid_inception: pytorch-fid's Inception weight file (``pt_inception-2015-12-05-
+      6726825d.pth``): FID in Inception pool-3 features instead of the classifier's.
     sample_steps, guidance: the DDIM sampler of every evaluation (guidance in diffusers'
       convention; 2.0 = w 1 of Ho & Salimans).
     checkpoint_every, max_nonfinite: as :class:`jaxunlearn.experiment.ExperimentConfig`.
@@ -85,6 +87,7 @@ class GenerationConfig:
   check_every: int = 25
   forget_samples: int = 100
   fid_samples_per_class: int = 50
+  fid_inception: str | None = None
   sample_steps: int = 50
   guidance: float = 2.0
   checkpoint_every: int = 50
@@ -108,6 +111,9 @@ class GenerationConfig:
         raise ValueError(f'{key} must be >= 0 (0 = off), got {getattr(self, key)}')
     if self.forget_samples < 1 or self.fid_samples_per_class < 2:
       raise ValueError('forget_samples must be >= 1 and fid_samples_per_class >= 2')
+    if self.fid_inception is not None and not Path(self.fid_inception).is_file():
+      raise ValueError(f'--fid-inception {self.fid_inception}: no such file (pytorch-fid\'s '
+                       'pt_inception-2015-12-05-6726825d.pth, downloaded beforehand)')
     for name, hp in self.overrides.items():
       if name in ('ddpm', 'classifier'):
         _check_settings(hp, DiffusionConfig if name == 'ddpm' else TrainConfig, name)
@@ -138,9 +144,10 @@ class _Judge:
   """Classifies generated images: UA, accuracy and FID features, compiled once."""
 
   def __init__(self, model, variables, diffusion, config: GenerationConfig, image_shape,
-               real_features):
+               features, real_features):
     self.model, self.variables, self.diffusion = model, variables, diffusion
     self.config, self.shape = config, image_shape
+    self.features = features  # images in [-1, 1] -> [N, D] FID features
     self.real = real_features  # {class: features of its real training images}
 
   def sample(self, unet, variables, labels, seed):
@@ -159,7 +166,7 @@ class _Judge:
     others = [c for c in range(num_classes) if c != cls]
     labels = np.repeat(np.asarray(others, np.int32), self.config.fid_samples_per_class)
     images = self.sample(unet, variables, labels, seed + 2)
-    fake = _features(self.model, self.variables, images)
+    fake = self.features(images)
     real = np.concatenate([self.real[c] for c in others])
     return {'UA': self.forget_ua(unet, variables, cls, seed),
             'FID': fid_from_features(fake, real),
@@ -229,8 +236,13 @@ def run_generation(config: GenerationConfig, out_dir: str | Path | None = None,
       lambda: train_classifier(clf, ds.x_train, ds.y_train, clf_cfg, 0, desc='classifier',
                                progress=config.progress))
   test_acc = float(np.mean(np.argmax(predict(clf, clf_vars, ds.x_test), -1) == ds.y_test) * 100)
-  real = {c: _features(clf, clf_vars, ds.x_train[ds.y_train == c]) for c in range(10)}
-  judge = _Judge(clf, clf_vars, ddpm, config, ds.image_shape, real)
+  if config.fid_inception is None:
+    features = functools.partial(_features, clf, clf_vars)
+  else:
+    inception = InceptionFeatures.from_file(config.fid_inception)
+    features = lambda x: inception((x + 1) / 2)  # noqa: E731  [-1, 1] -> [0, 1]
+  real = {c: features(ds.x_train[ds.y_train == c]) for c in range(ds.num_classes)}
+  judge = _Judge(clf, clf_vars, ddpm, config, ds.image_shape, features, real)
   grids = {}
   for seed in config.seeds:
     done = progress.seed(seed)
@@ -338,11 +350,14 @@ def _results(config, progress, hparams, ddpm, clf_cfg, test_acc, clf_info, cls) 
       'classifier': {'test_accuracy': test_acc, 'train_s': clf_info['seconds']},
       'evaluation': {'forget_samples': config.forget_samples,
                      'fid_samples_per_class': config.fid_samples_per_class,
+                     'fid_features': 'classifier' if config.fid_inception is None
+                                     else 'inception',
                      'sample_steps': config.sample_steps, 'guidance': config.guidance,
                      'check_every': config.check_every, 'forgotten_at_UA': FORGOTTEN},
       'metrics_doc': 'UA: 100 - classifier accuracy (percent) on samples of the forgotten '
-                     'class; FID: Frechet distance between classifier features of samples '
-                     'of the remaining classes and of their real training images; '
+                     'class; FID: Frechet distance between the fid_features (classifier or '
+                     'Inception pool-3) of samples of the remaining classes and of their '
+                     'real training images; '
                      'acc_remaining: classifier accuracy on those samples; steps_to_forget: '
                      'first checked iteration with UA >= 95 (forgotten_runs: seeds that got '
                      'there); rte_s: seconds of unlearning, checks excluded; std over seeds',

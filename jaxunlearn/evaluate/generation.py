@@ -5,6 +5,12 @@ the matrix square root is computed as the sum of the square roots of the eigenva
 the symmetric ``S_1^(1/2) S_2 S_1^(1/2)`` (the same eigenvalues as ``S_1 S_2``), which
 needs no non-symmetric ``sqrtm`` and no complex parts to discard; ``tests/test_generation.py``
 checks it against pytorch-fid's scipy formula.
+
+Features: any ``[N, D]`` array. :class:`InceptionFeatures` gives the standard ones, the
+pool-3 features of pytorch-fid's Inception-v3 (:mod:`jaxunlearn.models.inception`), with
+weights converted from pytorch-fid's file on disk; the generation job on the 8x8 digits
+uses its own classifier's features by default (Inception sees 8x8 digits blown up to
+299x299, far from anything it was trained on) and Inception with ``--fid-inception``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,49 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   with jax.enable_x64(True):
     args = [jnp.asarray(a, jnp.float64) for a in (mu1, sigma1, mu2, sigma2)]
     return float(_frechet(*args))
+
+
+class InceptionFeatures:
+  """FID's Inception pool-3 features ``[N, 2048]`` of ``[N, H, W, C]`` images in
+  ``[0, 1]`` (C 1 or 3, any size: resized to 299 as pytorch-fid does), one compiled
+  program per batch shape.
+
+  pytorch-fid reads images from PNG files, so its inputs are quantized to 8 bits;
+  ``quantize=True`` (the default) does the same, so that FIDs match its numbers.
+
+      features = InceptionFeatures.from_file('pt_inception-2015-12-05-6726825d.pth')
+      fid = fid_from_features(features(real), features(fake))
+  """
+
+  def __init__(self, model, variables, batch_size: int = 50, quantize: bool = True):
+    if batch_size < 1:
+      raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    self.variables, self.batch_size, self.quantize = variables, batch_size, quantize
+    self._apply = jax.jit(lambda v, x: model.apply(v, x))
+
+  @classmethod
+  def from_file(cls, path, **kwargs) -> 'InceptionFeatures':
+    from jaxunlearn.convert.pytorch_fid import load_fid_inception
+    return cls(*load_fid_inception(path), **kwargs)
+
+  def __call__(self, images) -> np.ndarray:
+    x = np.asarray(images, np.float32)
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+      raise ValueError(f'InceptionFeatures takes [N, H, W, 1 or 3] images, got {x.shape}')
+    if not np.isfinite(x).all():
+      raise ValueError('images contain NaN or inf')
+    x = np.clip(x, 0.0, 1.0)
+    if self.quantize:
+      x = np.round(x * 255.0) / 255.0
+    out = []
+    for i in range(0, len(x), self.batch_size):
+      chunk = x[i:i + self.batch_size]
+      n = len(chunk)
+      if n < self.batch_size < len(x):  # pad the last batch: one shape, one compile
+        chunk = np.concatenate([chunk, np.zeros((self.batch_size - n, *x.shape[1:]),
+                                                x.dtype)])
+      out.append(np.asarray(self._apply(self.variables, chunk))[:n])
+    return np.concatenate(out)
 
 
 def fid_from_features(features_a, features_b) -> float:
