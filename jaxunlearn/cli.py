@@ -11,6 +11,9 @@ A run killed at any point resumes when the same command is run again (see --rest
 Exit status: 0 done, 1 done but some method run failed (diverged; see results.json
 ``failures``), 2 bad input or an unreadable checkpoint (nothing computed).
     jaxunlearn methods      # the registered methods and their default hyperparameters
+    jaxunlearn eval-strong [--dataset digits] [--scenario random:10] [--methods ft,salun]
+                           [--models 16] [--chunk 0] [--out DIR] [--set ...]
+                           # N unlearned vs N retrained models: challenge score, U-LiRA
 """
 
 from __future__ import annotations
@@ -116,6 +119,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help='run even if forget examples have exact copies in the retain or '
                         'test set')
   sub.add_parser('methods', help='list methods and default hyperparameters')
+  strong = sub.add_parser('eval-strong', help='many-model evaluation: the NeurIPS 2023 '
+                          'challenge score and U-LiRA over N unlearned vs N retrained models')
+  strong.add_argument('--dataset', default='digits')
+  strong.add_argument('--data-dir', default=None)
+  strong.add_argument('--image-size', type=int, default=None)
+  strong.add_argument('--model', default='resnet18')
+  strong.add_argument('--width', type=int, default=16)
+  strong.add_argument('--scenario', default='random:10')
+  strong.add_argument('--methods', type=_csv, default=None,
+                      help='comma-separated (default: ft,ga,rl,salun,sfron,lur)')
+  strong.add_argument('--models', type=int, default=16,
+                      help='N models of each kind (originals, Retrains, per method)')
+  strong.add_argument('--split-seed', type=int, default=0, help='seed of the one forget set')
+  strong.add_argument('--chunk', type=int, default=None,
+                      help='models per vmapped program (0: all; 1: a loop; default: all on '
+                           'a GPU/TPU, 1 on the CPU, where vmap measured slower)')
+  strong.add_argument('--set', dest='overrides', action='append', default=[],
+                      metavar='METHOD.NAME=VALUE')
+  strong.add_argument('--out', default='strong')
+  strong.add_argument('--cache-dir', default=None)
+  strong.add_argument('--no-cache', action='store_true')
+  strong.add_argument('--quiet', action='store_true')
   return parser
 
 
@@ -130,6 +155,8 @@ def main(argv=None) -> int:
       for name, m in sorted(registry.items()):
         print(f'{name:10s} {m.summary}\n{"":10s} {m.defaults}')
     return 0
+  if args.command == 'eval-strong':
+    return _run_strong(args)
   if args.task == 'generation':
     return _run_generation(args)
   if args.fid_inception is not None:
@@ -181,6 +208,27 @@ def _execute(run, table, written) -> int:
     for seed, message in seeds.items():
       print(f'jaxunlearn: {name} failed on seed {seed}: {message}', file=sys.stderr)
   return 1 if results.get('failures') else 0
+
+
+def _run_strong(args) -> int:
+  from jaxunlearn import checkpoint
+  from jaxunlearn.report import format_strong_table
+  from jaxunlearn.strong_eval import StrongConfig, run_strong
+  try:
+    cache = None if args.no_cache else (args.cache_dir or str(checkpoint.default_cache_dir()))
+    extra = {} if args.methods is None else {'methods': tuple(args.methods)}
+    config = StrongConfig(
+        dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
+        model=args.model, width=args.width, scenario=args.scenario, models=args.models,
+        split_seed=args.split_seed, chunk=args.chunk,
+        overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
+        **extra)
+    config.validate()
+  except ValueError as e:
+    print(f'jaxunlearn: error: {e}', file=sys.stderr)
+    return 2
+  return _execute(lambda: run_strong(config, args.out), format_strong_table,
+                  lambda r: f'{args.out}/results.json and {args.out}/strong.png')
 
 
 def _run_generation(args) -> int:

@@ -85,8 +85,11 @@ class UnlearnTask:
                        f'row {overlap[0][0]} = retain row {overlap[0][1]}, ...): a model cannot '
                        'forget what it keeps training on; remove the duplicates from one set')
     if self.variables is not None:
+      variables = self.variables
+      if self.parallel.is_ensemble:  # one model's variables stand for all
+        variables = jax.tree.map(lambda a: a[0], variables)
       try:
-        out = jax.eval_shape(lambda v, x: self.model.apply(v, x, train=False), self.variables,
+        out = jax.eval_shape(lambda v, x: self.model.apply(v, x, train=False), variables,
                              jax.ShapeDtypeStruct((1, *self.forget_x.shape[1:]), np.float32))
       except Exception as e:  # flax raises many types for a mismatched input
         raise ValueError(f'the model does not take images of shape {self.forget_x.shape[1:]} '
@@ -100,6 +103,17 @@ class UnlearnTask:
     return dict(seed=self.seed, desc=desc, progress=self.progress, callback=self.callback,
                 callback_every=self.callback_every, parallel=self.parallel,
                 control=self.control)
+
+
+def per_model(task: UnlearnTask, fn: Callable):
+  """``fn(variables)`` for the task's model, or for each model of an ensemble task
+  (``parallel`` mode 'vmap') one after another, the outputs stacked: for what a method
+  computes once before its loop (saliency masks, Fisher ratios)."""
+  if not task.parallel.is_ensemble:
+    return fn(task.variables)
+  outs = [fn(jax.tree.map(lambda a, i=i: a[i], task.variables))
+          for i in range(task.parallel.models)]
+  return jax.tree.map(lambda *a: np.stack(a), *outs)
 
 
 def check_sets(task) -> None:
@@ -258,6 +272,11 @@ def cast_like(value, default, where: str):
     raise ValueError(f'{where} must be a {type(default).__name__}, got {value!r}') from None
 
 
+def _one(task: UnlearnTask) -> Parallel:
+  """The devices of one model's pre-loop computations (an ensemble's run one by one)."""
+  return SINGLE if task.parallel.is_ensemble else task.parallel
+
+
 def _sgd(hp, **options) -> OptimConfig:
   return OptimConfig(hp['lr'], hp['momentum'], hp['weight_decay'], hp['schedule'], **options)
 
@@ -324,8 +343,8 @@ def salun(task: UnlearnTask, hp: dict):
   pass over D_r, gradients masked before SGD; ``mask_by_saliency(freeze=True)`` wraps the
   optimizer so that masked weights stay exactly at their original values.
   """
-  mask = salun_mask(task.model, task.variables, task.forget_x, task.forget_y, hp['keep'],
-                    hp['batch_size'], task.parallel)
+  mask = per_model(task, lambda v: salun_mask(task.model, v, task.forget_x, task.forget_y,
+                                              hp['keep'], hp['batch_size'], _one(task)))
   return _fit(task, hp, _rl_phases(task, hp), 'salun', mask=mask, saliency=True)
 
 
@@ -334,8 +353,8 @@ def salun(task: UnlearnTask, hp: dict):
 def salun_joint(task: UnlearnTask, hp: dict):
   """SalUn's objective ``L = CE(x_f, y') + alpha CE(x_r, y_r)`` minimised in joint steps:
   ``combine_forget_retain(1, alpha)`` then the masked optimizer."""
-  mask = salun_mask(task.model, task.variables, task.forget_x, task.forget_y, hp['keep'],
-                    hp['batch_size'], task.parallel)
+  mask = per_model(task, lambda v: salun_mask(task.model, v, task.forget_x, task.forget_y,
+                                              hp['keep'], hp['batch_size'], _one(task)))
   variables, _ = fit_joint(
       task.model, task.variables, Phase(task.forget_x, task.forget_y, _forget_loss(hp)),
       Phase(task.retain_x, task.retain_y, losses.cross_entropy), epochs=hp['epochs'],
@@ -352,8 +371,9 @@ _SFRON = dict(lr=0.01, iterations=100, alpha=25.0, lam=0.5, gamma=1.0, mask=True
 def _sfron(task: UnlearnTask, hp: dict, desc: str, **options):
   mask = None
   if hp['mask']:
-    mask = sfron_mask(task.model, task.variables, task.forget_x, task.forget_y, task.retain_x,
-                      task.retain_y, hp['gamma'], hp['batch_size'], task.parallel)
+    mask = per_model(task, lambda v: sfron_mask(
+        task.model, v, task.forget_x, task.forget_y, task.retain_x, task.retain_y,
+        hp['gamma'], hp['batch_size'], _one(task)))
   config = FastSlowConfig(hp['lr'], hp['momentum'], hp['weight_decay'], hp['schedule'],
                           hp['iterations'], hp['every'], hp['alpha'], 'cosine', hp['clip_norm'],
                           saliency=hp['mask'], **options)

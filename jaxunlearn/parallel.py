@@ -11,6 +11,11 @@ rounding (tests/test_parallel.py checks every method on 8 devices against 1):
   are): losses are normalised by the *global* batch weight, gradients and metrics averaged
   with ``lax.pmean``, BatchNorm statistics synchronised (the model is cloned with
   ``axis_name``), random labels drawn for the global batch (:class:`ShardKey`).
+- ``'vmap'``: not devices but an ensemble: ``models`` independent models on one device,
+  the step ``jax.vmap``-ed over a leading model axis of the state, the batches (each
+  model's own, ``[models, B, ...]``) and the key, in one ``jax.jit``. The loops of
+  :mod:`jaxunlearn.train` take one seed per model; metrics come back averaged over models
+  (``nonfinite``: the largest count). BatchNorm statistics stay per model.
 - ``'shard'``: ``jax.jit`` of the unchanged single-device step, its batch arguments
   sharded over a 1-D ``Mesh`` of the devices (``PartitionSpec(AXIS)``), the state and key
   replicated. XLA's SPMD partitioner inserts the collectives, so the program means what it
@@ -36,7 +41,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = 'devices'
-MODES = ('none', 'pmap', 'shard')
+MODES = ('none', 'pmap', 'shard', 'vmap')
 
 
 class ShardKey(NamedTuple):
@@ -63,18 +68,23 @@ class Parallel:
       not fit one device; XLA gathers them where a step needs them). Arrays with no such
       axis, or smaller than ``min_shard_size`` entries, stay replicated.
     min_shard_size: see ``shard_params``.
+    models: with 'vmap', the number of models of the ensemble.
   """
 
   mode: str = 'none'
   num_devices: int | None = None
   shard_params: bool = False
   min_shard_size: int = 2**14
+  models: int = 0
 
   def __post_init__(self):
     if self.mode not in MODES:
       raise ValueError(f"parallel mode must be one of {', '.join(MODES)}, got {self.mode!r}")
     if self.shard_params and self.mode != 'shard':
       raise ValueError("shard_params needs parallel mode 'shard'")
+    if (self.mode == 'vmap') != (self.models > 0):
+      raise ValueError(f"parallel mode 'vmap' needs models >= 1 (and only it takes models); "
+                       f'got mode {self.mode!r}, models {self.models}')
     if self.num_devices is not None:  # (the default touches no backend: it is built at import)
       available = jax.local_device_count()
       if self.mode == 'none' and self.num_devices != 1:
@@ -91,9 +101,19 @@ class Parallel:
     n = jax.local_device_count() if num_devices is None else num_devices
     return cls('pmap', num_devices) if n > 1 else cls('none')
 
+  @classmethod
+  def ensemble(cls, models: int) -> Parallel:
+    """``models`` models trained side by side by ``jax.vmap`` (mode 'vmap')."""
+    return cls('vmap', models=models)
+
+  @property
+  def is_ensemble(self) -> bool:
+    return self.mode == 'vmap'
+
   @property
   def size(self) -> int:
-    if self.mode == 'none':
+    """Devices a batch is split over (1 for 'none' and 'vmap')."""
+    if self.mode in ('none', 'vmap'):
       return 1
     return self.num_devices or jax.local_device_count()
 
@@ -177,6 +197,12 @@ class Parallel:
     donate_argnums = (0,) if donate else ()
     if self.mode == 'none':
       return jax.jit(fn, donate_argnums=donate_argnums)
+    if self.mode == 'vmap':
+      def ensemble_step(state, *args):
+        state, metrics = jax.vmap(fn)(state, *args)
+        return state, {k: (v.max() if k == 'nonfinite' else v.mean(0))
+                       for k, v in metrics.items()}
+      return jax.jit(ensemble_step, donate_argnums=donate_argnums)
     if self.mode == 'pmap':
       mapped = jax.pmap(fn, AXIS, in_axes=(0,) * (1 + num_batches) + (None,),
                         donate_argnums=donate_argnums, devices=self.devices)
@@ -206,6 +232,8 @@ class Parallel:
     (``lax.pmean`` over :data:`AXIS`, e.g. a batch gradient)."""
     if self.mode == 'none':
       return jax.jit(fn)
+    if self.mode == 'vmap':  # args per model, one batch for all: outputs [models, ...]
+      return jax.jit(jax.vmap(fn, in_axes=(0, None)))
     if self.mode == 'pmap':
       mapped = jax.pmap(fn, AXIS, in_axes=(None, 0), devices=self.devices)
 

@@ -121,3 +121,81 @@ def plot_alignment(results: dict, path: str | Path) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=130)
   plt.close(fig)
+
+
+STRONG_COLUMNS = (('forget_quality', 'F (chal.)', 3), ('challenge_score', 'score', 3),
+                  ('ulira_auc', 'U-LiRA AUC', 3), ('ulira_accuracy', 'U-LiRA acc', 3),
+                  ('ulira_tpr_at_1pct_fpr', 'TPR@1%', 3), ('UA', 'UA', 1), ('RA', 'RA', 1),
+                  ('TA', 'TA', 1), ('MIA', 'MIA(SVC)', 1), ('rte_s_per_model', 's/model', 1))
+
+
+def format_strong_table(results: dict) -> str:
+  """The many-model evaluation as text: one row per method, Retrain first."""
+  header = ['method'] + [t for _, t, _ in STRONG_COLUMNS]
+  body = []
+  for name, row in results['methods'].items():
+    cells = [name]
+    for key, _, digits in STRONG_COLUMNS:
+      value = row.get(key)
+      if isinstance(value, dict):
+        cells.append(_cell(value, digits))
+      else:
+        cells.append('-' if value is None else f'{value:.{digits}f}')
+    body.append(cells)
+  widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+  line = lambda r: '  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                             enumerate(zip(r, widths)))
+  title = (f"{results['dataset']}  scenario {results['scenario']}  {results['models']} "
+           f"models per kind, |D_f| = {results['forget_size']}  (F, score: 1 = like Retrain; "
+           'AUC, acc: 0.5 = like Retrain; UA/RA/TA/MIA mean ± std over models)')
+  return '\n'.join([title, line(header), line(['-' * w for w in widths])] +
+                   [line(r) for r in body])
+
+
+def plot_strong(results: dict, path: str | Path) -> None:
+  """Per-example distributions (challenge epsilon, U-LiRA accuracy) per method, and the
+  aggregate scores next to the single-model SVC MIA."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  names = list(results['per_example'])
+  fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={'width_ratios': [1.2, 1.2, 1]})
+  palette = plt.get_cmap('tab10')
+  for ax, key, label, ref in ((axes[0], 'epsilon', 'per-example epsilon (challenge)', 0.0),
+                              (axes[1], 'ulira_accuracy', 'per-example U-LiRA accuracy', 0.5)):
+    data = [np.asarray(results['per_example'][n][key]) for n in names]
+    if names:
+      parts = ax.violinplot(data, showmedians=True, widths=0.8)
+      for i, body in enumerate(parts['bodies']):
+        body.set_facecolor(palette(i % 10))
+        body.set_alpha(0.6)
+      rng = np.random.default_rng(0)
+      for i, d in enumerate(data):
+        ax.scatter(i + 1 + rng.uniform(-0.15, 0.15, len(d)), d, s=4, color='k', alpha=0.3)
+    ax.axhline(ref, color='k', ls='--', lw=1)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=30)
+    ax.set_ylabel(label)
+    ax.set_title(f'{label.split(" (")[0]} (dashed: Retrain-like)', fontsize=10)
+  x = np.arange(len(names))
+  bars = (('forget_quality', 'challenge F'), ('ulira_auc', 'U-LiRA AUC'),
+          ('MIA', 'SVC MIA / 100'))
+  width = 0.8 / len(bars)
+  for j, (key, label) in enumerate(bars):
+    values = [results['methods'][n][key]['mean'] / 100 if key == 'MIA'
+              else results['methods'][n][key] for n in names]
+    axes[2].bar(x + (j - 1) * width, values, width, label=label)
+  if 'retrain' in results['methods']:
+    axes[2].axhline(results['methods']['retrain']['MIA']['mean'] / 100, color='C2', ls=':',
+                    lw=1, label="Retrain's SVC MIA")
+  axes[2].set_xticks(x, names, rotation=30)
+  axes[2].set_ylim(0, 1.05)
+  axes[2].legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.25), ncol=2,
+                 frameon=False)
+  axes[2].set_title('F: 1 best · AUC: 0.5 best', fontsize=10)
+  fig.suptitle(f"{results['dataset']} · {results['scenario']} · {results['models']} unlearned "
+               f"vs {results['models']} retrained models per method")
+  fig.tight_layout()
+  fig.savefig(path, dpi=130)
+  plt.close(fig)

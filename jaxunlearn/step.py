@@ -287,7 +287,8 @@ def predict(model: nn.Module, variables, x, batch_size: int = 512,
   """Eval-mode logits for all of ``x`` as a float32 numpy array ``[N, num_classes]``.
 
   Runs in fixed-size batches (the last one padded) so that one program serves any N;
-  with ``parallel``, each batch is split over its devices.
+  with ``parallel``, each batch is split over its devices. An ensemble's (``parallel``
+  mode 'vmap', variables with a model axis) logits are ``[models, N, num_classes]``.
   """
   n = len(x)
   if n == 0:
@@ -300,5 +301,6 @@ def predict(model: nn.Module, variables, x, batch_size: int = 512,
     pad = size - len(chunk)
     if pad:
       chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-    out.append(np.asarray(apply(variables, chunk))[:size - pad])
-  return np.concatenate(out)
+    logits = np.asarray(apply(variables, chunk))
+    out.append(logits[:, :size - pad] if parallel.is_ensemble else logits[:size - pad])
+  return np.concatenate(out, axis=1 if parallel.is_ensemble else 0)

@@ -305,14 +305,64 @@ def num_batches(n: int, batch_size: int, multiple_of: int = 1) -> int:
   return math.ceil(n / _batch_size(n, batch_size, multiple_of))
 
 
+def ensemble_seeds(seed, parallel: Parallel) -> list[int] | None:
+  """The seeds of an ensemble (``parallel`` mode 'vmap': one per model), None for one
+  model; raises ValueError when ``seed`` does not fit ``parallel``."""
+  if not parallel.is_ensemble:
+    if not isinstance(seed, (int, np.integer)):
+      raise ValueError(f'one model takes one int seed, got {seed!r}; several seeds train '
+                       'an ensemble: pass parallel=Parallel.ensemble(len(seeds))')
+    return None
+  seeds = [int(s) for s in np.atleast_1d(seed)]
+  if len(seeds) != parallel.models:
+    raise ValueError(f'an ensemble of {parallel.models} models needs {parallel.models} seeds, '
+                     f'got {len(seeds)}')
+  return seeds
+
+
+def _base_key(seed, parallel: Parallel):
+  seeds = ensemble_seeds(seed, parallel)
+  return jax.random.key(seed) if seeds is None else jax.vmap(jax.random.key)(jnp.asarray(seeds))
+
+
+def _stack(rows):
+  return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+
+
+def _epoch(n: int, batch_size: int, seed, stream: int, epoch: int, parallel: Parallel):
+  """One epoch's ``(indices, weights)`` of stream ``stream`` (0: the first phase or the
+  retain set, 1: the forget set, ...); an ensemble's are ``[models, B]``, each model's
+  those it would draw alone."""
+  seeds = ensemble_seeds(seed, parallel)
+  if seeds is None:
+    yield from epoch_batches(n, batch_size, seed * 1000 + stream, epoch,
+                             multiple_of=parallel.size)
+    return
+  for rows in zip(*[epoch_batches(n, batch_size, s * 1000 + stream, epoch) for s in seeds]):
+    yield _stack(rows)
+
+
+def _cycle(n: int, batch_size: int, seed, stream: int, parallel: Parallel):
+  seeds = ensemble_seeds(seed, parallel)
+  if seeds is None:
+    return cycle_batches(n, batch_size, seed * 1000 + stream, parallel.size)
+  return map(_stack, zip(*[cycle_batches(n, batch_size, s * 1000 + stream) for s in seeds]))
+
+
 def _init_masked(variables, tx_factory, mask, parallel: Parallel = SINGLE):
   """A fresh state for ``tx_factory()`` with ``mask`` (if any) installed, placed for
-  ``parallel``'s compiled steps."""
-  state = init_state(variables, tx_factory())
-  if mask is not None:
-    from jaxunlearn.transforms import set_saliency_mask
-    state = state._replace(opt_state=set_saliency_mask(state.opt_state, mask))
-  return parallel.put(state)
+  ``parallel``'s compiled steps (an ensemble's variables and masks have a model axis)."""
+  from jaxunlearn.transforms import set_saliency_mask
+
+  def init(v, m):
+    state = init_state(v, tx_factory())
+    return state if m is None else state._replace(opt_state=set_saliency_mask(state.opt_state,
+                                                                              m))
+  if parallel.is_ensemble:  # model by model (mask checks run on the host), then stacked
+    pick = lambda tree, i: None if tree is None else jax.tree.map(lambda a: a[i], tree)  # noqa: E731
+    states = [init(pick(variables, i), pick(mask, i)) for i in range(parallel.models)]
+    return jax.tree.map(lambda *a: jnp.stack(a), *states)
+  return parallel.put(init(variables, mask))
 
 
 def _start(variables, optim: OptimConfig, total: int, mask, parallel: Parallel):
@@ -401,7 +451,7 @@ def run_updates(state, plan, total: int, *, parallel: Parallel, control: LoopCon
       return
     count = int(metrics['nonfinite'])  # metrics are one replica's (Parallel.compile)
     if count >= control.max_nonfinite:
-      control.skipped = int(np.asarray(parallel.get(state.skipped)))
+      control.skipped = int(np.sum(parallel.get(state.skipped)))
       loss = float(metrics['loss'])
       raise NonFiniteError(
           f'{desc}: {count} steps in a row up to update {at} of {total} had a non-finite loss, '
@@ -440,7 +490,7 @@ def run_updates(state, plan, total: int, *, parallel: Parallel, control: LoopCon
       control.overhead_seconds += time.perf_counter() - start
   bar.close()
   check(previous, done)
-  control.skipped = int(np.asarray(parallel.get(state.skipped)))
+  control.skipped = int(np.sum(parallel.get(state.skipped)))  # an ensemble's: all models
   if callback is not None and (not callback_every or total % callback_every):
     callback(total, parallel.get(state.variables))
   out = {k: np.asarray(saved[k] + [float(v) for v in np.asarray(jax.device_get(fresh[k]))
@@ -468,7 +518,7 @@ def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: i
   total = sum(num_batches(len(p), batch_size, m) for e in range(epochs) for p in phases
               if p.active(e))
   optim, state = _start(variables, optim, total, mask, parallel)
-  base_key = jax.random.key(seed)
+  base_key = _base_key(seed, parallel)
 
   def plan():
     for epoch in range(epochs):
@@ -476,8 +526,7 @@ def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: i
         if not phase.active(epoch):
           continue
         step = compiled_train_step(model, phase.loss_fn, optim, parallel)
-        for idx, w in epoch_batches(len(phase), batch_size, seed * 1000 + phase_id, epoch,
-                                    multiple_of=m):
+        for idx, w in _epoch(len(phase), batch_size, seed, phase_id, epoch, parallel):
           yield (lambda st, step=step, batch=functools.partial(phase.batch, idx, w):
                  step(st, *batch(), base_key)), {'loss': phase.name}
 
@@ -514,12 +563,12 @@ def fit_joint(model, variables, forget: Phase, retain: Phase, *, epochs: int,
   total = epochs * num_batches(len(retain), batch_size, m)
   optim, state = _start(variables, optim, total, mask, parallel)
   step = compiled_forget_retain_step(model, forget.loss_fn, retain.loss_fn, optim, parallel)
-  base_key = jax.random.key(seed)
-  forget_iter = cycle_batches(len(forget), batch_size, seed * 1000 + 1, m)
+  base_key = _base_key(seed, parallel)
+  forget_iter = _cycle(len(forget), batch_size, seed, 1, parallel)
 
   def plan():
     for epoch in range(epochs):
-      for idx, w in epoch_batches(len(retain), batch_size, seed * 1000, epoch, multiple_of=m):
+      for idx, w in _epoch(len(retain), batch_size, seed, 0, epoch, parallel):
         f = next(forget_iter)
         yield (lambda st, f=f, r=(idx, w): step(st, forget.batch(*f), retain.batch(*r),
                                                 base_key)), \
@@ -558,9 +607,9 @@ def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: Fas
   forget_step = compiled_forget_step(model, forget.loss_fn, retain.loss_fn, forget_cfg,
                                      parallel)
   retain_step = compiled_train_step(model, retain.loss_fn, retain_cfg, parallel)
-  forget_iter = cycle_batches(len(forget), batch_size, seed * 1000 + 1, parallel.size)
-  retain_iter = cycle_batches(len(retain), batch_size, seed * 1000, parallel.size)
-  base_key = jax.random.key(seed)
+  forget_iter = _cycle(len(forget), batch_size, seed, 1, parallel)
+  retain_iter = _cycle(len(retain), batch_size, seed, 0, parallel)
+  base_key = _base_key(seed, parallel)
   total = config.iterations + -(-config.iterations // config.every)
   with_retain = config.precondition != 'none'
 
@@ -609,7 +658,12 @@ def train_classifier(model, x, y, config: TrainConfig, seed: int, desc: str = 't
   """Trains ``model`` from scratch on (x, y) with cross-entropy; returns flax variables.
   ``control`` (checkpoints, the non-finite guard) and ``callback`` as in :func:`fit`."""
   from jaxunlearn.losses import cross_entropy
-  variables = init_variables(model, x.shape[1:], seed)
+  seeds = ensemble_seeds(seed, parallel)
+  if seeds is None:
+    variables = init_variables(model, x.shape[1:], seed)
+  else:  # one initialisation per model, each the one it would have alone
+    variables = jax.tree.map(lambda *a: np.stack(a),
+                             *[init_variables(model, x.shape[1:], s) for s in seeds])
   variables, _ = fit(model, variables, [Phase(x, y, cross_entropy)], epochs=config.epochs,
                      batch_size=config.batch_size, optim=config.optim(), seed=seed, desc=desc,
                      progress=progress, parallel=parallel, control=control,
