@@ -16,6 +16,15 @@ def _cell(stat: dict | None, digits: int) -> str:
   return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def text_table(title: str, header: list[str], body: list[list[str]], footer=()) -> str:
+  """A plain-text table: the first column left-aligned, the others right-aligned."""
+  widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+  line = lambda r: '  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in  # noqa: E731
+                             enumerate(zip(r, widths)))
+  return '\n'.join([title, line(header), line(['-' * w for w in widths])] +
+                   [line(r) for r in body] + list(footer))
+
+
 def format_table(results: dict) -> str:
   """A plain-text table: one row per method (and the original), mean ± std over seeds."""
   rows = [('original', results.get('original', {}))] + list(results['methods'].items())
@@ -30,15 +39,11 @@ def format_table(results: dict) -> str:
   digits = {'KL': 3, 'grad_cosine': 3, 'skipped_steps': 1}
   body = [[name] + [_cell(stats.get(key), digits.get(key, 2)) for key, _ in columns]
           for name, stats in rows]
-  widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-  line = lambda r: '  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                             enumerate(zip(r, widths)))
   title = (f"{results['dataset']}  scenario {results['scenario']}  seeds "
            f"{','.join(map(str, results['seeds']))}  (percent; Avg.Gap vs Retrain)")
   failed = [f'{name} failed on seed {seed} (mean and std over the other seeds)'
             for name, seeds in results.get('failures', {}).items() for seed in seeds]
-  return '\n'.join([title, line(header), line(['-' * w for w in widths])] +
-                   [line(r) for r in body] + failed)
+  return text_table(title, header, body, failed)
 
 
 def plot_results(results: dict, path: str | Path) -> None:
@@ -142,14 +147,10 @@ def format_strong_table(results: dict) -> str:
       else:
         cells.append('-' if value is None else f'{value:.{digits}f}')
     body.append(cells)
-  widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-  line = lambda r: '  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                             enumerate(zip(r, widths)))
   title = (f"{results['dataset']}  scenario {results['scenario']}  {results['models']} "
            f"models per kind, |D_f| = {results['forget_size']}  (F, score: 1 = like Retrain; "
            'AUC, acc: 0.5 = like Retrain; UA/RA/TA/MIA mean ± std over models)')
-  return '\n'.join([title, line(header), line(['-' * w for w in widths])] +
-                   [line(r) for r in body])
+  return text_table(title, header, body)
 
 
 def plot_strong(results: dict, path: str | Path) -> None:

@@ -9,6 +9,12 @@ if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '
 # Tests never touch the user's cache of trained models.
 os.environ.setdefault('JAXUNLEARN_CACHE', os.path.join(os.path.dirname(__file__), '..', '.pytest_cache', 'jaxunlearn'))
 
+# torchvision's PyPI wheel needs CUDA libraries the CPU torch here lacks; diffusers imports
+# torchvision when it is installed (pytorch-fid needs it), so load its Python code only.
+from tests.torch_reference import ensure_torchvision_importable  # noqa: E402
+
+ensure_torchvision_importable()
+
 import numpy as np
 import pytest
 

@@ -18,10 +18,14 @@ import sys
 import types
 
 
-def import_pytorch_fid():
-  """``pytorch_fid.inception``, importing torchvision's Python code only if need be."""
+def ensure_torchvision_importable() -> None:
+  """Makes ``import torchvision`` work (its Python code only, if its compiled operators do
+  not load). diffusers imports torchvision whenever it is installed, so ``conftest.py``
+  calls this before any test imports diffusers."""
   try:
     import torchvision  # noqa: F401
+  except ModuleNotFoundError:
+    return  # not installed: nothing imports it
   except (ImportError, OSError, RuntimeError):
     for name in [m for m in sys.modules if m == 'torchvision' or m.startswith('torchvision.')]:
       del sys.modules[name]
@@ -30,9 +34,15 @@ def import_pytorch_fid():
       raise
     package = types.ModuleType('torchvision')
     package.__path__ = [os.path.dirname(spec.origin)]
+    package.__spec__ = spec  # its real spec (find_spec must work), its loader not run
     package.__version__ = importlib.metadata.version('torchvision')
     sys.modules['torchvision'] = package
-    importlib.import_module('torchvision.models.inception')
+
+
+def import_pytorch_fid():
+  """``pytorch_fid.inception``, importing torchvision's Python code only if need be."""
+  ensure_torchvision_importable()
+  importlib.import_module('torchvision.models.inception')
   return importlib.import_module('pytorch_fid.inception')
 
 

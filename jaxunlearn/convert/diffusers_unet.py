@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxunlearn.convert._place import place_tensors
 from jaxunlearn.models.unet import UNet2D
 
 # UNet2DModel config keys and what we do with them.
@@ -90,23 +91,8 @@ def convert_unet_params(state_dict: dict, model: UNet2D, image_size: int | None 
     if name in targets:
       raise AssertionError(f'two flax params map to {name}')  # a bug in UNet2D's names
     targets[name] = (tuple(p.key for p in path), leaf)
-  params, unused, wrong = {}, [], []
-  for key, tensor in state_dict.items():
-    name = key.replace('.', '_')
-    if name not in targets:
-      unused.append(key)
-      continue
-    path, leaf = targets.pop(name)
-    value = np.asarray(tensor.detach().cpu().numpy() if hasattr(tensor, 'detach') else tensor,
-                       np.float32)
-    value = _to_flax(value, path[-1])
-    if value.shape != leaf.shape:
-      wrong.append(f'{key}: {value.shape} for {"/".join(path)} {leaf.shape}')
-      continue
-    node = params
-    for part in path[:-1]:
-      node = node.setdefault(part, {})
-    node[path[-1]] = value
+  params, unused, wrong = place_tensors(state_dict, targets, lambda k: k.replace('.', '_'),
+                                        lambda value, path: _to_flax(value, path[-1]))
   if unused or targets or wrong:
     raise ValueError('the state dict does not fit this UNet2D: '
                      f'{len(unused)} tensors without a param {unused[:8]}, '

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxunlearn.convert._place import place_tensors
 from jaxunlearn.models.inception import FIDInceptionV3
 
 # pytorch-fid's InceptionV3 wrapper: blocks.<i>.<j> -> torchvision attribute (pools skipped).
@@ -51,6 +52,12 @@ def _canonical(key: str) -> str | None:
   return key
 
 
+def _to_flax(value: np.ndarray, path: tuple) -> np.ndarray:
+  if path[-1] == 'kernel':  # conv OIHW -> HWIO, linear (out, in) -> (in, out)
+    return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+  return value
+
+
 def convert_fid_inception(state_dict: dict, model: FIDInceptionV3 | None = None) -> dict:
   """The variables (``params`` and ``batch_stats``) of ``model`` from pytorch-fid's state
   dict (numpy arrays or torch tensors).
@@ -63,26 +70,7 @@ def convert_fid_inception(state_dict: dict, model: FIDInceptionV3 | None = None)
       jax.random.key(0), jnp.zeros((1, 299, 299, 3)), preprocess=False))
   targets = {_torch_name(path): (tuple(p.key for p in path), leaf)
              for path, leaf in jax.tree_util.tree_leaves_with_path(shapes)}
-  variables, unused, wrong = {}, [], []
-  for key, tensor in state_dict.items():
-    name = _canonical(key)
-    if name is None:
-      continue
-    if name not in targets:
-      unused.append(key)
-      continue
-    path, leaf = targets.pop(name)
-    value = np.asarray(tensor.detach().cpu().numpy() if hasattr(tensor, 'detach') else tensor,
-                       np.float32)
-    if path[-1] == 'kernel':  # conv OIHW -> HWIO, linear (out, in) -> (in, out)
-      value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
-    if value.shape != leaf.shape:
-      wrong.append(f'{key}: {value.shape} for {"/".join(path)} {leaf.shape}')
-      continue
-    node = variables
-    for part in path[:-1]:
-      node = node.setdefault(part, {})
-    node[path[-1]] = value
+  variables, unused, wrong = place_tensors(state_dict, targets, _canonical, _to_flax)
   if all(k.startswith('blocks.') for k in state_dict) and not unused and not wrong:
     for name in [n for n in targets if n.startswith('fc.')]:  # the wrapper has no classifier
       path, leaf = targets.pop(name)

@@ -6,15 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxunlearn.report import _cell, text_table
+
 COLUMNS = (('UA', 'UA', 1), ('FID', 'FID', 2), ('acc_remaining', 'acc rest', 1),
            ('steps_to_forget', 'iters to UA>=95', 0), ('rte_s', 'RTE s', 1),
            ('skipped_steps', 'skipped', 0))
-
-
-def _cell(stat, digits):
-  if stat is None:
-    return '-'
-  return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def format_generation_table(results: dict) -> str:
@@ -32,16 +28,13 @@ def format_generation_table(results: dict) -> str:
         cell = cell if got == n_seeds else f'{cell} ({got}/{n_seeds} seeds)' if got else 'never'
       cells.append(cell)
     body.append(cells)
-  widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-  line = lambda r: '  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                             enumerate(zip(r, widths)))
+  features = results.get('evaluation', {}).get('fid_features', 'classifier')
   title = (f"{results['dataset']} DDPM  forget class {results['forget_class']}  seeds "
-           f"{','.join(map(str, results['seeds']))}  (UA, acc: percent; FID on classifier "
+           f"{','.join(map(str, results['seeds']))}  (UA, acc: percent; FID on {features} "
            'features of the remaining classes)')
   failed = [f'{name} failed on seed {seed}' for name, seeds in
             results.get('failures', {}).items() for seed in seeds]
-  return '\n'.join([title, line(header), line(['-' * w for w in widths])] +
-                   [line(r) for r in body] + failed)
+  return text_table(title, header, body, failed)
 
 
 def _plt():
