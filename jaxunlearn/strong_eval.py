@@ -31,6 +31,7 @@ from jaxunlearn import methods as methods_lib
 from jaxunlearn.data import load_dataset, make_split
 from jaxunlearn.evaluate import metrics as M
 from jaxunlearn.evaluate import strong
+from jaxunlearn.evaluate.protocol import Outputs, evaluate
 from jaxunlearn.models import make_model
 from jaxunlearn.parallel import SINGLE, Parallel
 from jaxunlearn.step import predict
@@ -126,18 +127,15 @@ def _model_metrics(model, variables, ds, split, num_models: int) -> dict:
   ens = Parallel.ensemble(num_models)
   logits_train = predict(model, variables, ds.x_train, parallel=ens)
   logits_test = predict(model, variables, ds.x_test[split.test], parallel=ens)
-  y_f, y_r = ds.y_train[split.forget], ds.y_train[split.retain]
-  y_t = ds.y_test[split.test]
-  n_shadow = min(len(y_t), len(y_r))
   rows = {'UA': [], 'RA': [], 'TA': [], 'MIA': []}
-  for lt, lte in zip(logits_train, logits_test):
-    f, r = M.softmax(lt[split.forget]), M.softmax(lt[split.retain])
-    t = M.softmax(lte)
-    rows['UA'].append(100.0 - M.accuracy(f, y_f))
-    rows['RA'].append(M.accuracy(r, y_r))
-    rows['TA'].append(M.accuracy(t, y_t))
-    rows['MIA'].append(M.mia_efficacy(r[:n_shadow], y_r[:n_shadow], t, y_t, f, y_f))
-  conf = strong.logit_scaled_confidence(logits_train[:, split.forget], y_f)
+  for lt, lte in zip(logits_train, logits_test):  # the protocol's metrics, model by model
+    out = Outputs(forget=M.softmax(lt[split.forget]), retain=M.softmax(lt[split.retain]),
+                  test=M.softmax(lte))
+    metrics = evaluate(out, ds, split)
+    for key in rows:
+      rows[key].append(metrics[key])
+  conf = strong.logit_scaled_confidence(logits_train[:, split.forget],
+                                         ds.y_train[split.forget])
   return {'conf': conf, **{k: np.asarray(v) for k, v in rows.items()}}
 
 
