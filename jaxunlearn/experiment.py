@@ -221,7 +221,7 @@ def _prepare_seed(s: _Setup, seed: int, split=None) -> _Seed:
   original, _ = checkpoint.cached(
       config.cache_dir, 'original',
       {**s.cache_key, 'train': dataclasses.asdict(s.train_cfg), 'seed': seed},
-      lambda ckpt: train_classifier(model, ds.x_train, ds.y_train, s.train_cfg, seed,
+      lambda ckpt=None: train_classifier(model, ds.x_train, ds.y_train, s.train_cfg, seed,
                                     desc=f'original (seed {seed})', progress=config.progress,
                                     parallel=task.parallel, control=control(ckpt)),
       like=s.like, checkpoint_every=config.checkpoint_every)
@@ -229,7 +229,7 @@ def _prepare_seed(s: _Setup, seed: int, split=None) -> _Seed:
       config.cache_dir, 'retrain',
       {**s.cache_key, 'train': s.retrain_hp, 'seed': seed, 'scenario': config.scenario,
        'forget': split.forget.tolist()},
-      lambda ckpt: methods_lib.get_method('retrain').run(
+      lambda ckpt=None: methods_lib.get_method('retrain').run(
           dataclasses.replace(task, control=control(ckpt)), s.retrain_hp),
       like=s.like, checkpoint_every=config.checkpoint_every)
   reference = model_outputs(model, retrained, ds, split, task.parallel)

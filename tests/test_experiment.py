@@ -11,7 +11,9 @@ def test_default_class_run_retrain_is_the_gold_standard(tmp_path):
                            tmp_path)
   retrain, original = results['methods']['retrain'], results['original']
   assert retrain['UA']['mean'] == 100.0
-  assert abs(retrain['TA']['mean'] - original['TA']['mean']) <= 2.0
+  # One seed on 322 test images: over 8 seeds Retrain's TA is 98.9 +- 0.7 and the
+  # original's 99.1 +- 0.5 (eval-strong, class:3), so 3 points (10 images) bounds a seed.
+  assert abs(retrain['TA']['mean'] - original['TA']['mean']) <= 3.0
   assert original['UA']['mean'] < 5.0  # the original does remember class 3
   assert results['methods']['rl']['UA']['mean'] > 90.0
   assert (tmp_path / 'results.json').exists() and (tmp_path / 'results.png').exists()

@@ -24,6 +24,14 @@ import jax.numpy as jnp
 ModuleDef = Any
 
 
+def _TorchPaddedConv(features, kernel_size, strides=(1, 1), **kwargs):
+  """A convolution padded as PyTorch's ``Conv2d(padding=k // 2)``: ``k // 2`` on every
+  side. XLA's 'SAME' pads a stride-2 3x3 convolution (0, 1) on an even input, one pixel off
+  the reference network's (1, 1) (the two disagree on every stride-2 output)."""
+  pad = [(k // 2, k // 2) for k in kernel_size]
+  return nn.Conv(features, kernel_size, strides, padding=pad, **kwargs)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions with BatchNorm and an identity or 1x1 projection shortcut."""
 
@@ -68,7 +76,7 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False, features: bool = False):
     """Logits ``[B, num_classes]``, or with ``features`` the pooled penultimate features
     ``[B, width * 8]`` (the embedding generation metrics compare)."""
-    conv = functools.partial(nn.Conv, use_bias=False, padding='SAME', dtype=self.dtype)
+    conv = functools.partial(_TorchPaddedConv, use_bias=False, dtype=self.dtype)
     # PyTorch's BatchNorm2d defaults: momentum 0.1 (flax: 0.9), eps 1e-5.
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype, axis_name=self.axis_name)
