@@ -65,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--data-dir', default=None, help='TFDS data_dir holding the prepared data')
   run.add_argument('--image-size', type=int, default=None,
                    help='input side (digits default 16; TFDS: as stored)')
-  run.add_argument('--model', default='resnet18')
+  run.add_argument('--model', default=None,
+                   help="classification: resnet18 (default) or resnet10; generation: unet "
+                        "(default), ddpm-cifar10 (DDPM's CIFAR-10 UNet) or dit (a tiny "
+                        "pixel-space DiT)")
   run.add_argument('--width', type=int, default=16,
                    help='channels of the first stage (64 = the standard ResNet-18)')
   run.add_argument('--scenario', default='class:3', help="'class:K' or 'random:P'")
@@ -128,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
   strong.add_argument('--width', type=int, default=16)
   strong.add_argument('--scenario', default='random:10')
   strong.add_argument('--methods', type=_csv, default=None,
-                      help='comma-separated (default: ft,ga,rl,salun,sfron,lur)')
+                      help='comma-separated (default: ft,ga,rl,salun,sfron,lur); original '
+                           'scores the originals as they are (the floor)')
   strong.add_argument('--models', type=int, default=16,
                       help='N models of each kind (originals, Retrains, per method)')
   strong.add_argument('--split-seed', type=int, default=0, help='seed of the one forget set')
@@ -141,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
   strong.add_argument('--cache-dir', default=None)
   strong.add_argument('--no-cache', action='store_true')
   strong.add_argument('--quiet', action='store_true')
+  convert = sub.add_parser('convert-dit', help='a downloaded diffusers DiT pipeline folder '
+                           '(e.g. facebook/DiT-XL-2-256) -> an orbax checkpoint of our Flax '
+                           'DiT and AutoencoderKL')
+  convert.add_argument('pipeline', help='folder with transformer/ (and vae/) as '
+                       'DiTPipeline.save_pretrained or huggingface-cli download writes it')
+  convert.add_argument('out', help='output folder (config.json + orbax params)')
+  convert.add_argument('--time-freq-shift', type=float, default=0.0,
+                       help="timestep frequencies: 0 = the original DiT code's (default; the "
+                            "released checkpoints were trained with it), 1 = diffusers'")
   return parser
 
 
@@ -157,6 +170,8 @@ def main(argv=None) -> int:
     return 0
   if args.command == 'eval-strong':
     return _run_strong(args)
+  if args.command == 'convert-dit':
+    return _convert_dit(args)
   if args.task == 'generation':
     return _run_generation(args)
   if args.fid_inception is not None:
@@ -171,7 +186,7 @@ def main(argv=None) -> int:
     cache = None if args.no_cache else (args.cache_dir or str(checkpoint.default_cache_dir()))
     config = ExperimentConfig(
         dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
-        model=args.model, width=args.width, scenario=args.scenario,
+        model=args.model or 'resnet18', width=args.width, scenario=args.scenario,
         methods=tuple(args.methods or ('retrain', 'ft', 'ga', 'rl')), seeds=tuple(args.seeds),
         overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
         tune=args.tune, tune_seeds=tuple(args.tune_seeds), tune_grid=tuple(args.tune_grid),
@@ -240,8 +255,11 @@ def _run_generation(args) -> int:
     extra = {} if args.methods is None else {'methods': tuple(args.methods)}
     if args.image_size is not None:
       extra['image_size'] = args.image_size
+    if args.model is not None:
+      extra['model'] = args.model
     config = GenerationConfig(
-        dataset=args.dataset, scenario=args.scenario, seeds=tuple(args.seeds),
+        dataset=args.dataset, data_dir=args.data_dir, scenario=args.scenario,
+        seeds=tuple(args.seeds),
         overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
         check_every=args.check_every, checkpoint_every=args.checkpoint_every,
         max_nonfinite=args.max_nonfinite or None, fid_inception=args.fid_inception, **extra)
@@ -253,6 +271,27 @@ def _run_generation(args) -> int:
                   format_generation_table,
                   lambda r: f'{args.out}/results.json, results.png, forgetting.png and '
                             'samples.png')
+
+
+def _convert_dit(args) -> int:
+  from pathlib import Path
+
+  from jaxunlearn.convert import load_diffusers_dit, load_diffusers_vae, save_dit_checkpoint
+  from jaxunlearn.models.dit import count_params
+  try:
+    model, params = load_diffusers_dit(args.pipeline, args.time_freq_shift)
+    vae = vae_params = None
+    if (Path(args.pipeline) / 'vae').is_dir():
+      vae, vae_params = load_diffusers_vae(args.pipeline)
+  except (FileNotFoundError, ValueError) as e:
+    print(f'jaxunlearn: error: {e}', file=sys.stderr)
+    return 2
+  out = save_dit_checkpoint(args.out, model, params, vae, vae_params)
+  print(f'DiT ({count_params(params) / 1e6:.1f}M params'
+        + (f', VAE {count_params(vae_params) / 1e6:.1f}M' if vae is not None else '')
+        + f') written to {out}; load with jaxunlearn.convert.load_dit_checkpoint')
+  return 0
+
 
 if __name__ == '__main__':
   sys.exit(main())

@@ -399,15 +399,16 @@ def sfron(task: UnlearnTask, hp: dict):
 
 @register('sfron_hvp', 'SFR-on with the explicit remain-Hessian preconditioner on each forget '
           'step (CG on H_r + damping I)', every=1, precondition='cg', damping=1.0,
-          solver_iters=5, **dict(_SFRON, iterations=20))
+          solver_iters=5, recompute=False, **dict(_SFRON, iterations=20))
 def sfron_hvp(task: UnlearnTask, hp: dict):
   """SFR-on with its remain geometry made explicit: every forget step's direction is
   filtered by ``damping (H_r + damping I)^-1`` (``solver_iters`` CG or Neumann iterations
   of Hessian-vector products on the current retain batch) before the mask and clip, in
   place of the implicit ``(I - lr H_r)^K`` of the fast-slow schedule, so a forget step can
-  come every iteration (``every=1``)."""
+  come every iteration (``every=1``). ``recompute=true`` recomputes the remain pass in every
+  product instead of storing its linearisation (memory for compute, for large models)."""
   return _sfron(task, hp, 'sfron_hvp', precondition=hp['precondition'], damping=hp['damping'],
-                solver_iters=hp['solver_iters'])
+                solver_iters=hp['solver_iters'], recompute=hp['recompute'])
 
 
 @register('lur', "LUR: joint steps on w_r L_R(theta) + w_u L_U(theta - eta grad L_R(theta))",

@@ -48,7 +48,8 @@ class StrongConfig:
   """Attributes:
     dataset, data_dir, image_size, model, width, scenario: as
       :class:`jaxunlearn.experiment.ExperimentConfig`.
-    methods: registered method names.
+    methods: registered method names; 'original' scores the originals themselves (nothing
+      unlearned: the floor a method should beat).
     models: N, the models of each kind (at least 3; the papers use 128-512).
     split_seed: the seed of the one forget set.
     chunk: models per ensemble program (0: all N at once; 1: one model at a time, no
@@ -90,7 +91,8 @@ class StrongConfig:
       if name not in self.methods:
         raise ValueError(f'--set names method {name!r}, which is not among --methods')
     for name in ('retrain', *self.methods):
-      methods_lib.resolve_hparams(name, self.overrides.get(name))
+      if name != 'original':  # the originals scored as they are: no hyperparameters
+        methods_lib.resolve_hparams(name, self.overrides.get(name))
 
   def chunk_size(self) -> int:
     if self.chunk is None:
@@ -169,6 +171,10 @@ def run_strong(config: StrongConfig, out_dir: str | Path | None = None) -> dict:
              'methods': {}, 'per_example': {}}
   measured = {}
   for name in runs:
+    if name == 'original':  # the floor: the originals, nothing unlearned
+      measured[name] = _model_metrics(model, original, ds, split, config.models)
+      measured[name].update(seconds=0.0, ensemble=False)
+      continue
     hp = retrain_hp if name == 'retrain' else methods_lib.resolve_hparams(
         name, config.overrides.get(name))
     method = methods_lib.get_method(name)

@@ -164,7 +164,7 @@ class FastSlowConfig:
     clip_norm: global-norm clip of the forget update (0: none).
     saliency: include ``mask_by_saliency`` (install the mask with ``fit_fast_slow(mask=)``).
     precondition: 'none', 'cg' or 'neumann' (``sfron_hvp``).
-    damping, solver_iters, neumann_scale: of the preconditioner.
+    damping, solver_iters, neumann_scale, recompute: of the preconditioner.
     role: which of the two chains calling the config builds.
     optimizer: 'sgd' (classification) or 'adam' (the DDPM reference; ``momentum`` is then
       Adam's b1).
@@ -186,6 +186,7 @@ class FastSlowConfig:
   damping: float = 1.0
   solver_iters: int = 5
   neumann_scale: float = 1.0
+  recompute: bool = False
   role: str = 'forget'
   optimizer: str = 'sgd'
   shared_clip_norm: float = 0.0
@@ -220,7 +221,7 @@ class FastSlowConfig:
     if self.precondition != 'none':
       parts += [transforms.precondition_by_remain_hessian(
           self.damping, self.solver_iters, self.precondition, self.neumann_scale,
-          axis_name=axis_name),
+          axis_name=axis_name, recompute=self.recompute),
                 optax.scale(self.damping)]
     if self.saliency:
       parts.append(transforms.mask_by_saliency())

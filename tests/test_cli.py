@@ -163,6 +163,7 @@ def test_run_on_8_devices_matches_one_device(tmp_path, mode):
     ('bench_lur_step.py', 'lur_second / plain'),
     ('bench_parallel.py', 'speed-up'),
     ('bench_checkpoint.py', 'save / (50 steps)'),
+    ('bench.py', 'sfron: jax / torch'),
 ])
 def test_step_benchmarks_print_their_tables(tmp_path, script, expect):
   import os

@@ -80,6 +80,8 @@ def test_tfds_mock_cifar10_loads_without_network(tmp_path):
     assert small.image_shape == (16, 16, 3)
     split = make_split(ds, 'random:25', seed=0)
     assert len(split.forget) == 3
+    sym = load_tfds('cifar10', data_dir=str(tmp_path), pixels='symmetric')
+    assert sym.x_train.min() >= -1 and sym.x_train.max() <= 1 and sym.x_train.min() < -0.5
 
 
 def test_tfds_missing_dataset_names_the_fix(tmp_path):

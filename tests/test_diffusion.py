@@ -132,6 +132,7 @@ def test_drop_labels_replaces_about_the_given_share():
   assert 0.09 < share < 0.11 and set(np.unique(dropped)) == {0, 10}
 
 
+@pytest.mark.slow  # ~30 s: DDPM training twice; the default suite keeps the classifier resume test
 def test_ddpm_training_learns_and_resumes_bit_identical(tiny_unet, tmp_path):
   from jaxunlearn.checkpoint import LoopCheckpoint
   from jaxunlearn.diffusion.train import DiffusionConfig, train_diffusion

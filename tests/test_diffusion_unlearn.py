@@ -140,8 +140,9 @@ def test_salun_moves_only_salient_weights_and_lowers_the_remapped_loss(task):
 
 
 @pytest.mark.slow  # ~30 s each, mostly XLA compiling the tiny UNet
-def test_sfron_raises_the_forget_denoising_loss_more_than_the_retain_one(task):
-  out = _run(task, 'sfron', iterations=6, lr=3e-3)
+@pytest.mark.parametrize('name', ['sfron', 'sfron_hvp'])
+def test_sfron_raises_the_forget_denoising_loss_more_than_the_retain_one(task, name):
+  out = _run(task, name, iterations=6, lr=3e-3)
   loss = Denoising()
   f_before, f_after = (_forget_loss(task, v, loss) for v in (task.variables, out))
   retain = dataclasses.replace(task, forget_x=task.retain_x, forget_y=task.retain_y)
@@ -212,6 +213,31 @@ def test_generation_job_runs_every_method_and_writes_its_report(tmp_path):
   for png in ('results.png', 'forgetting.png', 'samples.png'):
     assert (out / png).stat().st_size > 10_000
   assert not list(out.glob('grid-*.npy')) and not (out / 'progress.json').exists()
+
+
+@pytest.mark.slow
+def test_generation_job_forgets_with_a_dit(tmp_path):
+  """--model dit: the same job, methods and report on a pixel-space DiT; the DiT is cached
+  under its own key (not the UNet's) and SFR-on changes it."""
+  config = GenerationConfig(
+      model='dit', cache_dir=str(tmp_path / 'cache'), progress=False, classifier_width=4,
+      methods=('sfron', 'ga'), check_every=0, forget_samples=10, fid_samples_per_class=5,
+      sample_steps=5,
+      overrides={'ddpm': {'steps': 20, 'num_timesteps': 100}, 'classifier': {'epochs': 1},
+                 'sfron': {'iterations': 3, 'batch_size': 32},
+                 'ga': {'steps': 3, 'batch_size': 32}})
+  results = run_generation(config, tmp_path / 'out')
+  assert results['model']['name'] == 'DiT' and results['model']['size'] == 'tiny'
+  [entry] = (tmp_path / 'cache').glob('ddpm-*')
+  cached = json.loads((entry / 'config.json').read_text())
+  assert cached['model'] == 'dit' and 'channels' not in cached
+  for name in config.methods:
+    assert 0 <= results['per_seed'][name][0]['UA'] <= 100
+  assert (tmp_path / 'out' / 'samples.png').stat().st_size > 10_000
+  with pytest.raises(ValueError, match="'unet' \\(default\\), 'ddpm-cifar10' or 'dit'"):
+    GenerationConfig(model='vit').validate()
+  with pytest.raises(ValueError, match='unknown DiT size'):
+    GenerationConfig(model='dit', dit_size='huge').validate()
 
 
 def test_fid_inception_needs_an_existing_file_and_the_generation_task(tmp_path, capsys):

@@ -100,6 +100,7 @@ def test_load_from_pth_and_npz(reference, ours, tmp_path):
     load_fid_inception(tmp_path / 'missing.pth')
 
 
+@pytest.mark.slow  # compiles the 299x299 network for two batch shapes: ~60 s on 2 cores
 def test_inception_features_batches_quantizes_and_checks_input(ours):
   model, variables, apply = ours
   rng = np.random.default_rng(1)

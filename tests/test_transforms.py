@@ -61,6 +61,9 @@ CASES = [
            lambda: _preconditioned(method='neumann', neumann_scale=0.1),
            extras=_retain_loss_extras,
            make_parallel=lambda: _preconditioned('batch', method='neumann', neumann_scale=0.1)),
+    H.Case('precondition_by_remain_hessian_recompute', lambda: _preconditioned(recompute=True),
+           extras=_retain_loss_extras,
+           make_parallel=lambda: _preconditioned('batch', recompute=True)),
     H.Case('hold', lambda: optax.chain(hold(optax.sgd(0.1, momentum=0.9)), optax.sgd(0.05))),
     H.Case('fast_slow_forget_chain',
            FastSlowConfig(lr=0.05, iterations=10, every=2, forget_weight=3.0, clip_norm=1.0),
@@ -193,6 +196,7 @@ def _softmax_ce(params, batch):  # not quadratic: its Hessian depends on params
 @pytest.mark.parametrize('loss_name', ['mse', 'softmax_ce'])
 @pytest.mark.parametrize('method, kwargs', [('cg', {'iters': 15}),
                                             ('cg', {'iters': 15, 'unroll': False}),
+                                            ('cg', {'iters': 15, 'recompute': True}),
                                             ('neumann', {'iters': 400, 'neumann_scale': 0.2})])
 def test_remain_hessian_preconditioner_matches_dense_solve(method, kwargs, loss_name):
   from jax.flatten_util import ravel_pytree

@@ -12,14 +12,13 @@ lists what does not match. PyTorch is not needed for safetensors files.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxunlearn.convert._place import place_tensors
+from jaxunlearn.convert._place import (check_placed, config_kwargs, flax_targets,
+                                        place_tensors, read_diffusers_folder, torch_to_flax)
 from jaxunlearn.models.unet import UNet2D
 
 # UNet2DModel config keys and what we do with them.
@@ -44,32 +43,7 @@ def unet_config(config: dict) -> dict:
       timestep/identity class embeddings, resnet up/down sampling, other activations or
       block types) or a key we do not know.
   """
-  out = {}
-  for key, value in config.items():
-    if key in _COPIED:
-      out[key] = tuple(value) if isinstance(value, list) else value
-    elif key in _REQUIRED:
-      if value not in _REQUIRED[key]:
-        raise ValueError(f'UNet2DModel option {key}={value!r} is not supported by '
-                         f'jaxunlearn.models.UNet2D (supported: {_REQUIRED[key]})')
-    elif key not in _IGNORED and not key.startswith('_'):  # '_...': diffusers' bookkeeping
-      raise ValueError(f'unknown UNet2DModel config key {key!r}')
-  return out
-
-
-def _flax_name(path) -> str:
-  """The diffusers-style dotted name of a flax param path, '.'->'_' (leaf as torch's)."""
-  *modules, leaf = (p.key for p in path)
-  return '_'.join([*modules, {'kernel': 'weight', 'scale': 'weight',
-                              'embedding': 'weight'}.get(leaf, leaf)])
-
-
-def _to_flax(tensor: np.ndarray, leaf: str) -> np.ndarray:
-  if leaf == 'kernel' and tensor.ndim == 4:  # conv: OIHW -> HWIO
-    return tensor.transpose(2, 3, 1, 0)
-  if leaf == 'kernel':  # linear: (out, in) -> (in, out)
-    return tensor.T
-  return tensor
+  return config_kwargs(config, _COPIED, _REQUIRED, _IGNORED, 'UNet2DModel')
 
 
 def convert_unet_params(state_dict: dict, model: UNet2D, image_size: int | None = None):
@@ -85,45 +59,16 @@ def convert_unet_params(state_dict: dict, model: UNet2D, image_size: int | None 
   if model.num_class_embeds is not None:
     args += (jnp.zeros((1,), jnp.int32),)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))['params']
-  targets = {}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
-    name = _flax_name(path)
-    if name in targets:
-      raise AssertionError(f'two flax params map to {name}')  # a bug in UNet2D's names
-    targets[name] = (tuple(p.key for p in path), leaf)
+  targets = flax_targets(shapes)
   params, unused, wrong = place_tensors(state_dict, targets, lambda k: k.replace('.', '_'),
-                                        lambda value, path: _to_flax(value, path[-1]))
-  if unused or targets or wrong:
-    raise ValueError('the state dict does not fit this UNet2D: '
-                     f'{len(unused)} tensors without a param {unused[:8]}, '
-                     f'{len(targets)} params without a tensor '
-                     f'{["/".join(p) for p, _ in list(targets.values())[:8]]}, '
-                     f'{len(wrong)} shapes differ {wrong[:8]}; is the config the '
-                     'checkpoint\'s own?')
+                                        torch_to_flax)
+  check_placed('UNet2D', unused, targets, wrong)
   return params
 
 
 def load_diffusers_unet(path: str | Path):
   """``(UNet2D, params)`` from a diffusers ``save_pretrained`` folder of a ``UNet2DModel``
   (or its ``unet/`` subfolder in a pipeline folder)."""
-  path = Path(path)
-  if (path / 'unet' / 'config.json').is_file():
-    path = path / 'unet'
-  if not (path / 'config.json').is_file():
-    raise FileNotFoundError(f'no config.json in {path}: give the folder that '
-                            'UNet2DModel.save_pretrained wrote')
-  config = json.loads((path / 'config.json').read_text())
-  if config.get('_class_name', 'UNet2DModel') != 'UNet2DModel':
-    raise ValueError(f'{path} holds a {config["_class_name"]}, not a UNet2DModel')
+  config, state_dict = read_diffusers_folder(path, 'unet', 'UNet2DModel')
   model = UNet2D(**unet_config(config))
-  weights = path / 'diffusion_pytorch_model.safetensors'
-  if weights.is_file():
-    from safetensors.numpy import load_file
-    state_dict = load_file(str(weights))
-  elif (path / 'diffusion_pytorch_model.bin').is_file():
-    import torch
-    state_dict = torch.load(path / 'diffusion_pytorch_model.bin', map_location='cpu',
-                            weights_only=True)
-  else:
-    raise FileNotFoundError(f'no diffusion_pytorch_model.safetensors or .bin in {path}')
   return model, convert_unet_params(state_dict, model)

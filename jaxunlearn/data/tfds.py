@@ -30,7 +30,8 @@ def _read_split(source, image_key: str, label_key: str, batch: int = 4096):
 
 def load_tfds(name: str, data_dir: str | None = None, image_size: int | None = None,
               train_split: str = 'train', test_split: str = 'test',
-              image_key: str | None = None, label_key: str | None = None) -> Dataset:
+              image_key: str | None = None, label_key: str | None = None,
+              pixels: str = 'standardized') -> Dataset:
   """Loads a TFDS image classification dataset fully into memory.
 
   Args:
@@ -40,10 +41,14 @@ def load_tfds(name: str, data_dir: str | None = None, image_size: int | None = N
     image_size: resize to this square size (kept as stored when None).
     train_split, test_split: TFDS split names.
     image_key, label_key: feature names (default ``'image'`` and ``'label'``).
+    pixels: 'standardized' (per channel over the training images: for classifiers) or
+      'symmetric' (0..255 mapped to -1..1: for diffusion models).
 
   Returns:
-    A :class:`Dataset` with per-channel standardized float32 images.
+    A :class:`Dataset` of float32 images.
   """
+  if pixels not in ('standardized', 'symmetric'):
+    raise ValueError(f"pixels must be 'standardized' or 'symmetric', got {pixels!r}")
   import tensorflow_datasets as tfds
   default_image, default_label = _FEATURE_KEYS.get(name, ('image', 'label'))
   image_key, label_key = image_key or default_image, label_key or default_label
@@ -64,5 +69,8 @@ def load_tfds(name: str, data_dir: str | None = None, image_size: int | None = N
     x_train, x_test = x_train[..., None], x_test[..., None]
   if image_size is not None:
     x_train, x_test = resize_images(x_train, image_size), resize_images(x_test, image_size)
-  x_train, x_test = standardize(x_train, x_test)
+  if pixels == 'symmetric':
+    x_train, x_test = 2 * x_train - 1, 2 * x_test - 1
+  else:
+    x_train, x_test = standardize(x_train, x_test)
   return Dataset(name, x_train, y_train, x_test, y_test, num_classes=int(num_classes))

@@ -5,7 +5,8 @@ What ``jaxunlearn run --task generation`` calls::
     from jaxunlearn.diffusion.experiment import GenerationConfig, run_generation
     results = run_generation(GenerationConfig(scenario='class:3', methods=('sfron',)), 'out')
 
-Per seed: the original DDPM (trained here on the digits in [-1, 1], cached), a generation
+Per seed: the original DDPM (trained here on the images in [-1, 1], cached; or a converted
+diffusers UNet, ``unet_path``), a generation
 classifier (a ResNet trained on the real images, cached), then each method from the
 original. Reported (DESIGN.md section 5): **UA** = 100 - the classifier's accuracy on
 ``forget_samples`` samples of the forgotten class; **FID** of samples of the remaining
@@ -30,6 +31,7 @@ import numpy as np
 from jaxunlearn import checkpoint
 from jaxunlearn.data import make_split, parse_scenario
 from jaxunlearn.data.digits import load_digits
+from jaxunlearn.data.tfds import load_tfds
 from jaxunlearn.diffusion.methods import GENERATION_METHODS
 from jaxunlearn.diffusion.train import DiffusionConfig, train_diffusion
 from jaxunlearn.diffusion.unlearn import GenerationTask, generate
@@ -37,7 +39,9 @@ from jaxunlearn.evaluate import summarize
 from jaxunlearn.evaluate.generation import InceptionFeatures, fid_from_features
 from jaxunlearn.experiment import RunProgress, _check_settings
 from jaxunlearn.methods import cast_like, did_you_mean, resolve_hparams
-from jaxunlearn.models import digits_unet, make_model
+from jaxunlearn.models import digits_dit, digits_unet, make_model
+from jaxunlearn.models.dit import DIT_CONFIGS
+from jaxunlearn.models.unet import ddpm_cifar10_unet
 from jaxunlearn.step import predict
 from jaxunlearn.train import LoopControl, NonFiniteError, TrainConfig, train_classifier
 
@@ -51,9 +55,18 @@ class GenerationConfig:
   """Everything that defines a generation run; the defaults are the embedded digits.
 
   Attributes:
-    dataset: 'digits' (the only embedded set; other data go through the library API).
-    image_size: side of the images (8 = the digits' native size).
-    channels: ``block_out_channels`` of :func:`jaxunlearn.models.digits_unet`.
+    dataset: 'digits' (embedded) or a TFDS name such as 'cifar10' (``data_dir``).
+    data_dir: TFDS data directory (ignored for digits).
+    image_size: side of the images (None: 8 for the digits, their native size; TFDS: as
+      stored).
+    model: 'unet' (:func:`jaxunlearn.models.digits_unet`, the default), 'ddpm-cifar10'
+      (:func:`jaxunlearn.models.unet.ddpm_cifar10_unet`: the DDPM paper's CIFAR-10 UNet
+      with a class embedding) or 'dit' (:func:`jaxunlearn.models.digits_dit`: a
+      pixel-space DiT, patch 2).
+    unet_path: a diffusers ``UNet2DModel`` folder (class-conditional, the last class id the
+      null class): the original model is loaded from it instead of trained.
+    channels: ``block_out_channels`` of the 'unet' model.
+    dit_size: the DiT's size, a key of :data:`jaxunlearn.models.dit.DIT_CONFIGS`.
     scenario: 'class:K'.
     methods: names from :data:`jaxunlearn.diffusion.methods.GENERATION_METHODS`.
     seeds: one original DDPM and one run of every method per seed.
@@ -73,8 +86,12 @@ class GenerationConfig:
   """
 
   dataset: str = 'digits'
-  image_size: int = 8
+  data_dir: str | None = None
+  image_size: int | None = None
+  model: str = 'unet'
+  unet_path: str | None = None
   channels: Sequence[int] = (32, 64)
+  dit_size: str = 'tiny'
   scenario: str = 'class:3'
   methods: Sequence[str] = ('salun', 'sfron', 'lur', 'sa', 'ga')
   seeds: Sequence[int] = (0,)
@@ -95,10 +112,14 @@ class GenerationConfig:
 
   def validate(self) -> None:
     """Checks names, scenario and overrides before any compute (ValueError says what)."""
-    if self.dataset != 'digits':
-      raise ValueError(f"the generation job runs on the embedded 'digits' (got "
-                       f"{self.dataset!r}); for other data build a GenerationTask yourself "
-                       '(jaxunlearn.diffusion.unlearn) from a converted diffusers UNet')
+    if self.model not in ('unet', 'ddpm-cifar10', 'dit'):
+      raise ValueError("generation models: 'unet' (default), 'ddpm-cifar10' or 'dit', got "
+                       f'{self.model!r}')
+    if self.unet_path is not None and not Path(self.unet_path).is_dir():
+      raise ValueError(f'unet_path {self.unet_path}: no such folder (a diffusers '
+                       'UNet2DModel.save_pretrained folder)')
+    if self.model == 'dit' and self.dit_size not in DIT_CONFIGS:
+      raise ValueError(f'unknown DiT size {self.dit_size!r}; known: {", ".join(DIT_CONFIGS)}')
     if parse_scenario(self.scenario).kind != 'class':
       raise ValueError(f"generation forgets a class: use --scenario class:K, got "
                        f"{self.scenario!r}")
@@ -123,6 +144,28 @@ class GenerationConfig:
                          f'{did_you_mean(name, [*self.methods, "ddpm", "classifier"])}')
     for name in self.methods:
       resolve_hparams(name, self.overrides.get(name), GENERATION_METHODS)
+
+  def load_data(self):
+    """The dataset, pixels in [-1, 1]."""
+    if self.dataset == 'digits':
+      return load_digits(self.image_size or 8, pixels='symmetric')
+    return load_tfds(self.dataset, self.data_dir, self.image_size, pixels='symmetric')
+
+  def denoiser(self, num_classes: int, image_shape):
+    """``(the class-conditional denoiser, its cache key and its description)``."""
+    size, channels = image_shape[0], image_shape[-1]
+    if self.model == 'ddpm-cifar10':
+      return (ddpm_cifar10_unet(num_classes, channels), {'model': 'ddpm-cifar10'},
+              {'name': 'UNet2D', 'preset': 'ddpm-cifar10'})
+    if self.model == 'dit':
+      model = digits_dit(num_classes, channels, sample_size=size, size=self.dit_size)
+      info = {'name': 'DiT', 'size': self.dit_size, 'time_freq_shift': model.time_freq_shift}
+      return model, {'model': 'dit', 'size': self.dit_size,
+                     'time_freq_shift': model.time_freq_shift}, info
+    # The UNet's key is what it was before DiT existed, so cached DDPMs stay valid.
+    return (digits_unet(tuple(self.channels), num_classes, channels),
+            {'channels': list(self.channels)},
+            {'name': 'UNet2D', 'channels': list(self.channels)})
 
   def _replaced(self, which: str):
     base = getattr(self, which)
@@ -221,15 +264,20 @@ def run_generation(config: GenerationConfig, out_dir: str | Path | None = None,
   """Runs the generation protocol; writes results.json, results.png, forgetting.png and
   samples.png to ``out_dir``. Resumable like :func:`jaxunlearn.experiment.run_experiment`."""
   config.validate()
-  ds = load_digits(config.image_size, pixels='symmetric')
+  ds = config.load_data()
   ddpm, clf_cfg = config._replaced('ddpm'), config._replaced('classifier')
-  unet = digits_unet(tuple(config.channels), ds.num_classes)
+  unet, model_key, model_info = config.denoiser(ds.num_classes, ds.image_shape)
+  if config.unet_path is not None:
+    from jaxunlearn.convert import load_diffusers_unet
+    unet, params = load_diffusers_unet(config.unet_path)
+    pretrained = {'params': params}
+    model_info = {'name': 'UNet2D', 'pretrained': str(config.unet_path)}
   clf = make_model('resnet18', ds.num_classes, config.classifier_width)
   cls = int(parse_scenario(config.scenario).value)
   hparams = {n: resolve_hparams(n, config.overrides.get(n), GENERATION_METHODS)
              for n in config.methods}
   progress = RunProgress(out_dir, config, restart)
-  key = {'dataset': 'digits', 'image_size': config.image_size, 'pixels': 'symmetric'}
+  key = {'dataset': config.dataset, 'image_size': ds.image_shape[0], 'pixels': 'symmetric'}
   clf_vars, clf_info = checkpoint.cached(
       config.cache_dir, 'genclassifier',
       {**key, 'width': config.classifier_width, 'train': dataclasses.asdict(clf_cfg)},
@@ -247,12 +295,12 @@ def run_generation(config: GenerationConfig, out_dir: str | Path | None = None,
   for seed in config.seeds:
     done = progress.seed(seed)
     split = make_split(ds, config.scenario, seed)
-    original, info = checkpoint.cached(
+    original, info = (pretrained, {'seconds': 0.0}) if config.unet_path else checkpoint.cached(
         config.cache_dir, 'ddpm',
-        {**key, 'channels': list(config.channels), 'train': dataclasses.asdict(ddpm),
-         'seed': seed},
+        {**key, **model_key, 'train': dataclasses.asdict(ddpm), 'seed': seed},
         lambda ckpt=None: train_diffusion(unet, ds.x_train, ds.y_train, ddpm, seed,
-                                     desc=f'DDPM (seed {seed})', progress=config.progress,
+                                     desc=f'{model_info["name"]} DDPM (seed {seed})',
+                                     progress=config.progress,
                                      control=LoopControl(ckpt, config.max_nonfinite))[0],
         checkpoint_every=config.checkpoint_every)
     task = GenerationTask(unet, original, ds.x_train[split.forget], ds.y_train[split.forget],
@@ -298,14 +346,15 @@ def run_generation(config: GenerationConfig, out_dir: str | Path | None = None,
       path = Path(out_dir) / f'grid-{name}.npy'
       if path.is_file():
         grids[name] = np.load(path)
-  results = _results(config, progress, hparams, ddpm, clf_cfg, test_acc, clf_info, cls)
+  results = _results(config, progress, hparams, ddpm, clf_cfg, test_acc, clf_info, cls,
+                     model_info, ds.image_shape)
   if out_dir is not None:
     from jaxunlearn.diffusion.report import plot_forgetting, plot_generation, plot_samples
     out = Path(out_dir)
     checkpoint.write_json_atomic(out / 'results.json', results)
     plot_generation(results, out / 'results.png')
     plot_forgetting(results, out / 'forgetting.png')
-    plot_samples(grids, cls, out / 'samples.png')
+    plot_samples(grids, cls, out / 'samples.png', GRID_PER_CLASS)
     for name in config.methods:
       (out / f'grid-{name}.npy').unlink(missing_ok=True)
     progress.discard()
@@ -317,7 +366,8 @@ def _grid(judge: _Judge, unet, variables, num_classes: int, seed: int) -> np.nda
   return judge.sample(unet, variables, labels, seed + 3)
 
 
-def _results(config, progress, hparams, ddpm, clf_cfg, test_acc, clf_info, cls) -> dict:
+def _results(config, progress, hparams, ddpm, clf_cfg, test_acc, clf_info, cls,
+             model_info, image_shape) -> dict:
   seeds = [progress.seed(s) for s in config.seeds]
   per_seed = {n: [s['methods'][n] for s in seeds] for n in config.methods}
 
@@ -340,8 +390,7 @@ def _results(config, progress, hparams, ddpm, clf_cfg, test_acc, clf_info, cls) 
       'scenario': config.scenario,
       'forget_class': cls,
       'seeds': list(config.seeds),
-      'model': {'name': 'UNet2D', 'channels': list(config.channels),
-                'image_shape': [config.image_size, config.image_size, 1]},
+      'model': {**model_info, 'image_shape': list(image_shape)},
       'methods': {n: summary(rows) for n, rows in per_seed.items()},
       'original': summary([s['original'] for s in seeds]),
       'per_seed': per_seed,

@@ -106,27 +106,30 @@ def plot_forgetting(results: dict, path: str | Path) -> None:
   plt.close(fig)
 
 
-def plot_samples(grids: dict, forget_class: int, path: str | Path) -> None:
-  """One panel per model: a row of samples per class (``[classes * per_row, H, W, C]`` in
-  [-1, 1]), the forgotten class's row boxed in red."""
+def plot_samples(grids: dict, forget_class: int, path: str | Path, per_row: int = 8) -> None:
+  """One panel per model: a row of ``per_row`` samples per class (``[classes * per_row, H,
+  W, C]`` in [-1, 1]; grey ink on white for one channel, colour for three), the forgotten
+  class's row boxed in red."""
   plt = _plt()
   from matplotlib.patches import Rectangle
   names = list(grids)
   fig, axes = plt.subplots(1, len(names), figsize=(2.3 * len(names), 3.0), squeeze=False)
   for ax, name in zip(axes[0], names):
     images = np.asarray(grids[name])
-    n, h, w, _ = images.shape
-    classes = 10
-    per = n // classes
-    grid = images[:classes * per, ..., 0].reshape(classes, per, h, w)
-    grid = grid.transpose(0, 2, 1, 3).reshape(classes * h, per * w)
-    ax.imshow((np.clip(grid, -1, 1) + 1) / 2, cmap='gray_r', vmin=0, vmax=1,
-              interpolation='nearest')
-    ax.add_patch(Rectangle((-0.5, forget_class * h - 0.5), per * w, h, fill=False,
+    n, h, w, c = images.shape
+    classes = n // per_row
+    grid = images[:classes * per_row].reshape(classes, per_row, h, w, c)
+    grid = (np.clip(grid.transpose(0, 2, 1, 3, 4).reshape(classes * h, per_row * w, c), -1, 1)
+            + 1) / 2
+    if c == 1:
+      ax.imshow(grid[..., 0], cmap='gray_r', vmin=0, vmax=1, interpolation='nearest')
+    else:
+      ax.imshow(grid[..., :3], interpolation='nearest')
+    ax.add_patch(Rectangle((-0.5, forget_class * h - 0.5), per_row * w, h, fill=False,
                            edgecolor='red', lw=1.5))
     ax.set_title(name, fontsize=9)
     ax.set_xticks([])
-    ax.set_yticks([(c + 0.5) * h for c in range(classes)], [str(c) for c in range(classes)],
+    ax.set_yticks([(k + 0.5) * h for k in range(classes)], [str(k) for k in range(classes)],
                   fontsize=6)
   fig.tight_layout()
   fig.savefig(path, dpi=150)

@@ -103,7 +103,8 @@ def _compiled_step(model, config: DiffusionConfig):
 
 
 def init_unet(model, image_shape, seed: int = 0):
-  """Flax variables of a UNet2D for images of ``image_shape`` (H, W, C)."""
+  """Flax variables of a class-conditional UNet2D or DiT for images of ``image_shape``
+  (H, W, C)."""
   labels = None if model.num_class_embeds is None else jnp.zeros((1,), jnp.int32)
   return jax.device_get(jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, *image_shape)),
                                             jnp.zeros((1,)), labels))

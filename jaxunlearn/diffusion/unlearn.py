@@ -242,8 +242,9 @@ class GenerationTask:
   """What every diffusion unlearning method receives.
 
   Attributes:
-    model: a class-conditional :class:`jaxunlearn.models.UNet2D` (``num_class_embeds =
-      num_classes + 1``: the last id is the null class of classifier-free guidance).
+    model: a class-conditional :class:`jaxunlearn.models.UNet2D` or
+      :class:`jaxunlearn.models.DiT` (``num_class_embeds = num_classes + 1``: the last id
+      is the null class of classifier-free guidance).
     variables: the original model's flax variables.
     forget_x, forget_y: images in [-1, 1] ``[N, H, W, C]`` of the classes to forget, labels.
     retain_x, retain_y: the remaining training images and labels.
@@ -376,7 +377,10 @@ def fit_fast_slow(task: GenerationTask, forget: Phase, retain: Phase, *,
   forget_cfg = dataclasses.replace(config, role='forget')
   retain_cfg = dataclasses.replace(config, role='retain')
   state = _start(task, forget_cfg, mask)
-  forget_step = compiled_loss_step(task.model, task.diffusion, forget.loss_fn, forget_cfg)
+  # With a remain-Hessian preconditioner the forget step also sees the retain batch.
+  geometry = config.precondition != 'none'
+  forget_step = compiled_loss_step(task.model, task.diffusion, forget.loss_fn, forget_cfg,
+                                   retain.loss_fn if geometry else None)
   retain_step = compiled_loss_step(task.model, task.diffusion, retain.loss_fn, retain_cfg)
   forget_iter = cycle_batches(len(forget), batch_size, task.seed * 1000 + 1)
   retain_iter = cycle_batches(len(retain), batch_size, task.seed * 1000)
@@ -388,7 +392,8 @@ def fit_fast_slow(task: GenerationTask, forget: Phase, retain: Phase, *,
       r = next(retain_iter)
       if t % config.every == 0:
         f = next(forget_iter)
-        yield (lambda st, f=f: forget_step(st, forget.batch(*f), key)), \
+        extra = {'retain_batch': retain.batch(*r)} if geometry else {}
+        yield (lambda st, f=f, extra=extra: forget_step(st, forget.batch(*f), key, **extra)), \
             {'loss': 'forget', 'update_norm': 'forget_update_norm'}
       yield (lambda st, r=r: retain_step(st, retain.batch(*r), key)), {'loss': 'retain'}
 

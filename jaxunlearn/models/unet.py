@@ -53,8 +53,8 @@ def _conv(features: int, name: str, kernel: int = 3, stride: int = 1):
 
 class ResnetBlock2D(nn.Module):
   """diffusers' ``ResnetBlock2D``: GroupNorm, SiLU, conv, + time projection ('default') or
-  scale-and-shift after the second norm ('scale_shift'), SiLU, dropout, conv, 1x1
-  shortcut when the channels change, ``(x + h) / output_scale_factor``."""
+  scale-and-shift after the second norm ('scale_shift'; neither when ``temb`` is None),
+  SiLU, dropout, conv, 1x1 shortcut when the channels change, ``(x + h) / output_scale_factor``."""
 
   out_channels: int
   groups: int
@@ -67,14 +67,15 @@ class ResnetBlock2D(nn.Module):
   def __call__(self, x, temb, train: bool = False):
     h = nn.silu(_group_norm(self.groups, self.eps, 'norm1')(x))
     h = _conv(self.out_channels, 'conv1')(h)
-    scale_shift = self.time_embedding_norm == 'scale_shift'
-    t = nn.Dense(self.out_channels * (2 if scale_shift else 1), name='time_emb_proj')(
-        nn.silu(temb))[:, None, None, :]
-    if scale_shift:
+    norm2 = _group_norm(self.groups, self.eps, 'norm2')
+    if temb is None:  # no time conditioning (the blocks of an autoencoder)
+      h = norm2(h)
+    elif self.time_embedding_norm == 'scale_shift':
+      t = nn.Dense(2 * self.out_channels, name='time_emb_proj')(nn.silu(temb))[:, None, None]
       scale, shift = jnp.split(t, 2, axis=-1)
-      h = _group_norm(self.groups, self.eps, 'norm2')(h) * (1 + scale) + shift
+      h = norm2(h) * (1 + scale) + shift
     else:
-      h = _group_norm(self.groups, self.eps, 'norm2')(h + t)
+      h = norm2(h + nn.Dense(self.out_channels, name='time_emb_proj')(nn.silu(temb))[:, None, None])
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
     h = _conv(self.out_channels, 'conv2')(h)
     if x.shape[-1] != self.out_channels:
@@ -235,3 +236,17 @@ def digits_unet(channels=(32, 64), num_classes: int = 10, in_channels: int = 1) 
                 block_out_channels=tuple(channels), down_block_types=down,
                 up_block_types=tuple(d.replace('Down', 'Up') for d in reversed(down)),
                 layers_per_block=1, norm_num_groups=8, num_class_embeds=num_classes + 1)
+
+
+def ddpm_cifar10_unet(num_classes: int = 10, in_channels: int = 3) -> UNet2D:
+  """The UNet of DDPM's CIFAR-10 model (Ho et al. 2020; ``google/ddpm-cifar10-32``'s
+  config: 35.7M parameters) with a class embedding of ``num_classes + 1`` ids (the last
+  the null class of classifier-free guidance), as the SalUn and SFR-on DDPM experiments
+  condition it: channels 128-256-256-256, two resnets per level, attention at 16x16,
+  dropout 0.1, 32 groups."""
+  return UNet2D(in_channels=in_channels, out_channels=in_channels,
+                block_out_channels=(128, 256, 256, 256),
+                down_block_types=('DownBlock2D', 'AttnDownBlock2D', 'DownBlock2D', 'DownBlock2D'),
+                up_block_types=('UpBlock2D', 'UpBlock2D', 'AttnUpBlock2D', 'UpBlock2D'),
+                layers_per_block=2, attention_head_dim=None, norm_num_groups=32,
+                dropout=0.1, num_class_embeds=num_classes + 1, sample_size=32)

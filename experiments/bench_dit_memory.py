@@ -1,0 +1,147 @@
+"""Peak memory of one DiT unlearning step with the remain-Hessian (HVP) variant of SFR-on.
+
+    python experiments/bench_dit_memory.py                      # DiT-XL/2, batch 32
+    python experiments/bench_dit_memory.py --remat 0,1 --scan 0,1   # every layout
+    python experiments/bench_dit_memory.py --run                # also time it (on a GPU)
+    python experiments/bench_dit_memory.py --size tiny --latent 8 --batch 8   # quick check
+
+The step (:func:`step`): the forget loss's gradient (SFR-on's adaptive-weighted ascent on
+the denoising loss of the forget batch), preconditioned by ``(H_r + damping I)^-1`` with
+``iters`` conjugate-gradient Hessian-vector products of the retain batch's denoising loss
+(:func:`jaxunlearn.transforms.precondition_by_remain_hessian`, forward-over-reverse, the
+linearisation stored once or, ``--hvp recompute``, recomputed in every product), then
+the saliency mask and Adam: the most memory-hungry step of the library, on 256x256 images'
+32x32x4 latents (the VAE encodes once, beforehand, and is not in the step).
+
+Without running anything, XLA's compiled memory analysis gives the bytes the step needs
+on the backend it is compiled for: arguments (params, Adam moments, mask, batches),
+outputs, and temporaries (activations kept for the backward pass and the HVP's
+linearisation). The script compiles the step for each setting of ``--remat``, ``--scan`` (the blocks as one
+``nn.scan``: the only layout in which XLA cannot hoist remat's recomputation, see
+:class:`jaxunlearn.models.dit.DiT`) and
+``--dtype`` and ``--hvp`` and prints the peak, ``arguments + outputs - aliased + temporaries``. On this
+2-core CPU the compiled program is the CPU's (fusion and layouts differ from a GPU's, so
+the numbers are an estimate there); ``--run`` executes and times it, reporting the
+device's own peak (``memory_stats``) where the backend has one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxunlearn.diffusion.schedules import linear_schedule
+from jaxunlearn.diffusion.unlearn import AdaptiveDenoisingAscent, Denoising, _objective
+from jaxunlearn.models.dit import count_params, dit
+from jaxunlearn.transforms import mask_by_saliency, precondition_by_remain_hessian
+
+GiB = 2 ** 30
+
+
+def make_tx(iters: int, recompute: bool, unroll: bool | None = None):
+  return optax.chain(precondition_by_remain_hessian(damping=1e-3, iters=iters, recompute=recompute,
+                                                    unroll=unroll),
+                     mask_by_saliency(freeze=True, inner=optax.adam(1e-4)))
+
+
+def step(params, opt_state, forget, retain, key, *, model, tx, schedule):
+  """One masked, remain-Hessian-preconditioned ascent step; the state is donated."""
+  null = model.num_class_embeds - 1
+  forget_obj = _objective(model, schedule, AdaptiveDenoisingAscent(0.5, 0.1, null), forget, key)
+  retain_obj = _objective(model, schedule, Denoising(1.0, 0.1, null), retain,
+                          jax.random.fold_in(key, 1))
+  loss, grads = jax.value_and_grad(forget_obj)(params)
+  updates, opt_state = tx.update(grads, opt_state, params, retain_loss_fn=retain_obj)
+  return optax.apply_updates(params, updates), opt_state, loss
+
+
+def setting(args, remat: bool, scan: bool, dtype: str, hvp: str):
+  model = dit(args.size, in_channels=4, out_channels=8, sample_size=args.latent,
+              num_embeds_ada_norm=1000, remat=remat, scan_blocks=scan, dtype=getattr(jnp, dtype))
+  shape = (args.batch, args.latent, args.latent, 4)
+  init = lambda: model.init(jax.random.key(0), jnp.zeros(shape), jnp.zeros(args.batch),
+                            jnp.zeros(args.batch, jnp.int32))['params']
+  params = jax.eval_shape(init)
+  tx = make_tx(args.iters, hvp == 'recompute', {'auto': None, '0': False, '1': True}[args.unroll])
+  opt_state = jax.eval_shape(tx.init, params)
+  batch = (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct((args.batch,), jnp.int32),
+           jax.ShapeDtypeStruct((args.batch,), jnp.float32))
+  fn = jax.jit(functools.partial(step, model=model, tx=tx, schedule=linear_schedule(1000)),
+               donate_argnums=(0, 1))
+  return model, init, tx, fn, (params, opt_state, batch, batch, jax.random.key(0))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--size', default='DiT-XL/2')
+  parser.add_argument('--latent', type=int, default=32, help='latent side (256 px / 8)')
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--iters', type=int, default=3, help='CG iterations (HVPs) per step')
+  parser.add_argument('--unroll', default='auto', choices=['auto', '0', '1'],
+                      help="CG iterations unrolled (1) or in a fori_loop (0); auto: the "
+                           "transform's default (a loop with recomputed products)")
+  parser.add_argument('--remat', default='1', help='0 and/or 1, comma-separated')
+  parser.add_argument('--scan', default='1', help='scan over the blocks: 0 and/or 1')
+  parser.add_argument('--dtype', default='float32', help='float32 and/or bfloat16')
+  parser.add_argument('--hvp', default='recompute,linearize',
+                      help="'linearize' (one stored linearisation reused by every product) "
+                           "and/or 'recompute' (each product recomputes the remain pass)")
+  parser.add_argument('--run', action='store_true', help='execute and time the step too')
+  parser.add_argument('--json', default=None)
+  args = parser.parse_args()
+  rows = []
+  flags = lambda v: [bool(int(r)) for r in v.split(',')]
+  for remat, scan in itertools.product(flags(args.remat), flags(args.scan)):
+    for dtype, hvp in itertools.product(args.dtype.split(','), args.hvp.split(',')):
+      if hvp not in ('linearize', 'recompute'):
+        parser.error(f"--hvp takes 'linearize' and/or 'recompute', got {hvp!r}")
+      model, init, tx, fn, abstract = setting(args, remat, scan, dtype, hvp)
+      start = time.perf_counter()
+      compiled = fn.lower(*abstract).compile()
+      m = compiled.memory_analysis()
+      peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+              + m.temp_size_in_bytes)
+      row = {'size': args.size, 'batch': args.batch, 'latent': args.latent, 'remat': remat,
+             'scan': scan,
+             'dtype': dtype, 'hvp': hvp, 'cg_iters': args.iters, 'unroll': args.unroll,
+             'params_M': count_params(abstract[0]) / 1e6,
+             'arguments_GiB': m.argument_size_in_bytes / GiB,
+             'temporaries_GiB': m.temp_size_in_bytes / GiB, 'peak_GiB': peak / GiB,
+             'compile_s': time.perf_counter() - start, 'backend': jax.default_backend()}
+      if args.run:
+        row.update(_run(fn, init, tx, args))
+      rows.append(row)
+      print(' '.join(f'{k}={v:.2f}' if isinstance(v, float) else f'{k}={v}'
+                     for k, v in row.items()), flush=True)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(rows, f, indent=1)
+
+
+def _run(fn, init, tx, args) -> dict:
+  params = jax.jit(init)()
+  opt_state = tx.init(params)
+  key = jax.random.key(1)
+  shape = (args.batch, args.latent, args.latent, 4)
+  batch = (jax.random.normal(key, shape), jnp.arange(args.batch) % 1000,
+           jnp.ones(args.batch))
+  times = []
+  for _ in range(6):  # the first compiles
+    start = time.perf_counter()
+    params, opt_state, loss = fn(params, opt_state, batch, batch, key)
+    jax.block_until_ready(loss)
+    times.append(time.perf_counter() - start)
+  stats = jax.devices()[0].memory_stats() or {}
+  return {'step_ms': 1000 * sorted(times[1:])[2],
+          'device_peak_GiB': stats.get('peak_bytes_in_use', float('nan')) / GiB}
+
+
+if __name__ == '__main__':
+  main()
