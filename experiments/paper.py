@@ -1,0 +1,133 @@
+"""What the paper configurations share: one command line, and ``--smoke``.
+
+Each ``experiments/<setting>.py`` holds one paper setting (dataset, model, scenario,
+methods, recipe) and its exact command in its docstring. Data come from a TFDS
+``data_dir`` prepared beforehand (``tfds build cifar10 --data_dir DIR``) or, for ImageNet,
+an ImageFolder tree; weights from checkpoints converted beforehand (``jaxunlearn
+convert-dit``, ``jaxunlearn.convert.load_diffusers_unet``). Nothing is downloaded.
+
+``--smoke`` runs the same code on mock data (``tfds.testing.mock_data``, or a few random
+images in an ImageFolder tree), with a tiny model and a few steps of every method, so that
+CI proves each configuration starts and reaches its report (``tests/test_paper_configs.py``).
+Its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+
+from jaxunlearn.experiment import ExperimentConfig, run_experiment
+from jaxunlearn.report import format_table
+
+# A few steps of every classification method (the smoke run).
+SMOKE_CLASSIFICATION = {
+    'train': {'epochs': 1}, 'retrain': {'epochs': 1}, 'ft': {'epochs': 1}, 'ga': {'epochs': 1},
+    'rl': {'epochs': 1}, 'l1_sparse': {'epochs': 1}, 'salun': {'epochs': 1},
+    'sfron': {'iterations': 2, 'every': 1}, 'lur': {'epochs': 1},
+    'iu': {'num_samples': 8}, 'bs': {'epochs': 1}, 'scrub': {'epochs': 1, 'msteps': 1},
+}
+
+
+def parser(doc: str, smoke_help: str = 'mock data, a tiny model, a few steps: proves the '
+           'configuration starts (seconds to minutes on a CPU)') -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=doc.split('\n')[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=doc)
+  p.add_argument('--data-dir', default=None, help='TFDS data_dir holding the prepared data')
+  p.add_argument('--out', default=None, help='results directory (default results/<setting>)')
+  p.add_argument('--seeds', default=None, help='comma-separated (default: the papers\')')
+  p.add_argument('--cache-dir', default=None, help='cache of originals and Retrains')
+  p.add_argument('--methods', default=None, help='comma-separated subset of the setting\'s')
+  p.add_argument('--smoke', action='store_true', help=smoke_help)
+  p.add_argument('--quiet', action='store_true')
+  return p
+
+
+def common_changes(args) -> dict:
+  """The config fields the shared flags set."""
+  changes = {'progress': not args.quiet}
+  if args.seeds:
+    changes['seeds'] = tuple(int(s) for s in args.seeds.split(','))
+  if args.cache_dir:
+    changes['cache_dir'] = args.cache_dir
+  if args.methods:
+    changes['methods'] = tuple(args.methods.split(','))
+  return changes
+
+
+@contextlib.contextmanager
+def tfds_data_dir(args, num_examples: int = 48):
+  """The TFDS ``data_dir`` to read: ``args.data_dir``, or under ``--smoke`` a temporary
+  directory with TFDS's mock data standing in for every dataset."""
+  if not args.smoke:
+    if args.data_dir is None:
+      sys.exit('give --data-dir (a TFDS data_dir prepared with `tfds build NAME --data_dir '
+               'DIR` on a machine with a network), or --smoke to try the configuration')
+    yield args.data_dir
+    return
+  import tensorflow_datasets as tfds
+  with tempfile.TemporaryDirectory() as tmp, tfds.testing.mock_data(num_examples=num_examples):
+    yield tmp
+
+
+def classification_main(setting: str, config: ExperimentConfig, doc: str, argv=None) -> dict:
+  """Runs ``config`` (a paper setting) from the command line; ``--smoke`` on mock data."""
+  args = parser(doc).parse_args(argv)
+  out = args.out or f'results/{setting}'
+  changes = common_changes(args)
+  if args.smoke:
+    changes.update(width=4, seeds=(0,), cache_dir=None, checkpoint_every=0, image_size=16,
+                   overrides={k: v for k, v in SMOKE_CLASSIFICATION.items()
+                              if k == 'train' or k in changes.get('methods', config.methods)},
+                   allow_duplicates=True)  # mock data repeat images
+  config = dataclasses.replace(config, **changes)
+  with tfds_data_dir(args) as data_dir:
+    config = dataclasses.replace(config, data_dir=data_dir)
+    config.validate()
+    results = run_experiment(config, out)
+  print(format_table(results))
+  print(f'written: {Path(out) / "results.json"}, {Path(out) / "results.png"}')
+  return results
+
+
+# A few steps of every generation method (the smoke run).
+SMOKE_GENERATION = {
+    'ddpm': {'steps': 4, 'num_timesteps': 50, 'batch_size': 16}, 'classifier': {'epochs': 1},
+    'salun': {'steps': 2, 'batch_size': 16}, 'sfron': {'iterations': 2, 'batch_size': 16},
+    'lur': {'steps': 2, 'batch_size': 16}, 'ga': {'steps': 2, 'batch_size': 16},
+    'sa': {'steps': 2, 'batch_size': 16, 'replay_per_class': 2, 'fisher_timesteps': 2,
+           'sample_steps': 2},
+}
+
+
+def generation_main(setting: str, config, doc: str, argv=None) -> dict:
+  """Runs a :class:`jaxunlearn.diffusion.experiment.GenerationConfig` (a paper setting)
+  from the command line; ``--smoke`` on mock data with a tiny UNet."""
+  from jaxunlearn.diffusion.experiment import run_generation
+  from jaxunlearn.diffusion.report import format_generation_table
+  p = parser(doc)
+  p.add_argument('--unet', default=None, help='a diffusers UNet2DModel folder (class-'
+                 'conditional): the original model, loaded instead of trained')
+  args = p.parse_args(argv)
+  out = args.out or f'results/{setting}'
+  changes = {**common_changes(args), 'unet_path': args.unet}
+  if args.smoke:
+    methods = changes.get('methods', config.methods)
+    changes.update(model='unet', channels=(8,), image_size=8, seeds=(0,), cache_dir=None,
+                   classifier_width=4, check_every=0, checkpoint_every=0, forget_samples=4,
+                   fid_samples_per_class=2, sample_steps=2,
+                   overrides={k: v for k, v in SMOKE_GENERATION.items()
+                              if k in ('ddpm', 'classifier') or k in methods})
+  config = dataclasses.replace(config, **changes)
+  with tfds_data_dir(args) as data_dir:
+    config = dataclasses.replace(config, data_dir=data_dir)
+    config.validate()
+    results = run_generation(config, out)
+  print(format_generation_table(results))
+  print(f'written: {Path(out) / "results.json"}, samples.png, results.png')
+  return results
