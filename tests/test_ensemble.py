@@ -43,7 +43,14 @@ def _assert_models_equal(stacked, singles, rtol=1e-4):
 @pytest.mark.slow  # the fixture trains 3 models twice: ~50 s on 2 cores
 def test_ensemble_training_equals_one_model_at_a_time(setup):
   _, _, _, singles, stacked = setup
-  _assert_models_equal(stacked, singles)
+  # Trained from the same initialisation the two differ by rounding amplified over 3 steps,
+  # which depends on the CPU's vector units: measured up to 3e-4 relative (L2 per leaf) on
+  # an AMD EPYC without AVX-512, where a 4-entry BatchNorm leaf missed 1e-4 elementwise. A
+  # wrong seed, batch order or shared BatchNorm state is an O(1) difference.
+  for i, single in enumerate(singles):
+    for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(single)):
+      a = np.asarray(a)[i]
+      assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(b) + 1e-7, (a, b)
   # ... and the seeds matter: the two models differ.
   assert not np.allclose(jax.tree.leaves(singles[0])[0], jax.tree.leaves(singles[1])[0])
 
