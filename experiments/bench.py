@@ -103,7 +103,7 @@ def peak_memory_mb(step, state, args) -> float | None:
 
 
 def torch_cases(model, variables, forget, retain, masks, num_classes: int):
-  """The PyTorch reference steps on a PyTorch ResNet-18 holding our weights."""
+  """The PyTorch reference steps on a PyTorch port of our ResNet holding our weights."""
   import torch
   from torch_resnet import TorchResNet18, load_flax
   torch.set_num_threads(os.cpu_count() or 1)
@@ -117,7 +117,7 @@ def torch_cases(model, variables, forget, retain, masks, num_classes: int):
   gap = float(np.abs(theirs - ours).max() / np.abs(ours).max())
   if gap > 1e-4:
     raise AssertionError(f'the PyTorch ResNet differs from ours (relative {gap:.2e})')
-  print(f'PyTorch ResNet-18 = ours: max relative logit difference {gap:.1e}')
+  print(f'PyTorch ResNet = ours: max relative logit difference {gap:.1e}')
   net.train()
   (xf, yf), (xr, yr) = forget, retain
   nchw = lambda x: torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))

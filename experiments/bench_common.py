@@ -1,4 +1,7 @@
-"""What the step benchmarks share: a ResNet-18 on digits and fixed forget/retain batches."""
+"""What the step benchmarks share: a ResNet-18 on digits and fixed forget/retain batches.
+
+``--model`` picks another registered ResNet (``resnet1``, one block, is what the tests'
+smoke runs of the benchmarks use: its steps compile in seconds; its timings mean little)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from jaxunlearn.train import init_variables
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--model', default='resnet18', choices=['resnet18', 'resnet10', 'resnet1'])
   parser.add_argument('--width', type=int, default=16)
   parser.add_argument('--image-size', type=int, default=16)
   parser.add_argument('--batch', type=int, default=128)
@@ -25,12 +29,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def model_and_batches(args):
-  """``(model, variables, (xf, yf), (xr, yr), w)``: ResNet-18 of ``args.width`` at its
+  """``(model, variables, (xf, yf), (xr, yr), w)``: ``args.model`` of ``args.width`` at its
   initialisation, and one forget and one retain batch of ``args.batch`` digits (random:10,
   seed 0; the sets repeated to fill the batch), all weights 1."""
   ds = load_dataset('digits', image_size=args.image_size)
   split = make_split(ds, 'random:10', seed=0)
-  model = make_model('resnet18', ds.num_classes, args.width)
+  model = make_model(args.model, ds.num_classes, args.width)
   variables = init_variables(model, ds.image_shape, 0)
   take = lambda idx: np.resize(idx, args.batch)
   forget = ds.x_train[take(split.forget)], ds.y_train[take(split.forget)]
@@ -57,8 +61,9 @@ def median_ms(cases: dict, steps: int, repeats: int) -> dict:
 
 def report(args, ms: dict, ratios: dict | None = None) -> None:
   """Prints the header, the milliseconds and the ratios; writes ``args.json`` if given."""
-  print(f'ResNet-18 width {args.width}, {args.image_size}x{args.image_size}, batch '
-        f'{args.batch}, {jax.local_device_count()} x {jax.devices()[0].platform}, median of '
+  label = args.model.replace('resnet', 'ResNet-')
+  print(f'{label} width {args.width}, {args.image_size}x{args.image_size}, batch {args.batch}, '
+        f'{jax.local_device_count()} x {jax.devices()[0].platform}, median of '
         f'{args.repeats} x {args.steps} calls')
   width = max(map(len, ms))
   for name, value in ms.items():

@@ -128,8 +128,8 @@ def test_sfron_step_benchmark_prints_ratios(tmp_path):
   from pathlib import Path
   script = Path(__file__).parent.parent / 'experiments' / 'bench_sfron_step.py'
   proc = subprocess.run(
-      [sys.executable, str(script), '--width', '4', '--image-size', '8', '--batch', '8',
-       '--steps', '1', '--repeats', '1', '--solver-iters', '2', '--json',
+      [sys.executable, str(script), '--model', 'resnet1', '--width', '4', '--image-size', '8',
+       '--batch', '8', '--steps', '1', '--repeats', '1', '--solver-iters', '2', '--json',
        str(tmp_path / 'bench.json')], capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'hvp / grad' in proc.stdout
@@ -158,7 +158,7 @@ def test_run_on_8_devices_matches_one_device(tmp_path, mode):
                  eight['methods'][name][metric]['mean']) < 0.2, (name, metric)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # each script end to end on a one-block ResNet (compiles in seconds)
 @pytest.mark.parametrize('script, expect', [
     ('bench_lur_step.py', 'lur_second / plain'),
     ('bench_parallel.py', 'speed-up'),
@@ -173,8 +173,8 @@ def test_step_benchmarks_print_their_tables(tmp_path, script, expect):
   path = Path(__file__).parent.parent / 'experiments' / script
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   proc = subprocess.run(
-      [sys.executable, str(path), '--width', '4', '--image-size', '8', '--batch', '16',
-       '--steps', '1', '--repeats', '1', '--json', str(tmp_path / 'bench.json')],
+      [sys.executable, str(path), '--model', 'resnet1', '--width', '4', '--image-size', '8',
+       '--batch', '16', '--steps', '1', '--repeats', '1', '--json', str(tmp_path / 'bench.json')],
       capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert expect in proc.stdout

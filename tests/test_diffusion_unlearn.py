@@ -243,6 +243,8 @@ def test_generation_job_forgets_with_a_dit(tmp_path):
 def test_fid_inception_needs_an_existing_file_and_the_generation_task(tmp_path, capsys):
   with pytest.raises(ValueError, match='no such file'):
     GenerationConfig(fid_inception=str(tmp_path / 'missing.pth')).validate()
+  with pytest.raises(ValueError, match='fid_real_per_class must be >= 2'):
+    GenerationConfig(fid_real_per_class=1).validate()
   assert main(['run', '--fid-inception', str(tmp_path / 'x.pth')]) == 2
   assert 'is for --task generation' in capsys.readouterr().err
 
@@ -259,12 +261,13 @@ def test_generation_job_measures_fid_in_inception_features(tmp_path):
   common = dict(
       channels=(8,), cache_dir=str(tmp_path / 'cache'), progress=False, classifier_width=4,
       methods=('ga',), check_every=0, forget_samples=4, fid_samples_per_class=3,
-      sample_steps=3, overrides={'ddpm': {'steps': 20, 'num_timesteps': 100},
+      fid_real_per_class=8, sample_steps=3, overrides={'ddpm': {'steps': 20, 'num_timesteps': 100},
                                  'classifier': {'epochs': 1}, 'ga': {'steps': 2}})
   inception = run_generation(GenerationConfig(
       fid_inception=str(tmp_path / 'pt_inception.pth'), **common), tmp_path / 'a')
   classifier = run_generation(GenerationConfig(**common), tmp_path / 'b')
   assert inception['evaluation']['fid_features'] == 'inception'
+  assert inception['evaluation']['fid_real_per_class'] == 8
   assert classifier['evaluation']['fid_features'] == 'classifier'
   # Same samples (same seeds), same UA; the FID differs because the features do.
   for key in ('original', 'ga'):

@@ -80,6 +80,9 @@ class GenerationConfig:
     fid_samples_per_class: samples of each remaining class for FID and acc_remaining.
     fid_inception: pytorch-fid's Inception weight file (``pt_inception-2015-12-05-
       6726825d.pth``): FID in Inception pool-3 features instead of the classifier's.
+    fid_real_per_class: real training images of each class behind FID's reference
+      statistics, the first ones in the training set (None: all of them; a cap keeps
+      Inception on a CPU affordable: CIFAR-10 has 5000 per class).
     sample_steps, guidance: the DDIM sampler of every evaluation (guidance in diffusers'
       convention; 2.0 = w 1 of Ho & Salimans).
     checkpoint_every, max_nonfinite: as :class:`jaxunlearn.experiment.ExperimentConfig`.
@@ -105,6 +108,7 @@ class GenerationConfig:
   forget_samples: int = 100
   fid_samples_per_class: int = 50
   fid_inception: str | None = None
+  fid_real_per_class: int | None = None
   sample_steps: int = 50
   guidance: float = 2.0
   checkpoint_every: int = 50
@@ -132,6 +136,9 @@ class GenerationConfig:
         raise ValueError(f'{key} must be >= 0 (0 = off), got {getattr(self, key)}')
     if self.forget_samples < 1 or self.fid_samples_per_class < 2:
       raise ValueError('forget_samples must be >= 1 and fid_samples_per_class >= 2')
+    if self.fid_real_per_class is not None and self.fid_real_per_class < 2:
+      raise ValueError('fid_real_per_class must be >= 2 (a covariance needs two images) '
+                       f'or None (all), got {self.fid_real_per_class}')
     if self.fid_inception is not None and not Path(self.fid_inception).is_file():
       raise ValueError(f'--fid-inception {self.fid_inception}: no such file (pytorch-fid\'s '
                        'pt_inception-2015-12-05-6726825d.pth, downloaded beforehand)')
@@ -289,7 +296,8 @@ def run_generation(config: GenerationConfig, out_dir: str | Path | None = None,
   else:
     inception = InceptionFeatures.from_file(config.fid_inception)
     features = lambda x: inception((x + 1) / 2)  # noqa: E731  [-1, 1] -> [0, 1]
-  real = {c: features(ds.x_train[ds.y_train == c]) for c in range(ds.num_classes)}
+  real = {c: features(ds.x_train[ds.y_train == c][:config.fid_real_per_class])
+          for c in range(ds.num_classes)}
   judge = _Judge(clf, clf_vars, ddpm, config, ds.image_shape, features, real)
   grids = {}
   for seed in config.seeds:
@@ -399,6 +407,7 @@ def _results(config, progress, hparams, ddpm, clf_cfg, test_acc, clf_info, cls,
       'classifier': {'test_accuracy': test_acc, 'train_s': clf_info['seconds']},
       'evaluation': {'forget_samples': config.forget_samples,
                      'fid_samples_per_class': config.fid_samples_per_class,
+                     'fid_real_per_class': config.fid_real_per_class,
                      'fid_features': 'classifier' if config.fid_inception is None
                                      else 'inception',
                      'sample_steps': config.sample_steps, 'guidance': config.guidance,
