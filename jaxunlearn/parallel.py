@@ -19,9 +19,17 @@ rounding (tests/test_parallel.py checks every method on 8 devices against 1):
 - ``'shard'``: ``jax.jit`` of the unchanged single-device step, its batch arguments
   sharded over a 1-D ``Mesh`` of the devices (``PartitionSpec(AXIS)``), the state and key
   replicated. XLA's SPMD partitioner inserts the collectives, so the program means what it
-  means on one device. On the CPU every step is awaited (``block_until_ready``): XLA:CPU's
-  collectives with many fake devices on few cores can otherwise abort with a rendezvous
-  timeout.
+  means on one device.
+
+On the CPU, every multi-device program ('pmap' and 'shard') is awaited
+(``block_until_ready``) before the next is dispatched: XLA:CPU runs the participants of
+its in-process collectives on one thread pool, and with several programs in flight over
+many fake devices on few cores, the participants of one can hold every thread while
+waiting for a participant of another that never gets one; XLA then aborts the process
+when its rendezvous times out ("Expected 8 threads to join the rendezvous, but not all
+of them arrived on time"). A script dispatching two pmapped psums back to back, three
+copies at once on 2 cores, aborted in 2 of 3 processes so; awaiting each call, in none.
+Accelerators are unaffected and keep asynchronous dispatch.
 
 Multi-host (a TPU pod slice, several GPU hosts): call ``jax.distributed.initialize()``
 first in every process; ``Parallel`` uses the process's local devices for ``pmap``, and
@@ -209,7 +217,7 @@ class Parallel:
 
       def call(state, *args):
         *batches, key = args
-        state, metrics = mapped(state, *[self.split(b) for b in batches], key)
+        state, metrics = self._await(mapped(state, *[self.split(b) for b in batches], key))
         return state, jax.tree.map(lambda m: m[0], metrics)
       return call
 
@@ -238,7 +246,7 @@ class Parallel:
       mapped = jax.pmap(fn, AXIS, in_axes=(None, 0), devices=self.devices)
 
       def call(args, batch):
-        out = mapped(args, self.split(batch))
+        out = self._await(mapped(args, self.split(batch)))
         if per_example:
           return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out)
         return jax.tree.map(lambda a: a[0], out)
@@ -247,8 +255,8 @@ class Parallel:
     return lambda args, batch: self._await(jitted(args, self.split(batch)))
 
   def _await(self, out):
-    # XLA:CPU collectives across many fake devices on few cores can abort with a
-    # rendezvous timeout when programs queue up; awaiting each one keeps them apart.
+    # One multi-device program at a time on the CPU (see the module docstring: XLA:CPU's
+    # collectives can otherwise starve each other of threads and abort).
     return jax.block_until_ready(out) if self.devices[0].platform == 'cpu' else out
 
 

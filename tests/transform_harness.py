@@ -158,8 +158,8 @@ def check_pmap_equals_single_device(case: Case, devices=4, steps=2):
   shard = lambda b: jax.tree.map(lambda x: x.reshape(devices, -1, *x.shape[1:]), b)
   parallel = jax.pmap(_step(case, tx_parallel, axis_name='batch'), axis_name='batch')
   pn, sn = replicate(params), replicate(state)
-  for b in batches:
-    pn, sn, _ = parallel(pn, sn, shard(b))
+  for b in batches:  # awaited: see jaxunlearn/parallel.py on XLA:CPU collectives
+    pn, sn, _ = jax.block_until_ready(parallel(pn, sn, shard(b)))
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(pn)):
     for d in range(devices):
       np.testing.assert_allclose(a, b[d], rtol=1e-5, atol=1e-6)
