@@ -75,6 +75,16 @@ def tfds_data_dir(args, num_examples: int = 48):
     yield tmp
 
 
+def _run_setting(run, config, changes: dict, args, out) -> dict:
+  """``run(config, out)`` for ``config`` with ``changes``, reading the data of ``args``
+  (validated before any compute)."""
+  config = dataclasses.replace(config, **changes)
+  with tfds_data_dir(args) as data_dir:
+    config = dataclasses.replace(config, data_dir=data_dir)
+    config.validate()
+    return run(config, out)
+
+
 def classification_main(setting: str, config: ExperimentConfig, doc: str, argv=None) -> dict:
   """Runs ``config`` (a paper setting) from the command line; ``--smoke`` on mock data."""
   args = parser(doc).parse_args(argv)
@@ -85,11 +95,7 @@ def classification_main(setting: str, config: ExperimentConfig, doc: str, argv=N
                    overrides={k: v for k, v in SMOKE_CLASSIFICATION.items()
                               if k == 'train' or k in changes.get('methods', config.methods)},
                    allow_duplicates=True)  # mock data repeat images
-  config = dataclasses.replace(config, **changes)
-  with tfds_data_dir(args) as data_dir:
-    config = dataclasses.replace(config, data_dir=data_dir)
-    config.validate()
-    results = run_experiment(config, out)
+  results = _run_setting(run_experiment, config, changes, args, out)
   print(format_table(results))
   print(f'written: {Path(out) / "results.json"}, {Path(out) / "results.png"}')
   return results
@@ -123,11 +129,7 @@ def generation_main(setting: str, config, doc: str, argv=None) -> dict:
                    fid_samples_per_class=2, sample_steps=2,
                    overrides={k: v for k, v in SMOKE_GENERATION.items()
                               if k in ('ddpm', 'classifier') or k in methods})
-  config = dataclasses.replace(config, **changes)
-  with tfds_data_dir(args) as data_dir:
-    config = dataclasses.replace(config, data_dir=data_dir)
-    config.validate()
-    results = run_generation(config, out)
+  results = _run_setting(run_generation, config, changes, args, out)
   print(format_generation_table(results))
   print(f'written: {Path(out) / "results.json"}, samples.png, results.png')
   return results

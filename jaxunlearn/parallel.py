@@ -22,7 +22,10 @@ rounding (tests/test_parallel.py checks every method on 8 devices against 1):
   means on one device.
 
 On the CPU, every multi-device program ('pmap' and 'shard') is awaited
-(``block_until_ready``) before the next is dispatched: XLA:CPU runs the participants of
+(``block_until_ready``) before the next is dispatched, and what a 'pmap' program returns
+is taken from device 0's shard (``_first_replica``) rather than by indexing, which would
+be one more program on all devices (in this jax, ``pmap`` outputs are arrays sharded over
+a mesh of its devices). XLA:CPU runs the participants of
 its in-process collectives on one thread pool, and with several programs in flight over
 many fake devices on few cores, the participants of one can hold every thread while
 waiting for a participant of another that never gets one; XLA then aborts the process
@@ -176,7 +179,7 @@ class Parallel:
   def get(self, tree):
     """Host (numpy) copy of a placed tree, one replica."""
     if self.mode == 'pmap':
-      tree = jax.tree.map(lambda a: a[0], tree)
+      tree = jax.tree.map(_first_replica, tree)
     return jax.device_get(tree)
 
   def split(self, batch):
@@ -218,7 +221,7 @@ class Parallel:
       def call(state, *args):
         *batches, key = args
         state, metrics = self._await(mapped(state, *[self.split(b) for b in batches], key))
-        return state, jax.tree.map(lambda m: m[0], metrics)
+        return state, jax.tree.map(_first_replica, metrics)
       return call
 
     compiled = {}
@@ -247,9 +250,9 @@ class Parallel:
 
       def call(args, batch):
         out = self._await(mapped(args, self.split(batch)))
-        if per_example:
-          return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out)
-        return jax.tree.map(lambda a: a[0], out)
+        if per_example:  # assembled on the host from the shards: no program runs
+          return jax.tree.map(lambda a: np.asarray(a).reshape(-1, *a.shape[2:]), out)
+        return jax.tree.map(_first_replica, out)
       return call
     jitted = jax.jit(fn)
     return lambda args, batch: self._await(jitted(args, self.split(batch)))
@@ -258,6 +261,16 @@ class Parallel:
     # One multi-device program at a time on the CPU (see the module docstring: XLA:CPU's
     # collectives can otherwise starve each other of threads and abort).
     return jax.block_until_ready(out) if self.devices[0].platform == 'cpu' else out
+
+
+def _first_replica(a):
+  """Replica 0 of a ``pmap`` output as an array on device 0. A ``pmap`` output is sharded
+  over all its devices, and ``a[0]`` would run a program on all of them (with collectives,
+  its result replicated), as would every operation on that result; device 0's own shard
+  needs none."""
+  if isinstance(a, jax.Array) and len(a.sharding.device_set) > 1:
+    return a.addressable_data(0)[0]
+  return a[0]
 
 
 SINGLE = Parallel()  # one device, plain jax.jit: the default everywhere

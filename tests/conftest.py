@@ -37,6 +37,19 @@ def synthetic_dataset(n_train=60, n_test=30, classes=3, size=8, seed=0) -> Datas
   return Dataset('toy', x_train, y_train, x_test, y_test, classes)
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _release_compiled_programs():
+  """Drops jax's caches of traced and compiled programs after each test module: a worker
+  runs many modules, and the programs of one are not reused by the next (without this a
+  worker of the slow suite grew past 6 GiB)."""
+  yield
+  import gc
+
+  import jax
+  jax.clear_caches()
+  gc.collect()
+
+
 @pytest.fixture
 def toy():
   return synthetic_dataset()
