@@ -22,16 +22,15 @@ rounding (tests/test_parallel.py checks every method on 8 devices against 1):
   means on one device.
 
 On the CPU, every multi-device program ('pmap' and 'shard') is awaited
-(``block_until_ready``) before the next is dispatched, and what a 'pmap' program returns
-is taken from device 0's shard (``_first_replica``) rather than by indexing, which would
-be one more program on all devices (in this jax, ``pmap`` outputs are arrays sharded over
-a mesh of its devices). XLA:CPU runs the participants of
-its in-process collectives on one thread pool, and with several programs in flight over
-many fake devices on few cores, the participants of one can hold every thread while
-waiting for a participant of another that never gets one; XLA then aborts the process
-when its rendezvous times out ("Expected 8 threads to join the rendezvous, but not all
+(``block_until_ready``) before the next is dispatched, and a 'pmap' program's outputs are
+read from device 0's own shard (``_first_replica``), not by indexing: in current jax a
+``pmap`` output is an array sharded over all its devices, so ``out[0]`` is one more program
+on all of them, dispatched asynchronously. XLA:CPU runs the participants of its in-process
+collectives on a shared thread pool; with several such programs in flight over many fake
+devices on few cores, a rendezvous can wait for a participant that never gets a thread,
+and XLA then aborts the process ("Expected 8 threads to join the rendezvous, but not all
 of them arrived on time"). A script dispatching two pmapped psums back to back, three
-copies at once on 2 cores, aborted in 2 of 3 processes so; awaiting each call, in none.
+copies at once on 2 cores, aborted so in 2 of 3 processes; awaiting each call, in none.
 Accelerators are unaffected and keep asynchronous dispatch.
 
 Multi-host (a TPU pod slice, several GPU hosts): call ``jax.distributed.initialize()``

@@ -1,8 +1,9 @@
 """Data parallelism: every method gives the same result on 8 devices as on 1.
 
 Runs on 8 fake CPU devices (tests/conftest.py sets XLA_FLAGS before jax is imported).
-Sharded-jit steps are awaited one by one on the CPU (see jaxunlearn.parallel), which keeps
-XLA:CPU's collectives from timing out; these tests ran 5 times in a row without a failure.
+Multi-device programs are awaited one by one on the CPU and pmap outputs read from device
+0's shard (see jaxunlearn.parallel), which keeps XLA:CPU's collectives from aborting on a
+rendezvous timeout.
 """
 
 import dataclasses
@@ -101,6 +102,23 @@ def test_sfron_adaptive_weights_normalise_over_the_global_batch():
   sharded = jax.pmap(lambda l, w: jax.lax.pmean(losses.reduce_loss(loss, l, w, AXIS), AXIS),
                      AXIS)(per_example.reshape(8, 2), w.reshape(8, 2))
   np.testing.assert_allclose(sharded[0], whole, rtol=1e-6)
+
+
+def test_pmap_outputs_are_read_without_another_all_device_program():
+  """What a pmapped step or batch function returns lives on device 0 alone: indexing the
+  sharded output would dispatch one more program (with collectives) on all 8 devices."""
+  par = Parallel('pmap', DEVICES)
+  mean = par.batched(lambda w, x: jax.lax.pmean((x * w).mean(0), AXIS))
+  rows = par.batched(lambda w, x: x * w, per_example=True)
+  x = np.arange(32, dtype=np.float32).reshape(16, 2)
+  out = mean(np.float32(2), x)
+  assert out.sharding.device_set == {jax.devices()[0]}
+  np.testing.assert_allclose(out, 2 * x.mean(0), rtol=1e-6)
+  np.testing.assert_array_equal(rows(np.float32(2), x), 2 * x)
+  step = par.compile(lambda s, b, key: (s + jax.lax.pmean(b.sum(), AXIS), {'m': s}), 1)
+  state, metrics = step(par.put(np.float32(1)), np.ones(16, np.float32), jax.random.key(0))
+  assert metrics['m'].sharding.device_set == {jax.devices()[0]}
+  assert par.get(state) == 3.0  # 1 + the mean over devices of each device's sum of 2 ones
 
 
 def test_bad_settings_are_clear_errors():
