@@ -494,11 +494,32 @@ def be(task: UnlearnTask, hp: dict):
       jax.random.uniform(k2, (1,), minval=-bound, maxval=bound))])
   params = {**task.variables['params'], 'head': {'kernel': kernel, 'bias': bias}}
   shadow = np.full_like(task.forget_y, c)
+  if task.callback is not None:  # it measures the task's C-class model: show it that one
+    task = dataclasses.replace(task, callback=_WithoutShadowClass(task.callback, c))
   out = _fit(task, hp, [Phase(task.forget_x, shadow, losses.cross_entropy, 'forget')], 'be',
              variables={**task.variables, 'params': params}, model=wide)
-  out_head = out['params']['head']
-  return {**out, 'params': {**out['params'], 'head': {'kernel': out_head['kernel'][:, :c],
-                                                      'bias': out_head['bias'][:c]}}}
+  return _drop_shadow_class(out, c)
+
+
+def _drop_shadow_class(variables, num_classes: int):
+  """Variables of a head widened by shadow classes, cut back to ``num_classes``."""
+  head = variables['params']['head']
+  return {**variables, 'params': {**variables['params'], 'head': {
+      'kernel': head['kernel'][:, :num_classes], 'bias': head['bias'][:num_classes]}}}
+
+
+class _WithoutShadowClass:
+  """A loop callback (e.g. the alignment probe) that sees BE's widened model as the
+  task's ``num_classes`` model; its checkpointed record (``state_dict``) passes through."""
+
+  def __init__(self, callback, num_classes: int):
+    self.callback, self.num_classes = callback, num_classes
+
+  def __call__(self, steps, variables):
+    return self.callback(steps, _drop_shadow_class(variables, self.num_classes))
+
+  def __getattr__(self, name):  # state_dict, load_state_dict, ...
+    return getattr(self.callback, name)
 
 
 @register('scrub', 'SCRUB: max KL to the teacher on D_f (first msteps epochs), min CE+KL on D_r',

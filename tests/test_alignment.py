@@ -81,3 +81,21 @@ def test_run_logs_alignment_for_lur_salun_and_rl(tmp_path):
   assert 'iu' not in results['alignment']  # one Newton step: no updates to follow
   assert 'grad_cosine' not in results['methods']['iu']
   assert (out / 'alignment.png').stat().st_size > 10_000
+
+
+def test_boundary_expanding_is_probed_on_the_task_model(setup):
+  """BE trains a head widened by a shadow class; the probe (built for the task's C-class
+  model, as `jaxunlearn run` builds it) sees the widened weights cut back to C classes, and
+  a loop checkpoint still finds the probe's record."""
+  from jaxunlearn.methods import UnlearnTask, get_method, resolve_hparams
+  model, variables, ds = setup
+  fx, fy, rx, ry = ds.x_train[:20], ds.y_train[:20], ds.x_train[20:], ds.y_train[20:]
+  probe = GradientAlignment(model, fx, fy, rx, ry)
+  task = UnlearnTask(model, variables, fx, fy, rx, ry, ds.num_classes, seed=0, progress=False,
+                     callback=probe, callback_every=1)
+  out = get_method('be').run(task, resolve_hparams('be', {'epochs': 2, 'batch_size': 16}))
+  assert out['params']['head']['kernel'].shape[-1] == ds.num_classes
+  assert probe.steps == [1, 2, 3, 4] and all(np.isfinite(probe.cosines))
+  from jaxunlearn.methods import _WithoutShadowClass
+  wrapped = _WithoutShadowClass(probe, ds.num_classes)  # what BE hands the loop
+  assert wrapped.state_dict() == probe.state_dict()
