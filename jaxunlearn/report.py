@@ -46,6 +46,15 @@ def format_table(results: dict) -> str:
   return text_table(title, header, body, failed)
 
 
+def _method_colors(results: dict) -> dict:
+  """One colour per method of ``results``, the same in every plot of a run (tab10, or
+  tab20 beyond ten methods, so that no two methods share one)."""
+  import matplotlib.pyplot as plt
+  names = list(results['methods'])
+  palette = plt.get_cmap('tab10' if len(names) <= 10 else 'tab20')
+  return {name: palette(i % palette.N) for i, name in enumerate(names)}
+
+
 def plot_results(results: dict, path: str | Path) -> None:
   """Grouped bars of UA/RA/TA/MIA per method (Retrain's level dashed) and Avg. Gap bars."""
   import matplotlib
@@ -58,8 +67,7 @@ def plot_results(results: dict, path: str | Path) -> None:
   fig, (ax, ax_gap) = plt.subplots(1, 2, figsize=(11, 4.2),
                                    gridspec_kw={'width_ratios': [3.2, 1]})
   width = 0.8 / max(len(names), 1)
-  palette = plt.get_cmap('tab10' if len(names) <= 10 else 'tab20')
-  colors = lambda i: palette(i % palette.N)
+  color = _method_colors(results)
   x = np.arange(len(BAR_METRICS))
   retrain = results['methods'].get('retrain')
   for i, name in enumerate(names):
@@ -69,7 +77,7 @@ def plot_results(results: dict, path: str | Path) -> None:
     is_ref = name == 'retrain'
     ax.bar(x + (i - (len(names) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
            label=name + (' (gold standard)' if is_ref else ''),
-           color='0.25' if is_ref else colors(i), hatch='//' if is_ref else None,
+           color='0.25' if is_ref else color[name], hatch='//' if is_ref else None,
            edgecolor='white' if is_ref else None)
   if retrain is not None:
     for j, m in enumerate(BAR_METRICS):
@@ -85,7 +93,7 @@ def plot_results(results: dict, path: str | Path) -> None:
   gaps = [results['methods'][n]['avg_gap']['mean'] for n in others]
   gap_std = [results['methods'][n]['avg_gap']['std'] for n in others]
   ax_gap.barh(others, gaps, xerr=gap_std, capsize=2,
-              color=[colors(names.index(n)) for n in others])
+              color=[color[n] for n in others])
   for y, (g, e) in enumerate(zip(gaps, gap_std)):
     ax_gap.text(g + e, y, f' {g:.2f}', va='center', fontsize=8)
   ax_gap.set_xlim(0, max(gaps + [1.0]) * 1.25)
@@ -105,11 +113,10 @@ def plot_alignment(results: dict, path: str | Path) -> None:
   import matplotlib.pyplot as plt
   import numpy as np
 
-  fig, ax = plt.subplots(figsize=(7.5, 4.2))
-  palette = plt.get_cmap('tab10')
-  names = list(results['methods'])
+  fig, ax = plt.subplots(figsize=(9.5, 4.2))  # the legend to the right of the curves
+  colors = _method_colors(results)
   for name, curves in results['alignment'].items():
-    color = palette(names.index(name) % palette.N)
+    color = colors[name]
     length = min(len(s) for s in curves['steps'])
     steps = np.asarray(curves['steps'][0][:length])
     cos = np.asarray([c[:length] for c in curves['cosine']])
@@ -122,7 +129,7 @@ def plot_alignment(results: dict, path: str | Path) -> None:
   ax.set_ylabel('cos(grad forget loss, grad retain loss)')
   ax.set_title(f"{results['dataset']} · {results['scenario']} · {len(results['seeds'])} seed(s)"
                ' · probe batches, expected random-label CE vs CE', fontsize=9)
-  ax.legend(fontsize=8, frameon=False)
+  ax.legend(fontsize=8, frameon=False, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
   fig.savefig(path, dpi=130)
   plt.close(fig)
