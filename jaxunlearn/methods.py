@@ -519,6 +519,8 @@ class _WithoutShadowClass:
     return self.callback(steps, _drop_shadow_class(variables, self.num_classes))
 
   def __getattr__(self, name):  # state_dict, load_state_dict, ...
+    if name == 'callback':  # not set yet (a copy being built): no recursion
+      raise AttributeError(name)
     return getattr(self.callback, name)
 
 

@@ -87,7 +87,7 @@ def test_boundary_expanding_is_probed_on_the_task_model(setup):
   """BE trains a head widened by a shadow class; the probe (built for the task's C-class
   model, as `jaxunlearn run` builds it) sees the widened weights cut back to C classes, and
   a loop checkpoint still finds the probe's record."""
-  from jaxunlearn.methods import UnlearnTask, get_method, resolve_hparams
+  from jaxunlearn.methods import UnlearnTask, _WithoutShadowClass, get_method, resolve_hparams
   model, variables, ds = setup
   fx, fy, rx, ry = ds.x_train[:20], ds.y_train[:20], ds.x_train[20:], ds.y_train[20:]
   probe = GradientAlignment(model, fx, fy, rx, ry)
@@ -96,6 +96,7 @@ def test_boundary_expanding_is_probed_on_the_task_model(setup):
   out = get_method('be').run(task, resolve_hparams('be', {'epochs': 2, 'batch_size': 16}))
   assert out['params']['head']['kernel'].shape[-1] == ds.num_classes
   assert probe.steps == [1, 2, 3, 4] and all(np.isfinite(probe.cosines))
-  from jaxunlearn.methods import _WithoutShadowClass
   wrapped = _WithoutShadowClass(probe, ds.num_classes)  # what BE hands the loop
   assert wrapped.state_dict() == probe.state_dict()
+  import copy
+  assert copy.deepcopy(wrapped).state_dict() == probe.state_dict()
