@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from jaxunlearn import losses
+from jaxunlearn.objectives import Classifier
 from jaxunlearn.saliency import salun_mask, sfron_mask
 from jaxunlearn.step import (compiled_forget_retain_step, compiled_forget_step,
                              compiled_train_step, init_state)
@@ -51,8 +52,8 @@ def jax_cases(model, variables, forget, retain, w, batch: int):
   key = jax.random.key(0)
   (xf, yf), (xr, yr) = forget, retain
   fargs, rargs = (xf, yf, w), (xr, yr, w)
-  masks = {'salun': salun_mask(model, variables, xf, yf, 0.5, batch),
-           'sfron': sfron_mask(model, variables, xf, yf, xr, yr, 1.0, batch)}
+  masks = {'salun': salun_mask(Classifier(model, losses.gradient_ascent, train=False), variables, xf, yf, 0.5, batch),
+           'sfron': sfron_mask(Classifier(model, losses.cross_entropy, train=False), variables, xf, yf, xr, yr, 1.0, batch)}
   ce, rl = losses.cross_entropy, losses.random_label_cross_entropy
   adaptive = losses.AdaptiveGradientAscent(0.5)
 
@@ -64,22 +65,22 @@ def jax_cases(model, variables, forget, retain, w, batch: int):
   fs = FastSlowConfig(lr=0.01, iterations=1000, every=1)
   hvp = dataclasses.replace(fs, precondition='cg', solver_iters=5)
   cases = {
-      'plain': (compiled_train_step(model, ce, sgd), state(sgd), rargs + (key,)),
-      'ga': (compiled_train_step(model, losses.gradient_ascent, sgd), state(sgd),
+      'plain': (compiled_train_step(Classifier(model, ce), sgd), state(sgd), rargs + (key,)),
+      'ga': (compiled_train_step(Classifier(model, losses.gradient_ascent), sgd), state(sgd),
              fargs + (key,)),
-      'rl': (compiled_train_step(model, rl, sgd), state(sgd), fargs + (key,)),
+      'rl': (compiled_train_step(Classifier(model, rl), sgd), state(sgd), fargs + (key,)),
   }
   l1 = OptimConfig(lr=0.01, l1=1e-4, l1_decay_steps=1000)
-  cases['l1_sparse'] = (compiled_train_step(model, ce, l1), state(l1), rargs + (key,))
+  cases['l1_sparse'] = (compiled_train_step(Classifier(model, ce), l1), state(l1), rargs + (key,))
   masked = OptimConfig(lr=0.013, saliency=True)
-  cases['salun'] = (compiled_train_step(model, rl, masked), state(masked, masks['salun']),
+  cases['salun'] = (compiled_train_step(Classifier(model, rl), masked), state(masked, masks['salun']),
                     fargs + (key,))
   joint = OptimConfig(lr=0.013, saliency=True, forget_weight=1.0)
-  cases['salun_joint'] = (compiled_forget_retain_step(model, rl, ce, joint),
+  cases['salun_joint'] = (compiled_forget_retain_step(Classifier(model, rl), Classifier(model, ce), joint),
                           state(joint, masks['salun']), (fargs, rargs, key))
-  retain_step = compiled_train_step(model, ce, dataclasses.replace(fs, role='retain'))
+  retain_step = compiled_train_step(Classifier(model, ce), dataclasses.replace(fs, role='retain'))
   for name, cfg in (('sfron', fs), ('sfron_hvp', hvp)):
-    forget_step = compiled_forget_step(model, adaptive, ce, cfg)
+    forget_step = compiled_forget_step(Classifier(model, adaptive), Classifier(model, ce), cfg)
     needs_retain = cfg.precondition is not None
 
     def iteration(st, forget_step=forget_step, needs_retain=needs_retain):
@@ -87,7 +88,7 @@ def jax_cases(model, variables, forget, retain, w, batch: int):
       return retain_step(st, *rargs, key)
     cases[name] = (iteration, state(cfg, masks['sfron']), ())
   lur = OptimConfig(lr=0.01, forget_weight=1.0, lookahead_lr=0.01, lookahead_order='second')
-  cases['lur'] = (compiled_forget_retain_step(model, rl, ce, lur), state(lur),
+  cases['lur'] = (compiled_forget_retain_step(Classifier(model, rl), Classifier(model, ce), lur), state(lur),
                   (fargs, rargs, key))
   return cases, masks
 

@@ -20,6 +20,7 @@ import jax
 
 from jaxunlearn import losses
 from jaxunlearn.checkpoint import LoopCheckpoint
+from jaxunlearn.objectives import Classifier
 from jaxunlearn.saliency import salun_mask
 from jaxunlearn.step import compiled_train_step, init_state
 from jaxunlearn.train import OptimConfig
@@ -38,8 +39,8 @@ def main():
   optim = OptimConfig(lr=0.01, saliency=True)
   state = init_state(variables, optim())
   state = state._replace(opt_state=set_saliency_mask(
-      state.opt_state, salun_mask(model, variables, xf, yf, 0.5, args.batch)))
-  step = compiled_train_step(model, losses.random_label_cross_entropy, optim)
+      state.opt_state, salun_mask(Classifier(model, losses.gradient_ascent, train=False), variables, xf, yf, 0.5, args.batch)))
+  step = compiled_train_step(Classifier(model, losses.random_label_cross_entropy), optim)
   key = jax.random.key(0)
   box = {'s': jax.device_put(state)}
 

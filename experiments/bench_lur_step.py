@@ -21,6 +21,7 @@ import argparse
 import jax
 
 from jaxunlearn import losses
+from jaxunlearn.objectives import Classifier
 from jaxunlearn.step import compiled_forget_retain_step, compiled_train_step, init_state
 from jaxunlearn.train import OptimConfig
 
@@ -51,10 +52,10 @@ def main():
   def case(name):
     cfg = configs[name]
     if name == 'plain':
-      step = compiled_train_step(model, retain_loss, cfg)
+      step = compiled_train_step(Classifier(model, retain_loss), cfg)
       call = lambda s: step(s, *rargs, key)
     else:
-      step = compiled_forget_retain_step(model, forget_loss, retain_loss, cfg)
+      step = compiled_forget_retain_step(Classifier(model, forget_loss), Classifier(model, retain_loss), cfg)
       call = lambda s: step(s, fargs, rargs, key)
 
     def run():

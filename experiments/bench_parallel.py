@@ -19,6 +19,7 @@ import jax
 
 from jaxunlearn import losses
 from jaxunlearn.parallel import Parallel
+from jaxunlearn.objectives import Classifier
 from jaxunlearn.saliency import salun_mask
 from jaxunlearn.step import (compiled_forget_retain_step, compiled_forget_step,
                              compiled_train_step, init_state)
@@ -36,7 +37,7 @@ def main():
 
   model, variables, (xf, yf), (xr, yr), w = model_and_batches(args)
   key = jax.random.key(0)
-  mask = salun_mask(model, variables, xf, yf, 0.5, args.batch)
+  mask = salun_mask(Classifier(model, losses.gradient_ascent, train=False), variables, xf, yf, 0.5, args.batch)
   salun_cfg = OptimConfig(lr=0.01, saliency=True)
   sfron_cfg = FastSlowConfig(lr=0.01, iterations=1000, saliency=False)
   lur_cfg = OptimConfig(lr=0.01, forget_weight=1.0, lookahead_lr=0.01,
@@ -53,10 +54,10 @@ def main():
         st = st._replace(opt_state=set_saliency_mask(st.opt_state, mask))
       return par.put(st)
 
-    salun = compiled_train_step(model, rl, salun_cfg, par)
-    sfron = compiled_forget_step(model, losses.AdaptiveGradientAscent(0.5), losses.cross_entropy,
+    salun = compiled_train_step(Classifier(model, rl), salun_cfg, par)
+    sfron = compiled_forget_step(Classifier(model, losses.AdaptiveGradientAscent(0.5)), Classifier(model, losses.cross_entropy),
                                  sfron_cfg, par)
-    lur = compiled_forget_retain_step(model, rl, losses.cross_entropy, lur_cfg, par)
+    lur = compiled_forget_retain_step(Classifier(model, rl), Classifier(model, losses.cross_entropy), lur_cfg, par)
     states = {'salun': state(salun_cfg, True), 'sfron_forget': state(sfron_cfg),
               'lur_second': state(lur_cfg)}
     calls = {'salun': lambda s: salun(s, *fargs, key),

@@ -17,6 +17,7 @@ import argparse
 import jax
 
 from jaxunlearn import losses
+from jaxunlearn.objectives import Classifier
 from jaxunlearn.saliency import salun_mask
 from jaxunlearn.step import compiled_forget_retain_step, compiled_train_step, init_state
 from jaxunlearn.train import OptimConfig
@@ -33,7 +34,7 @@ def main():
   model, variables, (xf, yf), (xr, yr), w = model_and_batches(args)
   b = args.batch
   key = jax.random.key(0)
-  mask = salun_mask(model, variables, xf, yf, 0.5, b)
+  mask = salun_mask(Classifier(model, losses.gradient_ascent, train=False), variables, xf, yf, 0.5, b)
 
   def state_for(optim):
     st = init_state(variables, optim())
@@ -46,11 +47,11 @@ def main():
     joint = OptimConfig(lr=0.01, forget_weight=1.0, saliency=saliency)
     alt = OptimConfig(lr=0.01, saliency=saliency)
     cases[('joint', saliency)] = (
-        compiled_forget_retain_step(model, losses.random_label_cross_entropy,
-                                    losses.cross_entropy, joint),
+        compiled_forget_retain_step(Classifier(model, losses.random_label_cross_entropy),
+                                    Classifier(model, losses.cross_entropy), joint),
         state_for(joint), ((xf, yf, w), (xr, yr, w), key))
     cases[('alternating', saliency)] = (
-        compiled_train_step(model, losses.random_label_cross_entropy, alt), state_for(alt),
+        compiled_train_step(Classifier(model, losses.random_label_cross_entropy), alt), state_for(alt),
         (xf, yf, w, key))
   def case(k):
     fn, _, fargs = cases[k]

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from jaxunlearn import losses
+from jaxunlearn.objectives import Classifier
 from jaxunlearn.saliency import sfron_mask
 from jaxunlearn.step import compiled_forget_step, compiled_train_step, init_state
 from jaxunlearn.train import FastSlowConfig, OptimConfig
@@ -45,16 +46,16 @@ def main():
   model, variables, (xf, yf), (xr, yr), w = model_and_batches(args)
   b = args.batch
   key = jax.random.key(0)
-  mask = sfron_mask(model, variables, xf, yf, xr, yr, 1.0, b)
+  mask = sfron_mask(Classifier(model, losses.cross_entropy, train=False), variables, xf, yf, xr, yr, 1.0, b)
 
   plain_cfg = OptimConfig(lr=0.01)
   fs = FastSlowConfig(lr=0.01, iterations=1000, every=args.every)
   hvp_cfg = dataclasses.replace(fs, precondition='cg', solver_iters=args.solver_iters, every=1)
   adaptive = losses.AdaptiveGradientAscent(0.5)
-  plain = compiled_train_step(model, losses.cross_entropy, plain_cfg)
-  f_step = compiled_forget_step(model, adaptive, losses.cross_entropy, fs)
-  r_step = compiled_train_step(model, losses.cross_entropy, dataclasses.replace(fs, role='retain'))
-  h_step = compiled_forget_step(model, adaptive, losses.cross_entropy, hvp_cfg)
+  plain = compiled_train_step(Classifier(model, losses.cross_entropy), plain_cfg)
+  f_step = compiled_forget_step(Classifier(model, adaptive), Classifier(model, losses.cross_entropy), fs)
+  r_step = compiled_train_step(Classifier(model, losses.cross_entropy), dataclasses.replace(fs, role='retain'))
+  h_step = compiled_forget_step(Classifier(model, adaptive), Classifier(model, losses.cross_entropy), hvp_cfg)
 
   def with_mask(cfg):
     st = init_state(variables, cfg())

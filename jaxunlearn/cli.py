@@ -262,7 +262,9 @@ def _run_generation(args) -> int:
         seeds=tuple(args.seeds),
         overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
         check_every=args.check_every, checkpoint_every=args.checkpoint_every,
-        max_nonfinite=args.max_nonfinite or None, fid_inception=args.fid_inception, **extra)
+        max_nonfinite=args.max_nonfinite or None, fid_inception=args.fid_inception,
+        parallel=args.parallel, num_devices=args.devices, shard_params=args.shard_params,
+        **extra)
     config.validate()
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)

@@ -138,9 +138,7 @@ class ExperimentConfig:
 
   def devices(self) -> Parallel:
     """The :class:`jaxunlearn.parallel.Parallel` of ``parallel`` and ``num_devices``."""
-    if self.parallel == 'auto':
-      return Parallel.auto(self.num_devices)
-    return Parallel(self.parallel, self.num_devices, self.shard_params)
+    return Parallel.from_setting(self.parallel, self.num_devices, self.shard_params)
 
 
 @dataclasses.dataclass(frozen=True)

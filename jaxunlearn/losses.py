@@ -2,7 +2,7 @@
 
 Every loss has the signature ``loss(logits, labels, key) -> [B]`` so that steps can treat
 them alike (``key`` feeds losses that draw random labels; the others ignore it). The sign
-convention is the one of DESIGN.md section 3: *minimising* a forget loss forgets.
+convention is the transforms' (docs/architecture.md): *minimising* a forget loss forgets.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import optax
+
+from jaxunlearn.parallel import draw
 
 
 def cross_entropy(logits, labels, key=None):
@@ -34,16 +36,10 @@ def random_labels(key, labels, num_classes: int, exclude_true: bool = True):
   :class:`jaxunlearn.parallel.ShardKey` (under ``pmap``): the draws are then those of the
   whole global batch, sliced to this device's examples.
   """
-  shape, offset = labels.shape, None
-  if hasattr(key, 'global_size'):  # a ShardKey: draw for the global batch, keep our slice
-    key, offset, shape = key.key, key.offset, (key.global_size, *labels.shape[1:])
-  if exclude_true:
-    draw = jax.random.randint(key, shape, 1, num_classes)
-  else:
-    draw = jax.random.randint(key, shape, 0, num_classes)
-  if offset is not None:
-    draw = jax.lax.dynamic_slice_in_dim(draw, offset, labels.shape[0])
-  return (labels + draw) % num_classes if exclude_true else draw
+  low = 1 if exclude_true else 0
+  draws = draw(key, lambda k, shape: jax.random.randint(k, shape, low, num_classes),
+               labels.shape)
+  return (labels + draws) % num_classes if exclude_true else draws
 
 
 def random_label_cross_entropy(logits, labels, key, exclude_true: bool = True):

@@ -26,6 +26,7 @@ import numpy as np
 
 from jaxunlearn import losses
 from jaxunlearn.influence import influence_direction
+from jaxunlearn.objectives import Classifier
 from jaxunlearn.parallel import SINGLE, Parallel
 from jaxunlearn.saliency import salun_mask, sfron_mask
 from jaxunlearn.step import predict
@@ -33,8 +34,30 @@ from jaxunlearn.train import (FastSlowConfig, LoopControl, OptimConfig, Phase, T
                               fit, fit_fast_slow, fit_joint, init_variables, train_classifier)
 
 
+class TaskSets:
+  """What every task (:class:`UnlearnTask`, ``GenerationTask``) shares: its phases, built
+  from its ``objective(loss)``, and the keyword arguments its loops take from it."""
+
+  def phase(self, x, y, loss, name: str = 'train', epochs: int | None = None,
+            **objective) -> Phase:
+    """A pass over ``(x, y)`` minimising ``loss`` through the task's objective."""
+    return Phase(x, y, self.objective(loss, **objective), name, epochs)
+
+  def forget_phase(self, loss, name: str = 'forget', **kw) -> Phase:
+    return self.phase(self.forget_x, self.forget_y, loss, name, **kw)
+
+  def retain_phase(self, loss, name: str = 'retain', **kw) -> Phase:
+    return self.phase(self.retain_x, self.retain_y, loss, name, **kw)
+
+  def loop(self, desc: str) -> dict:
+    """The keyword arguments every training loop of a method takes from the task."""
+    return dict(seed=self.seed, desc=desc, progress=self.progress, callback=self.callback,
+                callback_every=self.callback_every, parallel=self.parallel,
+                control=self.control)
+
+
 @dataclasses.dataclass(frozen=True)
-class UnlearnTask:
+class UnlearnTask(TaskSets):
   """What every method receives: the model, the original weights and the data.
 
   Attributes:
@@ -98,11 +121,14 @@ class UnlearnTask:
         raise ValueError(f'the model has {out.shape[-1]} outputs but the task '
                          f'{self.num_classes} classes')
 
-  def loop(self, desc: str) -> dict:
-    """The keyword arguments every training loop of a method takes from the task."""
-    return dict(seed=self.seed, desc=desc, progress=self.progress, callback=self.callback,
-                callback_every=self.callback_every, parallel=self.parallel,
-                control=self.control)
+  def objective(self, loss, model=None, train: bool = True) -> Classifier:
+    """The task's objective for a loss on logits: ``Classifier(model or self.model, loss)``."""
+    return Classifier(self.model if model is None else model, loss, train)
+
+  def statistic(self, loss) -> Classifier:
+    """The objective of the statistics computed once before a loop (saliency gradients,
+    Fishers): ``loss`` on the logits of the model in eval mode, as both references."""
+    return self.objective(loss, train=False)
 
 
 def per_model(task: UnlearnTask, fn: Callable):
@@ -281,11 +307,11 @@ def _sgd(hp, **options) -> OptimConfig:
   return OptimConfig(hp['lr'], hp['momentum'], hp['weight_decay'], hp['schedule'], **options)
 
 
-def _fit(task: UnlearnTask, hp: dict, phases, desc: str, model=None, variables=None,
-         mask=None, **options):
-  """``fit`` from the original (or ``variables`` of ``model``) with the method's SGD."""
-  variables, _ = fit(model or task.model, task.variables if variables is None else variables,
-                     phases, epochs=hp['epochs'], batch_size=hp['batch_size'],
+def _fit(task: UnlearnTask, hp: dict, phases, desc: str, variables=None, mask=None,
+         **options):
+  """``fit`` from the original (or ``variables``) with the method's SGD."""
+  variables, _ = fit(task.variables if variables is None else variables, phases,
+                     epochs=hp['epochs'], batch_size=hp['batch_size'],
                      optim=_sgd(hp, **options), mask=mask, **task.loop(desc))
   return variables
 
@@ -312,19 +338,26 @@ def retrain(task: UnlearnTask, hp: dict):
 
 @register('ft', 'Fine-tune: CE on D_r', lr=0.01, epochs=10, **_SGD)
 def ft(task: UnlearnTask, hp: dict):
-  return _fit(task, hp, [Phase(task.retain_x, task.retain_y, losses.cross_entropy, 'retain')],
+  return _fit(task, hp, [task.retain_phase(losses.cross_entropy)],
               'ft')
 
 
 @register('ga', 'Gradient ascent: -CE on D_f', lr=0.005, epochs=5, **_SGD)
 def ga(task: UnlearnTask, hp: dict):
-  return _fit(task, hp, [Phase(task.forget_x, task.forget_y, losses.gradient_ascent, 'forget')],
+  return _fit(task, hp, [task.forget_phase(losses.gradient_ascent)],
               'ga')
 
 
+def _salun_mask(task: UnlearnTask, hp: dict):
+  """SalUn's mask: top ``keep`` of |sum of grad(-CE) over D_f|, eval mode (each model's)."""
+  objective = task.statistic(losses.gradient_ascent)
+  return per_model(task, lambda v: salun_mask(objective, v, task.forget_x, task.forget_y,
+                                              hp['keep'], hp['batch_size'],
+                                              parallel=_one(task)))
+
+
 def _rl_phases(task: UnlearnTask, hp: dict):
-  return [Phase(task.forget_x, task.forget_y, _forget_loss(hp), 'forget'),
-          Phase(task.retain_x, task.retain_y, losses.cross_entropy, 'retain')]
+  return [task.forget_phase(_forget_loss(hp)), task.retain_phase(losses.cross_entropy)]
 
 
 @register('rl', 'Random labels on D_f, then CE on D_r, each epoch', lr=0.01, epochs=10,
@@ -343,8 +376,7 @@ def salun(task: UnlearnTask, hp: dict):
   pass over D_r, gradients masked before SGD; ``mask_by_saliency(freeze=True)`` wraps the
   optimizer so that masked weights stay exactly at their original values.
   """
-  mask = per_model(task, lambda v: salun_mask(task.model, v, task.forget_x, task.forget_y,
-                                              hp['keep'], hp['batch_size'], _one(task)))
+  mask = _salun_mask(task, hp)
   return _fit(task, hp, _rl_phases(task, hp), 'salun', mask=mask, saliency=True)
 
 
@@ -353,14 +385,12 @@ def salun(task: UnlearnTask, hp: dict):
 def salun_joint(task: UnlearnTask, hp: dict):
   """SalUn's objective ``L = CE(x_f, y') + alpha CE(x_r, y_r)`` minimised in joint steps:
   ``combine_forget_retain(1, alpha)`` then the masked optimizer."""
-  mask = per_model(task, lambda v: salun_mask(task.model, v, task.forget_x, task.forget_y,
-                                              hp['keep'], hp['batch_size'], _one(task)))
   variables, _ = fit_joint(
-      task.model, task.variables, Phase(task.forget_x, task.forget_y, _forget_loss(hp)),
-      Phase(task.retain_x, task.retain_y, losses.cross_entropy), epochs=hp['epochs'],
+      task.variables, task.forget_phase(_forget_loss(hp)),
+      task.retain_phase(losses.cross_entropy), epochs=hp['epochs'],
       batch_size=hp['batch_size'],
-      optim=_sgd(hp, saliency=True, forget_weight=1.0, retain_weight=hp['alpha']), mask=mask,
-      **task.loop('salun_joint'))
+      optim=_sgd(hp, saliency=True, forget_weight=1.0, retain_weight=hp['alpha']),
+      mask=_salun_mask(task, hp), **task.loop('salun_joint'))
   return variables
 
 
@@ -372,15 +402,14 @@ def _sfron(task: UnlearnTask, hp: dict, desc: str, **options):
   mask = None
   if hp['mask']:
     mask = per_model(task, lambda v: sfron_mask(
-        task.model, v, task.forget_x, task.forget_y, task.retain_x, task.retain_y,
-        hp['gamma'], hp['batch_size'], _one(task)))
+        task.statistic(losses.cross_entropy), v, task.forget_x, task.forget_y, task.retain_x,
+        task.retain_y, hp['gamma'], hp['batch_size'], parallel=_one(task)))
   config = FastSlowConfig(hp['lr'], hp['momentum'], hp['weight_decay'], hp['schedule'],
                           hp['iterations'], hp['every'], hp['alpha'], 'cosine', hp['clip_norm'],
                           saliency=hp['mask'], **options)
   variables, _ = fit_fast_slow(
-      task.model, task.variables,
-      Phase(task.forget_x, task.forget_y, losses.AdaptiveGradientAscent(hp['lam'])),
-      Phase(task.retain_x, task.retain_y, losses.cross_entropy), config=config,
+      task.variables, task.forget_phase(losses.AdaptiveGradientAscent(hp['lam'])),
+      task.retain_phase(losses.cross_entropy), config=config,
       batch_size=hp['batch_size'], mask=mask, **task.loop(desc))
   return variables
 
@@ -421,8 +450,8 @@ def lur(task: UnlearnTask, hp: dict):
   ``order='first'`` without the HVP). ``forget_loss``: 'rl' (random-label CE) or 'ga'."""
   forget = _forget_loss(hp) if hp['forget_loss'] == 'rl' else losses.gradient_ascent
   variables, _ = fit_joint(
-      task.model, task.variables, Phase(task.forget_x, task.forget_y, forget),
-      Phase(task.retain_x, task.retain_y, losses.cross_entropy), epochs=hp['epochs'],
+      task.variables, task.forget_phase(forget), task.retain_phase(losses.cross_entropy),
+      epochs=hp['epochs'],
       batch_size=hp['batch_size'],
       optim=_sgd(hp, forget_weight=hp['forget_weight'], retain_weight=hp['retain_weight'],
                  lookahead_lr=hp['inner_lr'], lookahead_order=hp['order'],
@@ -436,7 +465,7 @@ def l1_sparse(task: UnlearnTask, hp: dict):
   """``CE(D_r) + alpha_t ||theta||_1``; ``alpha_t`` decays linearly to 0 over the run
   (the reference steps it per epoch; we decay per step)."""
   steps = hp['epochs'] * -(-len(task.retain_y) // hp['batch_size'])
-  return _fit(task, hp, [Phase(task.retain_x, task.retain_y, losses.cross_entropy, 'retain')],
+  return _fit(task, hp, [task.retain_phase(losses.cross_entropy)],
               'l1_sparse', l1=hp['alpha'], l1_decay_steps=steps)
 
 
@@ -473,7 +502,7 @@ def bs(task: UnlearnTask, hp: dict):
   standardized, so ``bound`` is in standardized units and no [0, 1] clamp or 8-bit
   rounding applies (the reference attacks raw [0, 1] pixels)."""
   adv = fgsm_labels(task.model, task.variables, task.forget_x, task.forget_y, hp['bound'])
-  return _fit(task, hp, [Phase(task.forget_x, adv, losses.cross_entropy, 'forget')], 'bs')
+  return _fit(task, hp, [task.phase(task.forget_x, adv, losses.cross_entropy, 'forget')], 'bs')
 
 
 @register('be', 'Boundary Expanding: D_f to an extra shadow class, then drop it',
@@ -496,8 +525,9 @@ def be(task: UnlearnTask, hp: dict):
   shadow = np.full_like(task.forget_y, c)
   if task.callback is not None:  # it measures the task's C-class model: show it that one
     task = dataclasses.replace(task, callback=_WithoutShadowClass(task.callback, c))
-  out = _fit(task, hp, [Phase(task.forget_x, shadow, losses.cross_entropy, 'forget')], 'be',
-             variables={**task.variables, 'params': params}, model=wide)
+  out = _fit(task, hp, [task.phase(task.forget_x, shadow, losses.cross_entropy, 'forget',
+                                   model=wide)], 'be',
+             variables={**task.variables, 'params': params})
   return _drop_shadow_class(out, c)
 
 
@@ -533,10 +563,12 @@ def scrub(task: UnlearnTask, hp: dict):
   the retain "min" pass every epoch; CIFAR-10 settings of SFR-on's code, lr scaled for
   digits."""
   teacher = lambda x, y: {'label': y, 'teacher': _logits(task, task.variables, x)}
-  phases = [Phase(task.forget_x, teacher(task.forget_x, task.forget_y),
-                  losses.DistillKL(hp['temperature'], sign=-1.0), 'forget', epochs=hp['msteps']),
-            Phase(task.retain_x, teacher(task.retain_x, task.retain_y),
-                  losses.ScrubRetainLoss(hp['gamma'], hp['alpha'], hp['temperature']), 'retain')]
+  phases = [task.phase(task.forget_x, teacher(task.forget_x, task.forget_y),
+                       losses.DistillKL(hp['temperature'], sign=-1.0), 'forget',
+                       epochs=hp['msteps']),
+            task.phase(task.retain_x, teacher(task.retain_x, task.retain_y),
+                       losses.ScrubRetainLoss(hp['gamma'], hp['alpha'], hp['temperature']),
+                       'retain')]
   return _fit(task, hp, phases, 'scrub')
 
 
@@ -553,4 +585,4 @@ def bad_teacher(task: UnlearnTask, hp: dict):
   probs = np.concatenate([soft(_logits(task, task.variables, task.retain_x)),
                           soft(_logits(task, random_model, task.forget_x))])
   y = {'label': np.concatenate([task.retain_y, task.forget_y]), 'teacher_probs': probs}
-  return _fit(task, hp, [Phase(x, y, losses.TeacherKL(t), 'mixed')], 'bad_teacher')
+  return _fit(task, hp, [task.phase(x, y, losses.TeacherKL(t), 'mixed')], 'bad_teacher')

@@ -9,8 +9,9 @@ rounding (tests/test_parallel.py checks every method on 8 devices against 1):
   state is replicated, each batch split into equal shards along its first axis, the key
   broadcast. The step itself must be written for it (the steps of :mod:`jaxunlearn.step`
   are): losses are normalised by the *global* batch weight, gradients and metrics averaged
-  with ``lax.pmean``, BatchNorm statistics synchronised (the model is cloned with
-  ``axis_name``), random labels drawn for the global batch (:class:`ShardKey`).
+  with ``lax.pmean``, BatchNorm statistics synchronised (the objective's ``on_axis``),
+  per-example random draws (labels, timesteps, noise) made for the global batch
+  (:class:`ShardKey`, :func:`draw`).
 - ``'vmap'``: not devices but an ensemble: ``models`` independent models on one device,
   the step ``jax.vmap``-ed over a leading model axis of the state, the batches (each
   model's own, ``[models, B, ...]``) and the key, in one ``jax.jit``. The loops of
@@ -112,6 +113,15 @@ class Parallel:
     return cls('pmap', num_devices) if n > 1 else cls('none')
 
   @classmethod
+  def from_setting(cls, mode: str, num_devices: int | None = None,
+                   shard_params: bool = False) -> Parallel:
+    """The ``Parallel`` of a job's setting: ``mode`` one of 'auto' (:meth:`auto`), 'none',
+    'pmap' or 'shard' (the ``--parallel`` flag)."""
+    if mode == 'auto':
+      return cls.auto(num_devices)
+    return cls(mode, num_devices, shard_params)
+
+  @classmethod
   def ensemble(cls, models: int) -> Parallel:
     """``models`` models trained side by side by ``jax.vmap`` (mode 'vmap')."""
     return cls('vmap', models=models)
@@ -136,16 +146,10 @@ class Parallel:
   def devices(self):
     return jax.local_devices()[:self.size]
 
-  def model(self, model):
-    """``model`` as the step must see it: under ``pmap``, BatchNorm statistics are averaged
-    over :data:`AXIS` (a clone with ``axis_name``)."""
-    if self.mode != 'pmap':
-      return model
-    if not hasattr(model, 'axis_name'):
-      raise ValueError(f'{type(model).__name__} has no axis_name attribute, so its batch '
-                       "statistics cannot be synchronised under pmap; use parallel mode "
-                       "'shard'")
-    return model.clone(axis_name=AXIS)
+  def objective(self, objective):
+    """``objective`` (:mod:`jaxunlearn.objectives`) as the step must see it: under ``pmap``
+    its ``on_axis(AXIS)`` (a classifier's BatchNorm statistics averaged over devices)."""
+    return objective.on_axis(AXIS) if self.mode == 'pmap' else objective
 
   def tx(self, tx_factory: Callable):
     """The transformation of ``tx_factory``, told the collective axis when it has one."""
@@ -282,6 +286,26 @@ def shard_key(key, local_size: int, axis_name: str | None) -> ShardKey | jax.Arr
     return key
   size = jax.lax.psum(1, axis_name)
   return ShardKey(key, jax.lax.axis_index(axis_name) * local_size, local_size * size)
+
+
+def split_key(key, num: int = 2) -> list:
+  """``jax.random.split`` that also splits a :class:`ShardKey` (each part keeps its slice)."""
+  if isinstance(key, ShardKey):
+    return [key._replace(key=k) for k in jax.random.split(key.key, num)]
+  return list(jax.random.split(key, num))
+
+
+def draw(key, sample: Callable, shape) -> jax.Array:
+  """``sample(key, shape)``, a per-example draw whose first axis is the batch: with a
+  :class:`ShardKey` (under ``pmap``), the global batch's draw cut to this device's rows, so
+  that random labels, timesteps, noise and label dropout are those of one device.
+
+  Example: ``t = draw(key, lambda k, s: jax.random.randint(k, s, 0, T), (B,))``.
+  """
+  if isinstance(key, ShardKey):
+    full = sample(key.key, (key.global_size, *shape[1:]))
+    return jax.lax.dynamic_slice_in_dim(full, key.offset, shape[0])
+  return sample(key, tuple(shape))
 
 
 def host_shard(indices: np.ndarray, process_index: int | None = None,

@@ -16,10 +16,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from jaxunlearn import losses as losses_lib
-from jaxunlearn.losses import weighted_mean
 from jaxunlearn.parallel import SINGLE, Parallel
+from jaxunlearn.step import batch_objective
 from jaxunlearn.train import epoch_batches, num_batches
 
 
@@ -47,51 +47,58 @@ def topk_gradient_mask(grads, keep: float):
 
 
 @functools.lru_cache(maxsize=32)
-def _batch_grad(model, loss_fn, parallel: Parallel = SINGLE):
+def _batch_grad(objective, clip_norm: float, parallel: Parallel = SINGLE):
   axis_name = parallel.axis_name
+  objective = parallel.objective(objective)
 
-  def grad(variables, batch):
-    x, y, w = batch
-
-    def objective(params):
-      logits = model.apply({**variables, 'params': params}, x, train=False)
-      return weighted_mean(loss_fn(logits, y, None), w, axis_name)
-
-    g = jax.grad(objective)(variables['params'])
-    return g if axis_name is None else jax.lax.pmean(g, axis_name)
+  def grad(args, batch):
+    variables, key = args
+    model_state = {k: v for k, v in variables.items() if k != 'params'}
+    fn = batch_objective(objective, model_state, batch, key, axis_name)
+    g = jax.grad(lambda p: fn(p)[0])(variables['params'])
+    g = g if axis_name is None else jax.lax.pmean(g, axis_name)
+    if clip_norm > 0:
+      g = optax.clip_by_global_norm(clip_norm).update(g, optax.EmptyState())[0]
+    return g
   return parallel.batched(grad)
 
 
-def accumulate_gradients(model, variables, x, y, loss_fn=losses_lib.gradient_ascent,
-                         batch_size: int = 128, square: bool = False,
+def accumulate_gradients(objective, variables, x, y, batch_size: int = 128,
+                         square: bool = False, clip_norm: float = 0.0, seed: int = 0,
                          parallel: Parallel = SINGLE):
-  """Sum over batches of the gradient of the batch-mean ``loss_fn`` (model in eval mode).
+  """Sum over batches of the gradient of ``objective``'s batch loss at ``variables``.
 
   This is SalUn's mask statistic (its ``generate_mask.py`` sums ``loss.backward()`` of
-  ``-CE`` over the forget loader). Batches are in index order; the last is padded with
-  weight-0 repeats. With ``square``, sums the elementwise squares of the batch gradients
-  instead (the Fisher statistic of :func:`fisher_diagonal`). With ``parallel``, each batch
-  is split over its devices (eval mode: the same batch gradients).
+  ``-CE`` over the forget loader, model in eval mode:
+  ``Classifier(model, gradient_ascent, train=False)``). Batches are in index order; the last
+  is padded with weight-0 repeats. With ``square``, sums the elementwise squares of the
+  batch gradients instead (the Fisher statistic of :func:`fisher_diagonal`). Each batch
+  gradient is first clipped to global norm ``clip_norm`` (0: not clipped; both DDPM
+  references call ``clip_grad_norm_`` before reading it). Batch ``i``'s key (timesteps and
+  noise of a denoising objective) is ``fold_in(key(seed), i)``. With ``parallel``, each
+  batch is split over its devices (the same batch gradients).
   """
   if len(y) == 0:
     raise ValueError('cannot accumulate gradients over an empty set')
-  fn = _batch_grad(model, loss_fn, parallel)
-  total = None
-  for idx, w in epoch_batches(len(y), batch_size, seed=0, epoch=0, shuffle=False,
-                              multiple_of=parallel.size):
-    g = fn(variables, (x[idx], y[idx], w))
+  fn = _batch_grad(objective, clip_norm, parallel)
+  total, key = None, jax.random.key(seed)
+  for i, (idx, w) in enumerate(epoch_batches(len(y), batch_size, seed=0, epoch=0,
+                                             shuffle=False, multiple_of=parallel.size)):
+    g = fn((variables, jax.random.fold_in(key, i)), (x[idx], y[idx], w))
     if square:
       g = jax.tree.map(jnp.square, g)
     total = g if total is None else jax.tree.map(jnp.add, total, g)
   return total
 
 
-def salun_mask(model, variables, forget_x, forget_y, keep: float = 0.5,
-               batch_size: int = 128, parallel: Parallel = SINGLE):
-  """SalUn's weight saliency mask: top ``keep`` of ``|sum_batches grad(-CE(D_f))|``."""
-  return topk_gradient_mask(accumulate_gradients(model, variables, forget_x, forget_y,
-                                                 batch_size=batch_size, parallel=parallel),
-                            keep)
+def salun_mask(objective, variables, forget_x, forget_y, keep: float = 0.5,
+               batch_size: int = 128, clip_norm: float = 0.0, parallel: Parallel = SINGLE):
+  """SalUn's weight saliency mask: top ``keep`` of ``|sum_batches grad L(D_f)|``, ``L`` the
+  forget statistic's objective (classification: ``-CE`` in eval mode; diffusion: the
+  conditional denoising loss, each batch gradient clipped to 1)."""
+  g = accumulate_gradients(objective, variables, forget_x, forget_y, batch_size,
+                           clip_norm=clip_norm, parallel=parallel)
+  return topk_gradient_mask(g, keep)
 
 
 def mask_fraction(mask) -> float:
@@ -100,12 +107,14 @@ def mask_fraction(mask) -> float:
   return float(sum(np.sum(np.asarray(m) != 0) for m in leaves) / sum(np.size(m) for m in leaves))
 
 
-def fisher_diagonal(model, variables, x, y, batch_size: int = 128,
-                    parallel: Parallel = SINGLE):
-  """Diagonal empirical Fisher as SFR-on's reference computes it: the mean over batches of
-  the squared gradient of the batch-mean cross-entropy (model in eval mode)."""
-  total = accumulate_gradients(model, variables, x, y, losses_lib.cross_entropy, batch_size,
-                               square=True, parallel=parallel)
+def fisher_diagonal(objective, variables, x, y, batch_size: int = 128,
+                    clip_norm: float = 0.0, parallel: Parallel = SINGLE):
+  """Diagonal empirical Fisher as SFR-on's references compute it: the mean over batches of
+  the squared (clipped, with ``clip_norm``) gradient of the batch loss (classification:
+  ``Classifier(model, cross_entropy, train=False)``; DDPM: the denoising loss, clipped to 1,
+  as its ``generate_fisher``)."""
+  total = accumulate_gradients(objective, variables, x, y, batch_size, square=True,
+                               clip_norm=clip_norm, parallel=parallel)
   batches = num_batches(len(y), batch_size, parallel.size)
   return jax.tree.map(lambda f: f / batches, total)
 
@@ -126,8 +135,11 @@ def fisher_ratio_mask(forget_fisher, remain_fisher, gamma: float = 1.0, eps: flo
   return mask
 
 
-def sfron_mask(model, variables, forget_x, forget_y, retain_x, retain_y, gamma: float = 1.0,
-               batch_size: int = 128, parallel: Parallel = SINGLE):
-  """SFR-on's Fisher-ratio saliency mask from the forget and remain sets (eval mode)."""
-  fisher = lambda x, y: fisher_diagonal(model, variables, x, y, batch_size, parallel)
+def sfron_mask(objective, variables, forget_x, forget_y, retain_x, retain_y,
+               gamma: float = 1.0, batch_size: int = 128, clip_norm: float = 0.0,
+               parallel: Parallel = SINGLE):
+  """SFR-on's Fisher-ratio saliency mask from the forget and remain sets' Fishers of
+  ``objective`` (:func:`fisher_diagonal`)."""
+  fisher = lambda x, y: fisher_diagonal(objective, variables, x, y, batch_size, clip_norm,
+                                        parallel)
   return fisher_ratio_mask(fisher(forget_x, forget_y), fisher(retain_x, retain_y), gamma)

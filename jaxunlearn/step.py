@@ -1,8 +1,12 @@
 """Pure, jit-compiled step functions.
 
-A step is ``(state, batch, key) -> (state, metrics)`` with static configuration (model,
-loss, optimizer) bound by :func:`compiled_train_step`, which caches the compiled program so
-that every seed and every method with the same configuration reuses it.
+A step is ``(state, batch, key) -> (state, metrics)`` with static configuration (an
+objective, :mod:`jaxunlearn.objectives`, and an optimizer) bound by
+:func:`compiled_train_step`, which caches the compiled program so that every seed and every
+method with the same configuration reuses it. Every task (classification, diffusion) runs
+through these three steps: one optimizer step on one objective (:func:`train_step`), a joint
+forget + retain step (:func:`forget_retain_step`) and a step along the forget gradient
+(:func:`forget_step`); :class:`jaxunlearn.parallel.Parallel` makes each multi-device.
 """
 
 from __future__ import annotations
@@ -17,9 +21,8 @@ import numpy as np
 import optax
 
 from jaxunlearn.losses import reduce_loss, weighted_mean
+from jaxunlearn.objectives import LossFn, labels_of  # noqa: F401  (re-exported)
 from jaxunlearn.parallel import SINGLE, Parallel, shard_key
-
-LossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 class TrainState(NamedTuple):
@@ -81,67 +84,75 @@ def finish_step(state: TrainState, updates, opt_state, model_state, loss):
   return new_state, {'skipped': ~ok, 'nonfinite': nonfinite}
 
 
-def labels_of(y):
-  """The integer labels of a batch's targets: ``y`` itself, or ``y['label']``."""
-  return y['label'] if isinstance(y, dict) else y
+def batch_objective(objective, model_state, batch, key, axis_name=None):
+  """``params -> (batch loss, (new model state, metrics))`` of an objective on a batch.
 
+  The one place where a task's per-example objective (:mod:`jaxunlearn.objectives`)
+  becomes a batch loss: weighted by ``w`` (0 for padding) and, with a loss that defines
+  ``example_weights``, by those (:func:`jaxunlearn.losses.reduce_loss`); metrics are
+  weighted means. Under ``pmap`` (``axis_name``) the loss is this device's share of the
+  global-batch loss (its ``pmean`` over devices, and that of its gradient, are the global
+  ones; see :func:`jaxunlearn.losses.weighted_mean`) and random draws are the global
+  batch's (:func:`jaxunlearn.parallel.shard_key`).
 
-def batch_objective(model_state, x, y, w, key, model, loss_fn, axis_name=None):
-  """``params -> (batch loss, (new model state, logits))``, the model in train mode.
-
-  Under ``pmap`` (``axis_name``) the loss is this device's share of the global-batch loss
-  (its ``pmean`` over devices, and that of its gradient, are the global ones; see
-  :func:`jaxunlearn.losses.weighted_mean`) and random draws are the global batch's.
+  Args:
+    objective: e.g. ``Classifier(model, cross_entropy)`` or ``Denoiser(model, ...)``.
+    model_state: the model's other variable collections (BatchNorm statistics).
+    batch: ``(x, y, w)``: inputs, targets, per-example weights ``[B]``.
+    key: the batch's PRNG key.
+    axis_name: the ``pmap`` device axis, or None.
   """
-  def objective(p):
-    logits, new_model_state = model.apply({'params': p, **model_state}, x, train=True,
-                                          mutable=list(model_state))
-    per_example = loss_fn(logits, y, shard_key(key, x.shape[0], axis_name))
-    return (reduce_loss(loss_fn, per_example, w, axis_name),
-            (dict(new_model_state), logits))
-  return objective
+  x, y, w = batch
+
+  def fn(params):
+    per_example, new_model_state, per_metrics = objective(
+        params, model_state, x, y, shard_key(key, x.shape[0], axis_name))
+    metrics = {k: weighted_mean(v, w, axis_name) for k, v in per_metrics.items()}
+    return (reduce_loss(objective.loss, per_example, w, axis_name),
+            (new_model_state, metrics))
+  return fn
 
 
 def _pmean(tree, axis_name):
   return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
-def _loss_and_grads(params, model_state, x, y, w, key, model, loss_fn, axis_name=None):
-  """Global-batch loss, accuracy and gradient (averaged over devices under ``pmap``)."""
-  objective = batch_objective(model_state, x, y, w, key, model, loss_fn, axis_name)
-  (loss, (new_model_state, logits)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-  accuracy = weighted_mean((jnp.argmax(logits, -1) == labels_of(y)).astype(jnp.float32), w,
-                           axis_name)
-  loss, accuracy, grads = _pmean((loss, accuracy, grads), axis_name)
-  return loss, accuracy, grads, new_model_state
+def _loss_and_grads(params, model_state, batch, key, objective, axis_name=None):
+  """Global-batch loss, metrics and gradient (averaged over devices under ``pmap``), and
+  the new model state."""
+  fn = batch_objective(objective, model_state, batch, key, axis_name)
+  (loss, (new_model_state, metrics)), grads = jax.value_and_grad(fn, has_aux=True)(params)
+  loss, metrics, grads = _pmean((loss, metrics, grads), axis_name)
+  return loss, metrics, grads, new_model_state
 
 
-def train_step(state: TrainState, x, y, w, base_key, *, model: nn.Module, loss_fn: LossFn,
+def train_step(state: TrainState, x, y, w, base_key, *, objective,
                tx: optax.GradientTransformation, axis_name: str | None = None):
-  """One optimizer step on the weighted mean of ``loss_fn`` over a batch.
+  """One optimizer step on the weighted mean of ``objective`` over a batch.
 
   Args:
     state: the current :class:`TrainState`.
     x: a batch of inputs ``[B, H, W, C]``.
     y: its targets: int labels ``[B]``, or a dict of ``[B, ...]`` arrays with a ``'label'``
-      entry (e.g. teacher logits for distillation losses); passed to ``loss_fn`` as is.
+      entry (e.g. teacher logits for distillation losses); passed to the loss as is.
     w: per-example weights ``[B]`` (0 for padding in the last, wrapped-around batch).
     base_key: PRNG key; the step's key is ``fold_in(base_key, state.step)``.
-    model, loss_fn, tx: static configuration.
+    objective, tx: static configuration (:mod:`jaxunlearn.objectives`; the optax chain).
     axis_name: under ``pmap``, the device axis (see :mod:`jaxunlearn.parallel`): losses,
       gradients and metrics are those of the global batch.
 
   Returns:
-    ``(new_state, {'loss': scalar, 'accuracy': scalar, 'skipped': bool, 'nonfinite':
-    int32})``: a step whose loss, update or BatchNorm statistics are not finite is not
-    applied (``skipped``; ``nonfinite`` counts such steps in a row, see :func:`finish_step`).
+    ``(new_state, {'loss': scalar, **the objective's metrics (e.g. 'accuracy'), 'skipped':
+    bool, 'nonfinite': int32})``: a step whose loss, update or BatchNorm statistics are not
+    finite is not applied (``skipped``; ``nonfinite`` counts such steps in a row, see
+    :func:`finish_step`).
   """
   key = jax.random.fold_in(base_key, state.step)
-  loss, accuracy, grads, model_state = _loss_and_grads(
-      state.params, state.model_state, x, y, w, key, model, loss_fn, axis_name)
+  loss, metrics, grads, model_state = _loss_and_grads(
+      state.params, state.model_state, (x, y, w), key, objective, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state, guard = finish_step(state, updates, opt_state, model_state, loss)
-  return new_state, {'loss': loss, 'accuracy': accuracy, **guard}
+  return new_state, {'loss': loss, **metrics, **guard}
 
 
 def tree_cosine(a, b):
@@ -152,19 +163,19 @@ def tree_cosine(a, b):
 
 
 def forget_retain_step(state: TrainState, forget_batch, retain_batch, base_key, *,
-                       model: nn.Module, forget_loss: LossFn, retain_loss: LossFn,
-                       tx: optax.GradientTransformation, forget_grads_at_params: bool = True,
-                       axis_name: str | None = None):
+                       forget, retain, tx: optax.GradientTransformation,
+                       forget_grads_at_params: bool = True, axis_name: str | None = None):
   """One joint step: ``updates`` = retain gradient, ``forget_grads`` = forget gradient.
 
   The chain decides how they combine (``combine_forget_retain``); BatchNorm statistics see the
   forget batch, then the retain batch, as two forward passes in one PyTorch step would.
   Transforms that re-evaluate losses also get ``forget_grad_fn``, ``forget_loss_fn`` and
-  ``retain_loss_fn`` (params-only closures over the two batches, BatchNorm statistics of
-  the step's start, train mode), e.g. ``align_forget_retain``.
+  ``retain_loss_fn`` (params-only closures over the two batches, model state of the step's
+  start, train mode), e.g. ``align_forget_retain``.
 
   Args:
     forget_batch, retain_batch: ``(x, y, w)`` tuples as in :func:`train_step`.
+    forget, retain: their objectives (the forget one signed so that minimising it forgets).
     forget_grads_at_params: compute the forget gradient at ``params`` (and pass it as
       ``forget_grads``). False for chains that only evaluate the forget loss through the
       closures (LUR's look-ahead, virtual retain step): it saves a whole gradient per step;
@@ -174,7 +185,7 @@ def forget_retain_step(state: TrainState, forget_batch, retain_batch, base_key, 
       that call them take the same ``axis_name`` and average what they compute).
 
   Returns:
-    ``(new_state, metrics)``: the retain loss and accuracy, and (with
+    ``(new_state, metrics)``: the retain loss and the retain objective's metrics, and (with
     ``forget_grads_at_params``) the forget loss and the cosine between the two gradients;
     ``skipped`` and ``nonfinite`` as in :func:`train_step`.
   """
@@ -183,29 +194,26 @@ def forget_retain_step(state: TrainState, forget_batch, retain_batch, base_key, 
   model_state, extra, metrics = state.model_state, {}, {}
   if forget_grads_at_params:
     f_loss, _, f_grads, model_state = _loss_and_grads(
-        state.params, model_state, *forget_batch, fkey, model, forget_loss, axis_name)
+        state.params, model_state, forget_batch, fkey, forget, axis_name)
     extra['forget_grads'] = f_grads
-  r_loss, r_acc, r_grads, model_state = _loss_and_grads(
-      state.params, model_state, *retain_batch, rkey, model, retain_loss, axis_name)
+  r_loss, r_metrics, r_grads, model_state = _loss_and_grads(
+      state.params, model_state, retain_batch, rkey, retain, axis_name)
   if forget_grads_at_params:
     metrics = {'forget_loss': f_loss, 'grad_cosine': tree_cosine(f_grads, r_grads)}
   # Closures for look-ahead and curvature transforms (traced only if a transform calls them).
-  f_obj = batch_objective(state.model_state, *forget_batch, fkey, model, forget_loss,
-                          axis_name)
-  r_obj = batch_objective(state.model_state, *retain_batch, rkey, model, retain_loss,
-                          axis_name)
+  f_obj = batch_objective(forget, state.model_state, forget_batch, fkey, axis_name)
+  r_obj = batch_objective(retain, state.model_state, retain_batch, rkey, axis_name)
   forget_loss_fn = lambda p: f_obj(p)[0]
   updates, opt_state = tx.update(r_grads, state.opt_state, state.params, **extra,
                                  forget_grad_fn=jax.grad(forget_loss_fn),
                                  forget_loss_fn=forget_loss_fn,
                                  retain_loss_fn=lambda p: r_obj(p)[0])
   new_state, guard = finish_step(state, updates, opt_state, model_state, r_loss)
-  return new_state, {'loss': r_loss, 'accuracy': r_acc, **metrics, **guard}
+  return new_state, {'loss': r_loss, **r_metrics, **metrics, **guard}
 
 
-def forget_step(state: TrainState, forget_batch, retain_batch, base_key, *, model: nn.Module,
-                forget_loss: LossFn, retain_loss: LossFn, tx: optax.GradientTransformation,
-                axis_name: str | None = None):
+def forget_step(state: TrainState, forget_batch, retain_batch, base_key, *, forget,
+                retain, tx: optax.GradientTransformation, axis_name: str | None = None):
   """One step along the forget gradient (an SFR-on forget step).
 
   ``tx`` receives the forget gradient as ``updates`` and, when ``retain_batch`` is given,
@@ -214,36 +222,35 @@ def forget_step(state: TrainState, forget_batch, retain_batch, base_key, *, mode
   (``precondition_by_remain_hessian``). Without ``retain_batch`` nothing of it is computed.
 
   Returns:
-    ``(new_state, {'loss': forget loss, 'accuracy': on the forget batch,
-    'update_norm': norm of the update, 'skipped', 'nonfinite'})`` (as in :func:`train_step`).
+    ``(new_state, {'loss': forget loss, **the forget objective's metrics, 'update_norm':
+    norm of the update, 'skipped', 'nonfinite'})`` (as in :func:`train_step`).
   """
   key = jax.random.fold_in(base_key, state.step)
   fkey, rkey = jax.random.split(key)
-  loss, accuracy, grads, model_state = _loss_and_grads(
-      state.params, state.model_state, *forget_batch, fkey, model, forget_loss, axis_name)
+  loss, metrics, grads, model_state = _loss_and_grads(
+      state.params, state.model_state, forget_batch, fkey, forget, axis_name)
   extra = {}
   if retain_batch is not None:
-    objective = batch_objective(state.model_state, *retain_batch, rkey, model, retain_loss,
-                                axis_name)
+    objective = batch_objective(retain, state.model_state, retain_batch, rkey, axis_name)
     extra['retain_loss_fn'] = lambda p: objective(p)[0]
   updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
   new_state, guard = finish_step(state, updates, opt_state, model_state, loss)
-  return new_state, {'loss': loss, 'accuracy': accuracy,
-                     'update_norm': optax.tree.norm(updates), **guard}
+  return new_state, {'loss': loss, **metrics, 'update_norm': optax.tree.norm(updates),
+                     **guard}
 
 
 @functools.lru_cache(maxsize=32)
-def compiled_forget_step(model: nn.Module, forget_loss: LossFn, retain_loss: LossFn,
-                         tx_factory: Callable[..., Any], parallel: Parallel = SINGLE):
+def compiled_forget_step(forget, retain, tx_factory: Callable[..., Any],
+                         parallel: Parallel = SINGLE):
   """:func:`forget_step` compiled for ``parallel``, cached like :func:`compiled_train_step`."""
   return parallel.compile(functools.partial(
-      forget_step, model=parallel.model(model), forget_loss=forget_loss,
-      retain_loss=retain_loss, tx=parallel.tx(tx_factory), axis_name=parallel.axis_name), 2)
+      forget_step, forget=parallel.objective(forget), retain=parallel.objective(retain),
+      tx=parallel.tx(tx_factory), axis_name=parallel.axis_name), 2)
 
 
 @functools.lru_cache(maxsize=64)
-def compiled_forget_retain_step(model: nn.Module, forget_loss: LossFn, retain_loss: LossFn,
-                                tx_factory: Callable[..., Any], parallel: Parallel = SINGLE):
+def compiled_forget_retain_step(forget, retain, tx_factory: Callable[..., Any],
+                                parallel: Parallel = SINGLE):
   """:func:`forget_retain_step` compiled for ``parallel``, cached like
   :func:`compiled_train_step`.
 
@@ -251,26 +258,27 @@ def compiled_forget_retain_step(model: nn.Module, forget_loss: LossFn, retain_lo
   chain does not use it (``tx_factory.uses_forget_grads`` false, e.g. LUR's config).
   """
   return parallel.compile(functools.partial(
-      forget_retain_step, model=parallel.model(model), forget_loss=forget_loss,
-      retain_loss=retain_loss, tx=parallel.tx(tx_factory),
+      forget_retain_step, forget=parallel.objective(forget), retain=parallel.objective(retain),
+      tx=parallel.tx(tx_factory),
       forget_grads_at_params=getattr(tx_factory, 'uses_forget_grads', True),
       axis_name=parallel.axis_name), 2)
 
 
 @functools.lru_cache(maxsize=128)
-def compiled_train_step(model: nn.Module, loss_fn: LossFn, tx_factory: Callable[..., Any],
+def compiled_train_step(objective, tx_factory: Callable[..., Any],
                         parallel: Parallel = SINGLE):
   """:func:`train_step` compiled for ``parallel`` (default: ``jax.jit`` on one device),
-  cached per (model, loss, optimizer factory, parallel).
+  cached per (objective, optimizer factory, parallel).
 
-  All must be hashable by value: flax modules are, module-level loss functions are, and
-  ``tx_factory`` is a frozen dataclass whose call builds the optax transformation (e.g.
+  All must be hashable by value: objectives are frozen dataclasses of a flax module (hashable)
+  and a loss (module-level functions and frozen dataclasses are), and ``tx_factory`` is a
+  frozen dataclass whose call builds the optax transformation (e.g.
   :class:`jaxunlearn.train.OptimConfig`; under ``pmap`` it is called with ``axis_name``).
   The compiled step takes ``(state, x, y, w, key)`` with a state placed by
   ``parallel.put`` and donates it.
   """
   def step(state, batch, key):
-    return train_step(state, *batch, key, model=parallel.model(model), loss_fn=loss_fn,
+    return train_step(state, *batch, key, objective=parallel.objective(objective),
                       tx=parallel.tx(tx_factory), axis_name=parallel.axis_name)
   compiled = parallel.compile(step, 1)
   return lambda state, x, y, w, key: compiled(state, (x, y, w), key)

@@ -1,9 +1,15 @@
 """Training loops: the original model, Retrain, and the pass structure unlearning shares.
 
-A loop is a list of :class:`Phase` s run in order every epoch (FT: one retain phase; RL and
-SalUn: a forget phase then a retain phase, as in the SalUn reference code), all sharing one
-optimizer state. Batches are drawn on the host from a per-(seed, epoch) permutation; the last
-batch of a phase wraps around to keep one compiled shape, its wrapped examples weighted 0.
+The loops of every task: :func:`fit` (phases in turn), :func:`fit_joint` (forget + retain
+steps) and :func:`fit_fast_slow` (SFR-on), all on :func:`run_updates` (resume, non-finite
+guard, progress, callbacks). A task plugs in through the objectives of its phases
+(:mod:`jaxunlearn.objectives`): the loops know nothing of logits or noise.
+
+A loop of :func:`fit` is a list of :class:`Phase` s run in order every epoch (FT: one
+retain phase; RL and SalUn: a forget phase then a retain phase, as in the SalUn reference
+code), all sharing one optimizer state. Batches are drawn on the host from a per-(seed,
+epoch) permutation; the last batch of a phase wraps around to keep one compiled shape, its
+wrapped examples weighted 0.
 """
 
 from __future__ import annotations
@@ -22,25 +28,32 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxunlearn.parallel import SINGLE, Parallel
-from jaxunlearn.step import (LossFn, compiled_forget_retain_step, compiled_forget_step,
-                             compiled_train_step, init_state, labels_of)
+from jaxunlearn.losses import cross_entropy
+from jaxunlearn.objectives import Classifier, labels_of
+from jaxunlearn.step import (compiled_forget_retain_step, compiled_forget_step,
+                             compiled_train_step, init_state)
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-  """The optax chain of a classification run, as a hashable config.
+  """The optax chain of a training or unlearning loop (every task), as a hashable config.
 
   Calling it builds::
 
       chain(combine_forget_retain(forget_weight, retain_weight)  # joint steps only
                                    # (align_forget_retain(...) if lookahead_lr > 0: LUR)
+            add_elastic_penalty(elastic)                          # if elastic > 0 (SA)
             clip_by_global_norm(clip_norm)                        # if clip_norm > 0
             add_l1_penalty(l1)                                    # if l1 > 0 (l1-sparse)
             [mask_by_saliency(freeze=True, inner=]                # if saliency
-                chain(add_decayed_weights(weight_decay), sgd(lr, momentum))[)])
+                chain(add_decayed_weights(weight_decay),
+                      sgd(lr, momentum) | adam(lr, b1=momentum)))[)])
 
   i.e. SGD with momentum and coupled L2 weight decay, as PyTorch's
-  ``SGD(weight_decay=...)``. Being hashable, it keys the cache of compiled steps.
+  ``SGD(weight_decay=...)``, or Adam as PyTorch's defaults (b1 0.9, b2 0.999, eps 1e-8;
+  the diffusion references'). Clipping stands before the mask, as in the SalUn DDPM
+  reference (``clip_grad_norm_``, then ``grad *= mask``, then the optimizer step). Being
+  hashable, it keys the cache of compiled steps.
 
   Attributes:
     lr: peak learning rate.
@@ -59,6 +72,9 @@ class OptimConfig:
     lookahead_lr: if > 0 (with ``forget_weight``), joint steps combine the gradients with
       LUR's ``align_forget_retain(lookahead_lr, lookahead_order, lookahead_virtual,
       forget_weight, retain_weight)`` instead of ``combine_forget_retain``.
+    optimizer: 'sgd' or 'adam' (``momentum`` is then Adam's b1).
+    elastic: strength of Selective Amnesia's EWC penalty ``add_elastic_penalty`` (its
+      Fisher installed by ``fit_joint(fisher=...)``); 0: none.
   """
 
   lr: float = 0.1
@@ -75,8 +91,12 @@ class OptimConfig:
   lookahead_lr: float = 0.0
   lookahead_order: str = 'first'
   lookahead_virtual: str = 'retain'
+  optimizer: str = 'sgd'
+  elastic: float = 0.0
 
   def __post_init__(self):
+    if self.optimizer not in ('sgd', 'adam'):
+      raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
     if self.lookahead_lr < 0:
       raise ValueError(f'lookahead_lr must be >= 0, got {self.lookahead_lr}')
     if self.schedule not in ('constant', 'cosine'):
@@ -100,11 +120,15 @@ class OptimConfig:
     """The chain; ``axis_name`` (under ``pmap``) goes to transforms that average what they
     compute from device-local loss closures (LUR's look-ahead)."""
     from jaxunlearn import transforms  # transforms import train's neighbours, not train
+    lr = self.learning_rate()
     opt = optax.chain(optax.add_decayed_weights(self.weight_decay),
-                      optax.sgd(self.learning_rate(), momentum=self.momentum or None))
+                      optax.adam(lr, b1=self.momentum) if self.optimizer == 'adam' else
+                      optax.sgd(lr, momentum=self.momentum or None))
     if self.saliency:
       opt = transforms.mask_by_saliency(freeze=True, inner=opt)
     head = joint_combiner(self, axis_name)
+    if self.elastic > 0:
+      head.append(transforms.add_elastic_penalty(self.elastic))
     if self.clip_norm > 0:
       head.append(optax.clip_by_global_norm(self.clip_norm))
     if self.l1 > 0:
@@ -245,12 +269,13 @@ class FastSlowConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
-  """A pass over one dataset with one per-example loss, once per epoch.
+  """A pass over one dataset with one objective, once per epoch.
 
   Attributes:
     x: inputs ``[N, ...]``.
     y: targets: int labels ``[N]`` or a dict of ``[N, ...]`` arrays with a ``'label'`` entry.
-    loss_fn: per-example loss ``(logits, y_batch, key) -> [B]`` (hashable).
+    objective: what the steps minimise on it (:mod:`jaxunlearn.objectives`, hashable), e.g.
+      ``Classifier(model, cross_entropy)``; tasks build it (``task.phase(...)``).
     name: key of its losses in the history.
     epochs: run only in the first ``epochs`` epochs (None: every epoch), e.g. SCRUB's
       forget "max-steps".
@@ -258,7 +283,7 @@ class Phase:
 
   x: np.ndarray
   y: Any
-  loss_fn: LossFn
+  objective: Any
   name: str = 'train'
   epochs: int | None = None
 
@@ -350,25 +375,42 @@ def _cycle(n: int, batch_size: int, seed, stream: int, parallel: Parallel):
   return map(_stack, zip(*[cycle_batches(n, batch_size, s * 1000 + stream) for s in seeds]))
 
 
-def _init_masked(variables, tx_factory, mask, parallel: Parallel = SINGLE):
-  """A fresh state for ``tx_factory()`` with ``mask`` (if any) installed, placed for
-  ``parallel``'s compiled steps (an ensemble's variables and masks have a model axis)."""
-  from jaxunlearn.transforms import set_saliency_mask
+def _init_masked(variables, tx_factory, mask, parallel: Parallel = SINGLE, fisher=None):
+  """A fresh state for ``tx_factory()`` with ``mask`` and the elastic penalty's ``fisher``
+  (if given) installed, placed for ``parallel``'s compiled steps (an ensemble's variables
+  and masks have a model axis)."""
+  from jaxunlearn.transforms import set_elastic_fisher, set_saliency_mask
 
-  def init(v, m):
-    state = init_state(v, tx_factory())
-    return state if m is None else state._replace(opt_state=set_saliency_mask(state.opt_state,
-                                                                              m))
+  def init(v, m, f):
+    state = init_state(jax.device_get(v), tx_factory())  # a host copy: the steps donate it
+    if m is not None:
+      state = state._replace(opt_state=set_saliency_mask(state.opt_state, m))
+    if f is not None:
+      state = state._replace(opt_state=set_elastic_fisher(state.opt_state, f))
+    return state
   if parallel.is_ensemble:  # model by model (mask checks run on the host), then stacked
     pick = lambda tree, i: None if tree is None else jax.tree.map(lambda a: a[i], tree)  # noqa: E731
-    states = [init(pick(variables, i), pick(mask, i)) for i in range(parallel.models)]
+    states = [init(pick(variables, i), pick(mask, i), pick(fisher, i))
+              for i in range(parallel.models)]
     return jax.tree.map(lambda *a: jnp.stack(a), *states)
-  return parallel.put(init(variables, mask))
+  return parallel.put(init(variables, mask, fisher))
 
 
-def _start(variables, optim: OptimConfig, total: int, mask, parallel: Parallel):
-  optim = dataclasses.replace(optim, total_steps=max(total, 1))
-  return optim, _init_masked(variables, optim, mask, parallel)
+def _start(variables, optim: OptimConfig, total: int, mask, parallel: Parallel, fisher=None):
+  if hasattr(optim, 'total_steps'):  # schedules span the whole loop
+    optim = dataclasses.replace(optim, total_steps=max(total, 1))
+  return optim, _init_masked(variables, optim, mask, parallel, fisher)
+
+
+def _length(epochs: int | None, steps: int | None, phases) -> None:
+  """Checks that a loop is given its length one way: ``epochs`` or ``steps``."""
+  if (epochs is None) == (steps is None):
+    raise ValueError(f'give a loop either epochs or steps, got epochs={epochs}, steps={steps}')
+  if (epochs if steps is None else steps) < 0:
+    raise ValueError(f'epochs and steps must be >= 0, got epochs={epochs}, steps={steps}')
+  if steps is not None and any(p.epochs is not None for p in phases):
+    raise ValueError('a loop of steps runs its phases until it is done: a phase with a '
+                     'limited number of epochs needs a loop of epochs')
 
 
 class NonFiniteError(FloatingPointError):
@@ -499,41 +541,55 @@ def run_updates(state, plan, total: int, *, parallel: Parallel, control: LoopCon
   return state, out
 
 
-def fit(model, variables, phases: Sequence[Phase], *, epochs: int, batch_size: int,
-        optim: OptimConfig, seed: int, desc: str = 'train', progress: bool = True,
-        mask=None, callback=None, callback_every: int = 0, parallel: Parallel = SINGLE,
-        control: LoopControl | None = None):
-  """Runs ``epochs`` epochs of ``phases`` from ``variables``; returns (variables, history).
+def fit(variables, phases: Sequence[Phase], *, epochs: int | None = None,
+        steps: int | None = None, batch_size: int, optim, seed, desc: str = 'train',
+        progress: bool = True, mask=None, callback=None, callback_every: int = 0,
+        parallel: Parallel = SINGLE, control: LoopControl | None = None):
+  """Runs ``phases`` from ``variables``, epoch after epoch; returns (variables, history).
 
-  ``optim.total_steps`` is filled in from the data so a schedule spans the whole run.
-  ``mask`` (with ``optim.saliency``) is installed into the optimizer state before the
-  first step. ``history`` holds the per-step loss of every phase, keyed by phase name.
-  ``callback(steps, variables)`` runs every ``callback_every`` steps and at the end.
-  ``parallel``: the devices the steps run on (:mod:`jaxunlearn.parallel`).
-  ``control``: checkpoints to resume from and save, and the non-finite-step guard
-  (:class:`LoopControl`; default: no checkpoints, stop after 10 non-finite steps in a row).
+  Args:
+    variables: the starting flax variables (an ensemble's with a leading model axis).
+    phases: the passes of an epoch, in order, one optimizer state for all; each has its own
+      objective (:class:`Phase`).
+    epochs: how many epochs; or ``steps``: how many optimizer steps (the phases then run
+      over and over, e.g. 200 steps of gradient ascent on a diffusion model).
+    batch_size: examples per step (rounded up to a multiple of the devices).
+    optim: the optimizer (:class:`OptimConfig` or another hashable ``tx_factory``); its
+      ``total_steps`` is filled in from the data so a schedule spans the whole run.
+    seed: the run's seed (an ensemble: one per model).
+    mask: (with ``optim.saliency``) installed into the optimizer state before the first step.
+    callback: ``callback(steps, variables)``, every ``callback_every`` steps and at the end.
+    parallel: the devices the steps run on (:mod:`jaxunlearn.parallel`).
+    control: checkpoints to resume from and save, and the non-finite-step guard
+      (:class:`LoopControl`; default: no checkpoints, stop after 10 non-finite steps in a row).
+
+  Returns:
+    ``(variables, history)``: the per-step loss of every phase, keyed by phase name.
   """
-  if epochs < 0:
-    raise ValueError(f'epochs must be >= 0, got {epochs}')
+  _length(epochs, steps, phases)
   m = parallel.size
-  total = sum(num_batches(len(p), batch_size, m) for e in range(epochs) for p in phases
-              if p.active(e))
+  if steps is None:
+    total = sum(num_batches(len(p), batch_size, m) for e in range(epochs) for p in phases
+                if p.active(e))
+  else:
+    total = steps
   optim, state = _start(variables, optim, total, mask, parallel)
   base_key = _base_key(seed, parallel)
 
   def plan():
-    for epoch in range(epochs):
+    for epoch in (range(epochs) if steps is None else itertools.count()):
       for phase_id, phase in enumerate(phases):
         if not phase.active(epoch):
           continue
-        step = compiled_train_step(model, phase.loss_fn, optim, parallel)
+        step = compiled_train_step(phase.objective, optim, parallel)
         for idx, w in _epoch(len(phase), batch_size, seed, phase_id, epoch, parallel):
           yield (lambda st, step=step, batch=functools.partial(phase.batch, idx, w):
                  step(st, *batch(), base_key)), {'loss': phase.name}
 
-  state, history = run_updates(state, plan(), total, parallel=parallel, control=control,
-                          callback=callback, callback_every=callback_every, desc=desc,
-                          progress=progress, history=[p.name for p in phases])
+  state, history = run_updates(state, itertools.islice(plan(), total), total,
+                               parallel=parallel, control=control, callback=callback,
+                               callback_every=callback_every, desc=desc, progress=progress,
+                               history=[p.name for p in phases])
   return parallel.get(state.variables), history
 
 
@@ -543,46 +599,56 @@ def cycle_batches(n: int, batch_size: int, seed: int, multiple_of: int = 1):
     yield from epoch_batches(n, batch_size, seed, cycle, multiple_of=multiple_of)
 
 
-def fit_joint(model, variables, forget: Phase, retain: Phase, *, epochs: int,
-              batch_size: int, optim: OptimConfig, seed: int, desc: str = 'joint',
-              progress: bool = True, mask=None, callback=None, callback_every: int = 0,
-              parallel: Parallel = SINGLE, control: LoopControl | None = None):
+def fit_joint(variables, forget: Phase, retain: Phase, *, epochs: int | None = None,
+              steps: int | None = None, batch_size: int, optim, seed, desc: str = 'joint',
+              progress: bool = True, mask=None, fisher=None, callback=None,
+              callback_every: int = 0, parallel: Parallel = SINGLE,
+              control: LoopControl | None = None):
   """Joint steps: each retain batch is paired with the next forget batch (the forget set
-  is cycled, reshuffled at each pass), one optimizer step per pair.
+  is cycled, reshuffled at each pass), one optimizer step per pair, for ``epochs`` passes
+  over the retain set or ``steps`` steps.
 
-  ``optim.forget_weight`` must be set (the chain combines the two gradients). Returns
-  ``(variables, history)`` with per-step 'retain' and 'forget' losses and 'grad_cosine',
-  the cosine between the forget and retain gradients of each step (on its two batches;
-  the last two empty for LUR's look-ahead steps, which skip the forget gradient at the
-  params: see ``OptimConfig.uses_forget_grads``).
-  ``callback(steps, variables)`` runs every ``callback_every`` steps and at the end;
-  ``control`` as in :func:`fit`.
+  ``optim.forget_weight`` must be set (the chain combines the two gradients). ``fisher``
+  (with ``optim.elastic``) is the elastic penalty's Fisher, installed before the first step.
+  Returns ``(variables, history)`` with per-step 'retain' and 'forget' losses and
+  'grad_cosine', the cosine between the forget and retain gradients of each step (on its
+  two batches; the last two empty for LUR's look-ahead steps, which skip the forget
+  gradient at the params: see ``OptimConfig.uses_forget_grads``). The other arguments are
+  as in :func:`fit`.
   """
   if optim.forget_weight is None:
     raise ValueError('fit_joint needs OptimConfig.forget_weight to combine the gradients')
+  _length(epochs, steps, [forget, retain])
   m = parallel.size
-  total = epochs * num_batches(len(retain), batch_size, m)
-  optim, state = _start(variables, optim, total, mask, parallel)
-  step = compiled_forget_retain_step(model, forget.loss_fn, retain.loss_fn, optim, parallel)
+  total = epochs * num_batches(len(retain), batch_size, m) if steps is None else steps
+  optim, state = _start(variables, optim, total, mask, parallel, fisher)
+  step = compiled_forget_retain_step(forget.objective, retain.objective, optim, parallel)
   base_key = _base_key(seed, parallel)
   forget_iter = _cycle(len(forget), batch_size, seed, 1, parallel)
 
   def plan():
-    for epoch in range(epochs):
+    for epoch in (range(epochs) if steps is None else itertools.count()):
       for idx, w in _epoch(len(retain), batch_size, seed, 0, epoch, parallel):
         f = next(forget_iter)
         yield (lambda st, f=f, r=(idx, w): step(st, forget.batch(*f), retain.batch(*r),
                                                 base_key)), \
             {'loss': 'retain', 'forget_loss': 'forget', 'grad_cosine': 'grad_cosine'}
 
-  state, history = run_updates(state, plan(), total, parallel=parallel, control=control,
-                          callback=callback, callback_every=callback_every, desc=desc,
-                          progress=progress, history=['retain', 'forget', 'grad_cosine'])
+  state, history = run_updates(state, itertools.islice(plan(), total), total,
+                               parallel=parallel, control=control, callback=callback,
+                               callback_every=callback_every, desc=desc, progress=progress,
+                               history=['retain', 'forget', 'grad_cosine'])
   return parallel.get(state.variables), history
 
 
-def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: FastSlowConfig,
-                  batch_size: int, seed: int, desc: str = 'fast-slow', progress: bool = True,
+def fast_slow_updates(iterations: int, every: int) -> int:
+  """Optimizer updates of :func:`fit_fast_slow`: a retain step per iteration and a forget
+  step every ``every``-th (the first included)."""
+  return iterations + -(-iterations // every)
+
+
+def fit_fast_slow(variables, forget: Phase, retain: Phase, *, config: FastSlowConfig,
+                  batch_size: int, seed, desc: str = 'fast-slow', progress: bool = True,
                   mask=None, callback=None, callback_every: int = 0,
                   parallel: Parallel = SINGLE, control: LoopControl | None = None):
   """SFR-on's fast-slow loop: ``config.iterations`` iterations, each a retain descent step,
@@ -590,7 +656,7 @@ def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: Fas
   2409.19732). Forget and retain batches are drawn from their sets cycled independently.
 
   Args:
-    forget, retain: the two sets and their losses (the forget loss signed for descent,
+    forget, retain: the two sets and their objectives (the forget loss signed for descent,
       e.g. :class:`jaxunlearn.losses.AdaptiveGradientAscent`).
     config: the two chains (its ``role`` is ignored).
     mask: the forget-gradient mask (with ``config.saliency``).
@@ -605,13 +671,12 @@ def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: Fas
   forget_cfg = dataclasses.replace(config, role='forget')
   retain_cfg = dataclasses.replace(config, role='retain')
   state = _init_masked(variables, forget_cfg, mask, parallel)
-  forget_step = compiled_forget_step(model, forget.loss_fn, retain.loss_fn, forget_cfg,
-                                     parallel)
-  retain_step = compiled_train_step(model, retain.loss_fn, retain_cfg, parallel)
+  forget_step = compiled_forget_step(forget.objective, retain.objective, forget_cfg, parallel)
+  retain_step = compiled_train_step(retain.objective, retain_cfg, parallel)
   forget_iter = _cycle(len(forget), batch_size, seed, 1, parallel)
   retain_iter = _cycle(len(retain), batch_size, seed, 0, parallel)
   base_key = _base_key(seed, parallel)
-  total = config.iterations + -(-config.iterations // config.every)
+  total = fast_slow_updates(config.iterations, config.every)
   with_retain = config.precondition != 'none'
 
   def plan():
@@ -625,9 +690,9 @@ def fit_fast_slow(model, variables, forget: Phase, retain: Phase, *, config: Fas
       yield (lambda st, r=r: retain_step(st, *retain.batch(*r), base_key)), {'loss': 'retain'}
 
   state, history = run_updates(state, plan(), total, parallel=parallel, control=control,
-                          callback=callback, callback_every=callback_every, desc=desc,
-                          progress=progress, history=['forget', 'retain',
-                                                      'forget_update_norm'])
+                               callback=callback, callback_every=callback_every, desc=desc,
+                               progress=progress, history=['forget', 'retain',
+                                                           'forget_update_norm'])
   return parallel.get(state.variables), history
 
 
@@ -658,15 +723,15 @@ def train_classifier(model, x, y, config: TrainConfig, seed: int, desc: str = 't
                      callback_every: int = 0):
   """Trains ``model`` from scratch on (x, y) with cross-entropy; returns flax variables.
   ``control`` (checkpoints, the non-finite guard) and ``callback`` as in :func:`fit`."""
-  from jaxunlearn.losses import cross_entropy
   seeds = ensemble_seeds(seed, parallel)
   if seeds is None:
     variables = init_variables(model, x.shape[1:], seed)
   else:  # one initialisation per model, each the one it would have alone
     variables = jax.tree.map(lambda *a: np.stack(a),
                              *[init_variables(model, x.shape[1:], s) for s in seeds])
-  variables, _ = fit(model, variables, [Phase(x, y, cross_entropy)], epochs=config.epochs,
-                     batch_size=config.batch_size, optim=config.optim(), seed=seed, desc=desc,
+  variables, _ = fit(variables, [Phase(x, y, Classifier(model, cross_entropy))],
+                     epochs=config.epochs, batch_size=config.batch_size, optim=config.optim(),
+                     seed=seed, desc=desc,
                      progress=progress, parallel=parallel, control=control,
                      callback=callback, callback_every=callback_every)
   return variables

@@ -8,7 +8,7 @@ from jaxunlearn.methods import METHODS, UnlearnTask, get_method, resolve_hparams
 from jaxunlearn.models import make_model
 from jaxunlearn.saliency import salun_mask, sfron_mask
 from jaxunlearn.step import compiled_train_step, init_state, predict
-from jaxunlearn.train import (FastSlowConfig, OptimConfig, Phase, TrainConfig, cycle_batches,
+from jaxunlearn.train import (FastSlowConfig, OptimConfig, TrainConfig, cycle_batches,
                               fit_fast_slow, train_classifier)
 from jaxunlearn.transforms import set_saliency_mask
 
@@ -76,8 +76,8 @@ def test_ga_raises_forget_loss_and_rl_forgets(task):
 
 def test_salun_keeps_non_salient_weights_bit_identical(task):
   hp = resolve_hparams('salun', {'epochs': '3', 'lr': '0.05'})
-  mask = salun_mask(task.model, task.variables, task.forget_x, task.forget_y, hp['keep'],
-                    hp['batch_size'])
+  mask = salun_mask(task.statistic(losses.gradient_ascent), task.variables, task.forget_x,
+                    task.forget_y, hp['keep'], hp['batch_size'])
   out = get_method('salun').run(task, hp)
   for before, after, m in zip(jax.tree.leaves(task.variables['params']),
                               jax.tree.leaves(out['params']), jax.tree.leaves(mask)):
@@ -95,14 +95,15 @@ def test_one_salun_step_equals_hand_written_reference_step(task):
   masked weights restored (the 2026 fix)."""
   lr, wd = 0.05, 5e-4
   model, variables = task.model, task.variables
-  mask = salun_mask(model, variables, task.forget_x, task.forget_y, 0.5)
+  mask = salun_mask(task.statistic(losses.gradient_ascent), variables, task.forget_x,
+                    task.forget_y, 0.5)
   optim = OptimConfig(lr=lr, momentum=0.9, weight_decay=wd, saliency=True)
   state = init_state(variables, optim())
   state = state._replace(opt_state=set_saliency_mask(state.opt_state, mask))
   x, y = task.forget_x[:16], task.forget_y[:16]
   w = np.ones(16, np.float32)
   base_key = jax.random.key(3)
-  step = compiled_train_step(model, losses.random_label_cross_entropy, optim)
+  step = compiled_train_step(task.objective(losses.random_label_cross_entropy), optim)
   new_state, _ = step(state, x, y, w, base_key)
 
   key = jax.random.fold_in(base_key, 0)
@@ -167,8 +168,8 @@ def _reference_sfron(task, mask, *, lr, wd, momentum, iterations, every, alpha0,
 def test_fast_slow_loop_equals_hand_written_sfron_reference(task):
   """The composed chains (scale_by_schedule, mask, clip, shared SGD through ``hold`` and
   ``fast_slow_schedule``) reproduce SFR-on's reference algorithm update for update."""
-  mask = sfron_mask(task.model, task.variables, task.forget_x, task.forget_y, task.retain_x,
-                    task.retain_y, 1.0, 16)
+  mask = sfron_mask(task.statistic(losses.cross_entropy), task.variables, task.forget_x,
+                    task.forget_y, task.retain_x, task.retain_y, 1.0, 16)
   kw = dict(lr=0.05, wd=5e-4, momentum=0.9, iterations=7, every=3, alpha0=25.0, clip=0.5,
             lam=0.5, batch_size=16)
   expected = _reference_sfron(task, mask, **kw)
@@ -176,9 +177,8 @@ def test_fast_slow_loop_equals_hand_written_sfron_reference(task):
                           kw['every'], kw['alpha0'], 'cosine', kw['clip'])
   seen = []
   out, history = fit_fast_slow(
-      task.model, task.variables,
-      Phase(task.forget_x, task.forget_y, losses.AdaptiveGradientAscent(kw['lam'])),
-      Phase(task.retain_x, task.retain_y, losses.cross_entropy), config=config,
+      task.variables, task.forget_phase(losses.AdaptiveGradientAscent(kw['lam'])),
+      task.retain_phase(losses.cross_entropy), config=config,
       batch_size=16, seed=task.seed, progress=False, mask=mask,
       callback=lambda n, v: seen.append(n), callback_every=4)
   assert len(history['forget']) == 3 and len(history['retain']) == 7
@@ -188,8 +188,8 @@ def test_fast_slow_loop_equals_hand_written_sfron_reference(task):
 
 
 def test_sfron_mask_is_fisher_ratio_and_hvp_variant_runs(task):
-  mask = sfron_mask(task.model, task.variables, task.forget_x, task.forget_y, task.retain_x,
-                    task.retain_y, 1.0, 16)
+  mask = sfron_mask(task.statistic(losses.cross_entropy), task.variables, task.forget_x,
+                    task.forget_y, task.retain_x, task.retain_y, 1.0, 16)
   frac = float(np.mean(np.concatenate([np.ravel(m) for m in jax.tree.leaves(mask)])))
   assert 0 < frac < 1
   hp = resolve_hparams('sfron_hvp', {'iterations': '3', 'solver_iters': '2'})
@@ -207,7 +207,8 @@ def test_lur_step_follows_the_look_ahead_gradient(task):
   state = init_state(variables, optim())
   w = np.ones(8, np.float32)
   xf, yf, xr, yr = task.forget_x[:8], task.forget_y[:8], task.retain_x[:8], task.retain_y[:8]
-  step = compiled_forget_retain_step(model, losses.gradient_ascent, losses.cross_entropy, optim)
+  step = compiled_forget_retain_step(task.objective(losses.gradient_ascent),
+                                     task.objective(losses.cross_entropy), optim)
   new_state, metrics = step(state, (xf, yf, w), (xr, yr, w), jax.random.key(0))
 
   def loss(params, x, y, fn):

@@ -7,6 +7,7 @@ rendezvous timeout.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +87,27 @@ def test_random_labels_of_a_shard_are_the_global_batch_slice():
   np.testing.assert_array_equal(np.ravel(per_device), whole)
 
 
+@pytest.mark.parametrize('loss', ['denoising', 'dropout', 'surrogate', 'remapped'])
+def test_denoising_draws_of_a_shard_are_the_global_batch_rows(loss):
+  """Timesteps, noise, label dropout and SA's surrogate images under pmap: each device's
+  per-example losses are the global batch's rows (a loss drawing per device would give
+  every device the same draws)."""
+  from jaxunlearn.diffusion import linear_schedule
+  from jaxunlearn.diffusion.objectives import Denoising, RemappedClass
+  fn = {'denoising': Denoising(), 'dropout': Denoising(cond_drop_prob=0.5, null_class=5),
+        'surrogate': Denoising(surrogate=True), 'remapped': RemappedClass(5)}[loss]
+  schedule = linear_schedule(50)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 4, 4, 1)), jnp.float32)
+  y = jnp.arange(16) % 5
+  eps = lambda xt, t, c: 0.5 * xt + 0.01 * t[:, None, None, None] + 0.1 * c[:, None, None, None]
+  key = jax.random.key(3)
+  whole = fn(eps, schedule, x, y, key)
+  per_device = jax.pmap(
+      lambda xs, ys: fn(eps, schedule, xs, ys, ShardKey(key, jax.lax.axis_index(AXIS) * 2, 16)),
+      AXIS)(x.reshape(8, 2, 4, 4, 1), y.reshape(8, 2))
+  np.testing.assert_allclose(np.ravel(per_device), whole, rtol=1e-6)
+
+
 def test_weighted_mean_under_pmap_is_the_global_mean_with_uneven_weights():
   values = np.arange(16, dtype=np.float32)
   weights = np.array([1] * 11 + [0] * 5, np.float32)  # padding falls on the last devices
@@ -146,12 +168,13 @@ def test_masks_fisher_and_evaluation_on_8_devices_equal_1_device(task, mode):
   from jaxunlearn.evaluate import evaluate, model_outputs
   from jaxunlearn.saliency import accumulate_gradients, fisher_diagonal
   par = Parallel(mode, DEVICES)
-  args = task.model, task.variables, task.retain_x, task.retain_y
+  data = task.variables, task.retain_x, task.retain_y
+  ga, ce = task.statistic(losses.gradient_ascent), task.statistic(losses.cross_entropy)
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  jax.tree.map(close, accumulate_gradients(*args, batch_size=16, parallel=par),
-               accumulate_gradients(*args, batch_size=16))
-  jax.tree.map(close, fisher_diagonal(*args, batch_size=16, parallel=par),
-               fisher_diagonal(*args, batch_size=16))
+  jax.tree.map(close, accumulate_gradients(ga, *data, batch_size=16, parallel=par),
+               accumulate_gradients(ga, *data, batch_size=16))
+  jax.tree.map(close, fisher_diagonal(ce, *data, batch_size=16, parallel=par),
+               fisher_diagonal(ce, *data, batch_size=16))
   # Evaluation: the outputs (any length: padded to the devices) and so the MIA agree.
   x = np.concatenate([task.forget_x, task.retain_x])
   y = np.concatenate([task.forget_y, task.retain_y])
@@ -187,3 +210,65 @@ def test_sharded_params_give_the_same_result(task, name, monkeypatch):
   assert split == expected and any(split)
   with pytest.raises(ValueError, match="needs parallel mode 'shard'"):
     Parallel('pmap', shard_params=True)
+
+
+# ---- diffusion: every generation method, on the UNet and the DiT, on 8 devices as on 1
+
+GEN_TINY = {
+    'salun': dict(steps=2), 'sfron': dict(iterations=2), 'lur': dict(steps=2),
+    'sfron_hvp': dict(iterations=2, solver_iters=2), 'ga': dict(steps=2),
+    'sa': dict(steps=2, replay_per_class=2, sample_steps=2, fisher_timesteps=2),
+}
+# Each run compiles UNet or DiT steps (a minute or more per case on 2 cores): the default
+# suite checks a joint-step method on the UNet and a fast-slow one on the DiT under pmap;
+# the slow suite every other method, model and mode.
+GEN_DEFAULT = {('salun', 'unet', 'pmap'), ('sfron_hvp', 'dit', 'pmap')}
+
+
+@functools.lru_cache(maxsize=2)
+def _generation_task(model_name):
+  from jaxunlearn.data.digits import load_digits
+  from jaxunlearn.diffusion.train import DiffusionConfig, init_unet
+  from jaxunlearn.diffusion.unlearn import GenerationTask
+  from jaxunlearn.models import digits_dit, digits_unet
+  ds = load_digits(8, pixels='symmetric')
+  model = digits_unet((8,)) if model_name == 'unet' else digits_dit()
+  forget = np.flatnonzero(ds.y_train == 3)[:24]
+  retain = np.flatnonzero(ds.y_train != 3)[:40]
+  return GenerationTask(model, init_unet(model, (8, 8, 1)), ds.x_train[forget],
+                        ds.y_train[forget], ds.x_train[retain], ds.y_train[retain], 10,
+                        DiffusionConfig(num_timesteps=50), progress=False)
+
+
+@functools.lru_cache(maxsize=12)  # one single-device run serves both modes
+def _generation_run(name, model_name, mode):
+  from jaxunlearn.diffusion.methods import GENERATION_METHODS
+  task = _generation_task(model_name)
+  hp = resolve_hparams(name, {'batch_size': 16, 'lr': 1e-3, **GEN_TINY[name]},
+                       GENERATION_METHODS)
+  parallel = Parallel() if mode == 'none' else Parallel(mode, DEVICES)
+  return GENERATION_METHODS[name].run(dataclasses.replace(task, parallel=parallel), hp)
+
+
+def test_every_generation_method_is_covered():
+  from jaxunlearn.diffusion.methods import GENERATION_METHODS
+  assert set(GEN_TINY) == set(GENERATION_METHODS), 'add the new generation method to GEN_TINY'
+
+
+@pytest.mark.parametrize('name, model_name, mode', [
+    pytest.param(n, m, mode, marks=() if (n, m, mode) in GEN_DEFAULT else pytest.mark.slow)
+    for n in sorted(GEN_TINY) for m in ('unet', 'dit') for mode in ('pmap', 'shard')])
+def test_generation_method_on_8_devices_equals_1_device(name, model_name, mode):
+  """Timesteps, noise, label dropout and random remapping are drawn for the global batch
+  (ShardKey), losses normalised over it, masks and Fishers batched over the devices: the
+  unlearned parameters agree to float32 rounding amplified by a few Adam steps."""
+  task = _generation_task(model_name)
+  single = _generation_run(name, model_name, 'none')
+  multi = _generation_run(name, model_name, mode)
+  start = jax.tree.leaves(task.variables['params'])
+  moved = [np.asarray(a) - b for a, b in zip(jax.tree.leaves(single['params']), start)]
+  diff = [np.asarray(a) - np.asarray(b) for a, b in zip(jax.tree.leaves(multi['params']),
+                                                         jax.tree.leaves(single['params']))]
+  norm = lambda leaves: np.sqrt(sum(np.sum(np.square(x, dtype=np.float64)) for x in leaves))
+  assert norm(moved) > 0
+  assert norm(diff) <= 1e-3 * norm(moved), (norm(diff), norm(moved))

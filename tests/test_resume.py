@@ -26,7 +26,7 @@ from jaxunlearn.checkpoint import CheckpointError, LoopCheckpoint
 from jaxunlearn.data import make_split
 from jaxunlearn.methods import UnlearnTask, get_method, resolve_hparams
 from jaxunlearn.models import make_model
-from jaxunlearn.train import (LoopControl, NonFiniteError, OptimConfig, Phase, TrainConfig,
+from jaxunlearn.train import (LoopControl, NonFiniteError, OptimConfig, TrainConfig,
                               fit, train_classifier)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,11 +104,11 @@ def test_interrupted_multi_device_run_resumes_bit_identical(task, tmp_path, name
 
 
 def test_resumed_fit_returns_the_whole_history_and_callback_state(task, tmp_path):
-  model, variables = task.model, task.variables
-  phases = [Phase(task.forget_x, task.forget_y, losses.random_label_cross_entropy, 'forget'),
-            Phase(task.retain_x, task.retain_y, losses.cross_entropy, 'retain')]
+  variables = task.variables
+  phases = [task.forget_phase(losses.random_label_cross_entropy),
+            task.retain_phase(losses.cross_entropy)]
   kwargs = dict(epochs=3, batch_size=16, optim=OptimConfig(lr=0.01), seed=3, progress=False)
-  ref_vars, ref_history = fit(model, variables, phases, **kwargs)
+  ref_vars, ref_history = fit(variables, phases, **kwargs)
 
   class Recorder:  # a stateful callback, as the gradient-alignment probe
     def __init__(self, stop=None):
@@ -127,10 +127,10 @@ def test_resumed_fit_returns_the_whole_history_and_callback_state(task, tmp_path
 
   ckpt = lambda: LoopCheckpoint(tmp_path, every=3)
   with pytest.raises(_Killed):
-    fit(model, variables, phases, callback=Recorder(stop=8), callback_every=1,
+    fit(variables, phases, callback=Recorder(stop=8), callback_every=1,
         control=LoopControl(ckpt()), **kwargs)
   recorder = Recorder()
-  out, history = fit(model, variables, phases, callback=recorder, callback_every=1,
+  out, history = fit(variables, phases, callback=recorder, callback_every=1,
                      control=LoopControl(ckpt()), **kwargs)
   _assert_trees_equal(out, ref_vars)
   assert history.keys() == ref_history.keys()
@@ -239,8 +239,7 @@ def _always_nan(logits, y, key):
 def test_non_finite_steps_are_skipped_and_counted(task):
   seen = []
   control = LoopControl(max_nonfinite=None)
-  out, history = fit(task.model, task.variables,
-                     [Phase(task.retain_x, task.retain_y, _nan_sometimes, 'retain')],
+  out, history = fit(task.variables, [task.retain_phase(_nan_sometimes)],
                      epochs=4, batch_size=16, optim=OptimConfig(lr=0.05), seed=0,
                      progress=False, callback=lambda n, v: seen.append(v), callback_every=1,
                      control=control)
@@ -259,7 +258,7 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_loop(task):
   control = LoopControl(max_nonfinite=3)
   with pytest.raises(NonFiniteError, match=r'3 steps in a row .*non-finite.*lower its '
                                            r'learning rate'):
-    fit(task.model, task.variables, [Phase(task.retain_x, task.retain_y, _always_nan, 'ga')],
+    fit(task.variables, [task.retain_phase(_always_nan, 'ga')],
         epochs=5, batch_size=16, optim=OptimConfig(lr=0.05), seed=0, progress=False,
         control=control)
   assert 3 <= control.skipped <= 4  # checked one step behind, so that steps stay queued

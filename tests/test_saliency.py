@@ -5,6 +5,7 @@ import pytest
 
 from jaxunlearn import losses
 from jaxunlearn.models import make_model
+from jaxunlearn.objectives import Classifier
 from jaxunlearn.saliency import (accumulate_gradients, fisher_diagonal, fisher_ratio_mask,
                                  mask_fraction, salun_mask, topk_gradient_mask)
 
@@ -36,7 +37,8 @@ def test_accumulated_gradient_is_sum_of_batch_means(toy):
   model = make_model('resnet1', toy.num_classes)
   variables = model.init(jax.random.key(0), toy.x_train[:1])
   x, y = toy.x_train[:20], toy.y_train[:20]
-  acc = accumulate_gradients(model, variables, x, y, batch_size=8)  # batches of 8, 8, 4
+  acc = accumulate_gradients(Classifier(model, losses.gradient_ascent, train=False), variables,
+                             x, y, batch_size=8)  # batches of 8, 8, 4
 
   def mean_loss(params, xb, yb):
     logits = model.apply({**variables, 'params': params}, xb, train=False)
@@ -46,7 +48,8 @@ def test_accumulated_gradient_is_sum_of_batch_means(toy):
       lambda *gs: sum(gs),
       *[jax.grad(mean_loss)(variables['params'], x[s:s + 8], y[s:s + 8]) for s in (0, 8, 16)])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), acc, expected)
-  mask = salun_mask(model, variables, x, y, keep=0.5, batch_size=8)
+  mask = salun_mask(Classifier(model, losses.gradient_ascent, train=False), variables, x, y,
+                    keep=0.5, batch_size=8)
   n = sum(np.size(m) for m in jax.tree.leaves(mask))
   assert mask_fraction(mask) * n == pytest.approx(round(0.5 * n))
 
@@ -64,7 +67,8 @@ def test_fisher_diagonal_is_mean_of_squared_batch_gradients(toy):
 
   expected = jax.tree.map(lambda a, b, c: (a**2 + b**2 + c**2) / 3,
                           grad(0, 8), grad(8, 16), grad(16, 20))
-  got = fisher_diagonal(model, variables, x, y, batch_size=8)
+  got = fisher_diagonal(Classifier(model, losses.cross_entropy, train=False), variables, x, y,
+                        batch_size=8)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-10), got,
                expected)
 

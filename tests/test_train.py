@@ -8,6 +8,7 @@ import pytest
 
 from jaxunlearn import losses
 from jaxunlearn.models import make_model
+from jaxunlearn.objectives import Classifier
 from jaxunlearn.step import init_state, predict, train_step
 from jaxunlearn.train import (OptimConfig, Phase, TrainConfig, epoch_batches, fit,
                               train_classifier)
@@ -58,7 +59,8 @@ def test_train_step_padding_weights_do_not_change_gradient(toy):
   tx = optax.sgd(0.1)
   x, y = toy.x_train[:8], toy.y_train[:8]
   key = jax.random.key(0)
-  step = jax.jit(functools.partial(train_step, model=model, loss_fn=losses.cross_entropy, tx=tx))
+  step = jax.jit(functools.partial(train_step, objective=Classifier(model, losses.cross_entropy),
+                                   tx=tx))
   s_a, m_a = step(init_state(variables, tx), x, y, jnp.ones(8), key)
   # Same 8 examples, with 4 wrapped-around repeats weighted 0: BatchNorm sees 12 examples,
   # so compare only the loss value, which must ignore the repeats.
@@ -84,9 +86,11 @@ def test_training_learns_toy_problem_and_is_deterministic(toy):
 def test_fit_runs_phases_in_order_and_reports_history(toy):
   model = make_model('resnet1', toy.num_classes)
   variables = model.init(jax.random.key(0), toy.x_train[:1])
-  phases = [Phase(toy.x_train[:10], toy.y_train[:10], losses.gradient_ascent, 'forget'),
-            Phase(toy.x_train[10:], toy.y_train[10:], losses.cross_entropy, 'retain')]
-  out, history = fit(model, variables, phases, epochs=2, batch_size=16,
+  phases = [Phase(toy.x_train[:10], toy.y_train[:10], Classifier(model, losses.gradient_ascent),
+                  'forget'),
+            Phase(toy.x_train[10:], toy.y_train[10:], Classifier(model, losses.cross_entropy),
+                  'retain')]
+  out, history = fit(variables, phases, epochs=2, batch_size=16,
                      optim=OptimConfig(lr=0.01), seed=0, progress=False)
   assert history['forget'].shape == (2,) and history['retain'].shape == (8,)
   assert np.all(history['forget'] <= 0)  # -CE
@@ -110,7 +114,7 @@ def test_fit_callback_counts_steps_without_a_progress_bar(toy):
   model = make_model('resnet1', toy.num_classes, 4)
   variables = init_variables(model, toy.x_train.shape[1:], 0)
   seen = []
-  fit(model, variables, [Phase(toy.x_train, toy.y_train, cross_entropy)], epochs=2,
+  fit(variables, [Phase(toy.x_train, toy.y_train, Classifier(model, cross_entropy))], epochs=2,
       batch_size=16, optim=OptimConfig(lr=0.01), seed=0, progress=False,
       callback=lambda n, v: seen.append(n), callback_every=3)
   assert seen == [3, 6, 8]  # 60 examples / 16 = 4 steps per epoch, 8 in all

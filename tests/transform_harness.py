@@ -1,4 +1,4 @@
-"""The shared test harness every unlearning transform passes (DESIGN.md section 3).
+"""The shared test harness every unlearning transform passes (docs/architecture.md).
 
 A :class:`Case` names a transform factory and how to build its extra arguments from a small
 regression problem; :func:`check_all` runs every property on it:

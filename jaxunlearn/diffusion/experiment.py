@@ -8,7 +8,7 @@ What ``jaxunlearn run --task generation`` calls::
 Per seed: the original DDPM (trained here on the images in [-1, 1], cached; or a converted
 diffusers UNet, ``unet_path``), a generation
 classifier (a ResNet trained on the real images, cached), then each method from the
-original. Reported (DESIGN.md section 5): **UA** = 100 - the classifier's accuracy on
+original. Reported (docs/architecture.md, evaluation): **UA** = 100 - the classifier's accuracy on
 ``forget_samples`` samples of the forgotten class; **FID** of samples of the remaining
 classes against their real training images, in the classifier's feature space;
 **acc_remaining**, the classifier's accuracy on those samples; **steps_to_forget**, the
@@ -42,6 +42,7 @@ from jaxunlearn.methods import cast_like, did_you_mean, resolve_hparams
 from jaxunlearn.models import digits_dit, digits_unet, make_model
 from jaxunlearn.models.dit import DIT_CONFIGS
 from jaxunlearn.models.unet import ddpm_cifar10_unet
+from jaxunlearn.parallel import Parallel
 from jaxunlearn.step import predict
 from jaxunlearn.train import LoopControl, NonFiniteError, TrainConfig, train_classifier
 
@@ -86,6 +87,9 @@ class GenerationConfig:
     sample_steps, guidance: the DDIM sampler of every evaluation (guidance in diffusers'
       convention; 2.0 = w 1 of Ho & Salimans).
     checkpoint_every, max_nonfinite: as :class:`jaxunlearn.experiment.ExperimentConfig`.
+    parallel, num_devices, shard_params: the devices unlearning runs on, as
+      :class:`jaxunlearn.experiment.ExperimentConfig` (the methods' steps, saliency masks
+      and Fisher statistics; training the original DDPM, sampling and scoring run on one).
   """
 
   dataset: str = 'digits'
@@ -113,6 +117,9 @@ class GenerationConfig:
   guidance: float = 2.0
   checkpoint_every: int = 50
   max_nonfinite: int | None = 10
+  parallel: str = 'none'
+  num_devices: int | None = None
+  shard_params: bool = False
 
   def validate(self) -> None:
     """Checks names, scenario and overrides before any compute (ValueError says what)."""
@@ -151,6 +158,14 @@ class GenerationConfig:
                          f'{did_you_mean(name, [*self.methods, "ddpm", "classifier"])}')
     for name in self.methods:
       resolve_hparams(name, self.overrides.get(name), GENERATION_METHODS)
+    self.devices()  # raises for a mode or device count this host cannot run
+
+  def devices(self) -> Parallel:
+    """The :class:`jaxunlearn.parallel.Parallel` the methods run on."""
+    if self.parallel not in ('auto', 'none', 'pmap', 'shard'):
+      raise ValueError(f"parallel must be 'auto', 'none', 'pmap' or 'shard', got "
+                       f'{self.parallel!r}')
+    return Parallel.from_setting(self.parallel, self.num_devices, self.shard_params)
 
   def load_data(self):
     """The dataset, pixels in [-1, 1]."""
@@ -313,7 +328,7 @@ def run_generation(config: GenerationConfig, out_dir: str | Path | None = None,
         checkpoint_every=config.checkpoint_every)
     task = GenerationTask(unet, original, ds.x_train[split.forget], ds.y_train[split.forget],
                           ds.x_train[split.retain], ds.y_train[split.retain], ds.num_classes,
-                          ddpm, seed, config.progress)
+                          ddpm, seed, config.progress, parallel=config.devices())
     if 'original' not in done:
       done['original'] = dict(judge.score(unet, original, cls, ds.num_classes, seed),
                               train_s=info['seconds'])

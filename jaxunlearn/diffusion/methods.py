@@ -2,7 +2,8 @@
 
 A registry like the classification one (:mod:`jaxunlearn.methods`): each method is
 ``fn(task: GenerationTask, hp) -> variables`` with its defaults, resolved and range-checked
-by the same ``resolve_hparams(name, overrides, GENERATION_METHODS)``. Defaults are the DDPM
+by the same ``resolve_hparams(name, overrides, GENERATION_METHODS)``, and runs on the shared
+loops and statistics with the task's denoising objectives, on the task's devices. Defaults are the DDPM
 reference codes' (CIFAR-10, 3x32x32): Adam lr 1e-4, batch 128, gradients clipped to global
 norm 1, label dropout 0.1 on retain losses. What differs is said in each method.
 """
@@ -11,12 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxunlearn.diffusion.unlearn import (AdamConfig, AdaptiveDenoisingAscent, Denoising,
-                                          GenerationTask, RemappedClass, elbo_fisher,
-                                          fit_fast_slow, fit_joint, fit_single, generate,
-                                          salun_mask, sfron_mask)
+from jaxunlearn.diffusion.objectives import AdaptiveDenoisingAscent, Denoising, RemappedClass
+from jaxunlearn.diffusion.unlearn import GenerationTask, elbo_fisher, generate
 from jaxunlearn.methods import register
-from jaxunlearn.train import FastSlowConfig, Phase
+from jaxunlearn.saliency import salun_mask, sfron_mask
+from jaxunlearn.train import FastSlowConfig, OptimConfig, fit, fit_fast_slow, fit_joint
 
 GENERATION_METHODS: dict = {}
 
@@ -31,21 +31,37 @@ def _retain_loss(task: GenerationTask, hp: dict, **options) -> Denoising:
   return Denoising(cond_drop_prob=hp['cond_drop_prob'], null_class=task.null_class, **options)
 
 
+def _adam(hp: dict, **options) -> OptimConfig:
+  """The references' Adam (PyTorch defaults), no weight decay, clipped to ``clip_norm``."""
+  return OptimConfig(hp['lr'], weight_decay=0.0, clip_norm=hp['clip_norm'], optimizer='adam',
+                     **options)
+
+
+def _loop(task: GenerationTask, hp: dict, desc: str) -> dict:
+  return dict(batch_size=hp['batch_size'], **task.loop(desc))
+
+
+def _statistic_args(task: GenerationTask, hp: dict) -> dict:
+  """How both DDPM references read gradients for masks and Fishers: the conditional
+  denoising loss at the original model, each batch gradient clipped to global norm 1."""
+  return dict(batch_size=hp['batch_size'], clip_norm=1.0, parallel=task.parallel)
+
+
 @register('salun', 'SalUn: remap the class to (c+1) mod C, alpha * denoising on D_r, masked '
           'to the top-`keep` salient weights', registry=GENERATION_METHODS, steps=1000,
           keep=0.5, alpha=_SALUN_ALPHA, **_ADAM)
 def salun(task: GenerationTask, hp: dict):
-  """SalUn for diffusion (arXiv 2310.12508, section 5; DESIGN.md 4.1.3): mask = top
-  ``keep`` of |sum of clipped batch gradients of the denoising loss on D_f|; then joint
-  steps on ``MSE(eps(x_t, t, c_f), sg(eps(x_t, t, c'))) + alpha L_diff(D_r)``, clipped to
-  1, masked, Adam."""
-  mask = salun_mask(task, hp['keep'], hp['batch_size'])
-  optim = AdamConfig(hp['lr'], hp['clip_norm'], saliency=True, forget_weight=1.0,
-                     retain_weight=hp['alpha'])
+  """SalUn for diffusion (arXiv 2310.12508, section 5): mask = top ``keep`` of |sum of
+  clipped batch gradients of the denoising loss on D_f|; then joint steps on
+  ``MSE(eps(x_t, t, c_f), sg(eps(x_t, t, c'))) + alpha L_diff(D_r)``, clipped to 1,
+  masked, Adam."""
+  mask = salun_mask(task.statistic(Denoising()), task.variables, task.forget_x, task.forget_y,
+                    hp['keep'], **_statistic_args(task, hp))
   variables, _ = fit_joint(
-      task, task.forget_phase(RemappedClass(task.num_classes)),
-      task.retain_phase(_retain_loss(task, hp, reduction='mean')), optim=optim,
-      steps=hp['steps'], batch_size=hp['batch_size'], desc='salun', mask=mask)
+      task.variables, task.forget_phase(RemappedClass(task.num_classes)),
+      task.retain_phase(_retain_loss(task, hp, reduction='mean')), steps=hp['steps'],
+      optim=_adam(hp, saliency=True, forget_weight=1.0, retain_weight=hp['alpha']),
+      mask=mask, **_loop(task, hp, 'salun'))
   return variables
 
 
@@ -62,16 +78,20 @@ def sfron(task: GenerationTask, hp: dict):
 
 
 def _sfron(task: GenerationTask, hp: dict, desc: str, **precondition):
-  mask = sfron_mask(task, hp['gamma'], hp['batch_size']) if hp['mask'] else None
+  mask = None
+  if hp['mask']:  # the DDPM reference's generate_fisher: clipped denoising-loss gradients
+    mask = sfron_mask(task.statistic(Denoising()), task.variables, task.forget_x,
+                      task.forget_y, task.retain_x, task.retain_y, hp['gamma'],
+                      **_statistic_args(task, hp))
   config = FastSlowConfig(hp['lr'], 0.9, 0.0, 'constant', hp['iterations'], hp['every'],
                           hp['alpha'], 'cosine', hp['clip_norm'], saliency=hp['mask'],
                           optimizer='adam', shared_clip_norm=hp['clip_norm'], **precondition)
   forget = AdaptiveDenoisingAscent(hp['lam'], cond_drop_prob=hp['cond_drop_prob'],
                                    null_class=task.null_class)
   variables, _ = fit_fast_slow(
-      task, task.forget_phase(forget),
+      task.variables, task.forget_phase(forget),
       task.retain_phase(_retain_loss(task, hp, scale=hp['remain_alpha'])), config=config,
-      batch_size=hp['batch_size'], desc=desc, mask=mask)
+      mask=mask, **_loop(task, hp, desc))
   return variables
 
 
@@ -101,13 +121,13 @@ def lur(task: GenerationTask, hp: dict):
   step, then clip and Adam. First order by default (the HVP of 'second' doubles a step)."""
   forget = (RemappedClass(task.num_classes) if hp['forget_loss'] == 'rl' else
             Denoising(-1.0, hp['cond_drop_prob'], task.null_class, reduction='mean'))
-  optim = AdamConfig(hp['lr'], hp['clip_norm'], forget_weight=hp['forget_weight'],
-                     retain_weight=hp['retain_weight'], lookahead_lr=hp['inner_lr'],
-                     lookahead_order=hp['order'], lookahead_virtual=hp['virtual'])
+  optim = _adam(hp, forget_weight=hp['forget_weight'], retain_weight=hp['retain_weight'],
+                lookahead_lr=hp['inner_lr'], lookahead_order=hp['order'],
+                lookahead_virtual=hp['virtual'])
   variables, _ = fit_joint(
-      task, task.forget_phase(forget), task.retain_phase(_retain_loss(task, hp,
-                                                                      reduction='mean')),
-      optim=optim, steps=hp['steps'], batch_size=hp['batch_size'], desc='lur')
+      task.variables, task.forget_phase(forget),
+      task.retain_phase(_retain_loss(task, hp, reduction='mean')), steps=hp['steps'],
+      optim=optim, **_loop(task, hp, 'lur'))
   return variables
 
 
@@ -128,12 +148,12 @@ def sa(task: GenerationTask, hp: dict):
                      num_steps=hp['sample_steps'], guidance=hp['guidance'])
   fisher = elbo_fisher(task, samples, labels, hp['fisher_timesteps'], seed=task.seed)
   keep = ~np.isin(labels, np.unique(task.forget_y))
-  replay = Phase(samples[keep], labels[keep], _retain_loss(task, hp), 'retain')
-  optim = AdamConfig(hp['lr'], hp['clip_norm'], forget_weight=1.0,
-                     retain_weight=hp['replay_weight'], elastic=hp['strength'])
-  variables, _ = fit_joint(task, task.forget_phase(Denoising(surrogate=True)), replay,
-                           optim=optim, steps=hp['steps'], batch_size=hp['batch_size'],
-                           desc='sa', fisher=fisher)
+  replay = task.phase(samples[keep], labels[keep], _retain_loss(task, hp), 'retain')
+  optim = _adam(hp, forget_weight=1.0, retain_weight=hp['replay_weight'],
+                elastic=hp['strength'])
+  variables, _ = fit_joint(task.variables, task.forget_phase(Denoising(surrogate=True)),
+                           replay, steps=hp['steps'], optim=optim, fisher=fisher,
+                           **_loop(task, hp, 'sa'))
   return variables
 
 
@@ -143,7 +163,6 @@ def ga(task: GenerationTask, hp: dict):
   """``-L_diff(D_f)`` (summed over pixels, labels dropped as in training), clipped, Adam:
   forgets, and with nothing holding the rest in place, degrades every class."""
   loss = Denoising(-1.0, hp['cond_drop_prob'], task.null_class)
-  variables, _ = fit_single(task, task.forget_phase(loss),
-                            optim=AdamConfig(hp['lr'], hp['clip_norm']), steps=hp['steps'],
-                            batch_size=hp['batch_size'], desc='ga')
+  variables, _ = fit(task.variables, [task.forget_phase(loss)], steps=hp['steps'],
+                     optim=_adam(hp), **_loop(task, hp, 'ga'))
   return variables

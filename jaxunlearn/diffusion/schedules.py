@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxunlearn.parallel import draw, split_key
+
 
 class NoiseSchedule(NamedTuple):
   """``betas[t]`` and ``alphas_cumprod[t] = prod_{s <= t} (1 - betas[s])``, t = 0..T-1."""
@@ -69,13 +71,15 @@ def eps_mse(eps_fn, schedule: NoiseSchedule, x0, labels, key, t=None, noise=None
   ``t ~ U{0..T-1}`` and ``noise ~ N(0, I)`` drawn from ``key`` (unless given).
 
   ``eps_fn(x_t, t, labels) -> eps`` is the model (e.g. ``partial(unet.apply, variables)``);
-  ``labels`` may be None for an unconditional model.
+  ``labels`` may be None for an unconditional model. ``key`` may be a
+  :class:`jaxunlearn.parallel.ShardKey` (the draws are then the global batch's rows).
   """
-  kt, kn = jax.random.split(key)
+  kt, kn = split_key(key)
   if t is None:
-    t = jax.random.randint(kt, (x0.shape[0],), 0, schedule.num_timesteps)
+    t = draw(kt, lambda k, s: jax.random.randint(k, s, 0, schedule.num_timesteps),
+             (x0.shape[0],))
   if noise is None:
-    noise = jax.random.normal(kn, x0.shape, x0.dtype)
+    noise = draw(kn, lambda k, s: jax.random.normal(k, s, x0.dtype), x0.shape)
   pred = eps_fn(q_sample(schedule, x0, t, noise), t, labels)
   return jnp.mean((pred - noise) ** 2, axis=tuple(range(1, x0.ndim)))
 
@@ -83,4 +87,4 @@ def eps_mse(eps_fn, schedule: NoiseSchedule, x0, labels, key, t=None, noise=None
 def drop_labels(labels, key, prob: float, null_class: int):
   """Classifier-free guidance training: each label replaced by ``null_class`` with
   probability ``prob``."""
-  return jnp.where(jax.random.uniform(key, labels.shape) < prob, null_class, labels)
+  return jnp.where(draw(key, jax.random.uniform, labels.shape) < prob, null_class, labels)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxunlearn import losses
+from jaxunlearn.objectives import Classifier
 from jaxunlearn.step import batch_objective, tree_cosine
 
 
@@ -32,7 +33,7 @@ def _compiled_cosine(model, forget_loss, retain_loss):
     key = jax.random.key(0)  # unused by the default losses; fixed for the others
 
     def grad(batch, loss_fn):
-      objective = batch_objective(model_state, *batch, key, model, loss_fn)
+      objective = batch_objective(Classifier(model, loss_fn), model_state, batch, key)
       return jax.grad(lambda p: objective(p)[0])(variables['params'])
 
     return tree_cosine(grad(forget_batch, forget_loss), grad(retain_batch, retain_loss))

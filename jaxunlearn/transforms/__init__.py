@@ -1,4 +1,4 @@
-"""Unlearning as optax gradient transformations (DESIGN.md section 3)."""
+"""Unlearning as optax gradient transformations (the contract: docs/architecture.md)."""
 
 from jaxunlearn.transforms.align import AlignForgetRetainState, align_forget_retain
 from jaxunlearn.transforms.combine import (AddL1PenaltyState, CombineForgetRetainState,

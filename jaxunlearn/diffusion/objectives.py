@@ -1,0 +1,129 @@
+"""Denoising objectives: the diffusion task's plug-in to the shared steps and loops.
+
+:class:`Denoiser` is the objective (see :mod:`jaxunlearn.objectives`) of a class-conditional
+noise-prediction model (:class:`jaxunlearn.models.UNet2D`, :class:`jaxunlearn.models.DiT`);
+the per-example losses it takes are ``loss(eps_fn, schedule, x0, labels, key) -> [B]``, with
+``eps_fn(x_t, t, labels)`` the model; timesteps, noise and label dropout come from ``key``
+(through :func:`jaxunlearn.parallel.draw`, so under ``pmap`` they are the global batch's).
+
+Their units are the reference codes' (OPTML-Group/Unlearn-Saliency and K1nght/Unified-
+Unlearning-w-Remain-Geometry, both from the DDIM code base): the denoising loss is the
+**sum** over pixels of the squared error, SalUn's remapped-class loss the per-pixel **mean**
+(``nn.MSELoss``), so their hyperparameters (clip norm 1, SFR-on's alphas, SA's lambda) mean
+what they mean there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxunlearn.diffusion.schedules import drop_labels, eps_mse, q_sample
+from jaxunlearn.diffusion.train import DiffusionConfig
+from jaxunlearn.parallel import draw, split_key
+
+
+@dataclasses.dataclass(frozen=True)
+class Denoiser:
+  """A per-example loss on the noise predictions of ``model``.
+
+  Attributes:
+    model: ``model.apply(variables, x_t, t, labels) -> eps`` (UNet2D, DiT).
+    diffusion: the noise schedule the model was trained with.
+    loss: ``loss(eps_fn, schedule, x0, labels, key) -> [B]`` (below).
+
+  No metrics; the model state passes through unchanged (no batch statistics).
+  """
+
+  model: Any
+  diffusion: DiffusionConfig
+  loss: Callable
+
+  def __call__(self, params, model_state, x, y, key):
+    eps_fn = lambda xt, t, c: self.model.apply({'params': params, **model_state}, xt, t, c)
+    return self.loss(eps_fn, self.diffusion.noise_schedule(), x, y, key), model_state, {}
+
+  def on_axis(self, axis_name: str) -> Denoiser:
+    """Unchanged under ``pmap``: group and layer norms are per example."""
+    del axis_name
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class Denoising:
+  """The DDPM loss per example: ``scale * sum_pixels (eps - eps_theta(x_t, t, c))^2``.
+
+  Attributes:
+    scale: multiplies the loss (-1: gradient ascent, GA).
+    cond_drop_prob, null_class: classifier-free guidance label dropout (the references
+      train and unlearn with 0.1, which keeps the unconditional model trained).
+    surrogate: replace the images by uniform noise in [-1, 1] (Selective Amnesia's forget
+      term: the forgotten class is remapped to noise; only the batch shape is used).
+    reduction: 'sum' over pixels (the references') or 'mean'.
+  """
+
+  scale: float = 1.0
+  cond_drop_prob: float = 0.0
+  null_class: int | None = None
+  surrogate: bool = False
+  reduction: str = 'sum'
+
+  def __call__(self, eps_fn, schedule, x0, labels, key):
+    k_data, k_drop, k_loss = split_key(key, 3)
+    if self.surrogate:
+      x0 = draw(k_data, lambda k, s: jax.random.uniform(k, s, x0.dtype, -1.0, 1.0), x0.shape)
+    if self.cond_drop_prob > 0 and self.null_class is not None:
+      labels = drop_labels(labels, k_drop, self.cond_drop_prob, self.null_class)
+    size = math.prod(x0.shape[1:]) if self.reduction == 'sum' else 1
+    return self.scale * size * eps_mse(eps_fn, schedule, x0, labels, k_loss)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveDenoisingAscent:
+  """SFR-on's adaptive forget loss on the denoising loss (arXiv 2409.19732, eq. 11).
+
+  Per example ``-l_i`` (``l_i`` the summed denoising loss); :func:`jaxunlearn.losses.reduce_loss`
+  weights the examples by ``1 / (l_i^lam + eps)``, normalised over the batch, as the DDPM
+  reference's ``adaptive_loss`` (its ``eps`` is 1e-8).
+  """
+
+  lam: float = 0.5
+  eps: float = 1e-8
+  cond_drop_prob: float = 0.0
+  null_class: int | None = None
+
+  def __call__(self, eps_fn, schedule, x0, labels, key):
+    return -Denoising(1.0, self.cond_drop_prob, self.null_class)(eps_fn, schedule, x0,
+                                                                 labels, key)
+
+  def example_weights(self, per_example):
+    return 1.0 / (jnp.maximum(-per_example, 0.0) ** self.lam + self.eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class RemappedClass:
+  """SalUn's forget loss for diffusion (arXiv 2310.12508, eq. 9): per example
+  ``mean_pixels (eps_theta(x_t, t, c) - stop_grad(eps_theta(x_t, t, c')))^2``, ``c' =
+  (c + 1) mod num_classes``: the forgotten class is taught to denoise like another one.
+
+  Both predictions are of the current model, in one batched call. (The reference hard-codes
+  ``% 10``; ``num_classes`` is the model's.)
+  """
+
+  num_classes: int
+
+  def __call__(self, eps_fn, schedule, x0, labels, key):
+    k_t, k_noise = split_key(key)
+    t = draw(k_t, lambda k, s: jax.random.randint(k, s, 0, schedule.num_timesteps),
+             (x0.shape[0],))
+    noise = draw(k_noise, lambda k, s: jax.random.normal(k, s, x0.dtype), x0.shape)
+    x_t = q_sample(schedule, x0, t, noise)
+    both = eps_fn(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]),
+                  jnp.concatenate([labels, (labels + 1) % self.num_classes]))
+    pred, target = jnp.split(both, 2)
+    return jnp.mean((pred - jax.lax.stop_gradient(target)) ** 2,
+                    axis=tuple(range(1, x0.ndim)))
