@@ -17,6 +17,9 @@ forget step and its retain step, K = 1):
   sfron_hvp    the ascent step preconditioned by 5 CG products of H_r, then the retain step
   lur          LUR's look-ahead step (second order: an HVP per step)
 
+and the diffusion steps on the digits DDPM UNet (``diffusion_cases``; ``--no-diffusion``
+leaves them out), relative to their own plain Adam denoising step.
+
 Columns: median milliseconds per step, the ratio to ``plain``, and the peak memory XLA's
 compiled-memory analysis gives (arguments + outputs - aliased + temporaries: the step's
 own need, on the backend it runs on). With PyTorch installed, the reference steps ported
@@ -52,8 +55,10 @@ def jax_cases(model, variables, forget, retain, w, batch: int):
   key = jax.random.key(0)
   (xf, yf), (xr, yr) = forget, retain
   fargs, rargs = (xf, yf, w), (xr, yr, w)
-  masks = {'salun': salun_mask(Classifier(model, losses.gradient_ascent, train=False), variables, xf, yf, 0.5, batch),
-           'sfron': sfron_mask(Classifier(model, losses.cross_entropy, train=False), variables, xf, yf, xr, yr, 1.0, batch)}
+  statistic = lambda loss: Classifier(model, loss, train=False)
+  masks = {'salun': salun_mask(statistic(losses.gradient_ascent), variables, xf, yf, 0.5, batch),
+           'sfron': sfron_mask(statistic(losses.cross_entropy), variables, xf, yf, xr, yr, 1.0,
+                               batch)}
   ce, rl = losses.cross_entropy, losses.random_label_cross_entropy
   adaptive = losses.AdaptiveGradientAscent(0.5)
 
@@ -73,24 +78,74 @@ def jax_cases(model, variables, forget, retain, w, batch: int):
   l1 = OptimConfig(lr=0.01, l1=1e-4, l1_decay_steps=1000)
   cases['l1_sparse'] = (compiled_train_step(Classifier(model, ce), l1), state(l1), rargs + (key,))
   masked = OptimConfig(lr=0.013, saliency=True)
-  cases['salun'] = (compiled_train_step(Classifier(model, rl), masked), state(masked, masks['salun']),
-                    fargs + (key,))
+  cases['salun'] = (compiled_train_step(Classifier(model, rl), masked),
+                    state(masked, masks['salun']), fargs + (key,))
   joint = OptimConfig(lr=0.013, saliency=True, forget_weight=1.0)
-  cases['salun_joint'] = (compiled_forget_retain_step(Classifier(model, rl), Classifier(model, ce), joint),
-                          state(joint, masks['salun']), (fargs, rargs, key))
+  cases['salun_joint'] = (
+      compiled_forget_retain_step(Classifier(model, rl), Classifier(model, ce), joint),
+      state(joint, masks['salun']), (fargs, rargs, key))
   retain_step = compiled_train_step(Classifier(model, ce), dataclasses.replace(fs, role='retain'))
   for name, cfg in (('sfron', fs), ('sfron_hvp', hvp)):
     forget_step = compiled_forget_step(Classifier(model, adaptive), Classifier(model, ce), cfg)
-    needs_retain = cfg.precondition is not None
+    needs_retain = cfg.precondition != 'none'
 
     def iteration(st, forget_step=forget_step, needs_retain=needs_retain):
       st, _ = forget_step(st, fargs, rargs if needs_retain else None, key)
       return retain_step(st, *rargs, key)
     cases[name] = (iteration, state(cfg, masks['sfron']), ())
   lur = OptimConfig(lr=0.01, forget_weight=1.0, lookahead_lr=0.01, lookahead_order='second')
-  cases['lur'] = (compiled_forget_retain_step(Classifier(model, rl), Classifier(model, ce), lur), state(lur),
-                  (fargs, rargs, key))
+  cases['lur'] = (compiled_forget_retain_step(Classifier(model, rl), Classifier(model, ce), lur),
+                  state(lur), (fargs, rargs, key))
   return cases, masks
+
+
+def diffusion_cases(batch: int):
+  """``{name: (step, state, args)}`` for the diffusion steps on the digits DDPM UNet
+  (channels 32-64, 8x8, at its initialisation), forget class 3, Adam as the references:
+
+    ddpm_plain   Adam on the denoising loss of a retain batch (the unit of these rows)
+    ddpm_salun   SalUn's masked joint step: remapped class on D_f + alpha denoising on D_r
+    ddpm_sfron   one SFR-on iteration (K = 1): masked, clipped adaptive ascent, then retain
+  """
+  from jaxunlearn.data.digits import load_digits
+  from jaxunlearn.diffusion.objectives import (AdaptiveDenoisingAscent, Denoiser, Denoising,
+                                               RemappedClass)
+  from jaxunlearn.diffusion.train import DiffusionConfig, init_unet
+  from jaxunlearn.models import digits_unet
+  ds = load_digits(8, pixels='symmetric')
+  model, diffusion = digits_unet(), DiffusionConfig()
+  variables = init_unet(model, ds.image_shape, 0)
+  take = lambda idx: np.resize(idx, batch)
+  w, key = np.ones(batch, np.float32), jax.random.key(0)
+  fargs = (ds.x_train[take(np.flatnonzero(ds.y_train == 3))],
+           ds.y_train[take(np.flatnonzero(ds.y_train == 3))], w)
+  rargs = (ds.x_train[take(np.flatnonzero(ds.y_train != 3))],
+           ds.y_train[take(np.flatnonzero(ds.y_train != 3))], w)
+  of = lambda loss: Denoiser(model, diffusion, loss)
+  retain = of(Denoising(cond_drop_prob=0.1, null_class=10))
+  mask = jax.tree.map(lambda p: (np.arange(p.size) % 2).reshape(p.shape).astype(np.float32),
+                      variables['params'])  # half the weights: the step's cost, not a mask's
+
+  def state(cfg, with_mask=False):
+    st = init_state(variables, cfg())
+    return st._replace(opt_state=set_saliency_mask(st.opt_state, mask)) if with_mask else st
+
+  adam = OptimConfig(lr=1e-4, weight_decay=0.0, clip_norm=1.0, optimizer='adam')
+  salun = dataclasses.replace(adam, saliency=True, forget_weight=1.0, retain_weight=3.072)
+  fs = FastSlowConfig(1e-4, 0.9, 0.0, 'constant', 1000, 1, 10.0, 'cosine', 1.0,
+                      optimizer='adam', shared_clip_norm=1.0)
+  forget_step = compiled_forget_step(of(AdaptiveDenoisingAscent(0.5)), retain, fs)
+  retain_step = compiled_train_step(retain, dataclasses.replace(fs, role='retain'))
+
+  def sfron(st):
+    st, _ = forget_step(st, fargs, None, key)
+    return retain_step(st, *rargs, key)
+  return {
+      'ddpm_plain': (compiled_train_step(retain, adam), state(adam), rargs + (key,)),
+      'ddpm_salun': (compiled_forget_retain_step(of(RemappedClass(10)), retain, salun),
+                     state(salun, True), (fargs, rargs, key)),
+      'ddpm_sfron': (sfron, state(fs, True), ()),
+  }
 
 
 def peak_memory_mb(step, state, args) -> float | None:
@@ -179,9 +234,12 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   add_model_args(parser)
   parser.add_argument('--no-torch', action='store_true', help='JAX steps only')
+  parser.add_argument('--no-diffusion', action='store_true', help='no DDPM UNet rows')
   args = parser.parse_args()
   model, variables, forget, retain, w = model_and_batches(args)
   cases, masks = jax_cases(model, variables, forget, retain, w, args.batch)
+  if not args.no_diffusion:
+    cases.update(diffusion_cases(args.batch))
   memory = {name: peak_memory_mb(*case) for name, case in cases.items()}
   states = {name: case[1] for name, case in cases.items()}
 
@@ -202,7 +260,10 @@ def main():
     except ImportError as e:
       print(f'(PyTorch steps skipped: {e})')
   ms = median_ms(timed, args.steps, args.repeats)
-  ratios = {f'{name} / plain': ms[name] / ms['plain'] for name in cases if name != 'plain'}
+  ratios = {f'{name} / plain': ms[name] / ms['plain'] for name in cases
+            if name != 'plain' and not name.startswith('ddpm')}
+  ratios.update({f'{name} / ddpm_plain': ms[name] / ms['ddpm_plain'] for name in cases
+                 if name.startswith('ddpm') and name != 'ddpm_plain'})
   for name in ('salun', 'sfron'):
     if f'torch_{name}' in ms:
       ratios[f'{name}: jax / torch'] = ms[name] / ms[f'torch_{name}']

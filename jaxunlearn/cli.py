@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classification: resnet18 (default) or resnet10; generation: unet "
                         "(default), ddpm-cifar10 (DDPM's CIFAR-10 UNet) or dit (a tiny "
                         "pixel-space DiT)")
-  run.add_argument('--width', type=int, default=16,
-                   help='channels of the first stage (64 = the standard ResNet-18)')
+  run.add_argument('--width', type=int, default=None,
+                   help='classification: channels of the first stage (default 16; 64 = the '
+                        'standard ResNet-18)')
   run.add_argument('--scenario', default='class:3', help="'class:K' or 'random:P'")
   run.add_argument('--methods', type=_csv, default=None,
                    help='comma-separated (default: retrain,ft,ga,rl; generation: '
@@ -87,13 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--tune', action='store_true',
                    help="grid-search each method's learning rate against Retrain first "
                         '(on separate tuning seeds and a validation half of the test set)')
-  run.add_argument('--tune-seeds', type=_seeds, default=[1000])
-  run.add_argument('--tune-grid', type=_floats, default=[0.25, 0.5, 1.0, 2.0, 4.0],
-                   help='factors applied to each default learning rate when tuning')
-  run.add_argument('--alignment-every', type=int, default=5, metavar='N',
-                   help='measure the cosine between forget and retain gradients every N '
-                        'updates of each iterative method (alignment.png; 0 = off; its '
-                        'time is not counted in RTE)')
+  run.add_argument('--tune-seeds', type=_seeds, default=None, help='default: 1000')
+  run.add_argument('--tune-grid', type=_floats, default=None,
+                   help='factors applied to each default learning rate when tuning (default '
+                        '0.25,0.5,1,2,4)')
+  run.add_argument('--alignment-every', type=int, default=None, metavar='N',
+                   help='classification: measure the cosine between forget and retain '
+                        'gradients every N updates of each iterative method (default 5; '
+                        'alignment.png; 0 = off; its time is not counted in RTE)')
   run.add_argument('--parallel', default='auto', choices=('auto', 'none', 'pmap', 'shard'),
                    help='how steps run over devices: auto = all local devices (pmap when '
                         'there are several), none = one device, pmap, or shard (jit over a '
@@ -111,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--max-nonfinite', type=int, default=10, metavar='N',
                    help='steps with a non-finite loss or gradient are skipped; N in a row '
                         "stop that method's run, recorded as failed (0 = never stop)")
-  run.add_argument('--check-every', type=int, default=25, metavar='N',
+  run.add_argument('--check-every', type=int, default=None, metavar='N',
                    help='generation: UA of the forgotten class every N iterations, for '
-                        'steps-to-forget (0 = only at the end; not timed)')
+                        'steps-to-forget (default 25; 0 = only at the end; not timed)')
   run.add_argument('--fid-inception', metavar='PTH',
                    help="generation: FID in Inception pool-3 features, from pytorch-fid's "
                         'weight file pt_inception-2015-12-05-6726825d.pth on disk (default: '
@@ -172,12 +174,16 @@ def main(argv=None) -> int:
     return _run_strong(args)
   if args.command == 'convert-dit':
     return _convert_dit(args)
+  unused = _flags_the_task_ignores(args)
+  if unused:
+    other = 'classification' if args.task == 'generation' else 'generation'
+    print(f"jaxunlearn: error: {', '.join(unused)} {'is' if len(unused) == 1 else 'are'} for "
+          f'--task {other}; --task {args.task} does not use '
+          f"{'it' if len(unused) == 1 else 'them'}: drop {'it' if len(unused) == 1 else 'them'}",
+          file=sys.stderr)
+    return 2
   if args.task == 'generation':
     return _run_generation(args)
-  if args.fid_inception is not None:
-    print('jaxunlearn: error: --fid-inception is for --task generation (classification '
-          'reports no FID)', file=sys.stderr)
-    return 2
 
   from jaxunlearn import checkpoint
   from jaxunlearn.experiment import ExperimentConfig, run_experiment
@@ -186,11 +192,14 @@ def main(argv=None) -> int:
     cache = None if args.no_cache else (args.cache_dir or str(checkpoint.default_cache_dir()))
     config = ExperimentConfig(
         dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
-        model=args.model or 'resnet18', width=args.width, scenario=args.scenario,
+        model=args.model or 'resnet18', width=16 if args.width is None else args.width,
+        scenario=args.scenario,
         methods=tuple(args.methods or ('retrain', 'ft', 'ga', 'rl')), seeds=tuple(args.seeds),
         overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
-        tune=args.tune, tune_seeds=tuple(args.tune_seeds), tune_grid=tuple(args.tune_grid),
-        alignment_every=args.alignment_every, parallel=args.parallel,
+        tune=args.tune, tune_seeds=tuple(args.tune_seeds or (1000,)),
+        tune_grid=tuple(args.tune_grid or (0.25, 0.5, 1.0, 2.0, 4.0)),
+        alignment_every=5 if args.alignment_every is None else args.alignment_every,
+        parallel=args.parallel,
         num_devices=args.devices, shard_params=args.shard_params,
         checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite or None,
         allow_duplicates=args.allow_duplicates)
@@ -201,6 +210,18 @@ def main(argv=None) -> int:
   return _execute(lambda: run_experiment(config, args.out, restart=args.restart), format_table,
                   lambda r: f'{args.out}/results.json, {args.out}/results.png'
                             + (' and alignment.png' if r.get('alignment') else ''))
+
+
+_CLASSIFICATION_ONLY = {'width': '--width', 'tune': '--tune', 'tune_seeds': '--tune-seeds',
+                        'tune_grid': '--tune-grid', 'alignment_every': '--alignment-every',
+                        'allow_duplicates': '--allow-duplicates'}
+_GENERATION_ONLY = {'check_every': '--check-every', 'fid_inception': '--fid-inception'}
+
+
+def _flags_the_task_ignores(args) -> list[str]:
+  """The flags given (not left at their unset default) that ``args.task`` does not use."""
+  other = _CLASSIFICATION_ONLY if args.task == 'generation' else _GENERATION_ONLY
+  return [flag for name, flag in other.items() if getattr(args, name) not in (None, False)]
 
 
 def _execute(run, table, written) -> int:
@@ -261,7 +282,8 @@ def _run_generation(args) -> int:
         dataset=args.dataset, data_dir=args.data_dir, scenario=args.scenario,
         seeds=tuple(args.seeds),
         overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
-        check_every=args.check_every, checkpoint_every=args.checkpoint_every,
+        check_every=25 if args.check_every is None else args.check_every,
+        checkpoint_every=args.checkpoint_every,
         max_nonfinite=args.max_nonfinite or None, fid_inception=args.fid_inception,
         parallel=args.parallel, num_devices=args.devices, shard_params=args.shard_params,
         **extra)

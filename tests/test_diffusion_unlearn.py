@@ -189,6 +189,26 @@ def test_cli_generation_refuses_bad_settings_before_any_compute(capsys):
   assert 'sa.steps must be >= 1' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('argv, flags', [
+    (['--task', 'generation', '--width', '32'], '--width is for --task classification'),
+    (['--task', 'generation', '--tune', '--alignment-every', '3'],
+     '--tune, --alignment-every are for --task classification'),
+    (['--check-every', '5'], '--check-every is for --task generation'),
+])
+def test_cli_refuses_a_flag_the_task_does_not_use(capsys, argv, flags):
+  assert main(['run', *argv]) == 2
+  assert flags in capsys.readouterr().err
+
+
+def test_generation_config_takes_the_devices_and_checks_them():
+  assert GenerationConfig(parallel='pmap', num_devices=8).devices().size == 8
+  assert GenerationConfig(parallel='shard', num_devices=2).devices().mode == 'shard'
+  with pytest.raises(ValueError, match="parallel must be 'auto', 'none', 'pmap' or 'shard'"):
+    GenerationConfig(parallel='vmap').validate()
+  with pytest.raises(ValueError, match='9 devices requested, 8 available'):
+    GenerationConfig(parallel='pmap', num_devices=9).validate()
+
+
 @pytest.mark.slow
 def test_generation_job_runs_every_method_and_writes_its_report(tmp_path):
   config = GenerationConfig(

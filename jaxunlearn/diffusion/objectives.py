@@ -35,6 +35,8 @@ class Denoiser:
     model: ``model.apply(variables, x_t, t, labels) -> eps`` (UNet2D, DiT).
     diffusion: the noise schedule the model was trained with.
     loss: ``loss(eps_fn, schedule, x0, labels, key) -> [B]`` (below).
+    conditional: False for an unconditional model: it is called with labels None (the
+      batch's labels are then placeholders).
 
   No metrics; the model state passes through unchanged (no batch statistics).
   """
@@ -42,8 +44,10 @@ class Denoiser:
   model: Any
   diffusion: DiffusionConfig
   loss: Callable
+  conditional: bool = True
 
   def __call__(self, params, model_state, x, y, key):
+    y = y if self.conditional else None
     eps_fn = lambda xt, t, c: self.model.apply({'params': params, **model_state}, xt, t, c)
     return self.loss(eps_fn, self.diffusion.noise_schedule(), x, y, key), model_state, {}
 

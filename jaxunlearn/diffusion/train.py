@@ -1,29 +1,24 @@
-"""Training a class-conditional DDPM: the eps-MSE step and its loop.
+"""Training a class-conditional DDPM: its configuration and :func:`train_diffusion`.
 
-The step is the classification step's counterpart (:mod:`jaxunlearn.step`): a pure
-``(state, x0, labels, weights, key) -> (state, metrics)``, timesteps and noise drawn from
-``fold_in(key, step)``, labels dropped to the null class with ``cond_drop_prob`` for
-classifier-free guidance, non-finite steps skipped (:func:`jaxunlearn.step.finish_step`).
-The loop is :func:`jaxunlearn.train.run_updates`, so it resumes from checkpoints like
-every other loop.
+Training runs on the shared core: the :class:`jaxunlearn.diffusion.objectives.Denoiser`
+objective with the per-pixel mean eps-MSE (labels dropped to the null class with
+``cond_drop_prob`` for classifier-free guidance) in :func:`jaxunlearn.train.fit`, so it
+skips non-finite steps, resumes from checkpoints and runs on several devices like every
+other loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from jaxunlearn.diffusion.schedules import (NoiseSchedule, cosine_schedule, drop_labels,
-                                            eps_mse, linear_schedule)
-from jaxunlearn.losses import weighted_mean
-from jaxunlearn.parallel import SINGLE
-from jaxunlearn.step import TrainState, finish_step, init_state
-from jaxunlearn.train import LoopControl, epoch_batches, run_updates
+from jaxunlearn.diffusion.schedules import NoiseSchedule, cosine_schedule, linear_schedule
+from jaxunlearn.parallel import SINGLE, Parallel
+from jaxunlearn.train import LoopControl, Phase, fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,38 +65,6 @@ class DiffusionConfig:
     return optax.chain(*parts, optax.adam(lr))
 
 
-def diffusion_step(state: TrainState, x0, labels, weights, base_key, *, model, schedule,
-                   tx, cond_drop_prob: float = 0.0, null_class: int | None = None):
-  """One Adam step on the weighted eps-MSE of a batch; ``labels`` None = unconditional."""
-  key = jax.random.fold_in(base_key, state.step)
-  drop_key, noise_key = jax.random.split(key)
-  if labels is not None and null_class is not None and cond_drop_prob > 0:
-    labels = drop_labels(labels, drop_key, cond_drop_prob, null_class)
-
-  def objective(params):
-    eps_fn = lambda x, t, y: model.apply({'params': params}, x, t, y)
-    return weighted_mean(eps_mse(eps_fn, schedule, x0, labels, noise_key), weights)
-
-  loss, grads = jax.value_and_grad(objective)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state, guard = finish_step(state, updates, opt_state, state.model_state, loss)
-  return new_state, {'loss': loss, **guard}
-
-
-def compiled_diffusion_step(model, config: DiffusionConfig):
-  """:func:`diffusion_step` jit-compiled (state donated), cached per model and the parts
-  of ``config`` the step depends on (not its length or batch size)."""
-  return _compiled_step(model, dataclasses.replace(config, steps=0, batch_size=1))
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled_step(model, config: DiffusionConfig):
-  null = model.num_class_embeds - 1 if model.num_class_embeds is not None else None
-  return jax.jit(functools.partial(
-      diffusion_step, model=model, schedule=config.noise_schedule(), tx=config(),
-      cond_drop_prob=config.cond_drop_prob, null_class=null), donate_argnums=0)
-
-
 def init_unet(model, image_shape, seed: int = 0):
   """Flax variables of a class-conditional UNet2D or DiT for images of ``image_shape``
   (H, W, C)."""
@@ -112,23 +75,23 @@ def init_unet(model, image_shape, seed: int = 0):
 
 def train_diffusion(model, x, y, config: DiffusionConfig, seed: int = 0, variables=None,
                     desc: str = 'ddpm', progress: bool = True,
-                    control: LoopControl | None = None):
+                    control: LoopControl | None = None, callback=None, callback_every: int = 0,
+                    parallel: Parallel = SINGLE):
   """Trains (or, from ``variables``, fine-tunes) ``model`` on images ``x`` in [-1, 1] with
-  labels ``y`` (None: unconditional). Returns ``(variables, history)``."""
+  labels ``y`` (None: unconditional) for ``config.steps`` steps of the per-pixel mean
+  eps-MSE, labels dropped to the null class with ``config.cond_drop_prob``, on the shared
+  loop (:func:`jaxunlearn.train.fit`: resumable with ``control``, ``callback`` as there).
+  Returns ``(variables, history)``."""
+  from jaxunlearn.diffusion.objectives import Denoiser, Denoising
   if variables is None:
     variables = init_unet(model, x.shape[1:], seed)
-  state = init_state(jax.device_get(variables), config())  # a copy: the steps donate it
-  step = compiled_diffusion_step(model, config)
-  base_key = jax.random.key(seed)
-  batches = itertools.chain.from_iterable(
-      epoch_batches(len(x), config.batch_size, seed, epoch) for epoch in itertools.count())
-
-  def plan():
-    for idx, w in itertools.islice(batches, config.steps):
-      yield (lambda st, idx=idx, w=w: step(st, x[idx], None if y is None else y[idx], w,
-                                           base_key)), {'loss': 'loss'}
-
-  state, history = run_updates(state, plan(), config.steps, parallel=SINGLE, control=control,
-                               callback=None, callback_every=0, desc=desc, progress=progress,
-                               history=['loss'])
-  return jax.device_get(state.variables), history
+  null = model.num_class_embeds - 1 if model.num_class_embeds is not None else None
+  loss = Denoising(cond_drop_prob=config.cond_drop_prob if y is not None else 0.0,
+                   null_class=null, reduction='mean')
+  objective = Denoiser(model, dataclasses.replace(config, steps=0, batch_size=1), loss,
+                       conditional=y is not None)
+  labels = np.zeros(len(x), np.int32) if y is None else y
+  return fit(variables, [Phase(x, labels, objective, 'loss')], steps=config.steps,
+             batch_size=config.batch_size, optim=config, seed=seed, desc=desc,
+             progress=progress, control=control, callback=callback,
+             callback_every=callback_every, parallel=parallel)

@@ -30,7 +30,7 @@ Differences from diffusers, all on purpose:
   ``time_freq_shift=1`` is diffusers' (the parity tests use it; models trained in
   diffusers want it).
 - **Label dropout** for classifier-free guidance happens in the training step
-  (:func:`jaxunlearn.diffusion.train.diffusion_step` replaces labels with the null class
+  (:func:`jaxunlearn.diffusion.train.train_diffusion` replaces labels with the null class
   ``num_class_embeds - 1``), as for our UNet, not inside the model.
 """
 
