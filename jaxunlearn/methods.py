@@ -338,14 +338,12 @@ def retrain(task: UnlearnTask, hp: dict):
 
 @register('ft', 'Fine-tune: CE on D_r', lr=0.01, epochs=10, **_SGD)
 def ft(task: UnlearnTask, hp: dict):
-  return _fit(task, hp, [task.retain_phase(losses.cross_entropy)],
-              'ft')
+  return _fit(task, hp, [task.retain_phase(losses.cross_entropy)], 'ft')
 
 
 @register('ga', 'Gradient ascent: -CE on D_f', lr=0.005, epochs=5, **_SGD)
 def ga(task: UnlearnTask, hp: dict):
-  return _fit(task, hp, [task.forget_phase(losses.gradient_ascent)],
-              'ga')
+  return _fit(task, hp, [task.forget_phase(losses.gradient_ascent)], 'ga')
 
 
 def _salun_mask(task: UnlearnTask, hp: dict):
