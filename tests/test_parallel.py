@@ -264,7 +264,10 @@ def test_every_generation_method_is_covered():
 def test_generation_method_on_8_devices_equals_1_device(name, model_name, mode):
   """Timesteps, noise, label dropout and random remapping are drawn for the global batch
   (ShardKey), losses normalised over it, masks and Fishers batched over the devices: the
-  unlearned parameters agree to float32 rounding amplified by a few Adam steps."""
+  unlearned parameters agree up to float32 rounding amplified by two Adam steps and by
+  mask entries at their threshold (measured on 2 cores: up to 1.5% of the update's norm,
+  the same in pmap and shard, for two of sa/lur/sfron on the UNet; a loss drawing per
+  device instead gives 94%)."""
   task = _generation_task(model_name)
   single = _generation_run(name, model_name, 'none')
   multi = _generation_run(name, model_name, mode)
@@ -274,4 +277,4 @@ def test_generation_method_on_8_devices_equals_1_device(name, model_name, mode):
                                                          jax.tree.leaves(single['params']))]
   norm = lambda leaves: np.sqrt(sum(np.sum(np.square(x, dtype=np.float64)) for x in leaves))
   assert norm(moved) > 0
-  assert norm(diff) <= 1e-3 * norm(moved), (norm(diff), norm(moved))
+  assert norm(diff) <= 0.05 * norm(moved), (norm(diff), norm(moved))
