@@ -99,9 +99,10 @@ def jax_cases(model, variables, forget, retain, w, batch: int):
   return cases, masks
 
 
-def diffusion_cases(batch: int):
+def diffusion_cases(batch: int, channels=(32, 64)):
   """``{name: (step, state, args)}`` for the diffusion steps on the digits DDPM UNet
-  (channels 32-64, 8x8, at its initialisation), forget class 3, Adam as the references:
+  (``channels``, default 32-64, 8x8, at its initialisation), forget class 3, Adam as the
+  references:
 
     ddpm_plain   Adam on the denoising loss of a retain batch (the unit of these rows)
     ddpm_salun   SalUn's masked joint step: remapped class on D_f + alpha denoising on D_r
@@ -113,7 +114,7 @@ def diffusion_cases(batch: int):
   from jaxunlearn.diffusion.train import DiffusionConfig, init_unet
   from jaxunlearn.models import digits_unet
   ds = load_digits(8, pixels='symmetric')
-  model, diffusion = digits_unet(), DiffusionConfig()
+  model, diffusion = digits_unet(tuple(channels)), DiffusionConfig()
   variables = init_unet(model, ds.image_shape, 0)
   take = lambda idx: np.resize(idx, batch)
   w, key = np.ones(batch, np.float32), jax.random.key(0)
@@ -235,11 +236,14 @@ def main():
   add_model_args(parser)
   parser.add_argument('--no-torch', action='store_true', help='JAX steps only')
   parser.add_argument('--no-diffusion', action='store_true', help='no DDPM UNet rows')
+  parser.add_argument('--unet-channels', default='32,64',
+                      help="the DDPM UNet's channels per level (default 32,64: the generation "
+                           "job's; the smoke test's 8 compiles in seconds)")
   args = parser.parse_args()
   model, variables, forget, retain, w = model_and_batches(args)
   cases, masks = jax_cases(model, variables, forget, retain, w, args.batch)
   if not args.no_diffusion:
-    cases.update(diffusion_cases(args.batch))
+    cases.update(diffusion_cases(args.batch, [int(c) for c in args.unet_channels.split(',')]))
   memory = {name: peak_memory_mb(*case) for name, case in cases.items()}
   states = {name: case[1] for name, case in cases.items()}
 

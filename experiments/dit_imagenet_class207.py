@@ -188,7 +188,7 @@ def main(argv=None):
     start = time.perf_counter()
     variables = GENERATION_METHODS[name].run(dataclasses.replace(task), hp)
     results['models'][name] = {**score(variables), 'rte_s': time.perf_counter() - start,
-                               'hparams': hp}
+                               'hparams': hp.to_dict()}
     grids[name] = generate(model, variables, diffusion, labels, test_f.shape[1:], 0)
   decode = jax.jit(lambda z: vae.apply({'params': vae_params}, z,
                                        method=type(vae).decode_latents))

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--task', default='classification', choices=('classification', 'generation'),
                    help='classification (ResNet, the default) or generation: forget a class '
                         'of a class-conditional DDPM (UNet2D on the digits in [-1, 1])')
-  run.add_argument('--dataset', default='digits',
+  run.add_argument('--dataset', default=None,
                    help="'digits' (embedded, default) or a TFDS name such as cifar10")
   run.add_argument('--data-dir', default=None, help='TFDS data_dir holding the prepared data')
   run.add_argument('--image-size', type=int, default=None,
@@ -70,13 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default), ddpm-cifar10 (DDPM's CIFAR-10 UNet) or dit (a tiny "
                         "pixel-space DiT)")
   run.add_argument('--width', type=int, default=None,
-                   help='classification: channels of the first stage (default 16; 64 = the '
-                        'standard ResNet-18)')
-  run.add_argument('--scenario', default='class:3', help="'class:K' or 'random:P'")
+                   help=f'classification: channels of the first stage (default {_exp("width")}; '
+                        '64 = the standard ResNet-18)')
+  run.add_argument('--scenario', default=None,
+                   help=f"'class:K' or 'random:P' (default {_exp('scenario')})")
   run.add_argument('--methods', type=_csv, default=None,
-                   help='comma-separated (default: retrain,ft,ga,rl; generation: '
-                        'salun,sfron,lur,sa,ga); see `jaxunlearn methods`')
-  run.add_argument('--seeds', type=_seeds, default=[0])
+                   help=f'comma-separated (default: {",".join(_exp("methods"))}; generation: '
+                        f'{",".join(_gen("methods"))}); see `jaxunlearn methods`')
+  run.add_argument('--seeds', type=_seeds, default=None,
+                   help=f'comma-separated (default {",".join(map(str, _exp("seeds")))})')
   run.add_argument('--out', default='results', help='directory for results.json/.png')
   run.add_argument('--set', dest='overrides', action='append', default=[],
                    metavar='METHOD.NAME=VALUE', help='override a hyperparameter (repeatable)')
@@ -88,34 +90,39 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--tune', action='store_true',
                    help="grid-search each method's learning rate against Retrain first "
                         '(on separate tuning seeds and a validation half of the test set)')
-  run.add_argument('--tune-seeds', type=_seeds, default=None, help='default: 1000')
+  run.add_argument('--tune-seeds', type=_seeds, default=None,
+                   help=f'default: {",".join(map(str, _exp("tune_seeds")))}')
   run.add_argument('--tune-grid', type=_floats, default=None,
                    help='factors applied to each default learning rate when tuning (default '
-                        '0.25,0.5,1,2,4)')
+                        f'{",".join(f"{g:g}" for g in _exp("tune_grid"))})')
   run.add_argument('--alignment-every', type=int, default=None, metavar='N',
                    help='classification: measure the cosine between forget and retain '
-                        'gradients every N updates of each iterative method (default 5; '
-                        'alignment.png; 0 = off; its time is not counted in RTE)')
-  run.add_argument('--parallel', default='auto', choices=('auto', 'none', 'pmap', 'shard'),
+                        'gradients every N updates of each iterative method (default '
+                        f'{_exp("alignment_every")}; alignment.png; 0 = off; its time is not '
+                        'counted in RTE)')
+  run.add_argument('--parallel', default=None, choices=('auto', 'none', 'pmap', 'shard'),
                    help='how steps run over devices: auto = all local devices (pmap when '
                         'there are several), none = one device, pmap, or shard (jit over a '
-                        'device mesh, batch axis sharded)')
+                        f'device mesh, batch axis sharded); default {_exp("parallel")}')
   run.add_argument('--devices', type=int, default=None, metavar='N',
                    help='use the first N local devices (default: all)')
   run.add_argument('--shard-params', action='store_true',
                    help='with --parallel shard, split params and optimizer state over the '
                         'devices too (FSDP-style, for models that do not fit one device)')
-  run.add_argument('--checkpoint-every', type=int, default=50, metavar='N',
+  run.add_argument('--checkpoint-every', type=int, default=None, metavar='N',
                    help='save every loop to OUT/checkpoints every N updates, so that the '
-                        'same command run again after a kill resumes (0 = off)')
+                        'same command run again after a kill resumes (0 = off; default '
+                        f'{_exp("checkpoint_every")})')
   run.add_argument('--restart', action='store_true',
                    help='discard an unfinished run in OUT instead of resuming it')
-  run.add_argument('--max-nonfinite', type=int, default=10, metavar='N',
+  run.add_argument('--max-nonfinite', type=int, default=None, metavar='N',
                    help='steps with a non-finite loss or gradient are skipped; N in a row '
-                        "stop that method's run, recorded as failed (0 = never stop)")
+                        "stop that method's run, recorded as failed (0 = never stop; default "
+                        f'{_exp("max_nonfinite")})')
   run.add_argument('--check-every', type=int, default=None, metavar='N',
                    help='generation: UA of the forgotten class every N iterations, for '
-                        'steps-to-forget (default 25; 0 = only at the end; not timed)')
+                        f'steps-to-forget (default {_gen("check_every")}; 0 = only at the end; '
+                        'not timed)')
   run.add_argument('--fid-inception', metavar='PTH',
                    help="generation: FID in Inception pool-3 features, from pytorch-fid's "
                         'weight file pt_inception-2015-12-05-6726825d.pth on disk (default: '
@@ -123,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument('--allow-duplicates', action='store_true',
                    help='run even if forget examples have exact copies in the retain or '
                         'test set')
-  sub.add_parser('methods', help='list methods and default hyperparameters')
+  listing = sub.add_parser('methods', help='list methods and default hyperparameters')
+  listing.add_argument('--verbose', '-v', action='store_true',
+                       help='also each hyperparameter: its meaning and allowed values')
   strong = sub.add_parser('eval-strong', help='many-model evaluation: the NeurIPS 2023 '
                           'challenge score and U-LiRA over N unlearned vs N retrained models')
   strong.add_argument('--dataset', default='digits')
@@ -169,6 +178,9 @@ def main(argv=None) -> int:
       print(f'# {title}')
       for name, m in sorted(registry.items()):
         print(f'{name:10s} {m.summary}\n{"":10s} {m.defaults}')
+        if args.verbose:
+          for field, default, meaning in m.hparams.describe():
+            print(f'{"":12s}{field} = {default!r}: {meaning}')
     return 0
   if args.command == 'eval-strong':
     return _run_strong(args)
@@ -185,24 +197,10 @@ def main(argv=None) -> int:
   if args.task == 'generation':
     return _run_generation(args)
 
-  from jaxunlearn import checkpoint
   from jaxunlearn.experiment import ExperimentConfig, run_experiment
   from jaxunlearn.report import format_table
   try:
-    cache = None if args.no_cache else (args.cache_dir or str(checkpoint.default_cache_dir()))
-    config = ExperimentConfig(
-        dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
-        model=args.model or 'resnet18', width=16 if args.width is None else args.width,
-        scenario=args.scenario,
-        methods=tuple(args.methods or ('retrain', 'ft', 'ga', 'rl')), seeds=tuple(args.seeds),
-        overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
-        tune=args.tune, tune_seeds=tuple(args.tune_seeds or (1000,)),
-        tune_grid=tuple(args.tune_grid or (0.25, 0.5, 1.0, 2.0, 4.0)),
-        alignment_every=5 if args.alignment_every is None else args.alignment_every,
-        parallel=args.parallel,
-        num_devices=args.devices, shard_params=args.shard_params,
-        checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite or None,
-        allow_duplicates=args.allow_duplicates)
+    config = ExperimentConfig(**_settings(args, _CLASSIFICATION_ONLY))
     config.validate()
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
@@ -218,10 +216,60 @@ _CLASSIFICATION_ONLY = {'width': '--width', 'tune': '--tune', 'tune_seeds': '--t
 _GENERATION_ONLY = {'check_every': '--check-every', 'fid_inception': '--fid-inception'}
 
 
+# Flags of `run` that set the config field of the same name (their argparse default is None
+# or False: not given, so the field's default applies).
+_COMMON = ('dataset', 'data_dir', 'image_size', 'model', 'scenario', 'methods', 'seeds',
+           'parallel', 'shard_params', 'checkpoint_every')
+
+
+def _settings(args, task_flags: dict) -> dict:
+  """The config fields the command line sets: the flags given (common ones and the task's
+  own), plus those every run sets (overrides, cache, progress). A flag left out keeps the
+  config's default, so the CLI and the library have one default each."""
+  from jaxunlearn import checkpoint
+  out = {name: getattr(args, name) for name in (*_COMMON, *task_flags)
+         if _given(getattr(args, name))}
+  for name in ('methods', 'seeds', 'tune_seeds', 'tune_grid'):
+    if name in out:
+      out[name] = tuple(out[name])
+  if args.devices is not None:
+    out['num_devices'] = args.devices
+  if args.max_nonfinite is not None:
+    out['max_nonfinite'] = args.max_nonfinite or None  # 0: never stop
+  out['overrides'] = parse_overrides(args.overrides)
+  out['cache_dir'] = None if args.no_cache else (args.cache_dir
+                                                 or str(checkpoint.default_cache_dir()))
+  out['progress'] = not args.quiet
+  return out
+
+
+def _exp(name: str):
+  """An :class:`ExperimentConfig` field's default (for --help)."""
+  return _field_default('jaxunlearn.experiment', 'ExperimentConfig', name)
+
+
+def _gen(name: str):
+  """A :class:`GenerationConfig` field's default (for --help)."""
+  return _field_default('jaxunlearn.diffusion.experiment', 'GenerationConfig', name)
+
+
+def _field_default(module: str, cls: str, name: str):
+  import dataclasses
+  import importlib
+  field = {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+  return field[name].default
+
+
 def _flags_the_task_ignores(args) -> list[str]:
   """The flags given (not left at their unset default) that ``args.task`` does not use."""
   other = _CLASSIFICATION_ONLY if args.task == 'generation' else _GENERATION_ONLY
-  return [flag for name, flag in other.items() if getattr(args, name) not in (None, False)]
+  return [flag for name, flag in other.items() if _given(getattr(args, name))]
+
+
+def _given(value) -> bool:
+  """Whether a flag was given: its argparse default is None (or False for a switch); a
+  0 given is given (``0 in (None, False)`` is True in Python, hence no ``in`` test)."""
+  return value is not None and value is not False
 
 
 def _execute(run, table, written) -> int:
@@ -268,25 +316,10 @@ def _run_strong(args) -> int:
 
 
 def _run_generation(args) -> int:
-  from jaxunlearn import checkpoint
   from jaxunlearn.diffusion.experiment import GenerationConfig, run_generation
   from jaxunlearn.diffusion.report import format_generation_table
   try:
-    cache = None if args.no_cache else (args.cache_dir or str(checkpoint.default_cache_dir()))
-    extra = {} if args.methods is None else {'methods': tuple(args.methods)}
-    if args.image_size is not None:
-      extra['image_size'] = args.image_size
-    if args.model is not None:
-      extra['model'] = args.model
-    config = GenerationConfig(
-        dataset=args.dataset, data_dir=args.data_dir, scenario=args.scenario,
-        seeds=tuple(args.seeds),
-        overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
-        check_every=25 if args.check_every is None else args.check_every,
-        checkpoint_every=args.checkpoint_every,
-        max_nonfinite=args.max_nonfinite or None, fid_inception=args.fid_inception,
-        parallel=args.parallel, num_devices=args.devices, shard_params=args.shard_params,
-        **extra)
+    config = GenerationConfig(**_settings(args, _GENERATION_ONLY))
     config.validate()
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)

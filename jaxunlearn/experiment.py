@@ -84,8 +84,8 @@ class ExperimentConfig:
   tune: bool = False
   tune_seeds: Sequence[int] = (1000,)
   tune_grid: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)
-  alignment_every: int = 0
-  parallel: str = 'none'
+  alignment_every: int = 5
+  parallel: str = 'auto'
   num_devices: int | None = None
   shard_params: bool = False
   checkpoint_every: int = 50
@@ -128,6 +128,7 @@ class ExperimentConfig:
     for name, hp in self.overrides.items():
       if name == 'train':
         _check_settings(hp, TrainConfig, 'train')
+        self.train.replace(**hp)  # types and ranges, before any compute
         continue
       if name not in self.methods and name != 'retrain':  # Retrain is always the reference
         raise ValueError(f'--set names method {name!r}, which is not among --methods '
@@ -149,7 +150,7 @@ class _Setup:
   dataset: Any
   model: Any
   train_cfg: TrainConfig
-  retrain_hp: dict
+  retrain_hp: methods_lib.Hyperparameters
   like: Any
 
   @property
@@ -169,9 +170,7 @@ def _check_settings(keys, cls, what: str) -> None:
 
 
 def _setup(config: ExperimentConfig) -> _Setup:
-  train_cfg = dataclasses.replace(config.train, **{
-      k: methods_lib.cast_like(v, getattr(config.train, k), f'train.{k}')
-      for k, v in config.overrides.get('train', {}).items()})
+  train_cfg = config.train.replace(**config.overrides.get('train', {}))  # cast and checked
   dataset = load_dataset(config.dataset, config.data_dir, config.image_size)
   model = make_model(config.model, dataset.num_classes, config.width)
   retrain_hp = methods_lib.resolve_hparams('retrain', config.overrides.get('retrain'))
@@ -225,7 +224,7 @@ def _prepare_seed(s: _Setup, seed: int, split=None) -> _Seed:
       like=s.like, checkpoint_every=config.checkpoint_every)
   retrained, info = checkpoint.cached(
       config.cache_dir, 'retrain',
-      {**s.cache_key, 'train': s.retrain_hp, 'seed': seed, 'scenario': config.scenario,
+      {**s.cache_key, 'train': s.retrain_hp.to_dict(), 'seed': seed, 'scenario': config.scenario,
        'forget': split.forget.tolist()},
       lambda ckpt=None: methods_lib.get_method('retrain').run(
           dataclasses.replace(task, control=control(ckpt)), s.retrain_hp),
@@ -322,7 +321,7 @@ class RunProgress:
       shutil.rmtree(self.dir / 'checkpoints', ignore_errors=True)
 
 
-def _unlearn(s: _Setup, sd: _Seed, name: str, hp: dict, ckpt) -> tuple[dict, dict | None]:
+def _unlearn(s: _Setup, sd: _Seed, name: str, hp, ckpt) -> tuple[dict, dict | None]:
   """One method on one seed: ``(row of metrics, alignment curve or None)``; a run stopped
   by non-finite steps gives ``{'error', 'skipped_steps'}``."""
   config = s.config
@@ -425,7 +424,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None,
       'methods': {name: _summarize_rows(rows) for name, rows in per_seed.items()},
       'original': _summarize_rows([progress.seed(seed)['original'] for seed in config.seeds]),
       'per_seed': per_seed,
-      'hparams': {**hparams, 'train': dataclasses.asdict(s.train_cfg)},
+      'hparams': {**{n: hp.to_dict() for n, hp in hparams.items()},
+                  'train': s.train_cfg.to_dict()},
       'metrics_doc': 'percent for UA/RA/TA/MIA/MIA_entropy/avg_gap; nats for KL/JS (to '
                      'Retrain on D_f); seconds for rte_s; grad_cosine: mean over the run '
                      'of cos(forget grad, retain grad) on probe batches (see alignment: '
@@ -481,15 +481,15 @@ def tune_learning_rates(s: _Setup, progress: RunProgress | None = None,
     base = methods_lib.resolve_hparams(name, config.overrides.get(name))
     gaps, record = {}, (progress.data['tuning'] if progress else {}).setdefault(name, {})
     for factor in config.tune_grid:
-      hp = dict(base, lr=float(base['lr'] * factor))
-      if repr(hp['lr']) not in record:
+      hp = base.replace(lr=float(base.lr * factor))
+      if repr(hp.lr) not in record:
         seeds = seeds or [_prepare_seed(s, seed, splits.get(seed)) for seed in config.tune_seeds]
-        record[repr(hp['lr'])] = float(np.mean([
+        record[repr(hp.lr)] = float(np.mean([
             _score(s, sd, methods_lib.get_method(name).run(sd.task, hp),
                    validation_split(sd.split))['avg_gap'] for sd in seeds]))
         if progress:
           progress.save()
-      gaps[hp['lr']] = record[repr(hp['lr'])]
+      gaps[hp.lr] = record[repr(hp.lr)]
     best = min(gaps, key=gaps.get)
     out[name] = {'lr': best, 'avg_gap_by_lr': {f'{k:g}': v for k, v in gaps.items()}}
     if config.progress:

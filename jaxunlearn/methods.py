@@ -1,9 +1,10 @@
 """Unlearning methods: a registry of short recipes.
 
-A method is a function ``(task, hp) -> variables`` registered with its default
-hyperparameters. ``hp`` is a plain dict: the defaults updated by the user's overrides
-(``jaxunlearn run --set ft.lr=0.02``). Each recipe says which losses it minimises on which
-data, in which order, with which optimizer.
+A method is a function ``(task, hp) -> variables`` registered with the class of its
+hyperparameters, a frozen dataclass (:mod:`jaxunlearn.hparams`) whose fields carry their
+defaults, checks and meaning; ``hp`` is an instance, the defaults updated by the user's
+overrides (``jaxunlearn run --set ft.lr=0.02``). Each recipe says which losses it minimises
+on which data, in which order, with which optimizer.
 
 Defaults follow the SalUn reference (arXiv 2310.12508, github OPTML-Group/Unlearn-Saliency):
 SGD with momentum 0.9 and weight decay 5e-4 at a constant learning rate, FT 10 epochs at
@@ -16,7 +17,6 @@ model by almost nothing in the 10 steps digits gives it).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import hashlib
 from typing import Any, Callable
@@ -25,6 +25,8 @@ import jax
 import numpy as np
 
 from jaxunlearn import losses
+from jaxunlearn.hparams import (Hyperparameters, at_least_one, cast_like, did_you_mean,
+                                fraction, hparam, non_negative, one_of, positive, probability)
 from jaxunlearn.influence import influence_direction
 from jaxunlearn.objectives import Classifier
 from jaxunlearn.parallel import SINGLE, Parallel
@@ -191,22 +193,34 @@ def shared_examples(a, b) -> list[tuple[int, int]]:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A registered method: ``fn(task, hp) -> variables``, its defaults and a summary.
+  """A registered method: ``fn(task, hp) -> variables``, the class of its hyperparameters
+  and a summary.
 
   ``registry`` is the table it is registered in: :data:`METHODS` (classification) or
-  :data:`jaxunlearn.diffusion.unlearn.GENERATION_METHODS`.
+  :data:`jaxunlearn.diffusion.methods.GENERATION_METHODS`.
   """
 
   name: str
-  fn: Callable[[Any, dict], Any]
-  defaults: dict
+  fn: Callable[[Any, Any], Any]
+  hparams: type
   summary: str
   registry: dict = dataclasses.field(default=None, repr=False, compare=False)
 
-  def run(self, task, hp: dict):
-    """Checks ``hp`` (names, types, ranges) and ``task`` (its ``validate()``), then
-    unlearns; returns the new flax variables."""
-    hp = resolve_hparams(self.name, hp, self.registry)
+  @property
+  def defaults(self) -> dict:
+    """The default hyperparameters, as a dict."""
+    return self.hparams().to_dict()
+
+  def run(self, task, hp=None):
+    """Unlearns with ``hp`` (an instance of :attr:`hparams`, or a dict of overrides of
+    its defaults: names, types and ranges checked), after ``task.validate()``; returns the
+    new flax variables."""
+    if isinstance(hp, Hyperparameters) and not isinstance(hp, self.hparams):
+      raise TypeError(f'method {self.name!r} takes {self.hparams.__name__} hyperparameters, '
+                      f'got {type(hp).__name__} (those of {hp.method!r}); pass '
+                      f'resolve_hparams({self.name!r}, overrides) or a dict of overrides')
+    if not isinstance(hp, self.hparams):
+      hp = resolve_hparams(self.name, hp, self.registry)
     task.validate()
     return self.fn(task, hp)
 
@@ -214,15 +228,22 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, summary: str, registry: dict | None = None, **defaults):
+def register(name: str, summary: str, hparams: type, registry: dict | None = None):
   """Decorator: registers ``fn(task, hp) -> variables`` as method ``name`` in ``registry``
-  (default :data:`METHODS`)."""
+  (default :data:`METHODS`), with ``hparams`` (a :class:`Hyperparameters` dataclass of its
+  own: error messages name the method) as the type of ``hp``."""
   registry = METHODS if registry is None else registry
+  if not (isinstance(hparams, type) and issubclass(hparams, Hyperparameters)):
+    raise TypeError(f'{name}: hparams must be a Hyperparameters dataclass, got {hparams!r}')
+  if hparams.__dict__.get('method'):
+    raise ValueError(f'{name}: {hparams.__name__} already belongs to method '
+                     f'{hparams.method!r}; give each method a class of its own (a subclass)')
 
   def wrap(fn):
     if name in registry:
       raise ValueError(f'method {name!r} is registered twice')
-    registry[name] = Method(name, fn, dict(defaults), summary, registry)
+    hparams.method = name
+    registry[name] = Method(name, fn, hparams, summary, registry)
     return fn
   return wrap
 
@@ -236,66 +257,15 @@ def get_method(name: str, registry: dict | None = None) -> Method:
 
 
 def resolve_hparams(name: str, overrides: dict | None = None,
-                    registry: dict | None = None) -> dict:
-  """The method's defaults updated by ``overrides``, each cast to its default's type.
+                    registry: dict | None = None) -> Hyperparameters:
+  """Method ``name``'s hyperparameters: its defaults updated by ``overrides`` (values, or
+  command-line strings cast to the default's type), checked.
 
   Raises:
-    ValueError: an override names a hyperparameter the method does not have.
+    ValueError: an override names a hyperparameter the method does not have, or a value
+      has the wrong type or lies out of its range.
   """
-  method = get_method(name, registry)
-  hp = dict(method.defaults)
-  for key, value in (overrides or {}).items():
-    if key not in hp:
-      raise ValueError(f'method {name!r} has no hyperparameter {key!r}{did_you_mean(key, hp)}; '
-                       f'its hyperparameters are {", ".join(sorted(hp))}')
-    hp[key] = cast_like(value, hp[key], f'{name}.{key}')
-  for key, value in hp.items():
-    if key in _RANGES and not _RANGES[key][0](value):
-      raise ValueError(f'{name}.{key} must be {_RANGES[key][1]}, got {value!r}')
-  return hp
-
-
-def did_you_mean(word: str, choices) -> str:
-  """' (did you mean 'x'?)' for the closest of ``choices``, or ''."""
-  close = difflib.get_close_matches(word, list(choices), n=1)
-  return f' (did you mean {close[0]!r}?)' if close else ''
-
-
-_positive = (lambda v: v > 0, '> 0')
-_non_negative = (lambda v: v >= 0, '>= 0')
-_at_least_one = (lambda v: v >= 1, '>= 1')
-# Ranges of hyperparameters by name, checked for every method that has them (NaN fails all).
-_RANGES = {
-    'lr': _positive, 'inner_lr': _non_negative, 'epochs': _non_negative,
-    'batch_size': _at_least_one, 'iterations': _at_least_one, 'every': _at_least_one,
-    'msteps': _non_negative, 'momentum': (lambda v: 0 <= v < 1, 'in [0, 1)'),
-    'weight_decay': _non_negative, 'clip_norm': _non_negative,
-    'keep': (lambda v: 0 < v <= 1, 'a fraction in (0, 1] (the share of weights updated)'),
-    'gamma': _positive, 'damping': _positive, 'solver_iters': _at_least_one,
-    'temperature': _positive, 'num_samples': _at_least_one, 'bound': _non_negative,
-    'steps': _at_least_one, 'alpha': _non_negative, 'lam': _non_negative,
-    'strength': _non_negative, 'replay_per_class': _at_least_one,
-    'fisher_timesteps': _at_least_one,
-    'schedule': (lambda v: v in ('constant', 'cosine'), "'constant' or 'cosine'"),
-    'forget_loss': (lambda v: v in ('rl', 'ga'), "'rl' or 'ga'"),
-    'order': (lambda v: v in ('first', 'second'), "'first' or 'second'"),
-    'virtual': (lambda v: v in ('retain', 'forget'), "'retain' or 'forget'"),
-    'precondition': (lambda v: v in ('none', 'cg', 'neumann'), "'none', 'cg' or 'neumann'"),
-}
-
-
-def cast_like(value, default, where: str):
-  """Casts a command-line string to the type of ``default`` (bools: true/false/1/0)."""
-  if not isinstance(value, str):
-    return value
-  if isinstance(default, bool):
-    if value.lower() not in ('true', 'false', '1', '0'):
-      raise ValueError(f'{where} must be true or false, got {value!r}')
-    return value.lower() in ('true', '1')
-  try:
-    return type(default)(value)
-  except ValueError:
-    raise ValueError(f'{where} must be a {type(default).__name__}, got {value!r}') from None
+  return get_method(name, registry).hparams.resolve(overrides)
 
 
 def _one(task: UnlearnTask) -> Parallel:
@@ -303,22 +273,40 @@ def _one(task: UnlearnTask) -> Parallel:
   return SINGLE if task.parallel.is_ensemble else task.parallel
 
 
-def _sgd(hp, **options) -> OptimConfig:
-  return OptimConfig(hp['lr'], hp['momentum'], hp['weight_decay'], hp['schedule'], **options)
+@dataclasses.dataclass(frozen=True)
+class SGDSettings(Hyperparameters):
+  """PyTorch's ``SGD(lr, momentum, weight_decay)`` over batches of ``batch_size``."""
+
+  lr: float = positive(0.01, 'peak learning rate')
+  momentum: float = probability(0.9, 'heavy-ball momentum')
+  weight_decay: float = non_negative(5e-4, 'L2 coefficient added to the gradient')
+  schedule: str = one_of(('constant', 'cosine'), 'constant', 'learning-rate schedule')
+  batch_size: int = at_least_one(128, 'examples per batch of each set')
 
 
-def _fit(task: UnlearnTask, hp: dict, phases, desc: str, variables=None, mask=None,
+@dataclasses.dataclass(frozen=True)
+class SGD(SGDSettings):
+  """:class:`SGDSettings` for ``epochs`` passes."""
+
+  epochs: int = non_negative(10, 'passes over the data')
+
+
+def _sgd(hp: SGDSettings, **options) -> OptimConfig:
+  return OptimConfig(hp.lr, hp.momentum, hp.weight_decay, hp.schedule, **options)
+
+
+def _fit(task: UnlearnTask, hp: SGD, phases, desc: str, variables=None, mask=None,
          **options):
   """``fit`` from the original (or ``variables``) with the method's SGD."""
   variables, _ = fit(task.variables if variables is None else variables, phases,
-                     epochs=hp['epochs'], batch_size=hp['batch_size'],
+                     epochs=hp.epochs, batch_size=hp.batch_size,
                      optim=_sgd(hp, **options), mask=mask, **task.loop(desc))
   return variables
 
 
 def _forget_loss(hp):
   """Random-label CE, excluding the true label unless ``exclude_true_label`` is false."""
-  return (losses.random_label_cross_entropy if hp['exclude_true_label'] else
+  return (losses.random_label_cross_entropy if hp.exclude_true_label else
           losses.random_label_cross_entropy_with_true)
 
 
@@ -326,47 +314,68 @@ def _logits(task: UnlearnTask, variables, x):
   return predict(task.model, variables, x, parallel=task.parallel)
 
 
-_SGD = dict(momentum=0.9, weight_decay=5e-4, schedule='constant', batch_size=128)
+@dataclasses.dataclass(frozen=True)
+class Retrain(TrainConfig):
+  """The original model's recipe (:class:`jaxunlearn.train.TrainConfig`), on D_r."""
 
 
-@register('retrain', 'Retrain from scratch on D_r (the gold standard)',
-          **dataclasses.asdict(TrainConfig()))
-def retrain(task: UnlearnTask, hp: dict):
-  return train_classifier(task.model, task.retain_x, task.retain_y, TrainConfig(**hp),
-                          **task.loop('retrain'))
+@register('retrain', 'Retrain from scratch on D_r (the gold standard)', Retrain)
+def retrain(task: UnlearnTask, hp: Retrain):
+  return train_classifier(task.model, task.retain_x, task.retain_y, hp, **task.loop('retrain'))
 
 
-@register('ft', 'Fine-tune: CE on D_r', lr=0.01, epochs=10, **_SGD)
-def ft(task: UnlearnTask, hp: dict):
+@dataclasses.dataclass(frozen=True)
+class FT(SGD):
+  pass
+
+
+@register('ft', 'Fine-tune: CE on D_r', FT)
+def ft(task: UnlearnTask, hp: FT):
   return _fit(task, hp, [task.retain_phase(losses.cross_entropy)], 'ft')
 
 
-@register('ga', 'Gradient ascent: -CE on D_f', lr=0.005, epochs=5, **_SGD)
-def ga(task: UnlearnTask, hp: dict):
+@dataclasses.dataclass(frozen=True)
+class GA(SGD):
+  lr: float = positive(0.005, 'peak learning rate')
+  epochs: int = non_negative(5, 'passes over D_f')
+
+
+@register('ga', 'Gradient ascent: -CE on D_f', GA)
+def ga(task: UnlearnTask, hp: GA):
   return _fit(task, hp, [task.forget_phase(losses.gradient_ascent)], 'ga')
 
 
-def _salun_mask(task: UnlearnTask, hp: dict):
+def _salun_mask(task: UnlearnTask, hp):
   """SalUn's mask: top ``keep`` of |sum of grad(-CE) over D_f|, eval mode (each model's)."""
   objective = task.statistic(losses.gradient_ascent)
   return per_model(task, lambda v: salun_mask(objective, v, task.forget_x, task.forget_y,
-                                              hp['keep'], hp['batch_size'],
+                                              hp.keep, hp.batch_size,
                                               parallel=_one(task)))
 
 
-def _rl_phases(task: UnlearnTask, hp: dict):
+def _rl_phases(task: UnlearnTask, hp):
   return [task.forget_phase(_forget_loss(hp)), task.retain_phase(losses.cross_entropy)]
 
 
-@register('rl', 'Random labels on D_f, then CE on D_r, each epoch', lr=0.01, epochs=10,
-          exclude_true_label=True, **_SGD)
-def rl(task: UnlearnTask, hp: dict):
+@dataclasses.dataclass(frozen=True)
+class RL(SGD):
+  exclude_true_label: bool = hparam(True, doc='draw random labels among the other classes')
+
+
+@register('rl', 'Random labels on D_f, then CE on D_r, each epoch', RL)
+def rl(task: UnlearnTask, hp: RL):
   return _fit(task, hp, _rl_phases(task, hp), 'rl')
 
 
+@dataclasses.dataclass(frozen=True)
+class SalUn(RL):
+  lr: float = positive(0.013, 'peak learning rate')
+  keep: float = fraction(0.5, 'share of the weights updated (the most salient)')
+
+
 @register('salun', 'SalUn: RL passes updating only the top-`keep` salient weights (|grad -CE|)',
-          lr=0.013, epochs=10, keep=0.5, exclude_true_label=True, **_SGD)
-def salun(task: UnlearnTask, hp: dict):
+          SalUn)
+def salun(task: UnlearnTask, hp: SalUn):
   """SalUn (Fan et al., ICLR 2024, arXiv 2310.12508), as its reference code runs it.
 
   Mask: top ``keep`` of |sum over D_f batches of grad(-CE)| at the original model, eval
@@ -378,43 +387,61 @@ def salun(task: UnlearnTask, hp: dict):
   return _fit(task, hp, _rl_phases(task, hp), 'salun', mask=mask, saliency=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class SalUnJoint(SalUn):
+  alpha: float = non_negative(1.0, 'weight of the retain CE against the forget loss')
+
+
 @register('salun_joint', 'SalUn, one joint step: CE(x_f, y\') + alpha CE(x_r, y_r), masked',
-          lr=0.013, epochs=10, keep=0.5, alpha=1.0, exclude_true_label=True, **_SGD)
-def salun_joint(task: UnlearnTask, hp: dict):
+          SalUnJoint)
+def salun_joint(task: UnlearnTask, hp: SalUnJoint):
   """SalUn's objective ``L = CE(x_f, y') + alpha CE(x_r, y_r)`` minimised in joint steps:
   ``combine_forget_retain(1, alpha)`` then the masked optimizer."""
   variables, _ = fit_joint(
       task.variables, task.forget_phase(_forget_loss(hp)),
-      task.retain_phase(losses.cross_entropy), epochs=hp['epochs'],
-      batch_size=hp['batch_size'],
-      optim=_sgd(hp, saliency=True, forget_weight=1.0, retain_weight=hp['alpha']),
+      task.retain_phase(losses.cross_entropy), epochs=hp.epochs,
+      batch_size=hp.batch_size,
+      optim=_sgd(hp, saliency=True, forget_weight=1.0, retain_weight=hp.alpha),
       mask=_salun_mask(task, hp), **task.loop('salun_joint'))
   return variables
 
 
-_SFRON = dict(lr=0.01, iterations=100, alpha=25.0, lam=0.5, gamma=1.0, mask=True,
-              clip_norm=7.0, **dict(_SGD, schedule='cosine'))
+@dataclasses.dataclass(frozen=True)
+class SFRon(SGDSettings):
+  schedule: str = one_of(('constant', 'cosine'), 'cosine', 'learning-rate schedule')
+  iterations: int = at_least_one(100, 'iterations T, a retain step each')
+  every: int = at_least_one(5, 'K: a forget step every K-th iteration')
+  alpha: float = non_negative(25.0, "alpha0: the forget step's weight, cosine-decayed over T")
+  lam: float = non_negative(0.5, "the adaptive ascent loss's temperature lambda")
+  gamma: float = positive(1.0, 'Fisher-ratio threshold of the mask (F_f / F_r >= gamma)')
+  mask: bool = hparam(True, doc='mask forget steps by the Fisher ratio')
+  clip_norm: float = non_negative(7.0, 'global-norm clip of forget updates (0: none)')
 
 
-def _sfron(task: UnlearnTask, hp: dict, desc: str, **options):
+def _sfron(task: UnlearnTask, hp: SFRon, desc: str, **options):
   mask = None
-  if hp['mask']:
+  if hp.mask:
     mask = per_model(task, lambda v: sfron_mask(
         task.statistic(losses.cross_entropy), v, task.forget_x, task.forget_y, task.retain_x,
-        task.retain_y, hp['gamma'], hp['batch_size'], parallel=_one(task)))
-  config = FastSlowConfig(hp['lr'], hp['momentum'], hp['weight_decay'], hp['schedule'],
-                          hp['iterations'], hp['every'], hp['alpha'], 'cosine', hp['clip_norm'],
-                          saliency=hp['mask'], **options)
+        task.retain_y, hp.gamma, hp.batch_size, parallel=_one(task)))
+  config = FastSlowConfig(hp.lr, hp.momentum, hp.weight_decay, hp.schedule,
+                          hp.iterations, hp.every, hp.alpha, 'cosine', hp.clip_norm,
+                          saliency=hp.mask, **options)
   variables, _ = fit_fast_slow(
-      task.variables, task.forget_phase(losses.AdaptiveGradientAscent(hp['lam'])),
+      task.variables, task.forget_phase(losses.AdaptiveGradientAscent(hp.lam)),
       task.retain_phase(losses.cross_entropy), config=config,
-      batch_size=hp['batch_size'], mask=mask, **task.loop(desc))
+      batch_size=hp.batch_size, mask=mask, **task.loop(desc))
   return variables
 
 
+@dataclasses.dataclass(frozen=True)
+class SFRonFastSlow(SFRon):
+  pass
+
+
 @register('sfron', 'SFR-on: adaptive-weighted masked ascent every K-th step, retain descent '
-          'every step (fast-slow)', every=5, **_SFRON)
-def sfron(task: UnlearnTask, hp: dict):
+          'every step (fast-slow)', SFRonFastSlow)
+def sfron(task: UnlearnTask, hp: SFRonFastSlow):
   """SFR-on (Huang et al., NeurIPS 2024, arXiv 2409.19732) as its reference code runs it:
   Fisher-ratio mask ``F_f / F_r >= gamma`` (eval mode), then ``iterations`` iterations of
   a retain CE step, preceded every ``every``-th by an ascent step on the adaptive weighted
@@ -424,57 +451,86 @@ def sfron(task: UnlearnTask, hp: dict):
   return _sfron(task, hp, 'sfron')
 
 
+@dataclasses.dataclass(frozen=True)
+class SFRonHVP(SFRon):
+  iterations: int = at_least_one(20, 'iterations T, a retain step each')
+  every: int = at_least_one(1, 'K: a forget step every K-th iteration')
+  precondition: str = one_of(('none', 'cg', 'neumann'), 'cg', 'solver of (H_r + damping I)^-1')
+  damping: float = positive(1.0, 'damping of the remain Hessian')
+  solver_iters: int = at_least_one(5, 'CG or Neumann iterations (Hessian-vector products)')
+  recompute: bool = hparam(False, doc='recompute the remain pass in every product')
+
+
 @register('sfron_hvp', 'SFR-on with the explicit remain-Hessian preconditioner on each forget '
-          'step (CG on H_r + damping I)', every=1, precondition='cg', damping=1.0,
-          solver_iters=5, recompute=False, **dict(_SFRON, iterations=20))
-def sfron_hvp(task: UnlearnTask, hp: dict):
+          'step (CG on H_r + damping I)', SFRonHVP)
+def sfron_hvp(task: UnlearnTask, hp: SFRonHVP):
   """SFR-on with its remain geometry made explicit: every forget step's direction is
   filtered by ``damping (H_r + damping I)^-1`` (``solver_iters`` CG or Neumann iterations
   of Hessian-vector products on the current retain batch) before the mask and clip, in
   place of the implicit ``(I - lr H_r)^K`` of the fast-slow schedule, so a forget step can
   come every iteration (``every=1``). ``recompute=true`` recomputes the remain pass in every
   product instead of storing its linearisation (memory for compute, for large models)."""
-  return _sfron(task, hp, 'sfron_hvp', precondition=hp['precondition'], damping=hp['damping'],
-                solver_iters=hp['solver_iters'], recompute=hp['recompute'])
+  return _sfron(task, hp, 'sfron_hvp', precondition=hp.precondition, damping=hp.damping,
+                solver_iters=hp.solver_iters, recompute=hp.recompute)
+
+
+@dataclasses.dataclass(frozen=True)
+class LUR(RL):
+  inner_lr: float = non_negative(0.01, 'eta: the look-ahead step on the retain loss')
+  order: str = one_of(('first', 'second'), 'second', "the look-ahead's derivative")
+  virtual: str = one_of(('retain', 'forget'), 'retain', 'which loss the virtual step takes')
+  forget_loss: str = one_of(('rl', 'ga'), 'rl', 'L_U: random labels or gradient ascent')
+  forget_weight: float = non_negative(1.0, 'w_u')
+  retain_weight: float = non_negative(1.0, 'w_r')
 
 
 @register('lur', "LUR: joint steps on w_r L_R(theta) + w_u L_U(theta - eta grad L_R(theta))",
-          lr=0.01, epochs=10, inner_lr=0.01, order='second', virtual='retain', forget_loss='rl',
-          forget_weight=1.0, retain_weight=1.0, exclude_true_label=True, **_SGD)
-def lur(task: UnlearnTask, hp: dict):
+          LUR)
+def lur(task: UnlearnTask, hp: LUR):
   """LUR (Patel & Qiu, ICCV 2025, arXiv 2503.06339; code unreleased): each retain batch is
   paired with a forget batch and one SGD step follows the gradient of the look-ahead
   objective (``align_forget_retain``: ``w_r g_R + w_u (I - eta H_R) grad L_U(theta')``,
   ``order='first'`` without the HVP). ``forget_loss``: 'rl' (random-label CE) or 'ga'."""
-  forget = _forget_loss(hp) if hp['forget_loss'] == 'rl' else losses.gradient_ascent
+  forget = _forget_loss(hp) if hp.forget_loss == 'rl' else losses.gradient_ascent
   variables, _ = fit_joint(
       task.variables, task.forget_phase(forget), task.retain_phase(losses.cross_entropy),
-      epochs=hp['epochs'],
-      batch_size=hp['batch_size'],
-      optim=_sgd(hp, forget_weight=hp['forget_weight'], retain_weight=hp['retain_weight'],
-                 lookahead_lr=hp['inner_lr'], lookahead_order=hp['order'],
-                 lookahead_virtual=hp['virtual']), **task.loop('lur'))
+      epochs=hp.epochs,
+      batch_size=hp.batch_size,
+      optim=_sgd(hp, forget_weight=hp.forget_weight, retain_weight=hp.retain_weight,
+                 lookahead_lr=hp.inner_lr, lookahead_order=hp.order,
+                 lookahead_virtual=hp.virtual), **task.loop('lur'))
   return variables
 
 
+@dataclasses.dataclass(frozen=True)
+class L1Sparse(SGD):
+  alpha: float = non_negative(1e-4, 'initial strength of the l1 penalty')
+
+
 @register('l1_sparse', 'FT with an l1 penalty decaying linearly to 0 (Jia et al. 2023)',
-          lr=0.01, epochs=10, alpha=1e-4, **_SGD)
-def l1_sparse(task: UnlearnTask, hp: dict):
+          L1Sparse)
+def l1_sparse(task: UnlearnTask, hp: L1Sparse):
   """``CE(D_r) + alpha_t ||theta||_1``; ``alpha_t`` decays linearly to 0 over the run
   (the reference steps it per epoch; we decay per step)."""
-  steps = hp['epochs'] * -(-len(task.retain_y) // hp['batch_size'])
+  steps = hp.epochs * -(-len(task.retain_y) // hp.batch_size)
   return _fit(task, hp, [task.retain_phase(losses.cross_entropy)],
-              'l1_sparse', l1=hp['alpha'], l1_decay_steps=steps)
+              'l1_sparse', l1=hp.alpha, l1_decay_steps=steps)
 
 
-@register('iu', 'Influence unlearning: one WoodFisher (inverse-Fisher) Newton step',
-          alpha=10.0, damping=1.0, num_samples=256)
-def iu(task: UnlearnTask, hp: dict):
+@dataclasses.dataclass(frozen=True)
+class IU(Hyperparameters):
+  alpha: float = non_negative(10.0, 'size of the Newton step')
+  damping: float = positive(1.0, 'added to the Fisher diagonal')
+  num_samples: int = at_least_one(256, 'examples of the WoodFisher estimate')
+
+
+@register('iu', 'Influence unlearning: one WoodFisher (inverse-Fisher) Newton step', IU)
+def iu(task: UnlearnTask, hp: IU):
   """``theta += alpha F^{-1} (g_f - g_r)`` (see :mod:`jaxunlearn.influence`)."""
   direction = influence_direction(task.model, task.variables, task.forget_x, task.forget_y,
-                                  task.retain_x, task.retain_y, num_samples=hp['num_samples'],
-                                  damping=hp['damping'])
-  params = jax.tree.map(lambda p, d: p + hp['alpha'] * np.asarray(d, p.dtype),
+                                  task.retain_x, task.retain_y, num_samples=hp.num_samples,
+                                  damping=hp.damping)
+  params = jax.tree.map(lambda p, d: p + hp.alpha * np.asarray(d, p.dtype),
                         task.variables['params'], direction)
   return {**task.variables, 'params': params}
 
@@ -492,20 +548,29 @@ def fgsm_labels(model, variables, x, y, bound: float):
   return predict(model, variables, x + bound * np.sign(grad_x)).argmax(-1).astype(np.int32)
 
 
+@dataclasses.dataclass(frozen=True)
+class BS(SGD):
+  bound: float = non_negative(0.1, "FGSM step size (standardized units)")
+
+
 @register('bs', 'Boundary Shrink: train D_f toward its FGSM neighbour\'s label (Chen et al. 2023)',
-          lr=0.01, epochs=10, bound=0.1, **_SGD)
-def bs(task: UnlearnTask, hp: dict):
+          BS)
+def bs(task: UnlearnTask, hp: BS):
   """Boundary Shrink (arXiv 2303.11570): the frozen original labels an FGSM step (bound 0.1)
   from each forget example; the model is trained on D_f with those labels. Our inputs are
   standardized, so ``bound`` is in standardized units and no [0, 1] clamp or 8-bit
   rounding applies (the reference attacks raw [0, 1] pixels)."""
-  adv = fgsm_labels(task.model, task.variables, task.forget_x, task.forget_y, hp['bound'])
+  adv = fgsm_labels(task.model, task.variables, task.forget_x, task.forget_y, hp.bound)
   return _fit(task, hp, [task.phase(task.forget_x, adv, losses.cross_entropy, 'forget')], 'bs')
 
 
-@register('be', 'Boundary Expanding: D_f to an extra shadow class, then drop it',
-          lr=0.01, epochs=10, **_SGD)
-def be(task: UnlearnTask, hp: dict):
+@dataclasses.dataclass(frozen=True)
+class BE(SGD):
+  pass
+
+
+@register('be', 'Boundary Expanding: D_f to an extra shadow class, then drop it', BE)
+def be(task: UnlearnTask, hp: BE):
   """Boundary Expanding (arXiv 2303.11570): widen the head by one shadow class (new row
   initialised like PyTorch's Linear), train D_f toward it, then remove the shadow row.
   The SalUn reference code never removes it, so its evaluation argmaxes over C+1 classes."""
@@ -552,32 +617,49 @@ class _WithoutShadowClass:
     return getattr(self.callback, name)
 
 
+@dataclasses.dataclass(frozen=True)
+class SCRUB(SGD):
+  lr: float = positive(0.0005, 'peak learning rate')
+  schedule: str = one_of(('constant', 'cosine'), 'cosine', 'learning-rate schedule')
+  epochs: int = non_negative(6, 'passes (the retain pass each epoch)')
+  msteps: int = non_negative(2, 'epochs with the forget (max) pass first')
+  gamma: float = non_negative(0.99, 'weight of CE in the retain loss')
+  alpha: float = non_negative(0.001, 'weight of KL in the retain loss')
+  temperature: float = positive(4.0, 'distillation temperature')
+
+
 @register('scrub', 'SCRUB: max KL to the teacher on D_f (first msteps epochs), min CE+KL on D_r',
-          lr=0.0005, epochs=6, msteps=2, gamma=0.99, alpha=0.001, temperature=4.0,
-          **dict(_SGD, schedule='cosine'))
-def scrub(task: UnlearnTask, hp: dict):
+          SCRUB)
+def scrub(task: UnlearnTask, hp: SCRUB):
   """SCRUB (Kurmanji et al., NeurIPS 2023, arXiv 2302.09880), student = the original,
   teacher = the frozen original; its forget "max" pass runs in the first ``msteps`` epochs,
   the retain "min" pass every epoch; CIFAR-10 settings of SFR-on's code, lr scaled for
   digits."""
   teacher = lambda x, y: {'label': y, 'teacher': _logits(task, task.variables, x)}
   phases = [task.phase(task.forget_x, teacher(task.forget_x, task.forget_y),
-                       losses.DistillKL(hp['temperature'], sign=-1.0), 'forget',
-                       epochs=hp['msteps']),
+                       losses.DistillKL(hp.temperature, sign=-1.0), 'forget',
+                       epochs=hp.msteps),
             task.phase(task.retain_x, teacher(task.retain_x, task.retain_y),
-                       losses.ScrubRetainLoss(hp['gamma'], hp['alpha'], hp['temperature']),
+                       losses.ScrubRetainLoss(hp.gamma, hp.alpha, hp.temperature),
                        'retain')]
   return _fit(task, hp, phases, 'scrub')
 
 
+@dataclasses.dataclass(frozen=True)
+class BadTeacher(SGD):
+  lr: float = positive(0.02, 'peak learning rate')
+  schedule: str = one_of(('constant', 'cosine'), 'cosine', 'learning-rate schedule')
+  temperature: float = positive(1.0, 'distillation temperature')
+
+
 @register('bad_teacher', 'Bad Teacher: distil the original on D_r, a random model on D_f',
-          lr=0.02, epochs=10, temperature=1.0, **dict(_SGD, schedule='cosine'))
-def bad_teacher(task: UnlearnTask, hp: dict):
+          BadTeacher)
+def bad_teacher(task: UnlearnTask, hp: BadTeacher):
   """Bad Teacher (Chundawat et al., AAAI 2023, arXiv 2205.08096): on D_r + D_f shuffled
   together, the student matches the competent teacher (the original) on retain examples and
   an incompetent, randomly initialised one on forget examples."""
   random_model = init_variables(task.model, task.forget_x.shape[1:], task.seed + 1)
-  t = hp['temperature']
+  t = hp.temperature
   soft = lambda logits: np.asarray(jax.nn.softmax(logits / t, axis=-1))
   x = np.concatenate([task.retain_x, task.forget_x])
   probs = np.concatenate([soft(_logits(task, task.variables, task.retain_x)),

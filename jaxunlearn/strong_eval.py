@@ -144,9 +144,7 @@ def _model_metrics(model, variables, ds, split, num_models: int) -> dict:
 def run_strong(config: StrongConfig, out_dir: str | Path | None = None) -> dict:
   """Runs the job; writes ``results.json`` and ``strong.png`` to ``out_dir``."""
   config.validate()
-  train_cfg = dataclasses.replace(config.train, **{
-      k: methods_lib.cast_like(v, getattr(config.train, k), f'train.{k}')
-      for k, v in config.overrides.get('train', {}).items()})
+  train_cfg = config.train.replace(**config.overrides.get('train', {}))  # cast and checked
   ds = load_dataset(config.dataset, config.data_dir, config.image_size)
   model = make_model(config.model, ds.num_classes, config.width)
   split = make_split(ds, config.scenario, config.split_seed)
@@ -191,7 +189,7 @@ def run_strong(config: StrongConfig, out_dir: str | Path | None = None) -> dict:
     if name == 'retrain':  # cached like the originals
       variables, info = checkpoint.cached(
           config.cache_dir, 'strong-retrain',
-          {**key, 'train': retrain_hp, 'scenario': config.scenario,
+          {**key, 'train': retrain_hp.to_dict(), 'scenario': config.scenario,
            'forget': split.forget.tolist()},
           lambda: _run_chunks(config, unlearn, True, f'{config.models} retrains')[0])
       seconds = info['seconds']

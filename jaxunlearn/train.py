@@ -19,7 +19,7 @@ import functools
 import itertools
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from jaxunlearn.hparams import (Hyperparameters, at_least_one, non_negative, one_of, positive,
+                                probability)
 from jaxunlearn.parallel import SINGLE, Parallel
 from jaxunlearn.losses import cross_entropy
 from jaxunlearn.objectives import Classifier, labels_of
@@ -697,15 +699,18 @@ def fit_fast_slow(variables, forget: Phase, retain: Phase, *, config: FastSlowCo
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """How the original model and Retrain are trained (the same recipe for both)."""
+class TrainConfig(Hyperparameters):
+  """How the original model and Retrain are trained (the same recipe for both): SGD with
+  momentum and coupled weight decay, cross-entropy, ``epochs`` passes. Its values are
+  checked on construction (as every method's hyperparameters)."""
 
-  epochs: int = 10
-  batch_size: int = 128
-  lr: float = 0.1
-  momentum: float = 0.9
-  weight_decay: float = 5e-4
-  schedule: str = 'cosine'
+  method: ClassVar[str] = 'train'  # errors read 'train.lr must be > 0' (--set train.lr=...)
+  epochs: int = non_negative(10, 'passes over the data')
+  batch_size: int = at_least_one(128, 'examples per batch')
+  lr: float = positive(0.1, 'peak learning rate')
+  momentum: float = probability(0.9, 'heavy-ball momentum')
+  weight_decay: float = non_negative(5e-4, 'L2 coefficient added to the gradient')
+  schedule: str = one_of(('constant', 'cosine'), 'cosine', 'learning-rate schedule')
 
   def optim(self) -> OptimConfig:
     return OptimConfig(self.lr, self.momentum, self.weight_decay, self.schedule)

@@ -2,9 +2,20 @@ import os
 
 # Eight fake CPU devices, for the pmap checks of the transform harness and the data-parallel
 # equivalence tests. Must be set before jax is imported anywhere.
-if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             ' --xla_force_host_platform_device_count=8').strip()
+# XLA:CPU aborts the process when a participant of an in-process collective is late by
+# its terminate timeout (seconds by default); on a loaded 2-core host, with another test
+# process compiling, eight fake devices' threads can be that late without anything being
+# wrong (a CI run aborted so, compiling SFR-on's step while another program ran). The tests
+# await every multi-device program (jaxunlearn.parallel); these flags only stop a slow host
+# from killing a correct run.
+CPU_TEST_FLAGS = {
+    '--xla_force_host_platform_device_count': '8',
+    '--xla_cpu_collective_call_terminate_timeout_seconds': '1800',
+    '--xla_cpu_collective_timeout_seconds': '1800',
+}
+_flags = os.environ.get('XLA_FLAGS', '')
+os.environ['XLA_FLAGS'] = ' '.join(
+    [_flags] + [f'{k}={v}' for k, v in CPU_TEST_FLAGS.items() if k not in _flags]).strip()
 
 # Tests never touch the user's cache of trained models.
 os.environ.setdefault('JAXUNLEARN_CACHE', os.path.join(os.path.dirname(__file__), '..', '.pytest_cache', 'jaxunlearn'))

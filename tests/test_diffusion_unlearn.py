@@ -194,6 +194,8 @@ def test_cli_generation_refuses_bad_settings_before_any_compute(capsys):
     (['--task', 'generation', '--tune', '--alignment-every', '3'],
      '--tune, --alignment-every are for --task classification'),
     (['--check-every', '5'], '--check-every is for --task generation'),
+    (['--task', 'generation', '--alignment-every', '0'],
+     '--alignment-every is for --task classification'),
 ])
 def test_cli_refuses_a_flag_the_task_does_not_use(capsys, argv, flags):
   assert main(['run', *argv]) == 2
@@ -213,7 +215,7 @@ def test_generation_config_takes_the_devices_and_checks_them():
 def test_generation_job_runs_every_method_and_writes_its_report(tmp_path):
   config = GenerationConfig(
       channels=(8,), cache_dir=str(tmp_path / 'cache'), progress=False, classifier_width=4,
-      check_every=2, forget_samples=10, fid_samples_per_class=5, sample_steps=5,
+      parallel='none', check_every=2, forget_samples=10, fid_samples_per_class=5, sample_steps=5,
       overrides={'ddpm': {'steps': 20, 'num_timesteps': 100}, 'classifier': {'epochs': 1},
                  'salun': {'steps': 3, 'batch_size': 32},
                  'sfron': {'iterations': 3, 'batch_size': 32},
@@ -241,6 +243,7 @@ def test_generation_job_forgets_with_a_dit(tmp_path):
   under its own key (not the UNet's) and SFR-on changes it."""
   config = GenerationConfig(
       model='dit', cache_dir=str(tmp_path / 'cache'), progress=False, classifier_width=4,
+      parallel='none',
       methods=('sfron', 'ga'), check_every=0, forget_samples=10, fid_samples_per_class=5,
       sample_steps=5,
       overrides={'ddpm': {'steps': 20, 'num_timesteps': 100}, 'classifier': {'epochs': 1},
@@ -280,7 +283,7 @@ def test_generation_job_measures_fid_in_inception_features(tmp_path):
   torch.save(net.state_dict(), tmp_path / 'pt_inception.pth')
   common = dict(
       channels=(8,), cache_dir=str(tmp_path / 'cache'), progress=False, classifier_width=4,
-      methods=('ga',), check_every=0, forget_samples=4, fid_samples_per_class=3,
+      methods=('ga',), parallel='none', check_every=0, forget_samples=4, fid_samples_per_class=3,
       fid_real_per_class=8, sample_steps=3, overrides={'ddpm': {'steps': 20, 'num_timesteps': 100},
                                  'classifier': {'epochs': 1}, 'ga': {'steps': 2}})
   inception = run_generation(GenerationConfig(

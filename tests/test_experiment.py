@@ -7,8 +7,8 @@ from jaxunlearn.experiment import ExperimentConfig, run_experiment
 
 @pytest.mark.slow
 def test_default_class_run_retrain_is_the_gold_standard(tmp_path):
-  results = run_experiment(ExperimentConfig(scenario='class:3', cache_dir=None, progress=False),
-                           tmp_path)
+  results = run_experiment(ExperimentConfig(scenario='class:3', cache_dir=None, progress=False,
+                                            parallel='none', alignment_every=0), tmp_path)
   retrain, original = results['methods']['retrain'], results['original']
   assert retrain['UA']['mean'] == 100.0
   # One seed on 322 test images: over 8 seeds Retrain's TA is 98.9 +- 0.7 and the
@@ -43,7 +43,8 @@ def test_same_config_and_seed_give_the_same_numbers_twice():
   from jaxunlearn.train import TrainConfig
   config = ExperimentConfig(model='resnet1', width=4, image_size=8, scenario='random:10',
                             methods=('retrain', 'rl', 'sfron'), seeds=(0,), cache_dir=None,
-                            progress=False, train=TrainConfig(epochs=2),
+                            progress=False, train=TrainConfig(epochs=2), parallel='none',
+                            alignment_every=0,
                             overrides={'retrain': {'epochs': 2}, 'rl': {'epochs': 1},
                                        'sfron': {'iterations': 6}})
   first, second = run_experiment(config), run_experiment(config)

@@ -1,6 +1,7 @@
 """Every paper configuration in experiments/ starts and reaches its report on mock data."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,8 @@ def test_smoke_run_writes_its_report(tmp_path, name, methods, report):
   proc = subprocess.run(
       [sys.executable, str(EXPERIMENTS / f'{name}.py'), '--smoke', '--quiet', '--methods',
        methods, '--out', str(tmp_path / 'out')],
-      capture_output=True, text=True, timeout=900, cwd=tmp_path)
+      capture_output=True, text=True, timeout=900, cwd=tmp_path,
+      env=dict(os.environ, XLA_FLAGS=''))  # one CPU device (parallel 'auto'), as a user's
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((tmp_path / 'out' / report).read_text())
   ran = results.get('methods') or results['models']

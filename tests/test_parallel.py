@@ -49,11 +49,10 @@ def task():
 
 
 def _hparams(name):
-  hp = resolve_hparams(name)
   settings = dict(TINY[name])
-  if 'batch_size' in hp:
+  if hasattr(resolve_hparams(name), 'batch_size'):
     settings.setdefault('batch_size', 16)
-  return {**hp, **settings}
+  return resolve_hparams(name, settings)
 
 
 def test_every_registered_method_is_covered():
@@ -219,12 +218,20 @@ GEN_TINY = {
     'sfron_hvp': dict(iterations=2, solver_iters=2), 'ga': dict(steps=2),
     'sa': dict(steps=2, replay_per_class=2, sample_steps=2, fisher_timesteps=2),
 }
-# Each run compiles UNet or DiT steps (on 2 cores: SalUn on the UNet 36 s on one device, 71 s
-# under pmap; SFR-on with HVPs on the DiT 50 s and 97 s): the default suite checks SalUn's
-# joint steps on the UNet and GA on the DiT under pmap; the slow suite every other method,
-# model and mode. A method and model's cases share a worker (xdist_group), so its
-# single-device run is made once.
-GEN_DEFAULT = {('salun', 'unet', 'pmap'), ('ga', 'dit', 'pmap')}
+# Each case compiles UNet or DiT steps twice (on 2 cores: SalUn on the UNet 36 s on one
+# device, 71 s under pmap; SFR-on with HVPs on the DiT 50 s and 97 s), so the cases are
+# chosen, not crossed: every method runs under 'pmap' (where our code splits keys, batches
+# and reductions over the devices), on the model where it has the most to get wrong; each
+# model also runs one method under 'shard' (XLA partitions the unchanged one-device step).
+# The default suite checks SalUn's joint steps on the UNet and GA on the DiT; the slow suite
+# the rest. A method and model's cases share a worker (xdist_group), so its single-device
+# run is made once.
+GEN_CASES = [
+    ('salun', 'unet', 'pmap'), ('ga', 'dit', 'pmap'),  # the default suite
+    ('sfron', 'unet', 'pmap'), ('lur', 'unet', 'pmap'), ('sa', 'unet', 'pmap'),
+    ('sfron_hvp', 'dit', 'pmap'), ('salun', 'dit', 'shard'), ('ga', 'unet', 'shard'),
+]
+GEN_DEFAULT = set(GEN_CASES[:2])
 
 
 @functools.lru_cache(maxsize=2)
@@ -255,12 +262,16 @@ def _generation_run(name, model_name, mode):
 def test_every_generation_method_is_covered():
   from jaxunlearn.diffusion.methods import GENERATION_METHODS
   assert set(GEN_TINY) == set(GENERATION_METHODS), 'add the new generation method to GEN_TINY'
+  assert {n for n, _, mode in GEN_CASES if mode == 'pmap'} == set(GEN_TINY), \
+      'run every generation method under pmap in GEN_CASES'
+  assert {(m, mode) for _, m, mode in GEN_CASES} == {(m, p) for m in ('unet', 'dit')
+                                                     for p in ('pmap', 'shard')}
 
 
 @pytest.mark.parametrize('name, model_name, mode', [
     pytest.param(n, m, mode, marks=[pytest.mark.xdist_group(f'generation-{n}-{m}')]
                  + ([] if (n, m, mode) in GEN_DEFAULT else [pytest.mark.slow]))
-    for n in sorted(GEN_TINY) for m in ('unet', 'dit') for mode in ('pmap', 'shard')])
+    for n, m, mode in GEN_CASES])
 def test_generation_method_on_8_devices_equals_1_device(name, model_name, mode):
   """Timesteps, noise, label dropout and random remapping are drawn for the global batch
   (ShardKey), losses normalised over it, masks and Fishers batched over the devices: the

@@ -117,7 +117,7 @@ class GenerationConfig:
   guidance: float = 2.0
   checkpoint_every: int = 50
   max_nonfinite: int | None = 10
-  parallel: str = 'none'
+  parallel: str = 'auto'
   num_devices: int | None = None
   shard_params: bool = False
 
@@ -195,13 +195,13 @@ class GenerationConfig:
                                         for k, v in self.overrides.get(which, {}).items()})
 
 
-def iterations_done(updates: int, hp: dict) -> int:
+def iterations_done(updates: int, hp) -> int:
   """Iterations completed after ``updates`` optimizer updates: SFR-on's fast-slow loop
   (``every`` in ``hp``) makes ``every + 1`` updates per ``every`` iterations, a forget
   step first; the other methods one update per iteration."""
-  if 'every' not in hp:
+  if not hasattr(hp, 'every'):
     return updates
-  k = hp['every']
+  k = hp.every
   return (updates // (k + 1)) * k + max(updates % (k + 1) - 1, 0)
 
 
@@ -253,7 +253,7 @@ class ForgetTracker:
   """Callback: UA of the forgotten class every ``every`` updates (its time not counted in
   the method's run time); resumable (``state_dict``)."""
 
-  def __init__(self, judge: _Judge, unet, cls: int, seed: int, hp: dict):
+  def __init__(self, judge: _Judge, unet, cls: int, seed: int, hp):
     self.judge, self.unet, self.cls, self.seed, self.hp = judge, unet, cls, seed, hp
     self.iterations, self.ua, self.seconds = [], [], 0.0
 
@@ -274,11 +274,11 @@ class ForgetTracker:
     return next((i for i, ua in zip(self.iterations, self.ua) if ua >= FORGOTTEN), None)
 
 
-def _updates_per(check_every: int, hp: dict) -> int:
+def _updates_per(check_every: int, hp) -> int:
   """Optimizer updates in ``check_every`` iterations (SFR-on: ``every + 1`` per ``every``)."""
   if not check_every:
     return 0
-  return -(-check_every * (hp['every'] + 1) // hp['every']) if 'every' in hp else check_every
+  return -(-check_every * (hp.every + 1) // hp.every) if hasattr(hp, 'every') else check_every
 
 
 def run_generation(config: GenerationConfig, out_dir: str | Path | None = None,
@@ -417,7 +417,7 @@ def _results(config, progress, hparams, ddpm, clf_cfg, test_acc, clf_info, cls,
       'methods': {n: summary(rows) for n, rows in per_seed.items()},
       'original': summary([s['original'] for s in seeds]),
       'per_seed': per_seed,
-      'hparams': {**hparams, 'ddpm': dataclasses.asdict(ddpm),
+      'hparams': {**{n: hp.to_dict() for n, hp in hparams.items()}, 'ddpm': dataclasses.asdict(ddpm),
                   'classifier': dataclasses.asdict(clf_cfg)},
       'classifier': {'test_accuracy': test_acc, 'train_s': clf_info['seconds']},
       'evaluation': {'forget_samples': config.forget_samples,
