@@ -94,8 +94,12 @@ def test_iterations_done_counts_fast_slow_updates(every):
     updates += 1 if t % every else 2
     done.append((updates, t + 1))
   for u, iters in done:
-    assert iterations_done(u, {'every': every}) == iters
-  assert iterations_done(7, {'steps': 10}) == 7
+    assert iterations_done(u, every) == iters
+  assert iterations_done(7, None) == 7
+  # Which methods are fast-slow follows from their hyperparameters' type.
+  from jaxunlearn.diffusion.experiment import fast_slow_every
+  assert fast_slow_every(resolve_hparams('sfron_hvp', {'every': 3}, GENERATION_METHODS)) == 3
+  assert fast_slow_every(resolve_hparams('salun', None, GENERATION_METHODS)) is None
 
 
 def test_generation_task_refuses_bad_input(task):

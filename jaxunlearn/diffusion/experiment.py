@@ -195,14 +195,19 @@ class GenerationConfig:
                                         for k, v in self.overrides.get(which, {}).items()})
 
 
-def iterations_done(updates: int, hp) -> int:
+def fast_slow_every(hp) -> int | None:
+  """K of a fast-slow method (SFR-on: its hyperparameters are :class:`SFRon`'s), else None."""
+  from jaxunlearn.diffusion.methods import SFRon
+  return hp.every if isinstance(hp, SFRon) else None
+
+
+def iterations_done(updates: int, every: int | None) -> int:
   """Iterations completed after ``updates`` optimizer updates: SFR-on's fast-slow loop
-  (``every`` in ``hp``) makes ``every + 1`` updates per ``every`` iterations, a forget
-  step first; the other methods one update per iteration."""
-  if not hasattr(hp, 'every'):
+  (``every`` = K) makes ``K + 1`` updates per ``K`` iterations, a forget step first; the
+  other methods (``every=None``) one update per iteration."""
+  if every is None:
     return updates
-  k = hp.every
-  return (updates // (k + 1)) * k + max(updates % (k + 1) - 1, 0)
+  return (updates // (every + 1)) * every + max(updates % (every + 1) - 1, 0)
 
 
 class _Judge:
@@ -259,7 +264,7 @@ class ForgetTracker:
 
   def __call__(self, updates: int, variables) -> None:
     start = time.perf_counter()
-    self.iterations.append(iterations_done(updates, self.hp))
+    self.iterations.append(iterations_done(updates, fast_slow_every(self.hp)))
     self.ua.append(self.judge.forget_ua(self.unet, variables, self.cls, self.seed))
     self.seconds += time.perf_counter() - start
 
@@ -274,11 +279,11 @@ class ForgetTracker:
     return next((i for i, ua in zip(self.iterations, self.ua) if ua >= FORGOTTEN), None)
 
 
-def _updates_per(check_every: int, hp) -> int:
-  """Optimizer updates in ``check_every`` iterations (SFR-on: ``every + 1`` per ``every``)."""
+def _updates_per(check_every: int, every: int | None) -> int:
+  """Optimizer updates in ``check_every`` iterations (SFR-on: ``K + 1`` per ``K``)."""
   if not check_every:
     return 0
-  return -(-check_every * (hp.every + 1) // hp.every) if hasattr(hp, 'every') else check_every
+  return -(-check_every * (every + 1) // every) if every is not None else check_every
 
 
 def run_generation(config: GenerationConfig, out_dir: str | Path | None = None,
@@ -344,7 +349,8 @@ def run_generation(config: GenerationConfig, out_dir: str | Path | None = None,
       tracker = ForgetTracker(judge, unet, cls, seed, hp)
       tracker.iterations, tracker.ua = [0], [done['original']['UA']]  # the curve's start
       run = dataclasses.replace(task, control=control, callback=tracker,
-                                callback_every=_updates_per(config.check_every, hp))
+                                callback_every=_updates_per(config.check_every,
+                                                             fast_slow_every(hp)))
       control.start_clock()
       try:
         variables = GENERATION_METHODS[name].run(run, hp)
