@@ -18,6 +18,7 @@ def test_notebook_executes_without_error(path, tmp_path, monkeypatch):
   nbclient = pytest.importorskip('nbclient')
   import nbformat
   monkeypatch.setenv('JAXUNLEARN_SMALL', '1')
+  monkeypatch.setenv('XLA_FLAGS', '')  # the kernel sees one CPU device, as a CPU Colab does
   monkeypatch.setenv('JAXUNLEARN_CACHE', str(tmp_path / 'cache'))
   notebook = nbformat.read(path, as_version=4)
   nbclient.NotebookClient(notebook, timeout=900, kernel_name='python3',
