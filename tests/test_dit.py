@@ -172,9 +172,9 @@ def test_scanned_blocks_compute_the_same_function_on_stacked_parameters():
 def test_scanned_remat_blocks_and_recomputed_products_shrink_the_hvp_step():
   """XLA's memory estimate of one remain-Hessian-preconditioned step: only blocks scanned
   *and* rematerialised, with products recomputed, cut it (unrolled remat saves nothing)."""
-  import functools
-  from jaxunlearn.diffusion.schedules import linear_schedule
-  from jaxunlearn.diffusion.unlearn import Denoising, _objective
+  from jaxunlearn.diffusion.objectives import Denoiser, Denoising
+  from jaxunlearn.diffusion.train import DiffusionConfig
+  from jaxunlearn.step import batch_objective
   from jaxunlearn.transforms import precondition_by_remain_hessian
 
   shape, n = (16, 16, 16, 4), 16
@@ -187,7 +187,10 @@ def test_scanned_remat_blocks_and_recomputed_products_shrink_the_hvp_step():
     tx = precondition_by_remain_hessian(iters=3, recompute=recompute)
     batch = (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct((n,), jnp.int32),
              jax.ShapeDtypeStruct((n,), jnp.float32))
-    obj = functools.partial(_objective, model, linear_schedule(100), Denoising(1.0, 0.1, 10))
+    denoiser = Denoiser(model, DiffusionConfig(num_timesteps=100), Denoising(1.0, 0.1, 10))
+
+    def obj(b, key):  # the batch loss the steps differentiate (step.batch_objective)
+      return lambda p: batch_objective(denoiser, {}, b, key)(p)[0]
 
     def step(p, b):
       g = jax.grad(obj(b, jax.random.key(0)))(p)
