@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from jaxunlearn import losses
-from jaxunlearn.hparams import (Hyperparameters, at_least_one, cast_like, did_you_mean,
+from jaxunlearn.hparams import (Hyperparameters, at_least_one, did_you_mean,
                                 fraction, hparam, non_negative, one_of, positive, probability)
 from jaxunlearn.influence import influence_direction
 from jaxunlearn.objectives import Classifier

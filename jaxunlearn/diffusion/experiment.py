@@ -38,7 +38,8 @@ from jaxunlearn.diffusion.unlearn import GenerationTask, generate
 from jaxunlearn.evaluate import summarize
 from jaxunlearn.evaluate.generation import InceptionFeatures, fid_from_features
 from jaxunlearn.experiment import RunProgress, _check_settings
-from jaxunlearn.methods import cast_like, did_you_mean, resolve_hparams
+from jaxunlearn.hparams import cast_like, did_you_mean
+from jaxunlearn.methods import resolve_hparams
 from jaxunlearn.models import digits_dit, digits_unet, make_model
 from jaxunlearn.models.dit import DIT_CONFIGS
 from jaxunlearn.models.unet import ddpm_cifar10_unet
