@@ -44,7 +44,7 @@ from jaxunlearn.objectives import Classifier
 from jaxunlearn.saliency import salun_mask, sfron_mask
 from jaxunlearn.step import (compiled_forget_retain_step, compiled_forget_step,
                              compiled_train_step, init_state)
-from jaxunlearn.train import FastSlowConfig, OptimConfig
+from jaxunlearn.optim import OptimSpec, PairHalf
 from jaxunlearn.transforms import set_saliency_mask
 
 from bench_common import add_model_args, median_ms, model_and_batches, report
@@ -66,8 +66,9 @@ def jax_cases(model, variables, forget, retain, w, batch: int):
     st = init_state(variables, cfg())
     return st if mask is None else st._replace(opt_state=set_saliency_mask(st.opt_state, mask))
 
-  sgd = OptimConfig(lr=0.01)
-  fs = FastSlowConfig(lr=0.01, iterations=1000, every=1)
+  sgd = OptimSpec(lr=0.01)
+  fs = OptimSpec(lr=0.01, schedule='cosine', total_steps=1000, every=1, forget_weight=25.0,
+                 forget_schedule='cosine', forget_clip_norm=7.0, saliency=True)
   hvp = dataclasses.replace(fs, precondition='cg', solver_iters=5)
   cases = {
       'plain': (compiled_train_step(Classifier(model, ce), sgd), state(sgd), rargs + (key,)),
@@ -75,25 +76,26 @@ def jax_cases(model, variables, forget, retain, w, batch: int):
              fargs + (key,)),
       'rl': (compiled_train_step(Classifier(model, rl), sgd), state(sgd), fargs + (key,)),
   }
-  l1 = OptimConfig(lr=0.01, l1=1e-4, l1_decay_steps=1000)
+  l1 = OptimSpec(lr=0.01, l1=1e-4, l1_decay_steps=1000)
   cases['l1_sparse'] = (compiled_train_step(Classifier(model, ce), l1), state(l1), rargs + (key,))
-  masked = OptimConfig(lr=0.013, saliency=True)
+  masked = OptimSpec(lr=0.013, saliency=True)
   cases['salun'] = (compiled_train_step(Classifier(model, rl), masked),
                     state(masked, masks['salun']), fargs + (key,))
-  joint = OptimConfig(lr=0.013, saliency=True, forget_weight=1.0)
+  joint = OptimSpec(lr=0.013, saliency=True, forget_weight=1.0)
   cases['salun_joint'] = (
       compiled_forget_retain_step(Classifier(model, rl), Classifier(model, ce), joint),
       state(joint, masks['salun']), (fargs, rargs, key))
-  retain_step = compiled_train_step(Classifier(model, ce), dataclasses.replace(fs, role='retain'))
+  retain_step = compiled_train_step(Classifier(model, ce), PairHalf(fs, 1))
   for name, cfg in (('sfron', fs), ('sfron_hvp', hvp)):
-    forget_step = compiled_forget_step(Classifier(model, adaptive), Classifier(model, ce), cfg)
-    needs_retain = cfg.precondition != 'none'
+    forget_step = compiled_forget_step(Classifier(model, adaptive), Classifier(model, ce),
+                                       PairHalf(cfg, 0))
+    needs_retain = cfg.retain_loss_in_forget_step
 
     def iteration(st, forget_step=forget_step, needs_retain=needs_retain):
       st, _ = forget_step(st, fargs, rargs if needs_retain else None, key)
       return retain_step(st, *rargs, key)
-    cases[name] = (iteration, state(cfg, masks['sfron']), ())
-  lur = OptimConfig(lr=0.01, forget_weight=1.0, lookahead_lr=0.01, lookahead_order='second')
+    cases[name] = (iteration, state(PairHalf(cfg, 0), masks['sfron']), ())
+  lur = OptimSpec(lr=0.01, forget_weight=1.0, lookahead_lr=0.01, lookahead_order='second')
   cases['lur'] = (compiled_forget_retain_step(Classifier(model, rl), Classifier(model, ce), lur),
                   state(lur), (fargs, rargs, key))
   return cases, masks
@@ -131,12 +133,12 @@ def diffusion_cases(batch: int, channels=(32, 64)):
     st = init_state(variables, cfg())
     return st._replace(opt_state=set_saliency_mask(st.opt_state, mask)) if with_mask else st
 
-  adam = OptimConfig(lr=1e-4, weight_decay=0.0, clip_norm=1.0, optimizer='adam')
+  adam = OptimSpec(lr=1e-4, weight_decay=0.0, clip_norm=1.0, optimizer='adam')
   salun = dataclasses.replace(adam, saliency=True, forget_weight=1.0, retain_weight=3.072)
-  fs = FastSlowConfig(1e-4, 0.9, 0.0, 'constant', 1000, 1, 10.0, 'cosine', 1.0,
-                      optimizer='adam', shared_clip_norm=1.0)
-  forget_step = compiled_forget_step(of(AdaptiveDenoisingAscent(0.5)), retain, fs)
-  retain_step = compiled_train_step(retain, dataclasses.replace(fs, role='retain'))
+  fs = dataclasses.replace(adam, total_steps=1000, every=1, forget_weight=10.0,
+                           forget_schedule='cosine', forget_clip_norm=1.0, saliency=True)
+  forget_step = compiled_forget_step(of(AdaptiveDenoisingAscent(0.5)), retain, PairHalf(fs, 0))
+  retain_step = compiled_train_step(retain, PairHalf(fs, 1))
 
   def sfron(st):
     st, _ = forget_step(st, fargs, None, key)
@@ -145,7 +147,7 @@ def diffusion_cases(batch: int, channels=(32, 64)):
       'ddpm_plain': (compiled_train_step(retain, adam), state(adam), rargs + (key,)),
       'ddpm_salun': (compiled_forget_retain_step(of(RemappedClass(10)), retain, salun),
                      state(salun, True), (fargs, rargs, key)),
-      'ddpm_sfron': (sfron, state(fs, True), ()),
+      'ddpm_sfron': (sfron, state(PairHalf(fs, 0), True), ()),
   }
 
 

@@ -23,7 +23,7 @@ from jaxunlearn.checkpoint import LoopCheckpoint
 from jaxunlearn.objectives import Classifier
 from jaxunlearn.saliency import salun_mask
 from jaxunlearn.step import compiled_train_step, init_state
-from jaxunlearn.train import OptimConfig
+from jaxunlearn.optim import OptimSpec
 from jaxunlearn.transforms import set_saliency_mask
 
 from bench_common import add_model_args, median_ms, model_and_batches, report
@@ -36,7 +36,7 @@ def main():
   args = parser.parse_args()
 
   model, variables, (xf, yf), _, w = model_and_batches(args)
-  optim = OptimConfig(lr=0.01, saliency=True)
+  optim = OptimSpec(lr=0.01, saliency=True)
   state = init_state(variables, optim())
   state = state._replace(opt_state=set_saliency_mask(
       state.opt_state, salun_mask(Classifier(model, losses.gradient_ascent, train=False), variables, xf, yf, 0.5, args.batch)))

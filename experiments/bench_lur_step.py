@@ -23,7 +23,7 @@ import jax
 from jaxunlearn import losses
 from jaxunlearn.objectives import Classifier
 from jaxunlearn.step import compiled_forget_retain_step, compiled_train_step, init_state
-from jaxunlearn.train import OptimConfig
+from jaxunlearn.optim import OptimSpec
 
 from bench_common import add_model_args, median_ms, model_and_batches, report
 
@@ -38,11 +38,11 @@ def main():
   key = jax.random.key(0)
   forget_loss, retain_loss = losses.random_label_cross_entropy, losses.cross_entropy
   configs = {
-      'plain': OptimConfig(lr=0.01),
-      'joint': OptimConfig(lr=0.01, forget_weight=1.0),
-      'lur_first': OptimConfig(lr=0.01, forget_weight=1.0, lookahead_lr=args.inner_lr,
+      'plain': OptimSpec(lr=0.01),
+      'joint': OptimSpec(lr=0.01, forget_weight=1.0),
+      'lur_first': OptimSpec(lr=0.01, forget_weight=1.0, lookahead_lr=args.inner_lr,
                                lookahead_order='first'),
-      'lur_second': OptimConfig(lr=0.01, forget_weight=1.0, lookahead_lr=args.inner_lr,
+      'lur_second': OptimSpec(lr=0.01, forget_weight=1.0, lookahead_lr=args.inner_lr,
                                 lookahead_order='second'),
   }
   # Each step donates its input state, so each case threads its own state through.

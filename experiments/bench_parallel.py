@@ -23,7 +23,7 @@ from jaxunlearn.objectives import Classifier
 from jaxunlearn.saliency import salun_mask
 from jaxunlearn.step import (compiled_forget_retain_step, compiled_forget_step,
                              compiled_train_step, init_state)
-from jaxunlearn.train import FastSlowConfig, OptimConfig
+from jaxunlearn.optim import OptimSpec, PairHalf
 from jaxunlearn.transforms import set_saliency_mask
 
 from bench_common import add_model_args, median_ms, model_and_batches, report
@@ -38,9 +38,10 @@ def main():
   model, variables, (xf, yf), (xr, yr), w = model_and_batches(args)
   key = jax.random.key(0)
   mask = salun_mask(Classifier(model, losses.gradient_ascent, train=False), variables, xf, yf, 0.5, args.batch)
-  salun_cfg = OptimConfig(lr=0.01, saliency=True)
-  sfron_cfg = FastSlowConfig(lr=0.01, iterations=1000, saliency=False)
-  lur_cfg = OptimConfig(lr=0.01, forget_weight=1.0, lookahead_lr=0.01,
+  salun_cfg = OptimSpec(lr=0.01, saliency=True)
+  sfron_cfg = PairHalf(OptimSpec(lr=0.01, schedule='cosine', total_steps=1000, every=5, forget_weight=25.0,
+                                 forget_schedule='cosine', forget_clip_norm=7.0, saliency=False), 0)
+  lur_cfg = OptimSpec(lr=0.01, forget_weight=1.0, lookahead_lr=0.01,
                         lookahead_order='second')
   rl = losses.random_label_cross_entropy
   modes = {'none': Parallel('none'), 'pmap': Parallel('pmap', args.devices),

@@ -20,7 +20,7 @@ from jaxunlearn import losses
 from jaxunlearn.objectives import Classifier
 from jaxunlearn.saliency import salun_mask
 from jaxunlearn.step import compiled_forget_retain_step, compiled_train_step, init_state
-from jaxunlearn.train import OptimConfig
+from jaxunlearn.optim import OptimSpec
 from jaxunlearn.transforms import set_saliency_mask
 
 from bench_common import add_model_args, median_ms, model_and_batches, report
@@ -44,8 +44,8 @@ def main():
 
   cases = {}
   for saliency in (False, True):
-    joint = OptimConfig(lr=0.01, forget_weight=1.0, saliency=saliency)
-    alt = OptimConfig(lr=0.01, saliency=saliency)
+    joint = OptimSpec(lr=0.01, forget_weight=1.0, saliency=saliency)
+    alt = OptimSpec(lr=0.01, saliency=saliency)
     cases[('joint', saliency)] = (
         compiled_forget_retain_step(Classifier(model, losses.random_label_cross_entropy),
                                     Classifier(model, losses.cross_entropy), joint),

@@ -30,7 +30,7 @@ from jaxunlearn import losses
 from jaxunlearn.objectives import Classifier
 from jaxunlearn.saliency import sfron_mask
 from jaxunlearn.step import compiled_forget_step, compiled_train_step, init_state
-from jaxunlearn.train import FastSlowConfig, OptimConfig
+from jaxunlearn.optim import OptimSpec, PairHalf
 from jaxunlearn.transforms import set_saliency_mask
 
 from bench_common import add_model_args, median_ms, model_and_batches, report
@@ -48,22 +48,23 @@ def main():
   key = jax.random.key(0)
   mask = sfron_mask(Classifier(model, losses.cross_entropy, train=False), variables, xf, yf, xr, yr, 1.0, b)
 
-  plain_cfg = OptimConfig(lr=0.01)
-  fs = FastSlowConfig(lr=0.01, iterations=1000, every=args.every)
+  plain_cfg = OptimSpec(lr=0.01)
+  fs = OptimSpec(lr=0.01, schedule='cosine', total_steps=1000, every=args.every, forget_weight=25.0,
+                 forget_schedule='cosine', forget_clip_norm=7.0, saliency=True)
   hvp_cfg = dataclasses.replace(fs, precondition='cg', solver_iters=args.solver_iters, every=1)
   adaptive = losses.AdaptiveGradientAscent(0.5)
   plain = compiled_train_step(Classifier(model, losses.cross_entropy), plain_cfg)
-  f_step = compiled_forget_step(Classifier(model, adaptive), Classifier(model, losses.cross_entropy), fs)
-  r_step = compiled_train_step(Classifier(model, losses.cross_entropy), dataclasses.replace(fs, role='retain'))
-  h_step = compiled_forget_step(Classifier(model, adaptive), Classifier(model, losses.cross_entropy), hvp_cfg)
+  f_step = compiled_forget_step(Classifier(model, adaptive), Classifier(model, losses.cross_entropy), PairHalf(fs, 0))
+  r_step = compiled_train_step(Classifier(model, losses.cross_entropy), PairHalf(fs, 1))
+  h_step = compiled_forget_step(Classifier(model, adaptive), Classifier(model, losses.cross_entropy), PairHalf(hvp_cfg, 0))
 
   def with_mask(cfg):
     st = init_state(variables, cfg())
     return st._replace(opt_state=set_saliency_mask(st.opt_state, mask))
 
   # Each step donates its input state, so each case threads its own state through.
-  states = {'plain': init_state(variables, plain_cfg()), 'fs': with_mask(fs),
-            'hvp_step': with_mask(hvp_cfg)}
+  states = {'plain': init_state(variables, plain_cfg()), 'fs': with_mask(PairHalf(fs, 0)),
+            'hvp_step': with_mask(PairHalf(hvp_cfg, 0))}
 
   def run(name, fn):
     def call():

@@ -29,10 +29,11 @@ from jaxunlearn.hparams import (Hyperparameters, at_least_one, did_you_mean,
                                 fraction, hparam, non_negative, one_of, positive, probability)
 from jaxunlearn.influence import influence_direction
 from jaxunlearn.objectives import Classifier
+from jaxunlearn.optim import OptimSpec
 from jaxunlearn.parallel import SINGLE, Parallel
 from jaxunlearn.saliency import salun_mask, sfron_mask
 from jaxunlearn.step import predict
-from jaxunlearn.train import (FastSlowConfig, LoopControl, OptimConfig, Phase, TrainConfig,
+from jaxunlearn.train import (LoopControl, Phase, TrainConfig,
                               fit, fit_fast_slow, fit_joint, init_variables, train_classifier)
 
 
@@ -291,8 +292,9 @@ class SGD(SGDSettings):
   epochs: int = non_negative(10, 'passes over the data')
 
 
-def _sgd(hp: SGDSettings, **options) -> OptimConfig:
-  return OptimConfig(hp.lr, hp.momentum, hp.weight_decay, hp.schedule, **options)
+def _sgd(hp: SGDSettings, **options) -> OptimSpec:
+  return OptimSpec(lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
+                   schedule=hp.schedule, **options)
 
 
 def _fit(task: UnlearnTask, hp: SGD, phases, desc: str, variables=None, mask=None,
@@ -424,12 +426,11 @@ def _sfron(task: UnlearnTask, hp: SFRon, desc: str, **options):
     mask = per_model(task, lambda v: sfron_mask(
         task.statistic(losses.cross_entropy), v, task.forget_x, task.forget_y, task.retain_x,
         task.retain_y, hp.gamma, hp.batch_size, parallel=_one(task)))
-  config = FastSlowConfig(hp.lr, hp.momentum, hp.weight_decay, hp.schedule,
-                          hp.iterations, hp.every, hp.alpha, 'cosine', hp.clip_norm,
-                          saliency=hp.mask, **options)
+  optim = _sgd(hp, every=hp.every, forget_weight=hp.alpha, forget_schedule='cosine',
+               forget_clip_norm=hp.clip_norm, saliency=hp.mask, **options)
   variables, _ = fit_fast_slow(
       task.variables, task.forget_phase(losses.AdaptiveGradientAscent(hp.lam)),
-      task.retain_phase(losses.cross_entropy), config=config,
+      task.retain_phase(losses.cross_entropy), iterations=hp.iterations, optim=optim,
       batch_size=hp.batch_size, mask=mask, **task.loop(desc))
   return variables
 

@@ -249,18 +249,21 @@ def compiled_forget_step(forget, retain, tx_factory: Callable[..., Any],
 
 
 @functools.lru_cache(maxsize=64)
-def compiled_forget_retain_step(forget, retain, tx_factory: Callable[..., Any],
-                                parallel: Parallel = SINGLE):
+def compiled_forget_retain_step(forget, retain, spec, parallel: Parallel = SINGLE):
   """:func:`forget_retain_step` compiled for ``parallel``, cached like
-  :func:`compiled_train_step`.
+  :func:`compiled_train_step`, its chain ``make_tx(spec)``
+  (:class:`jaxunlearn.optim.OptimSpec` with ``forget_weight``).
 
-  The forget gradient at the current params is computed unless ``tx_factory`` says its
-  chain does not use it (``tx_factory.uses_forget_grads`` false, e.g. LUR's config).
+  The forget gradient at the current params is computed unless the spec says its chain
+  does not use it (``spec.forget_grads_at_params`` false: LUR's virtual-retain look-ahead).
   """
+  from jaxunlearn.optim import OptimSpec
+  if not isinstance(spec, OptimSpec) or not spec.joint:
+    raise ValueError('a joint step needs an OptimSpec with forget_weight (and every=0), '
+                     f'got {spec!r}')
   return parallel.compile(functools.partial(
       forget_retain_step, forget=parallel.objective(forget), retain=parallel.objective(retain),
-      tx=parallel.tx(tx_factory),
-      forget_grads_at_params=getattr(tx_factory, 'uses_forget_grads', True),
+      tx=parallel.tx(spec), forget_grads_at_params=spec.forget_grads_at_params,
       axis_name=parallel.axis_name), 2)
 
 
@@ -273,7 +276,7 @@ def compiled_train_step(objective, tx_factory: Callable[..., Any],
   All must be hashable by value: objectives are frozen dataclasses of a flax module (hashable)
   and a loss (module-level functions and frozen dataclasses are), and ``tx_factory`` is a
   frozen dataclass whose call builds the optax transformation (e.g.
-  :class:`jaxunlearn.train.OptimConfig`; under ``pmap`` it is called with ``axis_name``).
+  :class:`jaxunlearn.optim.OptimSpec`; under ``pmap`` it is called with ``axis_name``).
   The compiled step takes ``(state, x, y, w, key)`` with a state placed by
   ``parallel.put`` and donates it.
   """

@@ -24,7 +24,6 @@ from typing import Any, ClassVar, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
 from jaxunlearn.hparams import (Hyperparameters, at_least_one, non_negative, one_of, positive,
@@ -32,241 +31,9 @@ from jaxunlearn.hparams import (Hyperparameters, at_least_one, non_negative, one
 from jaxunlearn.parallel import SINGLE, Parallel
 from jaxunlearn.losses import cross_entropy
 from jaxunlearn.objectives import Classifier, labels_of
+from jaxunlearn.optim import OptimSpec, PairHalf
 from jaxunlearn.step import (compiled_forget_retain_step, compiled_forget_step,
                              compiled_train_step, init_state)
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-  """The optax chain of a training or unlearning loop (every task), as a hashable config.
-
-  Calling it builds::
-
-      chain(combine_forget_retain(forget_weight, retain_weight)  # joint steps only
-                                   # (align_forget_retain(...) if lookahead_lr > 0: LUR)
-            add_elastic_penalty(elastic)                          # if elastic > 0 (SA)
-            clip_by_global_norm(clip_norm)                        # if clip_norm > 0
-            add_l1_penalty(l1)                                    # if l1 > 0 (l1-sparse)
-            [mask_by_saliency(freeze=True, inner=]                # if saliency
-                chain(add_decayed_weights(weight_decay),
-                      sgd(lr, momentum) | adam(lr, b1=momentum)))[)])
-
-  i.e. SGD with momentum and coupled L2 weight decay, as PyTorch's
-  ``SGD(weight_decay=...)``, or Adam as PyTorch's defaults (b1 0.9, b2 0.999, eps 1e-8;
-  the diffusion references'). Clipping stands before the mask, as in the SalUn DDPM
-  reference (``clip_grad_norm_``, then ``grad *= mask``, then the optimizer step). Being
-  hashable, it keys the cache of compiled steps.
-
-  Attributes:
-    lr: peak learning rate.
-    momentum: heavy-ball momentum (0 for plain SGD).
-    weight_decay: L2 coefficient added to the gradient before momentum.
-    schedule: 'constant' or 'cosine' (decay to 0 over ``total_steps``).
-    total_steps: length of the schedules (filled in by :func:`fit`).
-    clip_norm: global-norm clipping of the (combined) gradient; 0 disables.
-    saliency: wrap the optimizer in ``mask_by_saliency(freeze=True)``; the mask is installed
-      by ``fit(mask=...)``. Masked weights then stay bit-identical.
-    forget_weight: if set, steps pass ``forget_grads`` and the chain starts with
-      ``combine_forget_retain(forget_weight, retain_weight)``.
-    retain_weight: weight of the retain gradient in joint steps.
-    l1: strength of the l1-sparse penalty, decayed linearly to 0 by ``l1_decay_steps``.
-    l1_decay_steps: steps over which ``l1`` decays to 0.
-    lookahead_lr: if > 0 (with ``forget_weight``), joint steps combine the gradients with
-      LUR's ``align_forget_retain(lookahead_lr, lookahead_order, lookahead_virtual,
-      forget_weight, retain_weight)`` instead of ``combine_forget_retain``.
-    optimizer: 'sgd' or 'adam' (``momentum`` is then Adam's b1).
-    elastic: strength of Selective Amnesia's EWC penalty ``add_elastic_penalty`` (its
-      Fisher installed by ``fit_joint(fisher=...)``); 0: none.
-  """
-
-  lr: float = 0.1
-  momentum: float = 0.9
-  weight_decay: float = 5e-4
-  schedule: str = 'constant'
-  total_steps: int = 1
-  clip_norm: float = 0.0
-  saliency: bool = False
-  forget_weight: float | None = None
-  retain_weight: float = 1.0
-  l1: float = 0.0
-  l1_decay_steps: int = 1
-  lookahead_lr: float = 0.0
-  lookahead_order: str = 'first'
-  lookahead_virtual: str = 'retain'
-  optimizer: str = 'sgd'
-  elastic: float = 0.0
-
-  def __post_init__(self):
-    if self.optimizer not in ('sgd', 'adam'):
-      raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-    if self.lookahead_lr < 0:
-      raise ValueError(f'lookahead_lr must be >= 0, got {self.lookahead_lr}')
-    if self.schedule not in ('constant', 'cosine'):
-      raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-    if not self.lr > 0:
-      raise ValueError(f'learning rate must be positive, got {self.lr}')
-
-  def learning_rate(self):
-    if self.schedule == 'cosine':
-      return optax.cosine_decay_schedule(self.lr, max(self.total_steps, 1))
-    return self.lr
-
-  @property
-  def uses_forget_grads(self) -> bool:
-    """Whether joint steps must pass the forget gradient at the current params: LUR's
-    look-ahead with a virtual retain step only evaluates the forget loss at the shifted
-    params (through ``forget_grad_fn``), so its steps skip that gradient."""
-    return not (self.lookahead_lr > 0 and self.lookahead_virtual == 'retain')
-
-  def __call__(self, axis_name: str | None = None) -> optax.GradientTransformationExtraArgs:
-    """The chain; ``axis_name`` (under ``pmap``) goes to transforms that average what they
-    compute from device-local loss closures (LUR's look-ahead)."""
-    from jaxunlearn import transforms  # transforms import train's neighbours, not train
-    lr = self.learning_rate()
-    opt = optax.chain(optax.add_decayed_weights(self.weight_decay),
-                      optax.adam(lr, b1=self.momentum) if self.optimizer == 'adam' else
-                      optax.sgd(lr, momentum=self.momentum or None))
-    if self.saliency:
-      opt = transforms.mask_by_saliency(freeze=True, inner=opt)
-    head = joint_combiner(self, axis_name)
-    if self.elastic > 0:
-      head.append(transforms.add_elastic_penalty(self.elastic))
-    if self.clip_norm > 0:
-      head.append(optax.clip_by_global_norm(self.clip_norm))
-    if self.l1 > 0:
-      head.append(transforms.add_l1_penalty(
-          optax.linear_schedule(self.l1, 0.0, max(self.l1_decay_steps, 1))))
-    return optax.chain(*head, opt)
-
-
-def joint_combiner(config, axis_name: str | None = None) -> list:
-  """The head of a joint step's chain that merges its forget and retain gradients, from a
-  config with ``forget_weight``, ``retain_weight`` and ``lookahead_*`` fields: LUR's
-  ``align_forget_retain`` (``lookahead_lr > 0``), else ``combine_forget_retain``; none
-  without ``forget_weight``."""
-  from jaxunlearn import transforms
-  if config.forget_weight is None:
-    return []
-  if config.lookahead_lr > 0:
-    return [transforms.align_forget_retain(
-        config.lookahead_lr, config.lookahead_order, config.lookahead_virtual,
-        config.forget_weight, config.retain_weight, axis_name=axis_name)]
-  return [transforms.combine_forget_retain(config.forget_weight, config.retain_weight)]
-
-
-@dataclasses.dataclass(frozen=True)
-class FastSlowConfig:
-  """SFR-on's forget and retain chains over one optimizer state, as a hashable config.
-
-  With ``role='forget'`` calling it builds the forget step's chain, with ``'retain'`` the
-  retain step's; both have the same state (see :mod:`jaxunlearn.transforms.fast_slow`)::
-
-      forget: chain(scale_by_schedule(alpha_t),                  # alpha0 (1 + cos(pi t/T)) / 2
-                    [precondition_by_remain_hessian(damping, solver_iters, precondition),
-                     scale(damping)]                             # if precondition != 'none'
-                    mask_by_saliency(),                          # the Fisher-ratio mask
-                    clip_by_global_norm(clip_norm),              # if clip_norm > 0
-                    shared)
-      retain: chain(hold(<the forget preprocessing>), shared)
-      shared: chain(clip_by_global_norm(shared_clip_norm),       # if shared_clip_norm > 0
-                    add_decayed_weights(weight_decay),
-                    sgd(lr_t, momentum) | adam(lr_t))            # lr_t per *iteration* t
-
-  This is the reference's order (loss scaled by alpha, backward, ``grad *= mask``,
-  ``clip_grad_norm``, ``SGD.step`` with coupled weight decay). The preconditioner, scaled by
-  ``damping``, is the filter ``damping (H_r + damping I)^-1``: directions of remain
-  curvature well below ``damping`` pass unchanged, high-curvature ones are damped, which is
-  what ``every`` retain steps do to a forget step implicitly, ``(I - lr H_r)^every``. It
-  stands before the mask because the solve mixes coordinates.
-
-  Attributes:
-    lr, momentum, weight_decay: the shared SGD.
-    schedule: 'constant' or 'cosine' learning rate over ``iterations``.
-    iterations: number of iterations T (one retain step each).
-    every: K, a forget step every K-th iteration (the first iteration included).
-    forget_weight: alpha0, the forget gradient's weight, cosine-decayed over T if
-      ``forget_schedule == 'cosine'``.
-    forget_schedule: 'constant' or 'cosine'.
-    clip_norm: global-norm clip of the forget update (0: none).
-    saliency: include ``mask_by_saliency`` (install the mask with ``fit_fast_slow(mask=)``).
-    precondition: 'none', 'cg' or 'neumann' (``sfron_hvp``).
-    damping, solver_iters, neumann_scale, recompute: of the preconditioner.
-    role: which of the two chains calling the config builds.
-    optimizer: 'sgd' (classification) or 'adam' (the DDPM reference; ``momentum`` is then
-      Adam's b1).
-    shared_clip_norm: global-norm clip of every update, forget and retain (the DDPM
-      reference clips both kinds of step at 1; 0: none).
-  """
-
-  lr: float = 0.01
-  momentum: float = 0.9
-  weight_decay: float = 5e-4
-  schedule: str = 'cosine'
-  iterations: int = 100
-  every: int = 5
-  forget_weight: float = 25.0
-  forget_schedule: str = 'cosine'
-  clip_norm: float = 7.0
-  saliency: bool = True
-  precondition: str = 'none'
-  damping: float = 1.0
-  solver_iters: int = 5
-  neumann_scale: float = 1.0
-  recompute: bool = False
-  role: str = 'forget'
-  optimizer: str = 'sgd'
-  shared_clip_norm: float = 0.0
-
-  def __post_init__(self):
-    if self.optimizer not in ('sgd', 'adam'):
-      raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-    for name in ('schedule', 'forget_schedule'):
-      if getattr(self, name) not in ('constant', 'cosine'):
-        raise ValueError(f"{name} must be 'constant' or 'cosine', got {getattr(self, name)!r}")
-    if self.precondition not in ('none', 'cg', 'neumann'):
-      raise ValueError(f"precondition must be 'none', 'cg' or 'neumann', got "
-                       f'{self.precondition!r}')
-    if self.role not in ('forget', 'retain'):
-      raise ValueError(f"role must be 'forget' or 'retain', got {self.role!r}")
-    if self.iterations < 1 or self.every < 1:
-      raise ValueError(f'iterations and every must be >= 1, got {self.iterations} and '
-                       f'{self.every}')
-    if not self.lr > 0:
-      raise ValueError(f'learning rate must be positive, got {self.lr}')
-
-  def _per_iteration(self, value, schedule):
-    if schedule == 'cosine':
-      return optax.cosine_decay_schedule(value, self.iterations)
-    return optax.constant_schedule(value)
-
-  def forget_preprocessing(self, axis_name: str | None = None
-                           ) -> optax.GradientTransformationExtraArgs:
-    from jaxunlearn import transforms
-    alpha = self._per_iteration(self.forget_weight, self.forget_schedule)
-    parts = [optax.scale_by_schedule(lambda f: alpha(f * self.every))]
-    if self.precondition != 'none':
-      parts += [transforms.precondition_by_remain_hessian(
-          self.damping, self.solver_iters, self.precondition, self.neumann_scale,
-          axis_name=axis_name, recompute=self.recompute),
-                optax.scale(self.damping)]
-    if self.saliency:
-      parts.append(transforms.mask_by_saliency())
-    if self.clip_norm > 0:
-      parts.append(optax.clip_by_global_norm(self.clip_norm))
-    return optax.chain(*parts)
-
-  def shared(self) -> optax.GradientTransformation:
-    from jaxunlearn import transforms
-    lr = transforms.fast_slow_schedule(self._per_iteration(self.lr, self.schedule), self.every)
-    opt = (optax.adam(lr, b1=self.momentum) if self.optimizer == 'adam' else
-           optax.sgd(lr, momentum=self.momentum or None))
-    clip = [optax.clip_by_global_norm(self.shared_clip_norm)] if self.shared_clip_norm else []
-    return optax.chain(*clip, optax.add_decayed_weights(self.weight_decay), opt)
-
-  def __call__(self, axis_name: str | None = None) -> optax.GradientTransformationExtraArgs:
-    from jaxunlearn import transforms
-    pre = self.forget_preprocessing(axis_name)
-    return optax.chain(pre if self.role == 'forget' else transforms.hold(pre), self.shared())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,9 +165,18 @@ def _init_masked(variables, tx_factory, mask, parallel: Parallel = SINGLE, fishe
   return parallel.put(init(variables, mask, fisher))
 
 
-def _start(variables, optim: OptimConfig, total: int, mask, parallel: Parallel, fisher=None):
-  if hasattr(optim, 'total_steps'):  # schedules span the whole loop
-    optim = dataclasses.replace(optim, total_steps=max(total, 1))
+def _spec(optim, fast_slow: bool = False) -> OptimSpec:
+  if not isinstance(optim, OptimSpec):
+    raise TypeError(f'optim must be a jaxunlearn.optim.OptimSpec, got {type(optim).__name__}')
+  if optim.fast_slow != fast_slow:
+    raise ValueError('fit_fast_slow takes a spec with every > 0 (a forget step every `every` '
+                     'iterations); fit and fit_joint take one with every=0'
+                     + (f', got every={optim.every}' if optim.every else ''))
+  return optim
+
+
+def _start(variables, optim: OptimSpec, total: int, mask, parallel: Parallel, fisher=None):
+  optim = _spec(optim).over(total)  # schedules span the whole loop
   return optim, _init_masked(variables, optim, mask, parallel, fisher)
 
 
@@ -556,7 +332,7 @@ def fit(variables, phases: Sequence[Phase], *, epochs: int | None = None,
     epochs: how many epochs; or ``steps``: how many optimizer steps (the phases then run
       over and over, e.g. 200 steps of gradient ascent on a diffusion model).
     batch_size: examples per step (rounded up to a multiple of the devices).
-    optim: the optimizer (:class:`OptimConfig` or another hashable ``tx_factory``); its
+    optim: the optimizer (:class:`jaxunlearn.optim.OptimSpec`, ``every=0``); its
       ``total_steps`` is filled in from the data so a schedule spans the whole run.
     seed: the run's seed (an ensemble: one per model).
     mask: (with ``optim.saliency``) installed into the optimizer state before the first step.
@@ -615,11 +391,11 @@ def fit_joint(variables, forget: Phase, retain: Phase, *, epochs: int | None = N
   Returns ``(variables, history)`` with per-step 'retain' and 'forget' losses and
   'grad_cosine', the cosine between the forget and retain gradients of each step (on its
   two batches; the last two empty for LUR's look-ahead steps, which skip the forget
-  gradient at the params: see ``OptimConfig.uses_forget_grads``). The other arguments are
+  gradient at the params: see ``OptimSpec.forget_grads_at_params``). The other arguments are
   as in :func:`fit`.
   """
-  if optim.forget_weight is None:
-    raise ValueError('fit_joint needs OptimConfig.forget_weight to combine the gradients')
+  if _spec(optim).forget_weight is None:
+    raise ValueError('fit_joint needs OptimSpec.forget_weight to combine the gradients')
   _length(epochs, steps, [forget, retain])
   m = parallel.size
   total = epochs * num_batches(len(retain), batch_size, m) if steps is None else steps
@@ -649,19 +425,21 @@ def fast_slow_updates(iterations: int, every: int) -> int:
   return iterations + -(-iterations // every)
 
 
-def fit_fast_slow(variables, forget: Phase, retain: Phase, *, config: FastSlowConfig,
-                  batch_size: int, seed, desc: str = 'fast-slow', progress: bool = True,
-                  mask=None, callback=None, callback_every: int = 0,
+def fit_fast_slow(variables, forget: Phase, retain: Phase, *, iterations: int,
+                  optim: OptimSpec, batch_size: int, seed, desc: str = 'fast-slow',
+                  progress: bool = True, mask=None, callback=None, callback_every: int = 0,
                   parallel: Parallel = SINGLE, control: LoopControl | None = None):
-  """SFR-on's fast-slow loop: ``config.iterations`` iterations, each a retain descent step,
-  preceded every ``config.every``-th iteration by a forget step (Algorithm 1 of arXiv
+  """SFR-on's fast-slow loop: ``iterations`` iterations, each a retain descent step,
+  preceded every ``optim.every``-th iteration by a forget step (Algorithm 1 of arXiv
   2409.19732). Forget and retain batches are drawn from their sets cycled independently.
 
   Args:
     forget, retain: the two sets and their objectives (the forget loss signed for descent,
       e.g. :class:`jaxunlearn.losses.AdaptiveGradientAscent`).
-    config: the two chains (its ``role`` is ignored).
-    mask: the forget-gradient mask (with ``config.saliency``).
+    iterations: T, one retain step each (the schedules' horizon).
+    optim: a spec with ``every > 0``; its two chains are
+      :func:`jaxunlearn.optim.fast_slow_pair`.
+    mask: the forget-gradient mask (with ``optim.saliency``).
     callback: ``callback(updates, variables)`` after every ``callback_every`` optimizer
       updates (forget and retain steps both count) and at the end.
     control: as in :func:`fit` (its updates, too, count both kinds of step).
@@ -670,21 +448,24 @@ def fit_fast_slow(variables, forget: Phase, retain: Phase, *, config: FastSlowCo
     ``(variables, history)``; history holds per-step 'forget' and 'retain' losses and the
     forget steps' 'forget_update_norm'.
   """
-  forget_cfg = dataclasses.replace(config, role='forget')
-  retain_cfg = dataclasses.replace(config, role='retain')
-  state = _init_masked(variables, forget_cfg, mask, parallel)
-  forget_step = compiled_forget_step(forget.objective, retain.objective, forget_cfg, parallel)
-  retain_step = compiled_train_step(retain.objective, retain_cfg, parallel)
+  if iterations < 0:
+    raise ValueError(f'iterations must be >= 0, got {iterations}')
+  optim = _spec(optim, fast_slow=True).over(iterations)
+  forget_tx, retain_tx = PairHalf(optim, 0), PairHalf(optim, 1)
+  state = _init_masked(variables, forget_tx, mask, parallel)
+  forget_step = compiled_forget_step(forget.objective, retain.objective, forget_tx, parallel)
+  retain_step = compiled_train_step(retain.objective, retain_tx, parallel)
   forget_iter = _cycle(len(forget), batch_size, seed, 1, parallel)
   retain_iter = _cycle(len(retain), batch_size, seed, 0, parallel)
   base_key = _base_key(seed, parallel)
-  total = fast_slow_updates(config.iterations, config.every)
-  with_retain = config.precondition != 'none'
+  every = optim.every
+  total = fast_slow_updates(iterations, every)
+  with_retain = optim.retain_loss_in_forget_step
 
   def plan():
-    for t in range(config.iterations):
+    for t in range(iterations):
       r = next(retain_iter)
-      if t % config.every == 0:
+      if t % every == 0:
         f = next(forget_iter)
         yield (lambda st, f=f, r=r: forget_step(
             st, forget.batch(*f), retain.batch(*r) if with_retain else None, base_key)), \
@@ -712,8 +493,9 @@ class TrainConfig(Hyperparameters):
   weight_decay: float = non_negative(5e-4, 'L2 coefficient added to the gradient')
   schedule: str = one_of(('constant', 'cosine'), 'cosine', 'learning-rate schedule')
 
-  def optim(self) -> OptimConfig:
-    return OptimConfig(self.lr, self.momentum, self.weight_decay, self.schedule)
+  def optim(self) -> OptimSpec:
+    return OptimSpec(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                     schedule=self.schedule)
 
 
 def init_variables(model, image_shape, seed: int):

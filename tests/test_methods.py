@@ -8,8 +8,8 @@ from jaxunlearn.methods import METHODS, UnlearnTask, get_method, resolve_hparams
 from jaxunlearn.models import make_model
 from jaxunlearn.saliency import salun_mask, sfron_mask
 from jaxunlearn.step import compiled_train_step, init_state, predict
-from jaxunlearn.train import (FastSlowConfig, OptimConfig, TrainConfig, cycle_batches,
-                              fit_fast_slow, train_classifier)
+from jaxunlearn.optim import OptimSpec
+from jaxunlearn.train import TrainConfig, cycle_batches, fit_fast_slow, train_classifier
 from jaxunlearn.transforms import set_saliency_mask
 
 FAST = {'epochs': '2'}
@@ -97,7 +97,7 @@ def test_one_salun_step_equals_hand_written_reference_step(task):
   model, variables = task.model, task.variables
   mask = salun_mask(task.statistic(losses.gradient_ascent), variables, task.forget_x,
                     task.forget_y, 0.5)
-  optim = OptimConfig(lr=lr, momentum=0.9, weight_decay=wd, saliency=True)
+  optim = OptimSpec(lr=lr, momentum=0.9, weight_decay=wd, saliency=True)
   state = init_state(variables, optim())
   state = state._replace(opt_state=set_saliency_mask(state.opt_state, mask))
   x, y = task.forget_x[:16], task.forget_y[:16]
@@ -173,12 +173,13 @@ def test_fast_slow_loop_equals_hand_written_sfron_reference(task):
   kw = dict(lr=0.05, wd=5e-4, momentum=0.9, iterations=7, every=3, alpha0=25.0, clip=0.5,
             lam=0.5, batch_size=16)
   expected = _reference_sfron(task, mask, **kw)
-  config = FastSlowConfig(kw['lr'], kw['momentum'], kw['wd'], 'cosine', kw['iterations'],
-                          kw['every'], kw['alpha0'], 'cosine', kw['clip'])
+  optim = OptimSpec(lr=kw['lr'], momentum=kw['momentum'], weight_decay=kw['wd'],
+                    schedule='cosine', every=kw['every'], forget_weight=kw['alpha0'],
+                    forget_schedule='cosine', forget_clip_norm=kw['clip'], saliency=True)
   seen = []
   out, history = fit_fast_slow(
       task.variables, task.forget_phase(losses.AdaptiveGradientAscent(kw['lam'])),
-      task.retain_phase(losses.cross_entropy), config=config,
+      task.retain_phase(losses.cross_entropy), iterations=kw['iterations'], optim=optim,
       batch_size=16, seed=task.seed, progress=False, mask=mask,
       callback=lambda n, v: seen.append(n), callback_every=4)
   assert len(history['forget']) == 3 and len(history['retain']) == 7
@@ -202,7 +203,7 @@ def test_lur_step_follows_the_look_ahead_gradient(task):
   (SGD without momentum or weight decay; BatchNorm statistics of the step's start)."""
   from jaxunlearn.step import compiled_forget_retain_step
   model, variables, lr, eta = task.model, task.variables, 0.05, 0.1
-  optim = OptimConfig(lr=lr, momentum=0.0, weight_decay=0.0, forget_weight=1.0,
+  optim = OptimSpec(lr=lr, momentum=0.0, weight_decay=0.0, forget_weight=1.0,
                       lookahead_lr=eta, lookahead_order='second')
   state = init_state(variables, optim())
   w = np.ones(8, np.float32)
@@ -225,7 +226,7 @@ def test_lur_step_follows_the_look_ahead_gradient(task):
                new_state.params, expected)
   # The step skips the forget gradient at the params (LUR never uses it): no forget loss or
   # cosine in the metrics, and BatchNorm's running statistics see the retain batch only.
-  assert not optim.uses_forget_grads
+  assert not optim.forget_grads_at_params
   assert set(metrics) == {'loss', 'accuracy', 'skipped', 'nonfinite'}
   _, stats = model.apply(variables, xr, train=True, mutable=['batch_stats'])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),

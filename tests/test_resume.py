@@ -26,8 +26,8 @@ from jaxunlearn.checkpoint import CheckpointError, LoopCheckpoint
 from jaxunlearn.data import make_split
 from jaxunlearn.methods import UnlearnTask, get_method, resolve_hparams
 from jaxunlearn.models import make_model
-from jaxunlearn.train import (LoopControl, NonFiniteError, OptimConfig, TrainConfig,
-                              fit, train_classifier)
+from jaxunlearn.optim import OptimSpec
+from jaxunlearn.train import LoopControl, NonFiniteError, TrainConfig, fit, train_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,7 @@ def test_resumed_fit_returns_the_whole_history_and_callback_state(task, tmp_path
   variables = task.variables
   phases = [task.forget_phase(losses.random_label_cross_entropy),
             task.retain_phase(losses.cross_entropy)]
-  kwargs = dict(epochs=3, batch_size=16, optim=OptimConfig(lr=0.01), seed=3, progress=False)
+  kwargs = dict(epochs=3, batch_size=16, optim=OptimSpec(lr=0.01), seed=3, progress=False)
   ref_vars, ref_history = fit(variables, phases, **kwargs)
 
   class Recorder:  # a stateful callback, as the gradient-alignment probe
@@ -240,7 +240,7 @@ def test_non_finite_steps_are_skipped_and_counted(task):
   seen = []
   control = LoopControl(max_nonfinite=None)
   out, history = fit(task.variables, [task.retain_phase(_nan_sometimes)],
-                     epochs=4, batch_size=16, optim=OptimConfig(lr=0.05), seed=0,
+                     epochs=4, batch_size=16, optim=OptimSpec(lr=0.05), seed=0,
                      progress=False, callback=lambda n, v: seen.append(v), callback_every=1,
                      control=control)
   losses_ = history['retain']
@@ -259,7 +259,7 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_loop(task):
   with pytest.raises(NonFiniteError, match=r'3 steps in a row .*non-finite.*lower its '
                                            r'learning rate'):
     fit(task.variables, [task.retain_phase(_always_nan, 'ga')],
-        epochs=5, batch_size=16, optim=OptimConfig(lr=0.05), seed=0, progress=False,
+        epochs=5, batch_size=16, optim=OptimSpec(lr=0.05), seed=0, progress=False,
         control=control)
   assert 3 <= control.skipped <= 4  # checked one step behind, so that steps stay queued
 

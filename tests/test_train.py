@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 
 import jax
@@ -9,9 +10,9 @@ import pytest
 from jaxunlearn import losses
 from jaxunlearn.models import make_model
 from jaxunlearn.objectives import Classifier
+from jaxunlearn.optim import OptimSpec, fast_slow_pair, make_tx
 from jaxunlearn.step import init_state, predict, train_step
-from jaxunlearn.train import (OptimConfig, Phase, TrainConfig, epoch_batches, fit,
-                              train_classifier)
+from jaxunlearn.train import Phase, TrainConfig, epoch_batches, fit, train_classifier
 
 
 def test_epoch_batches_cover_each_example_once():
@@ -31,7 +32,7 @@ def test_epoch_batches_cover_each_example_once():
 
 def test_sgd_matches_pytorch_update_rule():
   # torch.optim.SGD(lr, momentum, weight_decay): b = mu*b + (g + wd*p); p -= lr*b.
-  cfg = OptimConfig(lr=0.1, momentum=0.9, weight_decay=0.01)
+  cfg = OptimSpec(lr=0.1, momentum=0.9, weight_decay=0.01)
   tx = cfg()
   p = jnp.array([1.0, -2.0])
   g1, g2 = jnp.array([0.5, 0.5]), jnp.array([-1.0, 2.0])
@@ -46,11 +47,51 @@ def test_sgd_matches_pytorch_update_rule():
   np.testing.assert_allclose(p2, e1 - 0.1 * b2, rtol=1e-6)
 
 
-def test_cosine_schedule_reaches_zero():
-  lr = OptimConfig(lr=0.5, schedule='cosine', total_steps=10).learning_rate()
+def test_cosine_schedule_reaches_zero_and_warmup_ramps_from_zero():
+  lr = OptimSpec(lr=0.5, schedule='cosine', total_steps=10).learning_rate()
   assert float(lr(0)) == pytest.approx(0.5) and float(lr(10)) == pytest.approx(0.0)
   with pytest.raises(ValueError, match='schedule'):
-    OptimConfig(schedule='linear')
+    OptimSpec(schedule='linear')
+  ramp = OptimSpec(lr=1.0, warmup=2).learning_rate()  # DDPM training's linear warm-up
+  assert [float(ramp(i)) for i in range(4)] == [0.0, 0.5, 1.0, 1.0]
+  assert OptimSpec(lr=1.0).learning_rate() == 1.0  # no warm-up: the first step at lr
+
+
+def test_one_spec_builds_single_chains_and_fast_slow_pairs():
+  """Fast-slow pairs and single chains come from one spec; each builder refuses the other
+  kind, fields of one kind are refused on the other, and what a step needs follows from
+  the spec."""
+  params = {'w': jnp.ones(3)}
+  pair = OptimSpec(lr=0.1, momentum=0.0, weight_decay=0.0, every=2, forget_weight=2.0,
+                   total_steps=4)
+  forget_tx, retain_tx = fast_slow_pair(pair)
+  state = forget_tx.init(params)
+  g = {'w': jnp.array([1.0, 0.0, 0.0])}
+  u, state = forget_tx.update(g, state, params)  # forget weight 2, lr 0.1
+  np.testing.assert_allclose(u['w'], [-0.2, 0.0, 0.0], rtol=1e-6)
+  u, state = retain_tx.update(g, state, params)  # the retain step: unweighted
+  np.testing.assert_allclose(u['w'], [-0.1, 0.0, 0.0], rtol=1e-6)
+  with pytest.raises(ValueError, match='fast_slow_pair'):
+    make_tx(pair)
+  with pytest.raises(ValueError, match='every > 0'):
+    fast_slow_pair(OptimSpec())
+  with pytest.raises(ValueError, match='forget_weight'):
+    OptimSpec(every=1)
+  with pytest.raises(ValueError, match='precondition belong to a fast-slow pair'):
+    OptimSpec(precondition='cg')
+  with pytest.raises(ValueError, match='l1 are not part of a fast-slow pair'):
+    OptimSpec(every=1, forget_weight=1.0, l1=1e-4)
+  assert OptimSpec(forget_weight=1.0).joint and not pair.joint
+  assert not OptimSpec(forget_weight=1.0, lookahead_lr=0.1).forget_grads_at_params
+  assert OptimSpec(forget_weight=1.0, lookahead_lr=0.1,
+                   lookahead_virtual='forget').forget_grads_at_params
+  assert dataclasses.replace(pair, precondition='cg').retain_loss_in_forget_step
+  assert not pair.retain_loss_in_forget_step
+  toy = Phase(np.zeros((4, 2, 2, 1), np.float32), np.zeros(4, np.int32), None)
+  with pytest.raises(ValueError, match='fit_fast_slow takes a spec with every > 0'):
+    fit({}, [toy], steps=1, batch_size=2, optim=pair, seed=0, progress=False)
+  with pytest.raises(TypeError, match='OptimSpec'):
+    fit({}, [toy], steps=1, batch_size=2, optim=optax.sgd(0.1), seed=0, progress=False)
 
 
 def test_train_step_padding_weights_do_not_change_gradient(toy):
@@ -91,7 +132,7 @@ def test_fit_runs_phases_in_order_and_reports_history(toy):
             Phase(toy.x_train[10:], toy.y_train[10:], Classifier(model, losses.cross_entropy),
                   'retain')]
   out, history = fit(variables, phases, epochs=2, batch_size=16,
-                     optim=OptimConfig(lr=0.01), seed=0, progress=False)
+                     optim=OptimSpec(lr=0.01), seed=0, progress=False)
   assert history['forget'].shape == (2,) and history['retain'].shape == (8,)
   assert np.all(history['forget'] <= 0)  # -CE
   assert jax.tree.structure(out) == jax.tree.structure(variables)
@@ -110,11 +151,11 @@ def test_predict_handles_any_length(toy):
 def test_fit_callback_counts_steps_without_a_progress_bar(toy):
   from jaxunlearn.losses import cross_entropy
   from jaxunlearn.models import make_model
-  from jaxunlearn.train import OptimConfig, Phase, fit, init_variables
+  from jaxunlearn.train import Phase, fit, init_variables
   model = make_model('resnet1', toy.num_classes, 4)
   variables = init_variables(model, toy.x_train.shape[1:], 0)
   seen = []
   fit(variables, [Phase(toy.x_train, toy.y_train, Classifier(model, cross_entropy))], epochs=2,
-      batch_size=16, optim=OptimConfig(lr=0.01), seed=0, progress=False,
+      batch_size=16, optim=OptimSpec(lr=0.01), seed=0, progress=False,
       callback=lambda n, v: seen.append(n), callback_every=3)
   assert seen == [3, 6, 8]  # 60 examples / 16 = 4 steps per epoch, 8 in all

@@ -5,7 +5,7 @@ import optax
 import pytest
 
 import transform_harness as H
-from jaxunlearn.train import FastSlowConfig
+from jaxunlearn.optim import OptimSpec, PairHalf
 from jaxunlearn.transforms import (add_elastic_penalty, add_l1_penalty, align_forget_retain, combine_forget_retain,
                                    fast_slow_schedule,
                                    hold, mask_by_saliency, precondition_by_remain_hessian,
@@ -66,14 +66,19 @@ CASES = [
            make_parallel=lambda: _preconditioned('batch', recompute=True)),
     H.Case('hold', lambda: optax.chain(hold(optax.sgd(0.1, momentum=0.9)), optax.sgd(0.05))),
     H.Case('fast_slow_forget_chain',
-           FastSlowConfig(lr=0.05, iterations=10, every=2, forget_weight=3.0, clip_norm=1.0),
+           PairHalf(OptimSpec(lr=0.05, total_steps=10, every=2, forget_weight=3.0,
+                              forget_schedule='cosine', forget_clip_norm=1.0,
+                              saliency=True), 0),
            prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
     H.Case('fast_slow_forget_chain_adam_shared_clip',
-           FastSlowConfig(lr=0.05, iterations=10, every=1, forget_weight=3.0, clip_norm=1.0,
-                          optimizer='adam', shared_clip_norm=1.0, weight_decay=0.0),
+           PairHalf(OptimSpec('adam', lr=0.05, weight_decay=0.0, total_steps=10, every=1,
+                              forget_weight=3.0, forget_schedule='cosine',
+                              forget_clip_norm=1.0, clip_norm=1.0, saliency=True), 0),
            prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
     H.Case('fast_slow_retain_chain',
-           FastSlowConfig(lr=0.05, iterations=10, every=2, role='retain'),
+           PairHalf(OptimSpec(lr=0.05, total_steps=10, every=2, forget_weight=25.0,
+                              forget_schedule='cosine', forget_clip_norm=7.0,
+                              saliency=True), 1),
            prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
     H.Case('align_forget_retain_first', _aligned, extras=_align_extras,
            make_parallel=lambda: _aligned('batch')),

@@ -20,8 +20,9 @@ from jaxunlearn.diffusion.unlearn import GenerationTask, elbo_fisher, generate
 from jaxunlearn.hparams import (Hyperparameters, at_least_one, fraction, hparam, non_negative,
                                 one_of, positive, probability)
 from jaxunlearn.methods import register
+from jaxunlearn.optim import OptimSpec
 from jaxunlearn.saliency import salun_mask, sfron_mask
-from jaxunlearn.train import FastSlowConfig, OptimConfig, fit, fit_fast_slow, fit_joint
+from jaxunlearn.train import fit, fit_fast_slow, fit_joint
 
 GENERATION_METHODS: dict = {}
 
@@ -45,10 +46,10 @@ def _retain_loss(task: GenerationTask, hp: Adam, **options) -> Denoising:
   return Denoising(cond_drop_prob=hp.cond_drop_prob, null_class=task.null_class, **options)
 
 
-def _adam(hp: Adam, **options) -> OptimConfig:
+def _adam(hp: Adam, **options) -> OptimSpec:
   """The references' Adam (PyTorch defaults), no weight decay, clipped to ``clip_norm``."""
-  return OptimConfig(hp.lr, weight_decay=0.0, clip_norm=hp.clip_norm, optimizer='adam',
-                     **options)
+  return OptimSpec('adam', hp.lr, momentum=0.9, weight_decay=0.0, clip_norm=hp.clip_norm,
+                   **options)
 
 
 def _loop(task: GenerationTask, hp, desc: str) -> dict:
@@ -118,14 +119,14 @@ def _sfron(task: GenerationTask, hp: SFRon, desc: str, **precondition):
     mask = sfron_mask(task.statistic(Denoising()), task.variables, task.forget_x,
                       task.forget_y, task.retain_x, task.retain_y, hp.gamma,
                       **_statistic_args(task, hp))
-  config = FastSlowConfig(hp.lr, 0.9, 0.0, 'constant', hp.iterations, hp.every,
-                          hp.alpha, 'cosine', hp.clip_norm, saliency=hp.mask,
-                          optimizer='adam', shared_clip_norm=hp.clip_norm, **precondition)
+  optim = _adam(hp, every=hp.every, forget_weight=hp.alpha, forget_schedule='cosine',
+                forget_clip_norm=hp.clip_norm, saliency=hp.mask, **precondition)
   forget = AdaptiveDenoisingAscent(hp.lam, cond_drop_prob=hp.cond_drop_prob,
                                    null_class=task.null_class)
   variables, _ = fit_fast_slow(
       task.variables, task.forget_phase(forget),
-      task.retain_phase(_retain_loss(task, hp, scale=hp.remain_alpha)), config=config,
+      task.retain_phase(_retain_loss(task, hp, scale=hp.remain_alpha)),
+      iterations=hp.iterations, optim=optim,
       mask=mask, **_loop(task, hp, desc))
   return variables
 

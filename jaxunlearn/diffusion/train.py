@@ -14,9 +14,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxunlearn.diffusion.schedules import NoiseSchedule, cosine_schedule, linear_schedule
+from jaxunlearn.optim import OptimSpec
 from jaxunlearn.parallel import SINGLE, Parallel
 from jaxunlearn.train import LoopControl, Phase, fit
 
@@ -58,11 +58,11 @@ class DiffusionConfig:
     fn = linear_schedule if self.schedule == 'linear' else cosine_schedule
     return fn(self.num_timesteps)
 
-  def __call__(self, axis_name: str | None = None) -> optax.GradientTransformation:
-    """The optimizer: clip, then Adam with a linear warm-up."""
-    lr = optax.linear_schedule(0.0, self.lr, max(self.warmup, 1))
-    parts = [optax.clip_by_global_norm(self.clip_norm)] if self.clip_norm > 0 else []
-    return optax.chain(*parts, optax.adam(lr))
+  def optim(self) -> OptimSpec:
+    """The optimizer: clip, then Adam (PyTorch's defaults, no weight decay) after a linear
+    warm-up from 0 (none with ``warmup=0``)."""
+    return OptimSpec('adam', self.lr, momentum=0.9, weight_decay=0.0, warmup=self.warmup,
+                     clip_norm=self.clip_norm)
 
 
 def init_unet(model, image_shape, seed: int = 0):
@@ -92,6 +92,6 @@ def train_diffusion(model, x, y, config: DiffusionConfig, seed: int = 0, variabl
                        conditional=y is not None)
   labels = np.zeros(len(x), np.int32) if y is None else y
   return fit(variables, [Phase(x, labels, objective, 'loss')], steps=config.steps,
-             batch_size=config.batch_size, optim=config, seed=seed, desc=desc,
+             batch_size=config.batch_size, optim=config.optim(), seed=seed, desc=desc,
              progress=progress, control=control, callback=callback,
              callback_every=callback_every, parallel=parallel)

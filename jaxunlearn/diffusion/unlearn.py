@@ -3,7 +3,7 @@
 The diffusion task plugs into the shared core: its objective is
 :class:`jaxunlearn.diffusion.objectives.Denoiser`, and its methods
 (:mod:`jaxunlearn.diffusion.methods`) run on the same loops (:func:`jaxunlearn.train.fit`,
-``fit_joint``, ``fit_fast_slow``), steps and optimizer (:class:`jaxunlearn.train.OptimConfig`)
+``fit_joint``, ``fit_fast_slow``), steps and optimizer (:class:`jaxunlearn.optim.OptimSpec`)
 as classification, on every device (``GenerationTask.parallel``), with the same saliency
 and Fisher statistics (:mod:`jaxunlearn.saliency`). What is diffusion's own: the task and
 its checks, Selective Amnesia's ELBO Fisher, and sampling.

@@ -1,0 +1,277 @@
+"""The optimizer of every loop, as one frozen spec: :class:`OptimSpec`, and its builders.
+
+One spec describes the optax chain of any loop of the library (the original model,
+Retrain, DDPM training, every unlearning method of both tasks); two functions build it:
+
+* :func:`make_tx` ``(spec, axis_name)``: the chain of a loop of single steps (a train step
+  on one objective, or a joint forget+retain step)::
+
+      chain(combine_forget_retain(forget_weight, retain_weight)  # joint steps (forget_weight)
+                                   # align_forget_retain(...) instead if lookahead_lr > 0 (LUR)
+            add_elastic_penalty(elastic)                          # if elastic > 0 (SA)
+            clip_by_global_norm(clip_norm)                        # if clip_norm > 0
+            add_l1_penalty(l1 -> 0 over l1_decay_steps)           # if l1 > 0 (l1-sparse)
+            [mask_by_saliency(freeze=True, inner=]                # if saliency (SalUn)
+                chain(add_decayed_weights(weight_decay),
+                      sgd(lr_t, momentum) | adam(lr_t, b1=momentum)))[)])
+
+* :func:`fast_slow_pair` ``(spec, axis_name)``: SFR-on's two chains over one optimizer
+  state (``every > 0``; see :mod:`jaxunlearn.transforms.fast_slow`)::
+
+      forget: chain(scale_by_schedule(forget_weight_t),           # per iteration t
+                    [precondition_by_remain_hessian(...), scale(damping)]  # precondition
+                    mask_by_saliency(),                           # if saliency
+                    clip_by_global_norm(forget_clip_norm),        # if forget_clip_norm > 0
+                    shared)
+      retain: chain(hold(<the forget preprocessing>), shared)
+      shared: chain(clip_by_global_norm(clip_norm),               # if clip_norm > 0
+                    add_decayed_weights(weight_decay),
+                    sgd(lr_t, momentum) | adam(lr_t, b1=momentum))   # lr_t per iteration t
+
+So one name means one thing in both: ``clip_norm`` clips what the base optimizer receives,
+``saliency`` installs the saliency mask (it freezes the masked weights in a single chain,
+as SalUn; it masks the forget step's update in a pair, as SFR-on), ``forget_weight`` is
+the forget gradient's weight. What a step must compute follows from the spec:
+:attr:`OptimSpec.forget_grads_at_params` (LUR's virtual-retain look-ahead does not use the
+forget gradient at the params) and :attr:`OptimSpec.retain_loss_in_forget_step` (the
+preconditioner needs the remain loss).
+
+A spec is hashable: it keys the caches of compiled steps (:mod:`jaxunlearn.step`), and
+calling it, ``spec(axis_name)``, is :func:`make_tx`. Loops fill in ``total_steps``, the
+horizon of the schedules (steps; a fast-slow pair's: iterations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optax
+
+_CHOICES = {'optimizer': ('sgd', 'adam'), 'schedule': ('constant', 'cosine'),
+            'forget_schedule': ('constant', 'cosine'), 'precondition': ('none', 'cg', 'neumann'),
+            'lookahead_order': ('first', 'second'),
+            'lookahead_virtual': ('retain', 'forget')}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+  """The optimizer of a loop (see the module docstring for the chains it builds).
+
+  Base optimizer:
+    optimizer: 'sgd' (momentum, coupled L2 weight decay, as PyTorch's ``SGD``) or 'adam'
+      (PyTorch's defaults, ``momentum`` its b1).
+    lr: peak learning rate.
+    momentum: heavy-ball momentum (0: plain SGD), or Adam's b1.
+    weight_decay: L2 coefficient added to the gradient before the optimizer.
+    schedule: 'constant' or 'cosine' (decay to 0 over ``total_steps``).
+    warmup: steps of linear warm-up from 0 before the schedule (DDPM training); 0: none.
+    total_steps: the horizon of the schedules; loops set it (steps; a pair: iterations).
+    clip_norm: global-norm clip of the gradient the optimizer receives (0: none).
+    saliency: install the saliency mask (``set_saliency_mask`` after init).
+
+  The forget gradient (joint steps and fast-slow pairs):
+    forget_weight: its weight; None: a single-objective chain.
+    retain_weight: the retain gradient's weight in joint steps.
+    forget_schedule: 'constant' or 'cosine' (decayed over the iterations; pairs only).
+    forget_clip_norm: global-norm clip of the forget update (pairs only; 0: none).
+    lookahead_lr, lookahead_order, lookahead_virtual: LUR's look-ahead (joint steps,
+      ``lookahead_lr > 0``): ``align_forget_retain`` replaces ``combine_forget_retain``.
+    precondition: 'none', 'cg' or 'neumann': the forget step of a pair filtered by
+      ``damping (H_r + damping I)^-1`` (``sfron_hvp``); with ``damping``, ``solver_iters``,
+      ``neumann_scale`` and ``recompute`` of ``precondition_by_remain_hessian``.
+
+  Penalties (single chains):
+    l1: l1-sparse's penalty strength, decayed linearly to 0 over ``l1_decay_steps``.
+    elastic: Selective Amnesia's EWC strength (its Fisher installed by ``set_elastic_fisher``).
+
+  Fast-slow:
+    every: K > 0 makes the spec a pair (:func:`fast_slow_pair`): a forget step every K-th
+      iteration, a retain step every iteration; 0: a single chain (:func:`make_tx`).
+  """
+
+  optimizer: str = 'sgd'
+  lr: float = 0.1
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+  schedule: str = 'constant'
+  warmup: int = 0
+  total_steps: int = 1
+  clip_norm: float = 0.0
+  saliency: bool = False
+  forget_weight: float | None = None
+  retain_weight: float = 1.0
+  forget_schedule: str = 'constant'
+  forget_clip_norm: float = 0.0
+  lookahead_lr: float = 0.0
+  lookahead_order: str = 'first'
+  lookahead_virtual: str = 'retain'
+  precondition: str = 'none'
+  damping: float = 1.0
+  solver_iters: int = 5
+  neumann_scale: float = 1.0
+  recompute: bool = False
+  l1: float = 0.0
+  l1_decay_steps: int = 1
+  elastic: float = 0.0
+  every: int = 0
+
+  def __post_init__(self):
+    for name, allowed in _CHOICES.items():
+      if getattr(self, name) not in allowed:
+        raise ValueError(f'OptimSpec.{name} must be one of {allowed}, got '
+                         f'{getattr(self, name)!r}')
+    if not self.lr > 0:
+      raise ValueError(f'OptimSpec.lr (the learning rate) must be > 0, got {self.lr}')
+    for name in ('weight_decay', 'clip_norm', 'forget_clip_norm', 'lookahead_lr', 'l1',
+                 'elastic', 'warmup', 'every'):
+      if getattr(self, name) < 0:
+        raise ValueError(f'OptimSpec.{name} must be >= 0, got {getattr(self, name)}')
+    if self.every:
+      if self.forget_weight is None:
+        raise ValueError('a fast-slow spec (every > 0) needs forget_weight, the weight of '
+                         'its forget steps')
+      used = [n for n in ('lookahead_lr', 'l1', 'elastic', 'warmup') if getattr(self, n)]
+      if used:
+        raise ValueError(f'{", ".join(used)} are not part of a fast-slow pair (every > 0): '
+                         'set them to 0 or use a single chain (every=0)')
+    else:
+      used = [n for n, off in (('forget_schedule', 'constant'), ('forget_clip_norm', 0.0),
+                               ('precondition', 'none')) if getattr(self, n) != off]
+      if used:
+        raise ValueError(f'{", ".join(used)} belong to a fast-slow pair: set every > 0 '
+                         '(a forget step every `every` iterations) or leave them unset')
+    if self.lookahead_lr > 0 and self.forget_weight is None:
+      raise ValueError('the look-ahead (lookahead_lr > 0) combines forget and retain '
+                       'gradients: it needs forget_weight')
+
+  @property
+  def fast_slow(self) -> bool:
+    """Whether the spec is a fast-slow pair (:func:`fast_slow_pair`)."""
+    return self.every > 0
+
+  @property
+  def joint(self) -> bool:
+    """Whether its single chain combines a forget and a retain gradient (joint steps)."""
+    return self.forget_weight is not None and not self.fast_slow
+
+  @property
+  def forget_grads_at_params(self) -> bool:
+    """Whether joint steps must compute the forget gradient at the current params: LUR's
+    look-ahead with a virtual retain step evaluates the forget loss only at the shifted
+    params (through ``forget_grad_fn``)."""
+    return not (self.lookahead_lr > 0 and self.lookahead_virtual == 'retain')
+
+  @property
+  def retain_loss_in_forget_step(self) -> bool:
+    """Whether a pair's forget step needs the remain loss (the preconditioner's HVPs)."""
+    return self.fast_slow and self.precondition != 'none'
+
+  def over(self, total_steps: int) -> OptimSpec:
+    """The spec with its schedules spanning ``total_steps`` (what loops call)."""
+    return dataclasses.replace(self, total_steps=max(int(total_steps), 1))
+
+  def learning_rate(self):
+    """The learning rate per step of a single chain: a float, or an optax schedule."""
+    if self.schedule == 'cosine':
+      main = optax.cosine_decay_schedule(self.lr, max(self.total_steps - self.warmup, 1))
+    else:
+      main = self.lr
+    if not self.warmup:
+      return main
+    ramp = optax.linear_schedule(0.0, self.lr, self.warmup)
+    rest = main if callable(main) else optax.constant_schedule(main)
+    return optax.join_schedules([ramp, rest], [self.warmup])
+
+  def __call__(self, axis_name: str | None = None) -> optax.GradientTransformationExtraArgs:
+    """:func:`make_tx` (a spec is the hashable factory compiled steps are keyed by)."""
+    return make_tx(self, axis_name)
+
+
+def _optimizer(spec: OptimSpec, lr) -> optax.GradientTransformation:
+  opt = (optax.adam(lr, b1=spec.momentum) if spec.optimizer == 'adam' else
+         optax.sgd(lr, momentum=spec.momentum or None))
+  return optax.chain(optax.add_decayed_weights(spec.weight_decay), opt)
+
+
+def make_tx(spec: OptimSpec, axis_name: str | None = None
+            ) -> optax.GradientTransformationExtraArgs:
+  """The chain of a loop of single steps (module docstring). ``axis_name`` (under ``pmap``)
+  goes to the transforms that average what they compute from device-local loss closures
+  (LUR's look-ahead)."""
+  from jaxunlearn import transforms  # transforms import the library's neighbours, not optim
+  if spec.fast_slow:
+    raise ValueError('a fast-slow spec (every > 0) builds two chains: use '
+                     'fast_slow_pair(spec) (fit_fast_slow does)')
+  head = []
+  if spec.forget_weight is not None:
+    if spec.lookahead_lr > 0:
+      head.append(transforms.align_forget_retain(
+          spec.lookahead_lr, spec.lookahead_order, spec.lookahead_virtual,
+          spec.forget_weight, spec.retain_weight, axis_name=axis_name))
+    else:
+      head.append(transforms.combine_forget_retain(spec.forget_weight, spec.retain_weight))
+  if spec.elastic > 0:
+    head.append(transforms.add_elastic_penalty(spec.elastic))
+  if spec.clip_norm > 0:
+    head.append(optax.clip_by_global_norm(spec.clip_norm))
+  if spec.l1 > 0:
+    head.append(transforms.add_l1_penalty(
+        optax.linear_schedule(spec.l1, 0.0, max(spec.l1_decay_steps, 1))))
+  opt = _optimizer(spec, spec.learning_rate())
+  if spec.saliency:
+    opt = transforms.mask_by_saliency(freeze=True, inner=opt)
+  return optax.chain(*head, opt)
+
+
+def fast_slow_pair(spec: OptimSpec, axis_name: str | None = None
+                   ) -> tuple[optax.GradientTransformationExtraArgs,
+                              optax.GradientTransformationExtraArgs]:
+  """SFR-on's ``(forget_tx, retain_tx)`` of a spec with ``every > 0``: one optimizer state
+  (either ``init`` gives it), the forget chain's preprocessing held still by the retain
+  steps, the learning rate and forget weight per *iteration* (module docstring).
+
+  This is the reference's order (loss scaled by alpha, backward, ``grad *= mask``,
+  ``clip_grad_norm``, ``SGD.step`` with coupled weight decay). The preconditioner, scaled
+  by ``damping``, is the filter ``damping (H_r + damping I)^-1``: directions of remain
+  curvature well below ``damping`` pass unchanged, high-curvature ones are damped, which is
+  what ``every`` retain steps do to a forget step implicitly, ``(I - lr H_r)^every``. It
+  stands before the mask because the solve mixes coordinates.
+  """
+  from jaxunlearn import transforms
+  if not spec.fast_slow:
+    raise ValueError('fast_slow_pair needs a spec with every > 0 (a forget step every '
+                     '`every` iterations); a single chain is make_tx(spec)')
+  iterations = max(spec.total_steps, 1)
+
+  def per_iteration(value, schedule):
+    if schedule == 'cosine':
+      return optax.cosine_decay_schedule(value, iterations)
+    return optax.constant_schedule(value)
+
+  alpha = per_iteration(spec.forget_weight, spec.forget_schedule)
+  parts = [optax.scale_by_schedule(lambda f: alpha(f * spec.every))]
+  if spec.precondition != 'none':
+    parts += [transforms.precondition_by_remain_hessian(
+        spec.damping, spec.solver_iters, spec.precondition, spec.neumann_scale,
+        axis_name=axis_name, recompute=spec.recompute), optax.scale(spec.damping)]
+  if spec.saliency:
+    parts.append(transforms.mask_by_saliency())
+  if spec.forget_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(spec.forget_clip_norm))
+  pre = optax.chain(*parts)
+  lr = transforms.fast_slow_schedule(per_iteration(spec.lr, spec.schedule), spec.every)
+  clip = [optax.clip_by_global_norm(spec.clip_norm)] if spec.clip_norm > 0 else []
+  shared = optax.chain(*clip, _optimizer(spec, lr))
+  return optax.chain(pre, shared), optax.chain(transforms.hold(pre), shared)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairHalf:
+  """One chain of a pair as a hashable factory (``which``: 0 forget, 1 retain), the key
+  under which :mod:`jaxunlearn.step` caches the pair's compiled steps."""
+
+  spec: OptimSpec
+  which: int
+
+  def __call__(self, axis_name: str | None = None):
+    return fast_slow_pair(self.spec, axis_name)[self.which]
