@@ -9,21 +9,19 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from jaxunlearn import __version__, checkpoint, methods as methods_lib
+from jaxunlearn import checkpoint, methods as methods_lib
 from jaxunlearn.data import load_dataset, make_split, parse_scenario
 from jaxunlearn.evaluate import (GradientAlignment, avg_gap, evaluate, model_outputs,
                                  summarize)
+from jaxunlearn.job import Job, RunProgress, SeedRun, run_job
 from jaxunlearn.models import make_model
 from jaxunlearn.parallel import Parallel
-from jaxunlearn.train import (LoopControl, NonFiniteError, TrainConfig, init_variables,
-                              train_classifier)
+from jaxunlearn.train import LoopControl, TrainConfig, init_variables, train_classifier
 
 REPORTED = ('UA', 'RA', 'TA', 'MIA', 'MIA_entropy', 'KL', 'JS', 'avg_gap', 'rte_s',
             'grad_cosine', 'skipped_steps')
@@ -269,81 +267,106 @@ def score(setup: _Setup, seed_data: _Seed, variables) -> dict:
   return _score(setup, seed_data, variables)
 
 
-class RunProgress:
-  """What a run has finished, kept in ``out_dir/progress.json`` (written atomically after
-  each method run) beside the loops' checkpoints in ``out_dir/checkpoints/``, so that the
-  same command started again after a kill resumes. Both go once results.json is written.
-  Without an output directory nothing is kept."""
+class _AlignmentMonitor(GradientAlignment):
+  """The cosine between forget and retain gradients along a run, every ``every`` updates
+  (update 0: the original, measured and compiled before the clock starts)."""
 
-  def __init__(self, out_dir, config: ExperimentConfig, restart: bool = False):
-    self.dir = None if out_dir is None else Path(out_dir)
-    self.every = config.checkpoint_every
-    identity = {k: v for k, v in dataclasses.asdict(config).items()
-                if k not in ('progress', 'cache_dir', 'checkpoint_every')}
-    identity = json.loads(json.dumps({**identity, 'version': __version__}, default=str))
-    self.data = {'config': identity, 'tuning': {}, 'seeds': {}}
-    self.resumed = False
-    if self.dir is None:
-      return
-    if restart:
-      self.discard()
-    path = self.dir / 'progress.json'
-    if path.is_file():
-      try:
-        old = json.loads(path.read_text())
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{path} is damaged ({e}): pass --restart to discard the unfinished '
-                         'run and start again') from None
-      if old.get('config') != identity:
-        theirs = old.get('config', {})
-        differ = sorted(k for k in {*theirs, *identity} if theirs.get(k) != identity.get(k))
-        raise ValueError(f'{self.dir} holds an unfinished run of another configuration (it '
-                         f'differs in {", ".join(differ)}): run that command again to resume '
-                         'it, pass --restart to discard it, or choose another --out')
-      self.data, self.resumed = old, True
+  def __init__(self, model, task, every: int):
+    super().__init__(model, task.forget_x, task.forget_y, task.retain_x, task.retain_y,
+                     seed=task.seed)
+    self.every = every
+    self(0, task.variables)
+    self.seconds = 0.0
 
-  def seed(self, seed: int) -> dict:
-    return self.data['seeds'].setdefault(str(seed), {'methods': {}, 'alignment': {}})
-
-  def checkpoint(self, seed: int, name: str) -> checkpoint.LoopCheckpoint | None:
-    if self.dir is None or not self.every:
-      return None
-    return checkpoint.LoopCheckpoint(self.dir / 'checkpoints' / f'seed{seed}-{name}',
-                                     self.every)
-
-  def save(self) -> None:
-    if self.dir is not None:
-      checkpoint.write_json_atomic(self.dir / 'progress.json', self.data)
-
-  def discard(self) -> None:
-    if self.dir is not None:
-      (self.dir / 'progress.json').unlink(missing_ok=True)
-      shutil.rmtree(self.dir / 'checkpoints', ignore_errors=True)
+  def report(self) -> dict:
+    if len(self.steps) <= 1:  # the method reported no updates (IU's one Newton step)
+      return {}
+    return {'grad_cosine': float(np.mean(self.cosines[1:])),
+            'alignment': {'steps': list(self.steps), 'cosine': list(self.cosines)}}
 
 
-def _unlearn(s: _Setup, sd: _Seed, name: str, hp, ckpt) -> tuple[dict, dict | None]:
-  """One method on one seed: ``(row of metrics, alignment curve or None)``; a run stopped
-  by non-finite steps gives ``{'error', 'skipped_steps'}``."""
-  config = s.config
-  control = LoopControl(ckpt, config.max_nonfinite)
-  task, probe = dataclasses.replace(sd.task, control=control), None
-  if config.alignment_every:
-    probe = GradientAlignment(s.model, task.forget_x, task.forget_y, task.retain_x,
-                              task.retain_y, seed=task.seed)
-    probe(0, task.variables)  # the original's alignment (and the compile), untimed
-    probe.seconds = 0.0
-    task = dataclasses.replace(task, callback=probe, callback_every=config.alignment_every)
-  control.start_clock()
-  try:
-    variables = methods_lib.get_method(name).run(task, hp)
-  except NonFiniteError as e:
-    return {'error': str(e), 'skipped_steps': control.skipped}, None
-  seconds = control.elapsed() - control.overhead_seconds - (probe.seconds if probe else 0.0)
-  row = dict(_score(s, sd, variables), rte_s=seconds, skipped_steps=control.skipped)
-  if probe is not None and len(probe.steps) > 1:  # the method reported its updates
-    row['grad_cosine'] = float(np.mean(probe.cosines[1:]))
-    return row, {'steps': probe.steps, 'cosine': probe.cosines}
-  return row, None
+class _SeedRun(SeedRun):
+  """One seed of a classification run: the original, Retrain (the reference, given) and
+  the metrics against it."""
+
+  def __init__(self, s: _Setup, sd: _Seed):
+    self.s, self.sd, self.task = s, sd, sd.task
+
+  def original(self) -> dict:
+    return _score(self.s, self.sd, self.task.variables)
+
+  def given(self, name: str) -> dict | None:
+    if name == 'retrain':
+      return dict(self.sd.ref_metrics, avg_gap=0.0, rte_s=self.sd.retrain_seconds)
+    return None
+
+  def monitor(self, name: str, hp, original: dict):
+    every = self.s.config.alignment_every
+    return _AlignmentMonitor(self.s.model, self.task, every) if every else None
+
+  def score(self, name: str, variables) -> dict:
+    return _score(self.s, self.sd, variables)
+
+
+class _Classification(Job):
+  """The classification job's plug-in into :func:`jaxunlearn.job.run_job`."""
+
+  registry = methods_lib.METHODS
+
+  def __init__(self, config: ExperimentConfig):
+    config.validate()
+    self.config, self.s = config, _setup(config)
+    seeds = list(config.seeds) + (list(config.tune_seeds) if config.tune else [])
+    self.splits = {seed: _checked_split(self.s, seed) for seed in seeds}  # checks up front
+    self.tuning = None
+
+  def hparams(self, progress: RunProgress) -> dict:
+    config, overrides = self.config, {**self.config.overrides}
+    if config.tune:
+      self.tuning = tune_learning_rates(self.s, progress, self.splits)
+      for name, t in self.tuning.items():
+        overrides[name] = {**overrides.get(name, {}), 'lr': t['lr']}
+    return {name: methods_lib.resolve_hparams(name, overrides.get(name))
+            for name in config.methods}
+
+  def seed(self, seed: int) -> _SeedRun:
+    return _SeedRun(self.s, _prepare_seed(self.s, seed, self.splits[seed]))
+
+  def results(self, per_seed: dict, originals: list, hparams: dict) -> dict:
+    config = self.config
+    curves = {name: [row['alignment'] for row in rows if 'alignment' in row]
+              for name, rows in per_seed.items()}
+    per_seed = {name: [{k: v for k, v in row.items() if k != 'alignment'} for row in rows]
+                for name, rows in per_seed.items()}
+    results = {
+        'dataset': config.dataset,
+        'scenario': config.scenario,
+        'seeds': list(config.seeds),
+        'model': {'name': config.model, 'width': config.width,
+                  'image_shape': list(self.s.dataset.image_shape)},
+        'methods': {name: _summarize_rows(rows) for name, rows in per_seed.items()},
+        'original': _summarize_rows(originals),
+        'per_seed': per_seed,
+        'hparams': {**{n: hp.to_dict() for n, hp in hparams.items()},
+                    'train': self.s.train_cfg.to_dict()},
+        'metrics_doc': 'percent for UA/RA/TA/MIA/MIA_entropy/avg_gap; nats for KL/JS (to '
+                       'Retrain on D_f); seconds for rte_s; grad_cosine: mean over the run '
+                       'of cos(forget grad, retain grad) on probe batches (see alignment: '
+                       'per seed, the optimizer updates and the cosine there, update 0 = '
+                       'the original); skipped_steps: steps not applied because something '
+                       'in them was not finite; std is over seeds (ddof=1), over the seeds '
+                       'that did not fail (see failures)',
+    }
+    alignment = {name: {'steps': [c['steps'] for c in cs], 'cosine': [c['cosine'] for c in cs]}
+                 for name, cs in curves.items() if cs}
+    if alignment:
+      results['alignment'] = alignment
+    if self.tuning is not None:
+      results['tuning'] = self.tuning
+    return results
+
+  def write(self, results: dict, out_dir: Path) -> None:
+    write_results(results, out_dir)
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None,
@@ -354,96 +377,18 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None,
   With ``config.tune``, first grid-searches each method's learning rate against Retrain
   (see :func:`tune_learning_rates`) and runs with the chosen rates.
 
-  With ``out_dir`` the run is resumable (``config.checkpoint_every``): killed at any point
-  and started again with the same configuration, it skips what it had finished, resumes
-  the interrupted loop from its last checkpoint, and ends with the same numbers as a run
-  never interrupted (bit-identical on CPU; ``rte_s`` is the time an uninterrupted run
-  takes). ``restart=True`` discards an unfinished run in ``out_dir`` instead.
+  The seed x method loop is the shared :func:`jaxunlearn.job.run_job`: with ``out_dir`` the
+  run is resumable (``config.checkpoint_every``): killed at any point and started again
+  with the same configuration, it skips what it had finished, resumes the interrupted loop
+  from its last checkpoint, and ends with the same numbers as a run never interrupted
+  (bit-identical on CPU; ``rte_s`` is the time an uninterrupted run takes).
+  ``restart=True`` discards an unfinished run in ``out_dir`` instead.
 
   Returns:
-    The results dict (schema in README.md): per method ``{metric: {'mean', 'std'}}``, plus
-    per-seed values, the original model's metrics and the hyperparameters used.
+    The results dict (schema in README.md): per method ``{metric: {'mean', 'std'}}``,
+    plus per-seed values, the original model's metrics and the hyperparameters used.
   """
-  config.validate()
-  s = _setup(config)
-  seeds = list(config.seeds) + (list(config.tune_seeds) if config.tune else [])
-  splits = {seed: _checked_split(s, seed) for seed in seeds}  # every data check, up front
-  progress = RunProgress(out_dir, config, restart)
-  if progress.resumed and config.progress:
-    done = sum(len(v['methods']) for v in progress.data['seeds'].values())
-    print(f'resuming the unfinished run in {out_dir} ({done} of '
-          f'{len(config.seeds) * len(config.methods)} method runs done)')
-  tuning = tune_learning_rates(s, progress, splits) if config.tune else None
-  overrides = {**config.overrides}
-  for name, t in (tuning or {}).items():
-    overrides[name] = {**overrides.get(name, {}), 'lr': t['lr']}
-  hparams = {name: methods_lib.resolve_hparams(name, overrides.get(name))
-             for name in config.methods}
-
-  for seed in config.seeds:
-    done = progress.seed(seed)
-    todo = [name for name in config.methods if name not in done['methods']]
-    if 'original' in done and not todo:
-      continue
-    sd = _prepare_seed(s, seed, splits[seed])
-    if 'original' not in done:
-      done['original'] = _score(s, sd, sd.task.variables)  # the model before unlearning
-    for name in todo:
-      if name == 'retrain':
-        row, curve = dict(sd.ref_metrics, avg_gap=0.0, rte_s=sd.retrain_seconds), None
-        ckpt = None
-      else:
-        ckpt = progress.checkpoint(seed, name)
-        row, curve = _unlearn(s, sd, name, hparams[name], ckpt)
-        if 'error' in row and config.progress:
-          print(f'{name} failed on seed {seed}: {row["error"]}')
-      done['methods'][name] = row
-      if curve is not None:
-        done['alignment'][name] = curve
-      progress.save()
-      if ckpt is not None:  # its result is safely stored
-        ckpt.remove()
-
-  per_seed = {name: [progress.seed(seed)['methods'][name] for seed in config.seeds]
-              for name in config.methods}
-  alignment = {}
-  for name in config.methods:
-    curves = [progress.seed(seed)['alignment'][name] for seed in config.seeds
-              if name in progress.seed(seed)['alignment']]
-    if curves:
-      alignment[name] = {'steps': [c['steps'] for c in curves],
-                         'cosine': [c['cosine'] for c in curves]}
-  failures = {name: {str(seed): row['error'] for seed, row in zip(config.seeds, rows)
-                     if 'error' in row} for name, rows in per_seed.items()}
-  results = {
-      'dataset': config.dataset,
-      'scenario': config.scenario,
-      'seeds': list(config.seeds),
-      'model': {'name': config.model, 'width': config.width,
-                'image_shape': list(s.dataset.image_shape)},
-      'methods': {name: _summarize_rows(rows) for name, rows in per_seed.items()},
-      'original': _summarize_rows([progress.seed(seed)['original'] for seed in config.seeds]),
-      'per_seed': per_seed,
-      'hparams': {**{n: hp.to_dict() for n, hp in hparams.items()},
-                  'train': s.train_cfg.to_dict()},
-      'metrics_doc': 'percent for UA/RA/TA/MIA/MIA_entropy/avg_gap; nats for KL/JS (to '
-                     'Retrain on D_f); seconds for rte_s; grad_cosine: mean over the run '
-                     'of cos(forget grad, retain grad) on probe batches (see alignment: '
-                     'per seed, the optimizer updates and the cosine there, update 0 = '
-                     'the original); skipped_steps: steps not applied because something '
-                     'in them was not finite; std is over seeds (ddof=1), over the seeds '
-                     'that did not fail (see failures)',
-  }
-  if alignment:
-    results['alignment'] = alignment
-  if any(failures.values()):
-    results['failures'] = {k: v for k, v in failures.items() if v}
-  if tuning is not None:
-    results['tuning'] = tuning
-  if out_dir is not None:
-    write_results(results, out_dir)
-    progress.discard()
-  return results
+  return run_job(_Classification(config), out_dir, restart)
 
 
 def validation_split(split, fraction: float = 0.5):

@@ -239,6 +239,39 @@ def test_generation_job_runs_every_method_and_writes_its_report(tmp_path):
 
 
 @pytest.mark.slow
+def test_killed_generation_run_resumes_to_the_same_results(tmp_path, monkeypatch):
+  """The generation job on the shared skeleton: killed in its second method, started again,
+  it keeps the first method's row and sample grid and ends with the numbers of a run never
+  interrupted."""
+  from jaxunlearn.diffusion.methods import GENERATION_METHODS
+
+  config = GenerationConfig(
+      channels=(8,), cache_dir=str(tmp_path / 'cache'), progress=False, classifier_width=4,
+      parallel='none', methods=('ga', 'sfron'), check_every=2, forget_samples=10,
+      fid_samples_per_class=5, sample_steps=5,
+      overrides={'ddpm': {'steps': 20, 'num_timesteps': 100}, 'classifier': {'epochs': 1},
+                 'sfron': {'iterations': 3, 'batch_size': 32},
+                 'ga': {'steps': 3, 'batch_size': 32}})
+  whole = run_generation(config, tmp_path / 'whole')
+
+  def killed(task, hp):
+    raise KeyboardInterrupt
+  sfron = GENERATION_METHODS['sfron']
+  monkeypatch.setitem(GENERATION_METHODS, 'sfron', dataclasses.replace(sfron, fn=killed))
+  out = tmp_path / 'out'
+  with pytest.raises(KeyboardInterrupt):
+    run_generation(config, out)
+  assert list(json.loads((out / 'progress.json').read_text())['seeds']['0']['methods']) == ['ga']
+  assert {p.name for p in out.glob('grid-*.npy')} == {'grid-original.npy', 'grid-ga.npy'}
+  monkeypatch.setitem(GENERATION_METHODS, 'sfron', sfron)
+  resumed = run_generation(config, out)
+  for name in ('ga', 'sfron'):
+    a, b = whole['per_seed'][name][0], resumed['per_seed'][name][0]
+    assert (a['UA'], a['FID'], a['curve']) == (b['UA'], b['FID'], b['curve'])
+  assert (out / 'samples.png').stat().st_size > 10_000 and not list(out.glob('grid-*.npy'))
+
+
+@pytest.mark.slow
 def test_generation_job_forgets_with_a_dit(tmp_path):
   """--model dit: the same job, methods and report on a pixel-space DiT; the DiT is cached
   under its own key (not the UNet's) and SFR-on changes it."""

@@ -37,15 +37,16 @@ from jaxunlearn.diffusion.train import DiffusionConfig, train_diffusion
 from jaxunlearn.diffusion.unlearn import GenerationTask, generate
 from jaxunlearn.evaluate import summarize
 from jaxunlearn.evaluate.generation import InceptionFeatures, fid_from_features
-from jaxunlearn.experiment import RunProgress, _check_settings
+from jaxunlearn.experiment import _check_settings
 from jaxunlearn.hparams import cast_like, did_you_mean
+from jaxunlearn.job import Job, SeedRun, run_job
 from jaxunlearn.methods import resolve_hparams
 from jaxunlearn.models import digits_dit, digits_unet, make_model
 from jaxunlearn.models.dit import DIT_CONFIGS
 from jaxunlearn.models.unet import ddpm_cifar10_unet
 from jaxunlearn.parallel import Parallel
 from jaxunlearn.step import predict
-from jaxunlearn.train import LoopControl, NonFiniteError, TrainConfig, train_classifier
+from jaxunlearn.train import LoopControl, TrainConfig, train_classifier
 
 REPORTED = ('UA', 'FID', 'acc_remaining', 'steps_to_forget', 'rte_s', 'skipped_steps')
 FORGOTTEN = 95.0  # UA (percent) at which a class counts as forgotten
@@ -259,8 +260,9 @@ class ForgetTracker:
   """Callback: UA of the forgotten class every ``every`` updates (its time not counted in
   the method's run time); resumable (``state_dict``)."""
 
-  def __init__(self, judge: _Judge, unet, cls: int, seed: int, hp):
+  def __init__(self, judge: _Judge, unet, cls: int, seed: int, hp, every: int = 0):
     self.judge, self.unet, self.cls, self.seed, self.hp = judge, unet, cls, seed, hp
+    self.every = every
     self.iterations, self.ua, self.seconds = [], [], 0.0
 
   def __call__(self, updates: int, variables) -> None:
@@ -279,6 +281,11 @@ class ForgetTracker:
   def steps_to_forget(self):
     return next((i for i, ua in zip(self.iterations, self.ua) if ua >= FORGOTTEN), None)
 
+  def report(self) -> dict:
+    """The fields it adds to the method's row."""
+    return {'steps_to_forget': self.steps_to_forget(),
+            'curve': {'iterations': list(self.iterations), 'UA': list(self.ua)}}
+
 
 def _updates_per(check_every: int, every: int | None) -> int:
   """Optimizer updates in ``check_every`` iterations (SFR-on: ``K + 1`` per ``K``)."""
@@ -287,108 +294,138 @@ def _updates_per(check_every: int, every: int | None) -> int:
   return -(-check_every * (every + 1) // every) if every is not None else check_every
 
 
-def run_generation(config: GenerationConfig, out_dir: str | Path | None = None,
-                   restart: bool = False) -> dict:
-  """Runs the generation protocol; writes results.json, results.png, forgetting.png and
-  samples.png to ``out_dir``. Resumable like :func:`jaxunlearn.experiment.run_experiment`."""
-  config.validate()
-  ds = config.load_data()
-  ddpm, clf_cfg = config._replaced('ddpm'), config._replaced('classifier')
-  unet, model_key, model_info = config.denoiser(ds.num_classes, ds.image_shape)
-  if config.unet_path is not None:
-    from jaxunlearn.convert import load_diffusers_unet
-    unet, params = load_diffusers_unet(config.unet_path)
-    pretrained = {'params': params}
-    model_info = {'name': 'UNet2D', 'pretrained': str(config.unet_path)}
-  clf = make_model('resnet18', ds.num_classes, config.classifier_width)
-  cls = int(parse_scenario(config.scenario).value)
-  hparams = {n: resolve_hparams(n, config.overrides.get(n), GENERATION_METHODS)
-             for n in config.methods}
-  progress = RunProgress(out_dir, config, restart)
-  key = {'dataset': config.dataset, 'image_size': ds.image_shape[0], 'pixels': 'symmetric'}
-  clf_vars, clf_info = checkpoint.cached(
-      config.cache_dir, 'genclassifier',
-      {**key, 'width': config.classifier_width, 'train': dataclasses.asdict(clf_cfg)},
-      lambda: train_classifier(clf, ds.x_train, ds.y_train, clf_cfg, 0, desc='classifier',
-                               progress=config.progress))
-  test_acc = float(np.mean(np.argmax(predict(clf, clf_vars, ds.x_test), -1) == ds.y_test) * 100)
-  if config.fid_inception is None:
-    features = functools.partial(_features, clf, clf_vars)
-  else:
-    inception = InceptionFeatures.from_file(config.fid_inception)
-    features = lambda x: inception((x + 1) / 2)  # noqa: E731  [-1, 1] -> [0, 1]
-  real = {c: features(ds.x_train[ds.y_train == c][:config.fid_real_per_class])
-          for c in range(ds.num_classes)}
-  judge = _Judge(clf, clf_vars, ddpm, config, ds.image_shape, features, real)
-  grids = {}
-  for seed in config.seeds:
-    done = progress.seed(seed)
+class _SeedRun(SeedRun):
+  """One seed of a generation run: its original DDPM, its task, and the judge's scores (the
+  first seed also keeps its sample grids, for samples.png)."""
+
+  def __init__(self, job: _Generation, seed: int, task: GenerationTask, seconds: float):
+    self.job, self.seed, self.task, self.train_seconds = job, seed, task, seconds
+
+  def _keep_grid(self, name: str, variables) -> None:
+    if self.seed == self.job.config.seeds[0] and self.job.out_dir is not None:
+      self.job.out_dir.mkdir(parents=True, exist_ok=True)
+      np.save(self.job.out_dir / f'grid-{name}.npy', _grid(
+          self.job.judge, self.task.model, variables, self.task.num_classes, self.seed))
+
+  def _scores(self, variables) -> dict:
+    return self.job.judge.score(self.task.model, variables, self.job.cls,
+                                self.task.num_classes, self.seed)
+
+  def original(self) -> dict:
+    self._keep_grid('original', self.task.variables)
+    return dict(self._scores(self.task.variables), train_s=self.train_seconds)
+
+  def monitor(self, name: str, hp, original: dict) -> ForgetTracker:
+    tracker = ForgetTracker(self.job.judge, self.task.model, self.job.cls, self.seed, hp,
+                            every=_updates_per(self.job.config.check_every,
+                                               fast_slow_every(hp)))
+    tracker.iterations, tracker.ua = [0], [original['UA']]  # the curve's start
+    return tracker
+
+  def score(self, name: str, variables) -> dict:
+    self._keep_grid(name, variables)
+    return self._scores(variables)
+
+
+class _Generation(Job):
+  """The generation job's plug-in into :func:`jaxunlearn.job.run_job`; the data, models and
+  classifier are made when a seed or the results first need them."""
+
+  registry = GENERATION_METHODS
+
+  def __init__(self, config: GenerationConfig, out_dir):
+    config.validate()
+    self.config, self.out_dir = config, None if out_dir is None else Path(out_dir)
+    self.cls = int(parse_scenario(config.scenario).value)
+    self.ddpm, self.clf_cfg = config._replaced('ddpm'), config._replaced('classifier')
+    self._resolved = {n: resolve_hparams(n, config.overrides.get(n), GENERATION_METHODS)
+                      for n in config.methods}  # checked before any compute
+    self._ready = False
+
+  def hparams(self, progress) -> dict:
+    return self._resolved
+
+  def _prepare(self) -> None:
+    if self._ready:
+      return
+    config = self.config
+    self.ds = ds = config.load_data()
+    self.unet, self.model_key, self.model_info = config.denoiser(ds.num_classes,
+                                                                 ds.image_shape)
+    self.pretrained = None
+    if config.unet_path is not None:
+      from jaxunlearn.convert import load_diffusers_unet
+      self.unet, params = load_diffusers_unet(config.unet_path)
+      self.pretrained = {'params': params}
+      self.model_info = {'name': 'UNet2D', 'pretrained': str(config.unet_path)}
+    clf = make_model('resnet18', ds.num_classes, config.classifier_width)
+    self.data_key = {'dataset': config.dataset, 'image_size': ds.image_shape[0],
+                     'pixels': 'symmetric'}
+    clf_vars, self.clf_info = checkpoint.cached(
+        config.cache_dir, 'genclassifier',
+        {**self.data_key, 'width': config.classifier_width,
+         'train': dataclasses.asdict(self.clf_cfg)},
+        lambda: train_classifier(clf, ds.x_train, ds.y_train, self.clf_cfg, 0,
+                                 desc='classifier', progress=config.progress))
+    self.test_acc = float(np.mean(np.argmax(predict(clf, clf_vars, ds.x_test), -1)
+                                  == ds.y_test) * 100)
+    if config.fid_inception is None:
+      features = functools.partial(_features, clf, clf_vars)
+    else:
+      inception = InceptionFeatures.from_file(config.fid_inception)
+      features = lambda x: inception((x + 1) / 2)  # noqa: E731  [-1, 1] -> [0, 1]
+    real = {c: features(ds.x_train[ds.y_train == c][:config.fid_real_per_class])
+            for c in range(ds.num_classes)}
+    self.judge = _Judge(clf, clf_vars, self.ddpm, config, ds.image_shape, features, real)
+    self._ready = True
+
+  def seed(self, seed: int) -> _SeedRun:
+    self._prepare()
+    config, ds, unet = self.config, self.ds, self.unet
     split = make_split(ds, config.scenario, seed)
-    original, info = (pretrained, {'seconds': 0.0}) if config.unet_path else checkpoint.cached(
-        config.cache_dir, 'ddpm',
-        {**key, **model_key, 'train': dataclasses.asdict(ddpm), 'seed': seed},
-        lambda ckpt=None: train_diffusion(unet, ds.x_train, ds.y_train, ddpm, seed,
-                                     desc=f'{model_info["name"]} DDPM (seed {seed})',
-                                     progress=config.progress,
-                                     control=LoopControl(ckpt, config.max_nonfinite))[0],
-        checkpoint_every=config.checkpoint_every)
+    if self.pretrained is not None:
+      original, info = self.pretrained, {'seconds': 0.0}
+    else:
+      original, info = checkpoint.cached(
+          config.cache_dir, 'ddpm',
+          {**self.data_key, **self.model_key, 'train': dataclasses.asdict(self.ddpm),
+           'seed': seed},
+          lambda ckpt=None: train_diffusion(
+              unet, ds.x_train, ds.y_train, self.ddpm, seed,
+              desc=f'{self.model_info["name"]} DDPM (seed {seed})', progress=config.progress,
+              control=LoopControl(ckpt, config.max_nonfinite))[0],
+          checkpoint_every=config.checkpoint_every)
     task = GenerationTask(unet, original, ds.x_train[split.forget], ds.y_train[split.forget],
                           ds.x_train[split.retain], ds.y_train[split.retain], ds.num_classes,
-                          ddpm, seed, config.progress, parallel=config.devices())
-    if 'original' not in done:
-      done['original'] = dict(judge.score(unet, original, cls, ds.num_classes, seed),
-                              train_s=info['seconds'])
-      progress.save()
-    if seed == config.seeds[0]:
-      grids['original'] = _grid(judge, unet, original, ds.num_classes, seed)
-    for name in config.methods:
-      if name in done['methods']:
-        continue
-      hp = hparams[name]
-      ckpt = progress.checkpoint(seed, name)
-      control = LoopControl(ckpt, config.max_nonfinite)
-      tracker = ForgetTracker(judge, unet, cls, seed, hp)
-      tracker.iterations, tracker.ua = [0], [done['original']['UA']]  # the curve's start
-      run = dataclasses.replace(task, control=control, callback=tracker,
-                                callback_every=_updates_per(config.check_every,
-                                                             fast_slow_every(hp)))
-      control.start_clock()
-      try:
-        variables = GENERATION_METHODS[name].run(run, hp)
-      except NonFiniteError as e:
-        done['methods'][name] = {'error': str(e), 'skipped_steps': control.skipped}
-        progress.save()
-        continue
-      seconds = control.elapsed() - control.overhead_seconds - tracker.seconds
-      row = judge.score(unet, variables, cls, ds.num_classes, seed)
-      row.update(rte_s=seconds, skipped_steps=control.skipped,
-                 steps_to_forget=tracker.steps_to_forget(),
-                 curve={'iterations': tracker.iterations, 'UA': tracker.ua})
-      done['methods'][name] = row
-      if seed == config.seeds[0] and out_dir is not None:
-        np.save(Path(out_dir) / f'grid-{name}.npy', _grid(judge, unet, variables,
-                                                          ds.num_classes, seed))
-      progress.save()
-      if ckpt is not None:
-        ckpt.remove()
-  if out_dir is not None:
-    for name in config.methods:
-      path = Path(out_dir) / f'grid-{name}.npy'
-      if path.is_file():
-        grids[name] = np.load(path)
-  results = _results(config, progress, hparams, ddpm, clf_cfg, test_acc, clf_info, cls,
-                     model_info, ds.image_shape)
-  if out_dir is not None:
+                          self.ddpm, seed, config.progress, parallel=config.devices())
+    return _SeedRun(self, seed, task, info['seconds'])
+
+  def results(self, per_seed: dict, originals: list, hparams: dict) -> dict:
+    self._prepare()
+    return _results(self.config, per_seed, originals, hparams, self.ddpm, self.clf_cfg,
+                    self.test_acc, self.clf_info, self.cls, self.model_info,
+                    self.ds.image_shape)
+
+  def write(self, results: dict, out: Path) -> None:
     from jaxunlearn.diffusion.report import plot_forgetting, plot_generation, plot_samples
-    out = Path(out_dir)
+    names = ['original', *self.config.methods]
+    grids = {n: np.load(out / f'grid-{n}.npy') for n in names
+             if (out / f'grid-{n}.npy').is_file()}
     checkpoint.write_json_atomic(out / 'results.json', results)
     plot_generation(results, out / 'results.png')
     plot_forgetting(results, out / 'forgetting.png')
-    plot_samples(grids, cls, out / 'samples.png', GRID_PER_CLASS)
-    for name in config.methods:
+    plot_samples(grids, self.cls, out / 'samples.png', GRID_PER_CLASS)
+    for name in names:
       (out / f'grid-{name}.npy').unlink(missing_ok=True)
-    progress.discard()
-  return results
+
+
+def run_generation(config: GenerationConfig, out_dir: str | Path | None = None,
+                   restart: bool = False) -> dict:
+  """Runs the generation protocol; writes results.json, results.png, forgetting.png and
+  samples.png to ``out_dir``. The seed x method loop is the shared
+  :func:`jaxunlearn.job.run_job` (resumable like
+  :func:`jaxunlearn.experiment.run_experiment`)."""
+  return run_job(_Generation(config, out_dir), out_dir, restart)
 
 
 def _grid(judge: _Judge, unet, variables, num_classes: int, seed: int) -> np.ndarray:
@@ -396,10 +433,8 @@ def _grid(judge: _Judge, unet, variables, num_classes: int, seed: int) -> np.nda
   return judge.sample(unet, variables, labels, seed + 3)
 
 
-def _results(config, progress, hparams, ddpm, clf_cfg, test_acc, clf_info, cls,
+def _results(config, per_seed, originals, hparams, ddpm, clf_cfg, test_acc, clf_info, cls,
              model_info, image_shape) -> dict:
-  seeds = [progress.seed(s) for s in config.seeds]
-  per_seed = {n: [s['methods'][n] for s in seeds] for n in config.methods}
 
   def summary(rows):
     rows = [r for r in rows if 'error' not in r]
@@ -412,8 +447,6 @@ def _results(config, progress, hparams, ddpm, clf_cfg, test_acc, clf_info, cls,
       out['forgotten_runs'] = sum(r['steps_to_forget'] is not None for r in rows)
     return out
 
-  failures = {n: {str(s): r['error'] for s, r in zip(config.seeds, rows) if 'error' in r}
-              for n, rows in per_seed.items()}
   results = {
       'task': 'generation',
       'dataset': config.dataset,
@@ -422,7 +455,7 @@ def _results(config, progress, hparams, ddpm, clf_cfg, test_acc, clf_info, cls,
       'seeds': list(config.seeds),
       'model': {**model_info, 'image_shape': list(image_shape)},
       'methods': {n: summary(rows) for n, rows in per_seed.items()},
-      'original': summary([s['original'] for s in seeds]),
+      'original': summary(originals),
       'per_seed': per_seed,
       'hparams': {**{n: hp.to_dict() for n, hp in hparams.items()}, 'ddpm': dataclasses.asdict(ddpm),
                   'classifier': dataclasses.asdict(clf_cfg)},
@@ -442,6 +475,4 @@ def _results(config, progress, hparams, ddpm, clf_cfg, test_acc, clf_info, cls,
                      'first checked iteration with UA >= 95 (forgotten_runs: seeds that got '
                      'there); rte_s: seconds of unlearning, checks excluded; std over seeds',
   }
-  if any(failures.values()):
-    results['failures'] = {k: v for k, v in failures.items() if v}
   return results

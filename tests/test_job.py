@@ -1,0 +1,139 @@
+"""The shared run skeleton (jaxunlearn.job.run_job) with a toy task plug-in: no model, so
+what is checked is the skeleton's own behaviour (resume, failures, RTE, given rows)."""
+
+import dataclasses
+import json
+import time
+
+import pytest
+
+from jaxunlearn.job import Job, SeedRun, run_job
+from jaxunlearn.train import NonFiniteError
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  seeds: tuple = (0, 1)
+  methods: tuple = ('given', 'good', 'diverges', 'late')
+  max_nonfinite: int = 3
+  checkpoint_every: int = 0
+  progress: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  seed: int
+  control: object = None
+  callback: object = None
+  callback_every: int = 0
+
+
+class Watch:
+  """A monitor that takes 0.2 s per call: the skeleton must leave that out of rte_s."""
+
+  every, seconds = 1, 0.0
+
+  def __call__(self, updates, variables):
+    time.sleep(0.2)
+    self.seconds += 0.2
+
+  def report(self):
+    return {'watched_s': self.seconds}
+
+
+@dataclasses.dataclass
+class Method:
+  fn: object
+  calls: list = dataclasses.field(default_factory=list)
+
+  def run(self, task, hp):
+    self.calls.append(task.seed)
+    return self.fn(task, hp)
+
+
+def _good(task, hp):
+  task.callback(1, None)
+  return hp * 10 + task.seed
+
+
+def _diverges(task, hp):
+  raise NonFiniteError('3 non-finite steps in a row')
+
+
+class ToyRun(SeedRun):
+  def __init__(self, seed):
+    self.task = Task(seed)
+
+  def original(self):
+    return {'score': -1.0}
+
+  def given(self, name):
+    return {'score': 0.5} if name == 'given' else None
+
+  def monitor(self, name, hp, original):
+    return Watch() if name == 'good' else None
+
+  def score(self, name, variables):
+    return {'score': float(variables)}
+
+
+class ToyJob(Job):
+  def __init__(self, registry, config=Config()):
+    self.config, self.registry, self.seeds_built = config, registry, []
+
+  def hparams(self, progress):
+    return {'good': 2, 'diverges': 0, 'late': 3}
+
+  def seed(self, seed):
+    self.seeds_built.append(seed)
+    return ToyRun(seed)
+
+  def results(self, per_seed, originals, hparams):
+    return {'per_seed': per_seed, 'originals': originals}
+
+  def write(self, results, out_dir):
+    (out_dir / 'results.json').write_text(json.dumps(results))
+
+
+class Killed(Exception):
+  pass
+
+
+def test_run_job_resumes_records_failures_and_times_runs_without_their_monitor(tmp_path):
+  def late(task, hp):
+    if task.seed == 1 and not resumed:
+      raise Killed  # the process dies during seed 1's last method
+    return hp * 100 + task.seed
+
+  registry = {'good': Method(_good), 'diverges': Method(_diverges), 'late': Method(late)}
+  out, resumed = tmp_path / 'out', False
+  with pytest.raises(Killed):
+    run_job(ToyJob(registry), out)
+  progress = json.loads((out / 'progress.json').read_text())
+  assert set(progress['seeds']['1']['methods']) == {'given', 'good', 'diverges'}
+  resumed = True
+  job = ToyJob(registry)
+  results = run_job(job, out)
+  assert job.seeds_built == [1]  # seed 0 was finished: not prepared again
+  assert registry['good'].calls == [0, 1]  # nothing finished runs twice
+  assert registry['late'].calls == [0, 1, 1]
+  rows = results['per_seed']
+  assert [r['score'] for r in rows['good']] == [20.0, 21.0]
+  assert [r['score'] for r in rows['late']] == [300.0, 301.0]
+  assert rows['given'] == [{'score': 0.5}] * 2 and results['originals'] == [{'score': -1.0}] * 2
+  assert results['failures'] == {'diverges': {'0': '3 non-finite steps in a row',
+                                              '1': '3 non-finite steps in a row'}}
+  assert rows['diverges'][0] == {'error': '3 non-finite steps in a row', 'skipped_steps': 0}
+  good = rows['good'][0]
+  assert good['watched_s'] == pytest.approx(0.2) and 0 <= good['rte_s'] < 0.1
+  assert json.loads((out / 'results.json').read_text())['failures'] == results['failures']
+  assert not (out / 'progress.json').exists()
+
+
+def test_run_job_refuses_to_resume_another_configuration(tmp_path):
+  registry = {'good': Method(_good), 'diverges': Method(_diverges),
+              'late': Method(lambda task, hp: (_ for _ in ()).throw(Killed()))}
+  with pytest.raises(Killed):
+    run_job(ToyJob(registry), tmp_path)
+  with pytest.raises(ValueError, match='differs in seeds'):
+    run_job(ToyJob(registry, Config(seeds=(0,))), tmp_path)
