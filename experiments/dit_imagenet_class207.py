@@ -39,6 +39,7 @@ from jaxunlearn.diffusion.train import DiffusionConfig
 from jaxunlearn.diffusion.unlearn import GenerationTask, generate
 from jaxunlearn.methods import resolve_hparams
 from jaxunlearn.models.dit import stack_blocks
+from jaxunlearn.parallel import Parallel
 
 from paper import parser
 
@@ -129,7 +130,11 @@ def main(argv=None):
   p.add_argument('--retain-per-class', type=int, default=5)
   p.add_argument('--held-out', type=int, default=100, help='forget-class images kept out of '
                  'unlearning to measure the forget loss on')
+  p.add_argument('--parallel', default='auto', choices=('auto', 'none', 'pmap', 'shard'),
+                 help='devices of unlearning and sampling (auto: pmap over every local device '
+                 'when there are several)')
   args = p.parse_args(argv)
+  parallel = Parallel.from_setting(args.parallel)
   out = Path(args.out or 'results/dit_imagenet_class207')
   out.mkdir(parents=True, exist_ok=True)
   methods = args.methods.split(',') if args.methods else list(HPARAMS)
@@ -170,7 +175,7 @@ def main(argv=None):
   schedule = diffusion.noise_schedule()
   task = GenerationTask(model, {'params': params}, forget,
                         np.full(len(forget), forget_class, np.int32), retain, retain_y,
-                        len(classes), diffusion, 0, not args.quiet)
+                        len(classes), diffusion, 0, not args.quiet, parallel=parallel)
   shown = [forget_class] + [c for c in range(len(classes)) if c != forget_class][:3]
   labels = np.repeat(np.asarray(shown, np.int32), 4)
 
@@ -182,14 +187,16 @@ def main(argv=None):
   results = {'setting': 'dit_imagenet_class207', 'smoke': args.smoke, 'encode_s': encode_s,
              'forget_class': forget_class, 'forget_images': len(forget),
              'retain_images': len(retain), 'models': {'original': score(task.variables)}}
-  grids = {'original': generate(model, task.variables, diffusion, labels, test_f.shape[1:], 0)}
+  grids = {'original': generate(model, task.variables, diffusion, labels, test_f.shape[1:], 0,
+                                parallel=parallel)}
   for name in methods:
     hp = resolve_hparams(name, hparams[name], GENERATION_METHODS)
     start = time.perf_counter()
     variables = GENERATION_METHODS[name].run(dataclasses.replace(task), hp)
     results['models'][name] = {**score(variables), 'rte_s': time.perf_counter() - start,
                                'hparams': hp.to_dict()}
-    grids[name] = generate(model, variables, diffusion, labels, test_f.shape[1:], 0)
+    grids[name] = generate(model, variables, diffusion, labels, test_f.shape[1:], 0,
+                           parallel=parallel)
   decode = jax.jit(lambda z: vae.apply({'params': vae_params}, z,
                                        method=type(vae).decode_latents))
   save_grid({k: np.asarray(decode(v)) for k, v in grids.items()}, out / 'samples.png')

@@ -107,6 +107,10 @@ class Hyperparameters:
   the value given)."""
 
   method: ClassVar[str] = ''  # set by ``register``; prefixes error messages
+  # Names the reference code (or an older version of ours) uses for a field that is called
+  # otherwise here, because the same name means another thing in another method (``alpha``
+  # was five weights): ``{old: new}``. Giving an old name is an error that names the new.
+  renamed: ClassVar[dict] = {}
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -123,6 +127,10 @@ class Hyperparameters:
     a name the class does not have is a ValueError that lists those it has."""
     names = [f.name for f in dataclasses.fields(cls)]
     for key in overrides or {}:
+      if key in cls.renamed and key not in names:
+        raise ValueError(f'{cls.method or cls.__name__}.{key} is called '
+                         f'{cls.renamed[key]!r} here (one name means one thing across '
+                         f'methods); set {cls.renamed[key]!r} instead')
       if key not in names:
         raise ValueError(f'method {cls.method or cls.__name__!r} has no hyperparameter '
                          f'{key!r}{did_you_mean(key, names)}; its hyperparameters are '

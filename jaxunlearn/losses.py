@@ -117,15 +117,16 @@ class DistillKL:
 
 @dataclasses.dataclass(frozen=True)
 class ScrubRetainLoss:
-  """SCRUB's retain ("min") loss: ``gamma CE(s, y) + alpha T^2 KL(t || s)`` (arXiv 2302.09880)."""
+  """SCRUB's retain ("min") loss: ``ce_weight CE(s, y) + kl_weight T^2 KL(t || s)``
+  (arXiv 2302.09880; its code's ``gamma`` and ``alpha``)."""
 
-  gamma: float = 0.99
-  alpha: float = 0.001
+  ce_weight: float = 0.99
+  kl_weight: float = 0.001
   temperature: float = 4.0
 
   def __call__(self, logits, targets, key=None):
     ce = cross_entropy(logits, targets['label'])
-    return self.gamma * ce + self.alpha * DistillKL(self.temperature)(logits, targets)
+    return self.ce_weight * ce + self.kl_weight * DistillKL(self.temperature)(logits, targets)
 
 
 @dataclasses.dataclass(frozen=True)

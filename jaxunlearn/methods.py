@@ -391,19 +391,21 @@ def salun(task: UnlearnTask, hp: SalUn):
 
 @dataclasses.dataclass(frozen=True)
 class SalUnJoint(SalUn):
-  alpha: float = non_negative(1.0, 'weight of the retain CE against the forget loss')
+  retain_weight: float = non_negative(1.0, "weight of the retain loss (CE, the reference's alpha)")
+  renamed = {'alpha': 'retain_weight'}
 
 
-@register('salun_joint', 'SalUn, one joint step: CE(x_f, y\') + alpha CE(x_r, y_r), masked',
+@register('salun_joint', 'SalUn, one joint step: CE(x_f, y\') + w_r CE(x_r, y_r), masked',
           SalUnJoint)
 def salun_joint(task: UnlearnTask, hp: SalUnJoint):
-  """SalUn's objective ``L = CE(x_f, y') + alpha CE(x_r, y_r)`` minimised in joint steps:
-  ``combine_forget_retain(1, alpha)`` then the masked optimizer."""
+  """SalUn's objective ``L = CE(x_f, y') + w_r CE(x_r, y_r)`` (``retain_weight``; the
+  reference's ``alpha``) minimised in joint steps: ``combine_forget_retain(1, w_r)`` then
+  the masked optimizer."""
   variables, _ = fit_joint(
       task.variables, task.forget_phase(_forget_loss(hp)),
       task.retain_phase(losses.cross_entropy), epochs=hp.epochs,
       batch_size=hp.batch_size,
-      optim=_sgd(hp, saliency=True, forget_weight=1.0, retain_weight=hp.alpha),
+      optim=_sgd(hp, saliency=True, forget_weight=1.0, retain_weight=hp.retain_weight),
       mask=_salun_mask(task, hp), **task.loop('salun_joint'))
   return variables
 
@@ -413,11 +415,13 @@ class SFRon(SGDSettings):
   schedule: str = one_of(('constant', 'cosine'), 'cosine', 'learning-rate schedule')
   iterations: int = at_least_one(100, 'iterations T, a retain step each')
   every: int = at_least_one(5, 'K: a forget step every K-th iteration')
-  alpha: float = non_negative(25.0, "alpha0: the forget step's weight, cosine-decayed over T")
+  forget_weight: float = non_negative(
+      25.0, "weight of the forget loss (at t = 0, cosine-decayed over T: the reference's alpha)")
   lam: float = non_negative(0.5, "the adaptive ascent loss's temperature lambda")
   gamma: float = positive(1.0, 'Fisher-ratio threshold of the mask (F_f / F_r >= gamma)')
   mask: bool = hparam(True, doc='mask forget steps by the Fisher ratio')
-  clip_norm: float = non_negative(7.0, 'global-norm clip of forget updates (0: none)')
+  forget_clip_norm: float = non_negative(7.0, 'global-norm clip of forget updates (0: none)')
+  renamed = {'alpha': 'forget_weight', 'clip_norm': 'forget_clip_norm'}
 
 
 def _sfron(task: UnlearnTask, hp: SFRon, desc: str, **options):
@@ -426,8 +430,8 @@ def _sfron(task: UnlearnTask, hp: SFRon, desc: str, **options):
     mask = per_model(task, lambda v: sfron_mask(
         task.statistic(losses.cross_entropy), v, task.forget_x, task.forget_y, task.retain_x,
         task.retain_y, hp.gamma, hp.batch_size, parallel=_one(task)))
-  optim = _sgd(hp, every=hp.every, forget_weight=hp.alpha, forget_schedule='cosine',
-               forget_clip_norm=hp.clip_norm, saliency=hp.mask, **options)
+  optim = _sgd(hp, every=hp.every, forget_weight=hp.forget_weight, forget_schedule='cosine',
+               forget_clip_norm=hp.forget_clip_norm, saliency=hp.mask, **options)
   variables, _ = fit_fast_slow(
       task.variables, task.forget_phase(losses.AdaptiveGradientAscent(hp.lam)),
       task.retain_phase(losses.cross_entropy), iterations=hp.iterations, optim=optim,
@@ -446,7 +450,8 @@ def sfron(task: UnlearnTask, hp: SFRonFastSlow):
   """SFR-on (Huang et al., NeurIPS 2024, arXiv 2409.19732) as its reference code runs it:
   Fisher-ratio mask ``F_f / F_r >= gamma`` (eval mode), then ``iterations`` iterations of
   a retain CE step, preceded every ``every``-th by an ascent step on the adaptive weighted
-  loss (``lam``), scaled by the cosine-decayed ``alpha``, masked, clipped to ``clip_norm``;
+  loss (``lam``), scaled by the cosine-decayed ``forget_weight``, masked, clipped to
+  ``forget_clip_norm``;
   one SGD state for both. CIFAR-10 settings; ``iterations`` scaled to digits (100
   iterations = 10 passes over its retain set, as FT's 10 epochs)."""
   return _sfron(task, hp, 'sfron')
@@ -481,8 +486,8 @@ class LUR(RL):
   order: str = one_of(('first', 'second'), 'second', "the look-ahead's derivative")
   virtual: str = one_of(('retain', 'forget'), 'retain', 'which loss the virtual step takes')
   forget_loss: str = one_of(('rl', 'ga'), 'rl', 'L_U: random labels or gradient ascent')
-  forget_weight: float = non_negative(1.0, 'w_u')
-  retain_weight: float = non_negative(1.0, 'w_r')
+  forget_weight: float = non_negative(1.0, 'weight of the forget loss (w_u)')
+  retain_weight: float = non_negative(1.0, 'weight of the retain loss (w_r)')
 
 
 @register('lur', "LUR: joint steps on w_r L_R(theta) + w_u L_U(theta - eta grad L_R(theta))",
@@ -505,33 +510,36 @@ def lur(task: UnlearnTask, hp: LUR):
 
 @dataclasses.dataclass(frozen=True)
 class L1Sparse(SGD):
-  alpha: float = non_negative(1e-4, 'initial strength of the l1 penalty')
+  strength: float = non_negative(
+      1e-4, "weight of the penalty (l1, at step 0, decayed linearly to 0: the reference's alpha)")
+  renamed = {'alpha': 'strength'}
 
 
 @register('l1_sparse', 'FT with an l1 penalty decaying linearly to 0 (Jia et al. 2023)',
           L1Sparse)
 def l1_sparse(task: UnlearnTask, hp: L1Sparse):
-  """``CE(D_r) + alpha_t ||theta||_1``; ``alpha_t`` decays linearly to 0 over the run
+  """``CE(D_r) + s_t ||theta||_1``; ``s_t`` decays linearly from ``strength`` to 0 over the run
   (the reference steps it per epoch; we decay per step)."""
   steps = hp.epochs * -(-len(task.retain_y) // hp.batch_size)
   return _fit(task, hp, [task.retain_phase(losses.cross_entropy)],
-              'l1_sparse', l1=hp.alpha, l1_decay_steps=steps)
+              'l1_sparse', l1=hp.strength, l1_decay_steps=steps)
 
 
 @dataclasses.dataclass(frozen=True)
 class IU(Hyperparameters):
-  alpha: float = non_negative(10.0, 'size of the Newton step')
+  step_size: float = non_negative(10.0, "size of the Newton step (the reference's alpha)")
   damping: float = positive(1.0, 'added to the Fisher diagonal')
   num_samples: int = at_least_one(256, 'examples of the WoodFisher estimate')
+  renamed = {'alpha': 'step_size'}
 
 
 @register('iu', 'Influence unlearning: one WoodFisher (inverse-Fisher) Newton step', IU)
 def iu(task: UnlearnTask, hp: IU):
-  """``theta += alpha F^{-1} (g_f - g_r)`` (see :mod:`jaxunlearn.influence`)."""
+  """``theta += step_size F^{-1} (g_f - g_r)`` (see :mod:`jaxunlearn.influence`)."""
   direction = influence_direction(task.model, task.variables, task.forget_x, task.forget_y,
                                   task.retain_x, task.retain_y, num_samples=hp.num_samples,
                                   damping=hp.damping)
-  params = jax.tree.map(lambda p, d: p + hp.alpha * np.asarray(d, p.dtype),
+  params = jax.tree.map(lambda p, d: p + hp.step_size * np.asarray(d, p.dtype),
                         task.variables['params'], direction)
   return {**task.variables, 'params': params}
 
@@ -624,9 +632,10 @@ class SCRUB(SGD):
   schedule: str = one_of(('constant', 'cosine'), 'cosine', 'learning-rate schedule')
   epochs: int = non_negative(6, 'passes (the retain pass each epoch)')
   msteps: int = non_negative(2, 'epochs with the forget (max) pass first')
-  gamma: float = non_negative(0.99, 'weight of CE in the retain loss')
-  alpha: float = non_negative(0.001, 'weight of KL in the retain loss')
+  ce_weight: float = non_negative(0.99, "weight of CE in the retain loss (the reference's gamma)")
+  kl_weight: float = non_negative(0.001, "weight of KL in the retain loss (the reference's alpha)")
   temperature: float = positive(4.0, 'distillation temperature')
+  renamed = {'alpha': 'kl_weight', 'gamma': 'ce_weight'}
 
 
 @register('scrub', 'SCRUB: max KL to the teacher on D_f (first msteps epochs), min CE+KL on D_r',
@@ -641,7 +650,7 @@ def scrub(task: UnlearnTask, hp: SCRUB):
                        losses.DistillKL(hp.temperature, sign=-1.0), 'forget',
                        epochs=hp.msteps),
             task.phase(task.retain_x, teacher(task.retain_x, task.retain_y),
-                       losses.ScrubRetainLoss(hp.gamma, hp.alpha, hp.temperature),
+                       losses.ScrubRetainLoss(hp.ce_weight, hp.kl_weight, hp.temperature),
                        'retain')]
   return _fit(task, hp, phases, 'scrub')
 

@@ -288,14 +288,17 @@ def compiled_train_step(objective, tx_factory: Callable[..., Any],
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_apply(model: nn.Module, parallel: Parallel = SINGLE):
-  return parallel.batched(lambda variables, x: model.apply(variables, x, train=False),
-                          per_example=True)
+def _compiled_apply(model: nn.Module, parallel: Parallel = SINGLE, options: tuple = ()):
+  return parallel.batched(
+      lambda variables, x: model.apply(variables, x, train=False, **dict(options)),
+      per_example=True)
 
 
 def predict(model: nn.Module, variables, x, batch_size: int = 512,
-            parallel: Parallel = SINGLE):
-  """Eval-mode logits for all of ``x`` as a float32 numpy array ``[N, num_classes]``.
+            parallel: Parallel = SINGLE, **apply_options):
+  """Eval-mode logits for all of ``x`` as a float32 numpy array ``[N, num_classes]``
+  (or what ``model.apply(variables, x, train=False, **apply_options)`` returns per example,
+  e.g. a ResNet's ``features=True``).
 
   Runs in fixed-size batches (the last one padded) so that one program serves any N;
   with ``parallel``, each batch is split over its devices. An ensemble's (``parallel``
@@ -304,7 +307,7 @@ def predict(model: nn.Module, variables, x, batch_size: int = 512,
   n = len(x)
   if n == 0:
     raise ValueError('predict: x is empty')
-  apply = _compiled_apply(model, parallel)
+  apply = _compiled_apply(model, parallel, tuple(sorted(apply_options.items())))
   size = -(-min(batch_size, n) // parallel.size) * parallel.size
   out = []
   for start in range(0, n, size):

@@ -15,7 +15,7 @@ from jaxunlearn.diffusion.experiment import GenerationConfig, iterations_done, r
 from jaxunlearn.diffusion.methods import GENERATION_METHODS
 from jaxunlearn.diffusion.train import DiffusionConfig, init_unet
 from jaxunlearn.diffusion.unlearn import (AdaptiveDenoisingAscent, Denoising, GenerationTask,
-                                          RemappedClass, _example_fisher, elbo_fisher)
+                                          RemappedClass, elbo_fisher)
 from jaxunlearn.losses import reduce_loss
 from jaxunlearn.methods import resolve_hparams
 from jaxunlearn.models import digits_unet
@@ -156,17 +156,34 @@ def test_sfron_raises_the_forget_denoising_loss_more_than_the_retain_one(task, n
 
 
 def test_elbo_fisher_is_a_mean_of_per_image_squares(task):
-  x, y = task.retain_x[:3], task.retain_y[:3]
-  fisher = elbo_fisher(task, x, y, timesteps=4, batch_size=2, seed=5)
-  fn = _example_fisher(task.model, task.diffusion, 4)
-  keys = [jax.random.split(jax.random.fold_in(jax.random.key(5), i), 2) for i in range(2)]
-  parts = [fn(task.variables['params'], x[:2], y[:2], keys[0]),
-           fn(task.variables['params'], x[2:], y[2:], keys[1][:1])]
-  expected = jax.tree.map(lambda a, b: (a + b) / 3, *parts)
+  """The mean over images of the squared gradient of each image's ELBO estimate (``n``
+  stratified timesteps scaled by T / n), image ``i`` drawing from ``fold_in(key, i)``:
+  the same in any batch size (the last batch padded with weight-0 rows)."""
+  from jaxunlearn.diffusion.schedules import q_sample
+  x, y, n = task.retain_x[:3], task.retain_y[:3], 4
+  fisher = elbo_fisher(task, x, y, timesteps=n, batch_size=2, seed=5)
+  schedule = task.diffusion.noise_schedule()
+  T = schedule.num_timesteps
+
+  def squared_grad(i):
+    k_t, k_n = jax.random.split(jax.random.fold_in(jax.random.key(5), i))
+    t = jnp.arange(n) * T // n + jax.random.randint(k_t, (n,), 0, T // n)
+    xs, ys = jnp.repeat(x[i][None], n, 0), jnp.repeat(y[i][None], n, 0)
+    noise = jax.random.normal(k_n, xs.shape)
+    elbo = lambda p: T / n * jnp.sum((task.model.apply({'params': p}, q_sample(
+        schedule, xs, t, noise), t, ys) - noise) ** 2)
+    return jax.tree.map(jnp.square, jax.grad(elbo)(task.variables['params']))
+  expected = jax.tree.map(lambda *g: sum(g) / 3, *[squared_grad(i) for i in range(3)])
+  # Leaves whose gradient is zero but for rounding (a bias before a GroupNorm) are compared
+  # at the scale of the whole Fisher.
+  scale = max(float(np.max(e)) for e in jax.tree.leaves(expected))
+  assert scale > 0
   for f, e in zip(jax.tree.leaves(fisher), jax.tree.leaves(expected)):
-    np.testing.assert_allclose(f, e, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(f, e, rtol=1e-4, atol=1e-6 * scale)
     assert np.all(np.asarray(f) >= 0)
-  assert sum(float(np.sum(f)) for f in jax.tree.leaves(fisher)) > 0
+  for f, g in zip(jax.tree.leaves(fisher), jax.tree.leaves(
+      elbo_fisher(task, x, y, timesteps=n, batch_size=3, seed=5))):
+    np.testing.assert_allclose(f, g, rtol=1e-5, atol=1e-6 * scale)
 
 
 def test_fast_slow_adam_chain_clips_every_update():

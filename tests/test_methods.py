@@ -248,9 +248,9 @@ def test_hyperparameters_are_typed_per_method():
       assert issubclass(method.hparams, Hyperparameters) and method.hparams.method == name
       for field, _, meaning in method.hparams.describe():
         assert meaning, f'{name}.{field} has no meaning or check'
-  hp = resolve_hparams('sfron', {'iterations': 7, 'alpha': 3})
-  assert hp.iterations == 7 and isinstance(hp.alpha, float)
-  assert hp == resolve_hparams('sfron', {'iterations': '7', 'alpha': '3'})
+  hp = resolve_hparams('sfron', {'iterations': 7, 'forget_weight': 3})
+  assert hp.iterations == 7 and isinstance(hp.forget_weight, float)
+  assert hp == resolve_hparams('sfron', {'iterations': '7', 'forget_weight': '3'})
   with pytest.raises(dataclasses.FrozenInstanceError):
     hp.lr = 1.0
   with pytest.raises(ValueError, match='sfron.iterations must be a int, got 2.5'):
@@ -267,6 +267,38 @@ def test_hyperparameters_are_typed_per_method():
   assert resolve_hparams('retrain').to_dict() == TrainConfig().to_dict()
   with pytest.raises(ValueError, match='train.lr must be > 0'):
     TrainConfig(lr=0.0)
+
+
+# Names whose meaning is one idea worded for each method (passes over its data, its peak or
+# constant learning rate, the damping of its curvature matrix, ...).
+_ONE_IDEA_IN_OTHER_WORDS = {'batch_size', 'epochs', 'lr', 'steps', 'forget_loss', 'damping',
+                            'cond_drop_prob'}
+
+
+def test_one_hyperparameter_name_means_one_thing():
+  """Across both tasks' methods a name has one meaning (``alpha`` was five weights: the
+  retain CE's, the forget step's, the l1 penalty's, the Newton step's size and SCRUB's KL
+  weight); the references' names are refused with the name they have here."""
+  import collections
+
+  from jaxunlearn.diffusion.methods import GENERATION_METHODS
+  meanings = collections.defaultdict(set)
+  for registry in (METHODS, GENERATION_METHODS):
+    for name, method in registry.items():
+      for field, _, meaning in method.hparams.describe():
+        meanings[field].add(meaning.split(';')[0].split(' (')[0])  # the detail aside
+  assert 'alpha' not in meanings and 'remain_alpha' not in meanings
+  two = {f: m for f, m in meanings.items() if len(m) > 1 and f not in _ONE_IDEA_IN_OTHER_WORDS}
+  assert not two, f'a name means two things: {two}'
+  with pytest.raises(ValueError, match="salun_joint.alpha is called 'retain_weight' here"):
+    resolve_hparams('salun_joint', {'alpha': 2.0})
+  with pytest.raises(ValueError, match="scrub.gamma is called 'ce_weight' here"):
+    resolve_hparams('scrub', {'gamma': 0.5})
+  with pytest.raises(ValueError, match="sfron_hvp.clip_norm is called 'forget_clip_norm'"):
+    resolve_hparams('sfron_hvp', {'clip_norm': 1.0})
+  with pytest.raises(ValueError, match="sfron.remain_alpha is called 'retain_weight'"):
+    resolve_hparams('sfron', {'remain_alpha': 1.0}, GENERATION_METHODS)
+  assert resolve_hparams('sfron', {'clip_norm': 2.0}, GENERATION_METHODS).clip_norm == 2.0
 
 
 def test_run_takes_hyperparameters_or_overrides(task):

@@ -290,3 +290,32 @@ def test_generation_method_on_8_devices_equals_1_device(name, model_name, mode):
   norm = lambda leaves: np.sqrt(sum(np.sum(np.square(x, dtype=np.float64)) for x in leaves))
   assert norm(moved) > 0
   assert norm(diff) <= 0.05 * norm(moved), (norm(diff), norm(moved))
+
+
+@pytest.mark.parametrize('model_name', ['unet', pytest.param('dit', marks=pytest.mark.slow)])
+def test_sampling_and_elbo_fisher_on_8_devices_equal_1_device(model_name):
+  """Generation's statistics and evaluation are batched over the devices too: the images of
+  ``generate`` (each image's noise drawn from its own index, so also the same in any batch
+  size: one device samples them in one batch of 13, eight in two of 8) and Selective
+  Amnesia's ELBO Fisher (per-image keys, weight-0 padding) agree with
+  one device's to float32 rounding, under pmap and sharded jit."""
+  from jaxunlearn.diffusion.unlearn import elbo_fisher, generate
+  task = _generation_task(model_name)
+  labels = np.arange(13, dtype=np.int32) % 10  # 13 images: padded batches on 8 devices
+  run = lambda parallel, batch: generate(task.model, task.variables, task.diffusion, labels,
+                                         (8, 8, 1), seed=3, num_steps=4, batch_size=batch,
+                                         parallel=parallel)
+  one = run(Parallel(), 13)  # one batch of 13; on 8 devices two of 8 (the last padded)
+  assert one.shape == (13, 8, 8, 1) and np.isfinite(one).all()
+  fisher = lambda t: elbo_fisher(t, task.forget_x[:11], task.forget_y[:11], timesteps=3,
+                                 batch_size=4, seed=1)
+  f_one = fisher(task)
+  scale = max(float(np.max(np.abs(f))) for f in jax.tree.leaves(f_one))
+  assert scale > 0
+  for mode in ('pmap', 'shard'):
+    parallel = Parallel(mode, DEVICES)
+    np.testing.assert_allclose(run(parallel, 8), one, atol=1e-5, err_msg=mode)
+    f_multi = fisher(dataclasses.replace(task, parallel=parallel))
+    for a, b in zip(jax.tree.leaves(f_multi), jax.tree.leaves(f_one)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6 * scale,
+                                 err_msg=mode)

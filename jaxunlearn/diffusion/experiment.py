@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import jax
 import numpy as np
 
 from jaxunlearn import checkpoint
@@ -216,18 +215,19 @@ class _Judge:
   """Classifies generated images: UA, accuracy and FID features, compiled once."""
 
   def __init__(self, model, variables, diffusion, config: GenerationConfig, image_shape,
-               features, real_features):
+               features, real_features, parallel: Parallel):
     self.model, self.variables, self.diffusion = model, variables, diffusion
-    self.config, self.shape = config, image_shape
+    self.config, self.shape, self.parallel = config, image_shape, parallel
     self.features = features  # images in [-1, 1] -> [N, D] FID features
     self.real = real_features  # {class: features of its real training images}
 
   def sample(self, unet, variables, labels, seed):
     return generate(unet, variables, self.diffusion, labels, self.shape, seed,
-                    num_steps=self.config.sample_steps, guidance=self.config.guidance)
+                    num_steps=self.config.sample_steps, guidance=self.config.guidance,
+                    parallel=self.parallel)
 
   def accuracy(self, images, labels) -> float:
-    logits = predict(self.model, self.variables, images)
+    logits = predict(self.model, self.variables, images, parallel=self.parallel)
     return float(np.mean(np.argmax(logits, -1) == labels) * 100)
 
   def forget_ua(self, unet, variables, cls: int, seed: int) -> float:
@@ -243,17 +243,6 @@ class _Judge:
     return {'UA': self.forget_ua(unet, variables, cls, seed),
             'FID': fid_from_features(fake, real),
             'acc_remaining': self.accuracy(images, labels)}
-
-
-@functools.lru_cache(maxsize=4)
-def _feature_fn(model):
-  return jax.jit(lambda v, x: model.apply(v, x, train=False, features=True))
-
-
-def _features(model, variables, x, batch: int = 500) -> np.ndarray:
-  fn = _feature_fn(model)
-  return np.concatenate([np.asarray(fn(variables, x[i:i + batch]))
-                         for i in range(0, len(x), batch)])
 
 
 class ForgetTracker:
@@ -348,7 +337,7 @@ class _Generation(Job):
   def _prepare(self) -> None:
     if self._ready:
       return
-    config = self.config
+    config, parallel = self.config, self.config.devices()
     self.ds = ds = config.load_data()
     self.unet, self.model_key, self.model_info = config.denoiser(ds.num_classes,
                                                                  ds.image_shape)
@@ -367,16 +356,18 @@ class _Generation(Job):
          'train': dataclasses.asdict(self.clf_cfg)},
         lambda: train_classifier(clf, ds.x_train, ds.y_train, self.clf_cfg, 0,
                                  desc='classifier', progress=config.progress))
-    self.test_acc = float(np.mean(np.argmax(predict(clf, clf_vars, ds.x_test), -1)
+    self.test_acc = float(np.mean(np.argmax(predict(clf, clf_vars, ds.x_test,
+                                                    parallel=parallel), -1)
                                   == ds.y_test) * 100)
     if config.fid_inception is None:
-      features = functools.partial(_features, clf, clf_vars)
+      features = functools.partial(predict, clf, clf_vars, parallel=parallel, features=True)
     else:
-      inception = InceptionFeatures.from_file(config.fid_inception)
+      inception = InceptionFeatures.from_file(config.fid_inception, parallel=parallel)
       features = lambda x: inception((x + 1) / 2)  # noqa: E731  [-1, 1] -> [0, 1]
     real = {c: features(ds.x_train[ds.y_train == c][:config.fid_real_per_class])
             for c in range(ds.num_classes)}
-    self.judge = _Judge(clf, clf_vars, self.ddpm, config, ds.image_shape, features, real)
+    self.judge = _Judge(clf, clf_vars, self.ddpm, config, ds.image_shape, features, real,
+                        parallel)
     self._ready = True
 
   def seed(self, seed: int) -> _SeedRun:
@@ -393,7 +384,8 @@ class _Generation(Job):
           lambda ckpt=None: train_diffusion(
               unet, ds.x_train, ds.y_train, self.ddpm, seed,
               desc=f'{self.model_info["name"]} DDPM (seed {seed})', progress=config.progress,
-              control=LoopControl(ckpt, config.max_nonfinite))[0],
+              control=LoopControl(ckpt, config.max_nonfinite),
+              parallel=config.devices())[0],
           checkpoint_every=config.checkpoint_every)
     task = GenerationTask(unet, original, ds.x_train[split.forget], ds.y_train[split.forget],
                           ds.x_train[split.retain], ds.y_train[split.retain], ds.num_classes,

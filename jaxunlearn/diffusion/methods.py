@@ -36,7 +36,7 @@ class Adam(Hyperparameters):
   clip_norm: float = non_negative(1.0, 'global-norm clip of every update (0: none)')
   cond_drop_prob: float = probability(0.1, 'label dropout of the retain denoising loss')
 
-# SalUn's reference weighs a per-pixel *mean* forget loss against alpha = 1e-3 times a
+# SalUn's reference weighs a per-pixel *mean* forget loss against its alpha = 1e-3 times a
 # per-image *sum* retain loss over 3x32x32 = 3072 pixels: a balance of 3.072 per pixel,
 # which would change with the image size. We weigh two per-pixel means by that 3.072.
 _SALUN_ALPHA = 1e-3 * 3 * 32 * 32
@@ -66,22 +66,25 @@ def _statistic_args(task: GenerationTask, hp) -> dict:
 class SalUn(Adam):
   steps: int = at_least_one(1000, 'joint steps')
   keep: float = fraction(0.5, 'share of the weights updated (the most salient)')
-  alpha: float = non_negative(_SALUN_ALPHA, 'weight of the retain denoising loss')
+  retain_weight: float = non_negative(
+      _SALUN_ALPHA, "weight of the retain loss (denoising, the reference's alpha per pixel)")
+  renamed = {'alpha': 'retain_weight'}
 
 
-@register('salun', 'SalUn: remap the class to (c+1) mod C, alpha * denoising on D_r, masked '
+@register('salun', 'SalUn: remap the class to (c+1) mod C, w_r * denoising on D_r, masked '
           'to the top-`keep` salient weights', SalUn, registry=GENERATION_METHODS)
 def salun(task: GenerationTask, hp: SalUn):
   """SalUn for diffusion (arXiv 2310.12508, section 5): mask = top ``keep`` of |sum of
   clipped batch gradients of the denoising loss on D_f|; then joint steps on
-  ``MSE(eps(x_t, t, c_f), sg(eps(x_t, t, c'))) + alpha L_diff(D_r)``, clipped to 1,
+  ``MSE(eps(x_t, t, c_f), sg(eps(x_t, t, c'))) + w_r L_diff(D_r)`` (``retain_weight``),
+  clipped to 1,
   masked, Adam."""
   mask = salun_mask(task.statistic(Denoising()), task.variables, task.forget_x, task.forget_y,
                     hp.keep, **_statistic_args(task, hp))
   variables, _ = fit_joint(
       task.variables, task.forget_phase(RemappedClass(task.num_classes)),
       task.retain_phase(_retain_loss(task, hp, reduction='mean')), steps=hp.steps,
-      optim=_adam(hp, saliency=True, forget_weight=1.0, retain_weight=hp.alpha),
+      optim=_adam(hp, saliency=True, forget_weight=1.0, retain_weight=hp.retain_weight),
       mask=mask, **_loop(task, hp, 'salun'))
   return variables
 
@@ -90,11 +93,14 @@ def salun(task: GenerationTask, hp: SalUn):
 class SFRon(Adam):
   iterations: int = at_least_one(150, 'iterations T, a retain step each')
   every: int = at_least_one(1, 'K: a forget step every K-th iteration')
-  alpha: float = non_negative(10.0, "alpha0: the forget step's weight, cosine-decayed over T")
-  remain_alpha: float = non_negative(1.0, 'weight of the retain denoising loss')
+  forget_weight: float = non_negative(
+      10.0, "weight of the forget loss (at t = 0, cosine-decayed over T: the reference's alpha)")
+  retain_weight: float = non_negative(
+      1.0, "weight of the retain loss (denoising, the reference's remain_alpha)")
   lam: float = non_negative(0.5, "the adaptive ascent loss's temperature lambda")
   gamma: float = positive(1.0, 'Fisher-ratio threshold of the mask (F_f / F_r >= gamma)')
   mask: bool = hparam(True, doc='mask forget steps by the Fisher ratio')
+  renamed = {'alpha': 'forget_weight', 'remain_alpha': 'retain_weight'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +114,8 @@ class SFRonFastSlow(SFRon):
 def sfron(task: GenerationTask, hp: SFRonFastSlow):
   """SFR-on for DDPM (arXiv 2409.19732; its ``sfron_forget``, method 'ron', loss 'adaga'):
   Fisher-ratio mask from the denoising loss; each iteration an ascent step on the adaptive
-  weighted loss (``lam``) scaled by the cosine-decayed ``alpha``, masked, clipped, then a
-  descent step on ``remain_alpha`` L_diff(D_r), clipped; one Adam state for both."""
+  weighted loss (``lam``) scaled by the cosine-decayed ``forget_weight``, masked, clipped,
+  then a descent step on ``retain_weight`` L_diff(D_r), clipped; one Adam state for both."""
   return _sfron(task, hp, 'sfron')
 
 
@@ -119,13 +125,13 @@ def _sfron(task: GenerationTask, hp: SFRon, desc: str, **precondition):
     mask = sfron_mask(task.statistic(Denoising()), task.variables, task.forget_x,
                       task.forget_y, task.retain_x, task.retain_y, hp.gamma,
                       **_statistic_args(task, hp))
-  optim = _adam(hp, every=hp.every, forget_weight=hp.alpha, forget_schedule='cosine',
+  optim = _adam(hp, every=hp.every, forget_weight=hp.forget_weight, forget_schedule='cosine',
                 forget_clip_norm=hp.clip_norm, saliency=hp.mask, **precondition)
   forget = AdaptiveDenoisingAscent(hp.lam, cond_drop_prob=hp.cond_drop_prob,
                                    null_class=task.null_class)
   variables, _ = fit_fast_slow(
       task.variables, task.forget_phase(forget),
-      task.retain_phase(_retain_loss(task, hp, scale=hp.remain_alpha)),
+      task.retain_phase(_retain_loss(task, hp, scale=hp.retain_weight)),
       iterations=hp.iterations, optim=optim,
       mask=mask, **_loop(task, hp, desc))
   return variables
@@ -159,8 +165,8 @@ class LUR(Adam):
   order: str = one_of(('first', 'second'), 'first', "the look-ahead's derivative")
   virtual: str = one_of(('retain', 'forget'), 'retain', 'which loss the virtual step takes')
   forget_loss: str = one_of(('rl', 'ga'), 'rl', 'L_U: remapped class or gradient ascent')
-  forget_weight: float = non_negative(1.0, 'w_u')
-  retain_weight: float = non_negative(_SALUN_ALPHA, 'w_r')
+  forget_weight: float = non_negative(1.0, 'weight of the forget loss (w_u)')
+  retain_weight: float = non_negative(_SALUN_ALPHA, 'weight of the retain loss (w_r)')
 
 
 @register('lur', "LUR: joint steps on w_r L_R(theta) + w_u L_U(theta - eta grad L_R(theta)) "
@@ -168,7 +174,7 @@ class LUR(Adam):
 def lur(task: GenerationTask, hp: LUR):
   """LUR (arXiv 2503.06339) on SalUn's diffusion losses: L_U the remapped-class loss
   ('rl') or gradient ascent on the denoising loss ('ga'), L_R the retain denoising loss
-  (per-pixel mean, weighted as SalUn's alpha); ``align_forget_retain`` makes the look-ahead
+  (per-pixel mean, weighted as SalUn's retain_weight); ``align_forget_retain`` makes the look-ahead
   step, then clip and Adam. First order by default (the HVP of 'second' doubles a step)."""
   forget = (RemappedClass(task.num_classes) if hp.forget_loss == 'rl' else
             Denoising(-1.0, hp.cond_drop_prob, task.null_class, reduction='mean'))
@@ -186,7 +192,7 @@ def lur(task: GenerationTask, hp: LUR):
 class SA(Adam):
   cond_drop_prob: float = probability(0.0, 'label dropout of the replay loss')
   steps: int = at_least_one(1000, 'joint steps')
-  strength: float = non_negative(10.0, 'weight of the EWC penalty')
+  strength: float = non_negative(10.0, 'weight of the penalty (EWC, the reference\'s lambda)')
   replay_weight: float = non_negative(1.0, 'weight of the replay loss')
   replay_per_class: int = at_least_one(50, 'samples of each class replayed')
   fisher_timesteps: int = at_least_one(20, 'timesteps of the ELBO Fisher per image')
@@ -206,7 +212,7 @@ def sa(task: GenerationTask, hp: SA):
   shape = task.forget_x.shape[1:]
   labels = np.repeat(np.arange(task.num_classes, dtype=np.int32), hp.replay_per_class)
   samples = generate(task.model, task.variables, task.diffusion, labels, shape, task.seed,
-                     num_steps=hp.sample_steps, guidance=hp.guidance)
+                     num_steps=hp.sample_steps, guidance=hp.guidance, parallel=task.parallel)
   fisher = elbo_fisher(task, samples, labels, hp.fisher_timesteps, seed=task.seed)
   keep = ~np.isin(labels, np.unique(task.forget_y))
   replay = task.phase(samples[keep], labels[keep], _retain_loss(task, hp), 'retain')

@@ -71,10 +71,20 @@ def ddim_step(schedule: NoiseSchedule, x, eps, t, prev_t, noise, eta: float = 0.
   return jnp.sqrt(abar_prev) * x0 + direction + std * noise
 
 
+def _normal(key, shape, index):
+  """Standard normal noise of ``shape``: one draw from ``key``, or with ``index`` (``[B]``
+  ints) row ``i`` drawn from ``fold_in(key, index[i])``, so that an image's noise does not
+  depend on which batch, or which device, it is made in."""
+  if index is None:
+    return jax.random.normal(key, shape, jnp.float32)
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), shape[1:],
+                                              jnp.float32))(index)
+
+
 def sample(eps_fn, schedule: NoiseSchedule, shape, key, labels=None, *, method: str = 'ddim',
            num_steps: int = 50, eta: float = 0.0, guidance_scale: float = 1.0,
            null_class: int | None = None, clip: bool = True, unroll: int | bool = 1,
-           x_init=None):
+           x_init=None, index=None):
   """Samples ``shape`` images from pure noise with ``num_steps`` reverse steps (traceable:
   call it under ``jax.jit``, or use :func:`make_sampler`).
 
@@ -86,6 +96,9 @@ def sample(eps_fn, schedule: NoiseSchedule, shape, key, labels=None, *, method: 
       slower than unrolled, so on CPU a full unroll (True) is faster to run, slower to
       compile.
     x_init: the starting noise ``x_T`` (default: drawn from ``key``).
+    index: ``[B]`` ints, each image's own number: its starting and per-step noise are
+      drawn from ``fold_in(key, index)``, the same in any batch and on any device
+      (:func:`jaxunlearn.diffusion.unlearn.generate` numbers the images it makes).
   """
   if method not in ('ddim', 'ddpm'):
     raise ValueError(f"method must be 'ddim' or 'ddpm', got {method!r}")
@@ -96,12 +109,12 @@ def sample(eps_fn, schedule: NoiseSchedule, shape, key, labels=None, *, method: 
   def body(x, inputs):
     t, step_key = inputs
     eps = guided_eps(eps_fn, x, t, labels, guidance_scale, null_class)
-    noise = jax.random.normal(step_key, x.shape, x.dtype)
+    noise = _normal(step_key, x.shape, index).astype(x.dtype)
     if method == 'ddpm':
       return ddpm_step(schedule, x, eps, t, t - gap, noise, clip), None
     return ddim_step(schedule, x, eps, t, t - gap, noise, eta, clip), None
 
-  x = jax.random.normal(init_key, shape, jnp.float32) if x_init is None else x_init
+  x = _normal(init_key, shape, index) if x_init is None else x_init
   x, _ = jax.lax.scan(body, x, (jnp.asarray(ts), jax.random.split(loop_key, num_steps)),
                       unroll=unroll)
   return x

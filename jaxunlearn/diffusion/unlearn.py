@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxunlearn.diffusion.objectives import (AdaptiveDenoisingAscent, Denoiser,  # noqa: F401
                                              Denoising, RemappedClass)
-from jaxunlearn.diffusion.samplers import make_sampler
+from jaxunlearn.diffusion.samplers import sample
 from jaxunlearn.diffusion.schedules import q_sample
 from jaxunlearn.diffusion.train import DiffusionConfig
 from jaxunlearn.methods import TaskSets, check_sets, shared_examples
@@ -110,7 +110,7 @@ class GenerationTask(TaskSets):
 
 
 @functools.lru_cache(maxsize=8)
-def _example_fisher(model, diffusion: DiffusionConfig, timesteps: int):
+def _example_fisher(model, diffusion: DiffusionConfig, timesteps: int, parallel: Parallel):
   schedule = diffusion.noise_schedule()
   T = schedule.num_timesteps
 
@@ -128,8 +128,18 @@ def _example_fisher(model, diffusion: DiffusionConfig, timesteps: int):
       return T / timesteps * jnp.sum((pred - noise) ** 2)
     return jax.tree.map(jnp.square, jax.grad(elbo)(params))
 
-  return jax.jit(lambda p, x, y, keys: jax.tree.map(
-      lambda f: jnp.sum(f, 0), jax.vmap(one, (None, 0, 0, 0))(p, x, y, keys)))
+  def batch_sum(params, batch):  # sum over the (weighted) examples of this device's rows
+    # One image at a time (lax.map), not vmap: under a batch-sharded jit, XLA:CPU (jax
+    # 0.10) returns zero for the per-example conv-kernel gradients of every device but the
+    # first (tests/test_parallel.py checks this Fisher on 8 devices).
+    def add(total, example):
+      x, y, w, key = example
+      f = one(params, x, y, jax.random.wrap_key_data(key))
+      return jax.tree.map(lambda t, g: t + w * g, total, f), None
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    total, _ = jax.lax.scan(add, zeros, batch)
+    return total if parallel.axis_name is None else jax.lax.psum(total, parallel.axis_name)
+  return parallel.batched(batch_sum)
 
 
 def elbo_fisher(task: GenerationTask, x, y, timesteps: int = 20, batch_size: int = 8,
@@ -137,36 +147,61 @@ def elbo_fisher(task: GenerationTask, x, y, timesteps: int = 20, batch_size: int
   """Diagonal Fisher of the original model for Selective Amnesia's EWC: the mean over
   images of the squared per-image gradient of the denoising ELBO, ``sum_t l_t`` over all T
   timesteps (the SA reference sums all 1000 per image); we estimate that sum from
-  ``timesteps`` stratified ones, scaled by ``T / timesteps``."""
-  fn = _example_fisher(task.model, task.diffusion, timesteps)
+  ``timesteps`` stratified ones, scaled by ``T / timesteps``. Image ``i`` draws its
+  timesteps and noise from ``fold_in(key(seed), i)``, so the sum is the same however it is
+  batched: in batches of ``batch_size`` (rounded up to a multiple of the device count, the
+  last padded with weight-0 rows) split over ``task.parallel``'s devices."""
+  if len(y) == 0:
+    raise ValueError('elbo_fisher: no images')
+  size = task.parallel.size
+  fn = _example_fisher(task.model, task.diffusion, timesteps, task.parallel)
   params, key, total = task.variables['params'], jax.random.key(seed), None
-  for i, (idx, w) in enumerate(epoch_batches(len(y), batch_size, 0, 0, shuffle=False)):
-    keys = jax.random.split(jax.random.fold_in(key, i), len(idx))
-    idx = idx[w > 0]
-    f = fn(params, jnp.asarray(x[idx]), jnp.asarray(y[idx]), keys[:len(idx)])
+  for idx, w in epoch_batches(len(y), -(-batch_size // size) * size, 0, 0, shuffle=False,
+                              multiple_of=size):
+    keys = jax.random.key_data(jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.asarray(idx)))
+    f = fn(params, (x[idx], y[idx], w, keys))
     total = f if total is None else jax.tree.map(jnp.add, total, f)
   return jax.tree.map(lambda f: f / len(y), total)
 
 
 @functools.lru_cache(maxsize=16)
-def _sampler(model, diffusion: DiffusionConfig, shape, num_steps: int, guidance: float,
-             null_class: int):
-  return make_sampler(model, diffusion.noise_schedule(), shape, num_steps=num_steps,
-                      guidance_scale=guidance, null_class=null_class)
+def _sampler(model, diffusion: DiffusionConfig, image_shape, num_steps: int, guidance: float,
+             null_class: int, parallel: Parallel):
+  schedule = diffusion.noise_schedule()
+
+  def run(args, batch):
+    variables, key = args
+    labels, index = batch
+    eps_fn = lambda x, t, y: model.apply(variables, x, t, y)
+    return sample(eps_fn, schedule, (labels.shape[0], *image_shape), key, labels,
+                  num_steps=num_steps, guidance_scale=guidance, null_class=null_class,
+                  index=index)
+  return parallel.batched(run, per_example=True)
 
 
 def generate(model, variables, diffusion: DiffusionConfig, labels, image_shape, seed: int = 0,
-             *, num_steps: int = 50, guidance: float = 2.0, batch_size: int = 100):
+             *, num_steps: int = 50, guidance: float = 2.0, batch_size: int = 100,
+             parallel: Parallel = SINGLE):
   """Images of ``labels`` from DDIM (``num_steps``, classifier-free guidance ``guidance``
-  in diffusers' convention), in fixed-size compiled batches (the last padded); numpy
-  ``[N, *image_shape]`` in [-1, 1]."""
+  in diffusers' convention); numpy ``[N, *image_shape]`` in [-1, 1].
+
+  Image ``i``'s noise is drawn from ``fold_in(key(seed), i)`` (``samplers.sample``'s
+  ``index``), so the images are the same whatever ``batch_size`` and on however many
+  devices: with ``parallel``, each compiled batch (``batch_size`` rounded up to a multiple
+  of the device count; the last one padded) is split over its devices.
+  """
   labels = np.asarray(labels, np.int32)
-  size = min(batch_size, len(labels))
-  sampler = _sampler(model, diffusion, (size, *image_shape), num_steps, guidance,
-                     model.num_class_embeds - 1)
-  out, key = [], jax.random.key(seed)
-  for i, start in enumerate(range(0, len(labels), size)):
+  if labels.ndim != 1 or not len(labels):
+    raise ValueError(f'generate: labels must be a non-empty 1-D array, got shape '
+                     f'{labels.shape}')
+  size = -(-min(batch_size, len(labels)) // parallel.size) * parallel.size
+  sampler = _sampler(model, diffusion, tuple(image_shape), num_steps, float(guidance),
+                     model.num_class_embeds - 1, parallel)
+  key, out = jax.random.key(seed), []
+  for start in range(0, len(labels), size):
     chunk = labels[start:start + size]
-    padded = np.concatenate([chunk, np.zeros(size - len(chunk), np.int32)])
-    out.append(np.asarray(sampler(variables, jax.random.fold_in(key, i), padded))[:len(chunk)])
+    pad = size - len(chunk)
+    batch = (np.concatenate([chunk, np.zeros(pad, np.int32)]),
+             np.arange(start, start + size, dtype=np.int32))
+    out.append(np.asarray(sampler((variables, key), batch))[:len(chunk)])
   return np.concatenate(out)

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxunlearn.parallel import SINGLE, Parallel
+
 
 def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
   """Mean and covariance (ddof=1, as pytorch-fid) of ``[N, D]`` features, in float64."""
@@ -63,11 +65,14 @@ class InceptionFeatures:
       fid = fid_from_features(features(real), features(fake))
   """
 
-  def __init__(self, model, variables, batch_size: int = 50, quantize: bool = True):
+  def __init__(self, model, variables, batch_size: int = 50, quantize: bool = True,
+               parallel: Parallel = SINGLE):
     if batch_size < 1:
       raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-    self.variables, self.batch_size, self.quantize = variables, batch_size, quantize
-    self._apply = jax.jit(lambda v, x: model.apply(v, x))
+    # With ``parallel``, each batch (rounded up to a multiple of the devices) is split.
+    self.batch_size = -(-batch_size // parallel.size) * parallel.size
+    self.variables, self.quantize = variables, quantize
+    self._apply = parallel.batched(lambda v, x: model.apply(v, x), per_example=True)
 
   @classmethod
   def from_file(cls, path, **kwargs) -> 'InceptionFeatures':
