@@ -128,13 +128,14 @@ def _example_fisher(model, diffusion: DiffusionConfig, timesteps: int, parallel:
       return T / timesteps * jnp.sum((pred - noise) ** 2)
     return jax.tree.map(jnp.square, jax.grad(elbo)(params))
 
-  def batch_sum(params, batch):  # sum over the (weighted) examples of this device's rows
-    # One image at a time (lax.map), not vmap: under a batch-sharded jit, XLA:CPU (jax
+  def batch_sum(args, batch):  # sum over the (weighted) images of this device's rows
+    params, key = args
+    # One image at a time (lax.scan), not vmap: under a batch-sharded jit, XLA:CPU (jax
     # 0.10) returns zero for the per-example conv-kernel gradients of every device but the
     # first (tests/test_parallel.py checks this Fisher on 8 devices).
     def add(total, example):
-      x, y, w, key = example
-      f = one(params, x, y, jax.random.wrap_key_data(key))
+      x, y, w, i = example
+      f = one(params, x, y, jax.random.fold_in(key, i))
       return jax.tree.map(lambda t, g: t + w * g, total, f), None
     zeros = jax.tree.map(jnp.zeros_like, params)
     total, _ = jax.lax.scan(add, zeros, batch)
@@ -158,8 +159,7 @@ def elbo_fisher(task: GenerationTask, x, y, timesteps: int = 20, batch_size: int
   params, key, total = task.variables['params'], jax.random.key(seed), None
   for idx, w in epoch_batches(len(y), -(-batch_size // size) * size, 0, 0, shuffle=False,
                               multiple_of=size):
-    keys = jax.random.key_data(jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.asarray(idx)))
-    f = fn(params, (x[idx], y[idx], w, keys))
+    f = fn((params, key), (x[idx], y[idx], w, idx.astype(np.int32)))
     total = f if total is None else jax.tree.map(jnp.add, total, f)
   return jax.tree.map(lambda f: f / len(y), total)
 
