@@ -25,5 +25,10 @@ CONFIG = GenerationConfig(
     ddpm=DiffusionConfig(steps=800_000, batch_size=128, lr=2e-4, warmup=5000),
     forget_samples=500, fid_samples_per_class=500, sample_steps=100, guidance=2.0)
 
+
+def main(argv=None) -> dict:
+  return generation_main('ddpm_cifar10_class', CONFIG, __doc__, argv)
+
+
 if __name__ == '__main__':
-  generation_main('ddpm_cifar10_class', CONFIG, __doc__)
+  main()

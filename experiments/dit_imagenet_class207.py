@@ -41,7 +41,7 @@ from jaxunlearn.methods import resolve_hparams
 from jaxunlearn.models.dit import stack_blocks
 from jaxunlearn.parallel import Parallel
 
-from paper import parser
+from paper import parser, print_hparams
 
 HPARAMS = {'sfron': {'iterations': 600, 'batch_size': 32, 'lr': 1e-4},
            'salun': {'steps': 600, 'batch_size': 32, 'lr': 1e-4},
@@ -139,6 +139,9 @@ def main(argv=None):
   out.mkdir(parents=True, exist_ok=True)
   methods = args.methods.split(',') if args.methods else list(HPARAMS)
   hparams = {m: dict(HPARAMS[m]) for m in methods}
+  if args.print_hparams:
+    return print_hparams({m: resolve_hparams(m, hparams[m], GENERATION_METHODS).to_dict()
+                          for m in methods})
   with tempfile.TemporaryDirectory() as tmp:
     if args.smoke:
       root, size, forget_class, held_out = Path(tmp) / 'imagenet', 16, 1, 2

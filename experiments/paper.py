@@ -10,6 +10,12 @@ convert-dit``, ``jaxunlearn.convert.load_diffusers_unet``). Nothing is downloade
 images in an ImageFolder tree), with a tiny model and a few steps of every method, so that
 CI proves each configuration starts and reaches its report (``tests/test_paper_configs.py``).
 Its numbers mean nothing.
+
+``--print-hparams`` prints the resolved hyperparameters of every method the script runs
+(and of the original's training) as JSON ``{method: {name: value}}`` and exits, reading
+no data. The classification settings come from :mod:`jaxunlearn.paper_settings` (each
+value with the reference file and line it was read from: ``docs/paper-settings.md``);
+``tests/test_paper_settings.py`` checks that the scripts resolve to that table.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +37,9 @@ SMOKE_CLASSIFICATION = {
     'rl': {'epochs': 1}, 'l1_sparse': {'epochs': 1}, 'salun': {'epochs': 1},
     'sfron': {'iterations': 2, 'every': 1}, 'lur': {'epochs': 1},
     'iu': {'num_samples': 8}, 'bs': {'epochs': 1}, 'scrub': {'epochs': 1, 'msteps': 1},
+    'bad_teacher': {'epochs': 1}, 'scissorhands': {'epochs': 1},
 }
+_ONE_EPOCH = {'epochs': 1, 'schedule': 'constant', 'drop_epochs': ()}  # no drops in 1 epoch
 
 
 def parser(doc: str, smoke_help: str = 'mock data, a tiny model, a few steps: proves the '
@@ -44,8 +53,28 @@ def parser(doc: str, smoke_help: str = 'mock data, a tiny model, a few steps: pr
   p.add_argument('--cache-dir', default=None, help='cache of originals and Retrains')
   p.add_argument('--methods', default=None, help='comma-separated subset of the setting\'s')
   p.add_argument('--smoke', action='store_true', help=smoke_help)
+  p.add_argument('--print-hparams', action='store_true',
+                 help='print every method\'s resolved hyperparameters as JSON and exit')
   p.add_argument('--quiet', action='store_true')
   return p
+
+
+def for_methods(overrides: dict, methods, always=('train', 'retrain')) -> dict:
+  """``overrides`` of the methods in ``methods`` (and ``always``): a paper setting's table
+  holds every method, a run may choose a subset (``--methods``)."""
+  return {m: v for m, v in overrides.items() if m in methods or m in always}
+
+
+def merged(base: dict, changes: dict) -> dict:
+  """``base`` overrides updated method by method with ``changes``."""
+  return {m: {**base.get(m, {}), **changes.get(m, {})} for m in {**base, **changes}}
+
+
+def print_hparams(resolved: dict) -> dict:
+  """Prints ``{method: {name: value}}`` as JSON (tuples as lists); returns it."""
+  lines = [f' {json.dumps(m)}: {json.dumps(v)}' for m, v in resolved.items()]
+  print('{\n' + ',\n'.join(lines) + '\n}')
+  return resolved
 
 
 def common_changes(args) -> dict:
@@ -87,14 +116,25 @@ def _run_setting(run, config, changes: dict, args, out) -> dict:
 
 def classification_main(setting: str, config: ExperimentConfig, doc: str, argv=None) -> dict:
   """Runs ``config`` (a paper setting) from the command line; ``--smoke`` on mock data."""
+  from jaxunlearn.methods import resolve_hparams
   args = parser(doc).parse_args(argv)
   out = args.out or f'results/{setting}'
   changes = common_changes(args)
+  methods = changes.get('methods', config.methods)
+  overrides = for_methods(config.overrides, methods)
   if args.smoke:
+    smoke = for_methods({**SMOKE_CLASSIFICATION, 'train': _ONE_EPOCH, 'retrain': _ONE_EPOCH},
+                        methods)
     changes.update(width=4, seeds=(0,), cache_dir=None, checkpoint_every=0, image_size=16,
-                   overrides={k: v for k, v in SMOKE_CLASSIFICATION.items()
-                              if k == 'train' or k in changes.get('methods', config.methods)},
                    allow_duplicates=True)  # mock data repeat images
+    overrides = merged(overrides, smoke)
+  changes['overrides'] = overrides
+  if args.print_hparams:
+    config = dataclasses.replace(config, **changes)
+    return print_hparams({
+        'train': config.train.replace(**config.overrides.get('train', {})).to_dict(),
+        **{m: resolve_hparams(m, config.overrides.get(m)).to_dict()
+           for m in ('retrain', *config.methods)}})
   results = _run_setting(run_experiment, config, changes, args, out)
   print(format_table(results))
   print(f'written: {Path(out) / "results.json"}, {Path(out) / "results.png"}')
@@ -129,6 +169,15 @@ def generation_main(setting: str, config, doc: str, argv=None) -> dict:
                    fid_samples_per_class=2, sample_steps=2,
                    overrides={k: v for k, v in SMOKE_GENERATION.items()
                               if k in ('ddpm', 'classifier') or k in methods})
+  if args.print_hparams:
+    from jaxunlearn.diffusion.methods import GENERATION_METHODS
+    from jaxunlearn.methods import resolve_hparams
+    config = dataclasses.replace(config, **changes)
+    return print_hparams({
+        'ddpm': dataclasses.asdict(config._replaced('ddpm')),
+        'classifier': config._replaced('classifier').to_dict(),
+        **{m: resolve_hparams(m, config.overrides.get(m), GENERATION_METHODS).to_dict()
+           for m in config.methods}})
   results = _run_setting(run_generation, config, changes, args, out)
   print(format_generation_table(results))
   print(f'written: {Path(out) / "results.json"}, samples.png, results.png')

@@ -1,11 +1,11 @@
 """The ``jaxunlearn`` command.
 
-    jaxunlearn run [--dataset digits] [--scenario class:3|random:10]
+    jaxunlearn run [--dataset digits] [--scenario class:3|random:10|indices:FILE]
                    [--methods retrain,ft,ga,rl] [--seeds 0,1,2] [--out DIR]
                    [--set ft.lr=0.02 --set train.epochs=5 ...] [--tune]
                    [--alignment-every N] [--parallel auto|none|pmap|shard] [--devices N]
                    [--shard-params] [--checkpoint-every N] [--restart] [--max-nonfinite N]
-                   [--allow-duplicates]
+                   [--allow-duplicates] [--original PATH]
 
 A run killed at any point resumes when the same command is run again (see --restart).
 Exit status: 0 done, 1 done but some method run failed (diverged; see results.json
@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f'classification: channels of the first stage (default {_exp("width")}; '
                         '64 = the standard ResNet-18)')
   run.add_argument('--scenario', default=None,
-                   help=f"'class:K' or 'random:P' (default {_exp('scenario')})")
+                   help=f"'class:K', 'random:P' or 'indices:FILE' (a .npy or text file of "
+                        f"training-set indices) (default {_exp('scenario')})")
   run.add_argument('--methods', type=_csv, default=None,
                    help=f'comma-separated (default: {",".join(_exp("methods"))}; generation: '
                         f'{",".join(_gen("methods"))}); see `jaxunlearn methods`')
@@ -127,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generation: FID in Inception pool-3 features, from pytorch-fid's "
                         'weight file pt_inception-2015-12-05-6726825d.pth on disk (default: '
                         "the generation classifier's features)")
+  run.add_argument('--original', default=None, metavar='PATH',
+                   help='classification: start from this trained model instead of training '
+                        'one: an orbax checkpoint directory of ours, or a reference PyTorch '
+                        'ResNet-18 checkpoint (SalUn\'s or SFR-on\'s; needs torch)')
   run.add_argument('--allow-duplicates', action='store_true',
                    help='run even if forget examples have exact copies in the retain or '
                         'test set')
@@ -212,7 +217,7 @@ def main(argv=None) -> int:
 
 _CLASSIFICATION_ONLY = {'width': '--width', 'tune': '--tune', 'tune_seeds': '--tune-seeds',
                         'tune_grid': '--tune-grid', 'alignment_every': '--alignment-every',
-                        'allow_duplicates': '--allow-duplicates'}
+                        'allow_duplicates': '--allow-duplicates', 'original': '--original'}
 _GENERATION_ONLY = {'check_every': '--check-every', 'fid_inception': '--fid-inception'}
 
 
@@ -280,7 +285,7 @@ def _execute(run, table, written) -> int:
   start = time.perf_counter()
   try:
     results = run()
-  except (ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
+  except (ValueError, FileNotFoundError, ImportError, checkpoint.CheckpointError) as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
     return 2
   except NonFiniteError as e:  # training an original model diverged

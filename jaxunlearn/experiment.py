@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 
 from jaxunlearn import checkpoint, methods as methods_lib
@@ -65,6 +66,12 @@ class ExperimentConfig:
     allow_duplicates: run even if forget examples have byte-identical copies in the
       retain or test set (by default an error: that copy would teach the model again, or
       count as unseen).
+    original: start from this trained model instead of training one: a directory holding
+      an orbax checkpoint of our variables (:func:`jaxunlearn.checkpoint.save_variables`),
+      or a reference PyTorch ResNet checkpoint file (SalUn's or SFR-on's layout,
+      :mod:`jaxunlearn.convert.torch_resnet`; the data are re-normalised as it expects).
+      Every seed unlearns this one model; Retrain still trains from scratch on D_r with
+      the ``retrain`` recipe.
   """
 
   dataset: str = 'digits'
@@ -89,6 +96,7 @@ class ExperimentConfig:
   checkpoint_every: int = 50
   max_nonfinite: int | None = 10
   allow_duplicates: bool = False
+  original: str | None = None
 
   @classmethod
   def from_dict(cls, d: dict) -> ExperimentConfig:
@@ -121,6 +129,13 @@ class ExperimentConfig:
                        f'{self.max_nonfinite}')
     if len(set(self.seeds)) != len(self.seeds):
       raise ValueError(f'seeds repeat: {list(self.seeds)}')
+    if self.original is not None:
+      if not Path(self.original).exists():
+        raise ValueError(f'--original {self.original}: no such file or directory (an orbax '
+                         'checkpoint directory of ours, or a PyTorch ResNet checkpoint file)')
+      if self.devices().is_ensemble:
+        raise ValueError('--original gives one model; an ensemble run (parallel vmap) trains '
+                         'its own: drop one of them')
     for name in self.methods:
       methods_lib.get_method(name)
     for name, hp in self.overrides.items():
@@ -150,12 +165,17 @@ class _Setup:
   train_cfg: TrainConfig
   retrain_hp: methods_lib.Hyperparameters
   like: Any
+  original: Any = None  # the variables of --original (None: trained per seed)
+  normalization: tuple | None = None  # (mean, std) the data were re-normalised to
 
   @property
   def cache_key(self):
     c = self.config
-    return {'dataset': c.dataset, 'image_shape': self.dataset.image_shape,
-            'n_train': len(self.dataset.y_train), 'model': c.model, 'width': c.width}
+    key = {'dataset': c.dataset, 'image_shape': self.dataset.image_shape,
+           'n_train': len(self.dataset.y_train), 'model': c.model, 'width': c.width}
+    if self.normalization is not None:  # Retrains of other inputs are other models
+      key['normalization'] = self.normalization
+    return key
 
 
 def _check_settings(keys, cls, what: str) -> None:
@@ -172,8 +192,44 @@ def _setup(config: ExperimentConfig) -> _Setup:
   dataset = load_dataset(config.dataset, config.data_dir, config.image_size)
   model = make_model(config.model, dataset.num_classes, config.width)
   retrain_hp = methods_lib.resolve_hparams('retrain', config.overrides.get('retrain'))
-  return _Setup(config, dataset, model, train_cfg, retrain_hp,
-                init_variables(model, dataset.image_shape, 0))
+  like = init_variables(model, dataset.image_shape, 0)
+  original = normalization = None
+  if config.original is not None:
+    original, normalization = _load_original(config.original, config, model, like)
+    if normalization is not None:
+      dataset = dataset.renormalized(*normalization)
+  return _Setup(config, dataset, model, train_cfg, retrain_hp, like, original, normalization)
+
+
+def _load_original(path: str, config: ExperimentConfig, model, like):
+  """``(variables, (mean, std) or None)`` of ``--original``: our orbax checkpoint (a
+  directory), or a reference PyTorch ResNet (a file; with the input normalisation it
+  expects). Raises ValueError when it is not a model of this run's architecture."""
+  what = f'--original {path}'
+  if Path(path).is_dir():
+    variables = checkpoint.load_variables(path)
+    want = jax.tree.map(np.shape, like)
+    got = jax.tree.map(np.shape, variables)
+    if want != got:
+      raise ValueError(f'{what} does not hold variables of --model {config.model} --width '
+                       f'{config.width} for {config.dataset} (its tree or shapes differ): give '
+                       'the model and width it was trained with')
+    return variables, None
+  from jaxunlearn.convert.torch_resnet import load_torch_resnet
+  converted = load_torch_resnet(path, config.dataset)
+  theirs = converted.model
+  if (theirs.stage_sizes, theirs.width, theirs.num_classes) != (
+      tuple(model.stage_sizes), model.width, model.num_classes):
+    raise ValueError(f'{what} is a ResNet with stages {theirs.stage_sizes}, width '
+                     f'{theirs.width} and {theirs.num_classes} classes; this run builds '
+                     f'{tuple(model.stage_sizes)}, {model.width}, {model.num_classes}: pass '
+                     f'--model/--width to match (ResNet-18 of width {theirs.width}: --model '
+                     f'resnet18 --width {theirs.width})')
+  if converted.mean is None:
+    raise ValueError(f'{what}: the checkpoint does not hold its input normalisation and none '
+                     f'is known for {config.dataset} (SFR-on\'s layout is known for cifar10 and '
+                     'cifar100)')
+  return converted.variables, (converted.mean, converted.std)
 
 
 @dataclasses.dataclass
@@ -213,17 +269,20 @@ def _prepare_seed(s: _Setup, seed: int, split=None) -> _Seed:
                                  ds.num_classes, seed, config.progress,
                                  parallel=config.devices())
   control = lambda ckpt: LoopControl(ckpt, config.max_nonfinite)
-  original, _ = checkpoint.cached(
-      config.cache_dir, 'original',
-      {**s.cache_key, 'train': dataclasses.asdict(s.train_cfg), 'seed': seed},
-      lambda ckpt=None: train_classifier(model, ds.x_train, ds.y_train, s.train_cfg, seed,
-                                    desc=f'original (seed {seed})', progress=config.progress,
-                                    parallel=task.parallel, control=control(ckpt)),
-      like=s.like, checkpoint_every=config.checkpoint_every)
+  original = s.original
+  if original is None:
+    original, _ = checkpoint.cached(
+        config.cache_dir, 'original',
+        {**s.cache_key, 'train': s.train_cfg.cache_dict(), 'seed': seed},
+        lambda ckpt=None: train_classifier(model, ds.x_train, ds.y_train, s.train_cfg, seed,
+                                           desc=f'original (seed {seed})',
+                                           progress=config.progress, parallel=task.parallel,
+                                           control=control(ckpt)),
+        like=s.like, checkpoint_every=config.checkpoint_every)
   retrained, info = checkpoint.cached(
       config.cache_dir, 'retrain',
-      {**s.cache_key, 'train': s.retrain_hp.to_dict(), 'seed': seed, 'scenario': config.scenario,
-       'forget': split.forget.tolist()},
+      {**s.cache_key, 'train': s.retrain_hp.cache_dict(), 'seed': seed,
+       'scenario': config.scenario, 'forget': split.forget.tolist()},
       lambda ckpt=None: methods_lib.get_method('retrain').run(
           dataclasses.replace(task, control=control(ckpt)), s.retrain_hp),
       like=s.like, checkpoint_every=config.checkpoint_every)
@@ -363,6 +422,9 @@ class _Classification(Job):
       results['alignment'] = alignment
     if self.tuning is not None:
       results['tuning'] = self.tuning
+    if config.original is not None:  # where the original came from
+      results['model']['original'] = {'path': str(Path(config.original).absolute()),
+                                      'normalization': self.s.normalization}
     return results
 
   def write(self, results: dict, out_dir: Path) -> None:

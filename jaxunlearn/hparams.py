@@ -64,7 +64,17 @@ def did_you_mean(word: str, choices) -> str:
 
 
 def cast_like(value, default, where: str):
-  """Casts a command-line string to the type of ``default`` (bools: true/false/1/0)."""
+  """Casts a command-line string to the type of ``default`` (bools: true/false/1/0;
+  tuples: comma-separated integers, '' for none)."""
+  if isinstance(default, tuple):
+    if isinstance(value, list):  # a config file's JSON array
+      value = tuple(value)
+    if isinstance(value, str):
+      try:
+        return tuple(int(v) for v in value.split(',') if v.strip())
+      except ValueError:
+        raise ValueError(f'{where} must be comma-separated integers, got {value!r}') from None
+    return value
   if not isinstance(value, str):
     return value
   if isinstance(default, bool):
@@ -93,6 +103,11 @@ def _typed(value, default, where: str):
     value = float(value) if ok else value
   elif default is None:
     ok = True
+  elif isinstance(default, tuple):
+    ok = isinstance(value, tuple) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not ok:
+      raise ValueError(f'{where} must be a tuple of integers, got {value!r}')
   else:
     ok = isinstance(value, type(default))
   if not ok:

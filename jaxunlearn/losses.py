@@ -100,6 +100,20 @@ def _distill_kl(student_logits, teacher_probs, temperature):
 
 
 @dataclasses.dataclass(frozen=True)
+class MixedRandomLabels:
+  """RL's loss on one shuffled pass over D_f and D_r together (the SalUn reference's
+  CIFAR-100 / Tiny-ImageNet branch): per example, CE against a random label where
+  ``targets['forget']`` is 1, against the true ``targets['label']`` where it is 0."""
+
+  exclude_true: bool = True
+
+  def __call__(self, logits, targets, key):
+    labels, forget = targets['label'], targets['forget']
+    fake = random_labels(key, labels, logits.shape[-1], self.exclude_true)
+    return cross_entropy(logits, jnp.where(forget > 0, fake, labels))
+
+
+@dataclasses.dataclass(frozen=True)
 class DistillKL:
   """Knowledge distillation ``T^2 KL(softmax(t/T) || softmax(s/T))`` per example.
 

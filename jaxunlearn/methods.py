@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import zlib
 from typing import Any, Callable
 
 import jax
@@ -31,10 +32,10 @@ from jaxunlearn.influence import influence_direction
 from jaxunlearn.objectives import Classifier
 from jaxunlearn.optim import OptimSpec
 from jaxunlearn.parallel import SINGLE, Parallel
-from jaxunlearn.saliency import salun_mask, sfron_mask
+from jaxunlearn.saliency import accumulate_gradients, salun_mask, sfron_mask
 from jaxunlearn.step import predict
-from jaxunlearn.train import (LoopControl, Phase, TrainConfig,
-                              fit, fit_fast_slow, fit_joint, init_variables, train_classifier)
+from jaxunlearn.train import (LoopControl, Phase, TrainConfig, fit, fit_fast_slow,
+                              fit_joint, init_variables, num_batches, train_classifier)
 
 
 class TaskSets:
@@ -249,8 +250,23 @@ def register(name: str, summary: str, hparams: type, registry: dict | None = Non
   return wrap
 
 
+# The reference code bases' names of methods that are called otherwise here.
+REFERENCE_NAMES = {
+    'ft_prune': ('l1_sparse', "the SalUn code's FT_prune runs FT_l1, the l1-sparse recipe"),
+    'wfisher': ('iu', "the SalUn code's wfisher is influence unlearning (WoodFisher)"),
+    'boundary_shrink': ('bs', ''), 'boundary_expanding': ('be', ''),
+    'shs': ('scissorhands', ''), 'fisher_forgetting': ('fisher', ''),
+    'bt': ('bad_teacher', ''),
+}
+
+
 def get_method(name: str, registry: dict | None = None) -> Method:
   registry = METHODS if registry is None else registry
+  ours = REFERENCE_NAMES.get(name.lower())
+  if name not in registry and registry is METHODS and ours is not None:
+    why = f' ({ours[1]})' if ours[1] else ''
+    raise ValueError(f'unknown method {name!r}: the reference code\'s {name} is {ours[0]!r} '
+                     f'here{why}; use {ours[0]}')
   if name not in registry:
     raise ValueError(f'unknown method {name!r}{did_you_mean(name, registry)}; available: '
                      f'{", ".join(sorted(registry))}')
@@ -340,11 +356,15 @@ def ft(task: UnlearnTask, hp: FT):
 class GA(SGD):
   lr: float = positive(0.005, 'peak learning rate')
   epochs: int = non_negative(5, 'passes over D_f')
+  clip_norm: float = non_negative(0.0, 'global-norm clip of every update (0: none)')
 
 
 @register('ga', 'Gradient ascent: -CE on D_f', GA)
 def ga(task: UnlearnTask, hp: GA):
-  return _fit(task, hp, [task.forget_phase(losses.gradient_ascent)], 'ga')
+  """``clip_norm`` clips each gradient before SGD's weight decay and momentum, as
+  ``clip_grad_norm`` before ``SGD.step`` (SFR-on's code: 0.1 on CIFAR-10)."""
+  return _fit(task, hp, [task.forget_phase(losses.gradient_ascent)], 'ga',
+              clip_norm=hp.clip_norm)
 
 
 def _salun_mask(task: UnlearnTask, hp):
@@ -356,12 +376,28 @@ def _salun_mask(task: UnlearnTask, hp):
 
 
 def _rl_phases(task: UnlearnTask, hp):
+  """Each epoch a random-label pass over D_f then a CE pass over D_r (``passes='alternate'``,
+  the SalUn code's CIFAR-10 branch), or one shuffled pass over both (``'mixed'``, its
+  CIFAR-100 / Tiny-ImageNet branch)."""
+  if hp.passes == 'mixed':
+    x = np.concatenate([task.forget_x, task.retain_x])
+    y = {'label': np.concatenate([task.forget_y, task.retain_y]),
+         'forget': np.concatenate([np.ones(len(task.forget_y), np.int32),
+                                   np.zeros(len(task.retain_y), np.int32)])}
+    return [task.phase(x, y, losses.MixedRandomLabels(hp.exclude_true_label), 'mixed')]
   return [task.forget_phase(_forget_loss(hp)), task.retain_phase(losses.cross_entropy)]
 
 
 @dataclasses.dataclass(frozen=True)
-class RL(SGD):
+class RandomLabels(SGD):
   exclude_true_label: bool = hparam(True, doc='draw random labels among the other classes')
+
+
+@dataclasses.dataclass(frozen=True)
+class RL(RandomLabels):
+  passes: str = one_of(('alternate', 'mixed'), 'alternate',
+                       'each epoch a forget pass then a retain pass, or one shuffled pass '
+                       'over both')
 
 
 @register('rl', 'Random labels on D_f, then CE on D_r, each epoch', RL)
@@ -390,7 +426,9 @@ def salun(task: UnlearnTask, hp: SalUn):
 
 
 @dataclasses.dataclass(frozen=True)
-class SalUnJoint(SalUn):
+class SalUnJoint(RandomLabels):
+  lr: float = positive(0.013, 'peak learning rate')
+  keep: float = fraction(0.5, 'share of the weights updated (the most salient)')
   retain_weight: float = non_negative(1.0, "weight of the retain loss (CE, the reference's alpha)")
   renamed = {'alpha': 'retain_weight'}
 
@@ -481,13 +519,17 @@ def sfron_hvp(task: UnlearnTask, hp: SFRonHVP):
 
 
 @dataclasses.dataclass(frozen=True)
-class LUR(RL):
+class LUR(RandomLabels):
   inner_lr: float = non_negative(0.01, 'eta: the look-ahead step on the retain loss')
   order: str = one_of(('first', 'second'), 'second', "the look-ahead's derivative")
   virtual: str = one_of(('retain', 'forget'), 'retain', 'which loss the virtual step takes')
   forget_loss: str = one_of(('rl', 'ga'), 'rl', 'L_U: random labels or gradient ascent')
   forget_weight: float = non_negative(1.0, 'weight of the forget loss (w_u)')
   retain_weight: float = non_negative(1.0, 'weight of the retain loss (w_r)')
+  reinit: bool = hparam(False, doc="ScissorHands' SNIP re-initialisation of the last two "
+                        'stages and head before the steps')
+  sparsity: float = fraction(0.97, 'share of the weights SNIP keeps; the rest, the most '
+                             'salient for D_f, are re-initialised (last stages and head)')
 
 
 @register('lur', "LUR: joint steps on w_r L_R(theta) + w_u L_U(theta - eta grad L_R(theta))",
@@ -496,10 +538,16 @@ def lur(task: UnlearnTask, hp: LUR):
   """LUR (Patel & Qiu, ICCV 2025, arXiv 2503.06339; code unreleased): each retain batch is
   paired with a forget batch and one SGD step follows the gradient of the look-ahead
   objective (``align_forget_retain``: ``w_r g_R + w_u (I - eta H_R) grad L_U(theta')``,
-  ``order='first'`` without the HVP). ``forget_loss``: 'rl' (random-label CE) or 'ga'."""
+  ``order='first'`` without the HVP). ``forget_loss``: 'rl' (random-label CE) or 'ga';
+  ``reinit``: :func:`snip_reinit` first (ScissorHands' trimming, ``sparsity``). What the
+  paper fixes and what we chose: docs/lur.md."""
   forget = _forget_loss(hp) if hp.forget_loss == 'rl' else losses.gradient_ascent
+  variables = task.variables
+  if hp.reinit:
+    prefixes = _last_stages(task, 2)
+    variables = per_model(task, lambda v: snip_reinit(task, v, hp, prefixes, task.seed))
   variables, _ = fit_joint(
-      task.variables, task.forget_phase(forget), task.retain_phase(losses.cross_entropy),
+      variables, task.forget_phase(forget), task.retain_phase(losses.cross_entropy),
       epochs=hp.epochs,
       batch_size=hp.batch_size,
       optim=_sgd(hp, forget_weight=hp.forget_weight, retain_weight=hp.retain_weight,
@@ -523,6 +571,20 @@ def l1_sparse(task: UnlearnTask, hp: L1Sparse):
   steps = hp.epochs * -(-len(task.retain_y) // hp.batch_size)
   return _fit(task, hp, [task.retain_phase(losses.cross_entropy)],
               'l1_sparse', l1=hp.strength, l1_decay_steps=steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class GAL1(GA):
+  strength: float = non_negative(1e-4, 'weight of the penalty (l1, held constant)')
+
+
+@register('ga_l1', 'GA with a constant l1 penalty: -CE(D_f) + s ||theta||_1 (SalUn code GA_l1)',
+          GAL1)
+def ga_l1(task: UnlearnTask, hp: GAL1):
+  """The SalUn code's ``GA_l1``: gradient ascent on D_f with ``strength * ||theta||_1`` added
+  to the loss at every step (not decayed, unlike l1-sparse's)."""
+  return _fit(task, hp, [task.forget_phase(losses.gradient_ascent)], 'ga_l1',
+              clip_norm=hp.clip_norm, l1=hp.strength, l1_decay_steps=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -676,3 +738,155 @@ def bad_teacher(task: UnlearnTask, hp: BadTeacher):
                           soft(_logits(task, random_model, task.forget_x))])
   y = {'label': np.concatenate([task.retain_y, task.forget_y]), 'teacher_probs': probs}
   return _fit(task, hp, [task.phase(x, y, losses.TeacherKL(t), 'mixed')], 'bad_teacher')
+
+
+@dataclasses.dataclass(frozen=True)
+class ScissorHands(SGD):
+  lr: float = positive(0.005, 'peak learning rate')
+  sparsity: float = fraction(0.97, 'share of the weights SNIP keeps; the rest, the most '
+                             'salient for D_f, are re-initialised (last stages and head)')
+  forget_weight: float = non_negative(0.05, "weight of the forget loss (-CE on D_f; the "
+                                      "reference's lam)")
+  project: bool = hparam(True, doc='project each update so that it does not raise the forget '
+                         'loss (GEM with one memory, refreshed every epoch)')
+  snip_batches: int = at_least_one(1, "random D_f batches SNIP scores on (the reference's "
+                                   "prune_num)")
+  last_stages: int = at_least_one(2, 'ResNet stages, counted from the last, re-initialised '
+                                  'and projected (with the head)')
+  renamed = {'lam': 'forget_weight', 'prune_num': 'snip_batches'}
+
+
+def _last_stages(task: UnlearnTask, last: int) -> tuple[str, ...]:
+  """The top-level module names of the last ``last`` ResNet stages, and the head."""
+  params = task.variables['params']
+  stages = sorted({k.split('_')[0] for k in params if k.startswith('stage')},
+                  key=lambda s: int(s[5:]))
+  if not stages or 'head' not in params:
+    raise ValueError('ScissorHands re-initialises the last stages and the head of a ResNet '
+                     f'(stage*_block* and head modules); this model has {sorted(params)}')
+  return (*stages[-last:], 'head')
+
+
+def snip_reinit(task: UnlearnTask, variables, hp, prefixes, seed: int):
+  """ScissorHands' trimming (arXiv 2401.06187, its code's ``snip``): SNIP scores
+  ``|w * sum_b |grad CE(D_f batch b)||`` over ``snip_batches`` random forget batches (train
+  mode, as its model is then), ranked over all weights; the weights above the
+  ``sparsity`` quantile under the modules ``prefixes`` are re-initialised as PyTorch
+  initialises them (kernels ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, biases 0). BatchNorm
+  parameters are left alone: the reference's test ``'bn' not in name`` meant that, but its
+  shortcut BatchNorms (``downsample.1``) slip through and get a kaiming-uniform scale."""
+  rng = np.random.default_rng([seed, 11])
+  objective = task.objective(losses.cross_entropy)
+  n = len(task.forget_y)
+  score = None
+  for _ in range(getattr(hp, 'snip_batches', 1)):
+    idx = np.sort(rng.choice(n, size=min(hp.batch_size, n), replace=False))
+    g = jax.tree.map(np.abs, jax.device_get(accumulate_gradients(
+        objective, variables, task.forget_x[idx], task.forget_y[idx], len(idx),
+        parallel=_one(task))))
+    score = g if score is None else jax.tree.map(np.add, score, g)
+  params = jax.tree.map(np.asarray, variables['params'])
+  salience = jax.tree.map(lambda g, w: np.abs(g * w), score, params)
+  flat = np.concatenate([np.ravel(s) for s in jax.tree.leaves(salience)])
+  k = int(hp.sparsity * flat.size)
+  threshold = np.partition(flat, k - 1)[k - 1] if k >= 1 else -np.inf
+  if threshold >= flat.max() - 1e-12 or threshold <= flat.min() + 1e-12:  # the reference's
+    threshold = (flat.max() - flat.min()) / 2.0                            # fallback
+  key = jax.random.key(seed)
+
+  def reinit(path, w, s):
+    names = [getattr(p, 'key', '') for p in path]
+    if not names[0].startswith(tuple(prefixes)) or any('bn' in n for n in names):
+      return w
+    if names[-1] == 'kernel':
+      fan_in = int(np.prod(w.shape[:-1]))
+      bound = 1.0 / np.sqrt(fan_in)
+      leaf_key = jax.random.fold_in(key, zlib.crc32('/'.join(names).encode()) % 2**31)
+      fresh = np.asarray(jax.random.uniform(leaf_key, w.shape, minval=-bound, maxval=bound),
+                         w.dtype)
+    else:
+      fresh = np.zeros_like(w)
+    return np.where(s > threshold, fresh, w)
+  new = jax.tree_util.tree_map_with_path(reinit, params, salience)
+  return {**variables, 'params': new}
+
+
+@register('scissorhands', 'ScissorHands: SNIP-trim the most D_f-salient weights, then '
+          'CE(D_r) - lam CE(D_f) with the update projected not to undo forgetting',
+          ScissorHands)
+def scissorhands(task: UnlearnTask, hp: ScissorHands):
+  """ScissorHands (Wu & Harandi, ECCV 2024, arXiv 2401.06187; JingWu321/Scissorhands,
+  ``unlearn/SHs_cifar10.py``): :func:`snip_reinit`, then ``epochs`` passes pairing each
+  retain batch with a forget batch while the forget pass lasts (then retain-only steps),
+  minimising ``CE(D_r) - forget_weight CE(D_f)``; with ``project``, each update of the last
+  stages and head is projected by :func:`jaxunlearn.transforms.project_onto_forget_memory`
+  against the forget gradient taken at the first step of its epoch (the reference takes it
+  in eval mode on its own random batch; ours is that step's, train mode)."""
+  prefixes = _last_stages(task, hp.last_stages)
+  variables = per_model(task, lambda v: snip_reinit(task, v, hp, prefixes, task.seed))
+  every = num_batches(len(task.retain_y), hp.batch_size, task.parallel.size)
+  optim = _sgd(hp, forget_weight=hp.forget_weight, retain_weight=1.0,
+               project_every=every if hp.project else 0, project_prefixes=prefixes)
+  variables, _ = fit_joint(variables, task.forget_phase(losses.gradient_ascent),
+                           task.retain_phase(losses.cross_entropy), epochs=hp.epochs,
+                           batch_size=hp.batch_size, optim=optim, cycle_forget=False,
+                           **task.loop('scissorhands'))
+  return variables
+
+
+@dataclasses.dataclass(frozen=True)
+class FisherForgetting(Hyperparameters):
+  noise_scale: float = positive(0.2, "the noise's scale a: std sqrt(a / F), F the retain "
+                                "set's Fisher diagonal (the reference's alpha)")
+  max_std: float = positive(1e-3, 'largest noise std of a weight')
+  head_factor: float = positive(10.0, "the head's noise std is this many times larger")
+  batch_size: int = at_least_one(32, 'examples per batch of the per-example gradients')
+  renamed = {'alpha': 'noise_scale'}
+
+
+@functools.lru_cache(maxsize=16)
+def _per_example_log_likelihood_grads(model):
+  def log_p(params, model_state, x, y):
+    logits = model.apply({'params': params, **model_state}, x[None], train=False)
+    return jax.nn.log_softmax(logits.astype(np.float32))[0, y]
+  return jax.jit(jax.vmap(jax.grad(log_p), in_axes=(None, None, 0, 0)))
+
+
+def retain_fisher_diagonal(model, variables, x, y, batch_size: int = 32, eps: float = 1e-8):
+  """``mean_i (grad log p(y_i | x_i) + eps)^2`` over the examples, eval mode, one gradient
+  per example (the SalUn code's ``fisher_information_martix``, ``eps`` inside the square
+  as there). One device: per-example gradients are vmapped."""
+  grads = _per_example_log_likelihood_grads(model)
+  params = variables['params']
+  state = {k: v for k, v in variables.items() if k != 'params'}
+  total = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), params)
+  for start in range(0, len(y), batch_size):
+    g = grads(params, state, x[start:start + batch_size], y[start:start + batch_size])
+    total = jax.tree.map(lambda t, gi: t + np.sum(np.square(np.asarray(gi, np.float64) + eps),
+                                                  axis=0), total, g)
+  return jax.tree.map(lambda t: (t / len(y)).astype(np.float32), total)
+
+
+@register('fisher', 'Fisher forgetting: Gaussian noise on every weight, std min(sqrt(a / F_r), '
+          'max_std) (SalUn code fisher)', FisherForgetting)
+def fisher(task: UnlearnTask, hp: FisherForgetting):
+  """Fisher forgetting as the SalUn code's ``unlearn/fisher.py`` runs it (after Golatkar et
+  al., CVPR 2020): ``theta += min(sqrt(noise_scale / F), max_std) * N(0, 1)``, ``F`` the
+  retain set's Fisher diagonal (:func:`retain_fisher_diagonal`), the head's std times
+  ``head_factor``. The reference multiplies where ``parameter.shape[-1] == 10``, which on
+  CIFAR-10 catches only the head's bias and on CIFAR-100 nothing; its ``fisher_new`` scales
+  the whole last layer, which is what we do."""
+  def noisy(variables, key):
+    f = retain_fisher_diagonal(task.model, variables, task.retain_x, task.retain_y,
+                               hp.batch_size)
+
+    def add(path, p, fi):
+      std = np.minimum(np.sqrt(hp.noise_scale / fi), hp.max_std)
+      if getattr(path[0], 'key', '') == 'head':
+        std = std * hp.head_factor
+      leaf_key = jax.random.fold_in(key, zlib.crc32(jax.tree_util.keystr(path).encode()))
+      return (p + std * np.asarray(jax.random.normal(leaf_key, p.shape))).astype(p.dtype)
+    params = jax.tree_util.tree_map_with_path(add, jax.tree.map(np.asarray, variables['params']),
+                                              f)
+    return {**variables, 'params': params}
+  return per_model(task, lambda v: noisy(v, jax.random.key(task.seed)))

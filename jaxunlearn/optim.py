@@ -47,7 +47,7 @@ import dataclasses
 
 import optax
 
-_CHOICES = {'optimizer': ('sgd', 'adam'), 'schedule': ('constant', 'cosine'),
+_CHOICES = {'optimizer': ('sgd', 'adam'), 'schedule': ('constant', 'cosine', 'step'),
             'forget_schedule': ('constant', 'cosine'), 'precondition': ('none', 'cg', 'neumann'),
             'lookahead_order': ('first', 'second'),
             'lookahead_virtual': ('retain', 'forget')}
@@ -63,7 +63,10 @@ class OptimSpec:
     lr: peak learning rate.
     momentum: heavy-ball momentum (0: plain SGD), or Adam's b1.
     weight_decay: L2 coefficient added to the gradient before the optimizer.
-    schedule: 'constant' or 'cosine' (decay to 0 over ``total_steps``).
+    schedule: 'constant', 'cosine' (decay to 0 over ``total_steps``) or 'step' (times 0.1
+      at each of ``drop_at``, PyTorch's ``MultiStepLR(gamma=0.1)``).
+    drop_at: the step schedule's drops, as fractions of ``total_steps`` (epoch e of E is
+      e / E: the drop lands on the first step of epoch e).
     warmup: steps of linear warm-up from 0 before the schedule (DDPM training); 0: none.
     total_steps: the horizon of the schedules; loops set it (steps; a pair: iterations).
     clip_norm: global-norm clip of the gradient the optimizer receives (0: none).
@@ -76,12 +79,16 @@ class OptimSpec:
     forget_clip_norm: global-norm clip of the forget update (pairs only; 0: none).
     lookahead_lr, lookahead_order, lookahead_virtual: LUR's look-ahead (joint steps,
       ``lookahead_lr > 0``): ``align_forget_retain`` replaces ``combine_forget_retain``.
+    project_every: > 0 (joint steps): ``project_onto_forget_memory`` after the combination,
+      its memory refreshed every this many steps (ScissorHands: once per epoch), on the
+      params under the top-level modules ``project_prefixes`` (empty: all).
     precondition: 'none', 'cg' or 'neumann': the forget step of a pair filtered by
       ``damping (H_r + damping I)^-1`` (``sfron_hvp``); with ``damping``, ``solver_iters``,
       ``neumann_scale`` and ``recompute`` of ``precondition_by_remain_hessian``.
 
   Penalties (single chains):
-    l1: l1-sparse's penalty strength, decayed linearly to 0 over ``l1_decay_steps``.
+    l1: l1-sparse's penalty strength, decayed linearly to 0 over ``l1_decay_steps`` (0: held
+      constant, as GA_l1's).
     elastic: Selective Amnesia's EWC strength (its Fisher installed by ``set_elastic_fisher``).
 
   Fast-slow:
@@ -94,6 +101,7 @@ class OptimSpec:
   momentum: float = 0.9
   weight_decay: float = 5e-4
   schedule: str = 'constant'
+  drop_at: tuple = ()
   warmup: int = 0
   total_steps: int = 1
   clip_norm: float = 0.0
@@ -105,6 +113,8 @@ class OptimSpec:
   lookahead_lr: float = 0.0
   lookahead_order: str = 'first'
   lookahead_virtual: str = 'retain'
+  project_every: int = 0
+  project_prefixes: tuple = ()
   precondition: str = 'none'
   damping: float = 1.0
   solver_iters: int = 5
@@ -122,8 +132,13 @@ class OptimSpec:
                          f'{getattr(self, name)!r}')
     if not self.lr > 0:
       raise ValueError(f'OptimSpec.lr (the learning rate) must be > 0, got {self.lr}')
+    if (self.schedule == 'step') != bool(self.drop_at) or \
+        not all(0 < f <= 1 for f in self.drop_at):
+      raise ValueError("OptimSpec: schedule='step' needs drop_at (fractions in (0, 1] of the "
+                       f"run) and only it takes them; got schedule={self.schedule!r}, "
+                       f'drop_at={self.drop_at!r}')
     for name in ('weight_decay', 'clip_norm', 'forget_clip_norm', 'lookahead_lr', 'l1',
-                 'elastic', 'warmup', 'every'):
+                 'elastic', 'warmup', 'every', 'project_every'):
       if getattr(self, name) < 0:
         raise ValueError(f'OptimSpec.{name} must be >= 0, got {getattr(self, name)}')
     if self.every:
@@ -140,6 +155,9 @@ class OptimSpec:
       if used:
         raise ValueError(f'{", ".join(used)} belong to a fast-slow pair: set every > 0 '
                          '(a forget step every `every` iterations) or leave them unset')
+    if self.project_every and (self.forget_weight is None or self.every):
+      raise ValueError('the forget-memory projection (project_every > 0) acts on joint steps: '
+                       'it needs forget_weight and every=0')
     if self.lookahead_lr > 0 and self.forget_weight is None:
       raise ValueError('the look-ahead (lookahead_lr > 0) combines forget and retain '
                        'gradients: it needs forget_weight')
@@ -174,6 +192,12 @@ class OptimSpec:
     """The learning rate per step of a single chain: a float, or an optax schedule."""
     if self.schedule == 'cosine':
       main = optax.cosine_decay_schedule(self.lr, max(self.total_steps - self.warmup, 1))
+    elif self.schedule == 'step':
+      drops: dict = {}
+      for f in self.drop_at:
+        step = int(round(f * (self.total_steps - self.warmup)))
+        drops[step] = drops.get(step, 1.0) * 0.1
+      main = optax.piecewise_constant_schedule(self.lr, drops)
     else:
       main = self.lr
     if not self.warmup:
@@ -210,13 +234,17 @@ def make_tx(spec: OptimSpec, axis_name: str | None = None
           spec.forget_weight, spec.retain_weight, axis_name=axis_name))
     else:
       head.append(transforms.combine_forget_retain(spec.forget_weight, spec.retain_weight))
+    if spec.project_every:
+      head.append(transforms.project_onto_forget_memory(spec.project_every,
+                                                        spec.project_prefixes or None))
   if spec.elastic > 0:
     head.append(transforms.add_elastic_penalty(spec.elastic))
   if spec.clip_norm > 0:
     head.append(optax.clip_by_global_norm(spec.clip_norm))
   if spec.l1 > 0:
     head.append(transforms.add_l1_penalty(
-        optax.linear_schedule(spec.l1, 0.0, max(spec.l1_decay_steps, 1))))
+        optax.linear_schedule(spec.l1, 0.0, spec.l1_decay_steps) if spec.l1_decay_steps
+        else spec.l1))
   opt = _optimizer(spec, spec.learning_rate())
   if spec.saliency:
     opt = transforms.mask_by_saliency(freeze=True, inner=opt)

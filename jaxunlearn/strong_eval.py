@@ -159,7 +159,7 @@ def run_strong(config: StrongConfig, out_dir: str | Path | None = None) -> dict:
         parallel=par), True, f'{config.models} originals')[0]
 
   original, info = checkpoint.cached(
-      config.cache_dir, 'strong-originals', {**key, 'train': dataclasses.asdict(train_cfg)},
+      config.cache_dir, 'strong-originals', {**key, 'train': train_cfg.cache_dict()},
       originals)
   retrain_hp = methods_lib.resolve_hparams('retrain', config.overrides.get('retrain'))
   runs = ['retrain', *[n for n in config.methods if n != 'retrain']]

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxunlearn.hparams import (Hyperparameters, at_least_one, non_negative, one_of, positive,
-                                probability)
+from jaxunlearn.hparams import (Hyperparameters, at_least_one, hparam, non_negative, one_of,
+                                positive, probability)
 from jaxunlearn.parallel import SINGLE, Parallel
 from jaxunlearn.losses import cross_entropy
 from jaxunlearn.objectives import Classifier, labels_of
@@ -381,10 +381,12 @@ def fit_joint(variables, forget: Phase, retain: Phase, *, epochs: int | None = N
               steps: int | None = None, batch_size: int, optim, seed, desc: str = 'joint',
               progress: bool = True, mask=None, fisher=None, callback=None,
               callback_every: int = 0, parallel: Parallel = SINGLE,
-              control: LoopControl | None = None):
+              control: LoopControl | None = None, cycle_forget: bool = True):
   """Joint steps: each retain batch is paired with the next forget batch (the forget set
   is cycled, reshuffled at each pass), one optimizer step per pair, for ``epochs`` passes
-  over the retain set or ``steps`` steps.
+  over the retain set or ``steps`` steps. ``cycle_forget=False`` (epochs only) pairs each
+  epoch's first retain batches with one pass over the forget set and the rest with an empty
+  (weight-0) forget batch: retain-only steps, as ``zip_longest(retain, forget)``.
 
   ``optim.forget_weight`` must be set (the chain combines the two gradients). ``fisher``
   (with ``optim.elastic``) is the elastic penalty's Fisher, installed before the first step.
@@ -402,12 +404,25 @@ def fit_joint(variables, forget: Phase, retain: Phase, *, epochs: int | None = N
   optim, state = _start(variables, optim, total, mask, parallel, fisher)
   step = compiled_forget_retain_step(forget.objective, retain.objective, optim, parallel)
   base_key = _base_key(seed, parallel)
+  if not cycle_forget and steps is not None:
+    raise ValueError('cycle_forget=False pairs the forget set with epochs: give epochs')
   forget_iter = _cycle(len(forget), batch_size, seed, 1, parallel)
+
+  def forget_batches(epoch):
+    if cycle_forget:  # not `yield from`: closing this generator would close the cycle
+      while True:
+        yield next(forget_iter)
+    for idx, w in _epoch(len(forget), batch_size, seed, 1, epoch, parallel):
+      last = idx
+      yield idx, w
+    while True:  # the forget pass is over: weight-0 batches (no forget gradient)
+      yield last, np.zeros_like(w)
 
   def plan():
     for epoch in (range(epochs) if steps is None else itertools.count()):
+      paired = forget_batches(epoch)
       for idx, w in _epoch(len(retain), batch_size, seed, 0, epoch, parallel):
-        f = next(forget_iter)
+        f = next(paired)
         yield (lambda st, f=f, r=(idx, w): step(st, forget.batch(*f), retain.batch(*r),
                                                 base_key)), \
             {'loss': 'retain', 'forget_loss': 'forget', 'grad_cosine': 'grad_cosine'}
@@ -491,11 +506,34 @@ class TrainConfig(Hyperparameters):
   lr: float = positive(0.1, 'peak learning rate')
   momentum: float = probability(0.9, 'heavy-ball momentum')
   weight_decay: float = non_negative(5e-4, 'L2 coefficient added to the gradient')
-  schedule: str = one_of(('constant', 'cosine'), 'cosine', 'learning-rate schedule')
+  schedule: str = one_of(('constant', 'cosine', 'step'), 'cosine',
+                         "learning-rate schedule ('step': times 0.1 after each drop_epochs)")
+  drop_epochs: tuple = hparam((), (lambda v: all(e > 0 for e in v), 'epochs > 0'),
+                              "epochs after which the step schedule multiplies the learning "
+                              "rate by 0.1 (PyTorch's MultiStepLR milestones)")
+
+  def __post_init__(self):
+    super().__post_init__()
+    if (self.schedule == 'step') != bool(self.drop_epochs):
+      raise ValueError("train.schedule='step' needs train.drop_epochs (e.g. 91,136) and only "
+                       f'it takes them; got schedule={self.schedule!r}, drop_epochs='
+                       f'{self.drop_epochs!r}')
+    if any(e > self.epochs for e in self.drop_epochs):
+      raise ValueError(f'train.drop_epochs {self.drop_epochs} lie beyond its {self.epochs} '
+                       'epochs')
+
+  def cache_dict(self) -> dict:
+    """The values that name a trained model in the cache (``drop_epochs`` only when set,
+    so that models cached before it existed keep their keys)."""
+    d = self.to_dict()
+    if not d['drop_epochs']:
+      del d['drop_epochs']
+    return d
 
   def optim(self) -> OptimSpec:
     return OptimSpec(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                     schedule=self.schedule)
+                     schedule=self.schedule,
+                     drop_at=tuple(e / self.epochs for e in self.drop_epochs))
 
 
 def init_variables(model, image_shape, seed: int):

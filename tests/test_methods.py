@@ -29,7 +29,7 @@ def task():
 
 
 ALL = ['retrain', 'ft', 'ga', 'rl', 'salun', 'salun_joint', 'l1_sparse', 'iu', 'bs', 'be',
-       'scrub', 'bad_teacher', 'sfron', 'sfron_hvp', 'lur']
+       'scrub', 'bad_teacher', 'sfron', 'sfron_hvp', 'lur', 'ga_l1', 'scissorhands', 'fisher']
 
 
 def test_registry_has_every_method():

@@ -33,6 +33,7 @@ TINY = {
     'be': dict(epochs=1), 'scrub': dict(epochs=1, msteps=1),
     'bad_teacher': dict(epochs=1), 'lur': dict(epochs=1),
     'sfron': dict(iterations=6, every=3), 'sfron_hvp': dict(iterations=2, solver_iters=2),
+    'ga_l1': dict(epochs=1), 'scissorhands': dict(epochs=1), 'fisher': dict(),
 }
 
 

@@ -68,6 +68,7 @@ def _assert_trees_equal(a, b):
     ('salun_joint', {'epochs': 3}),
     ('sfron', {'iterations': 8, 'every': 2}),
     ('lur', {'epochs': 3, 'order': 'first'}),
+    ('scissorhands', {'epochs': 3}),  # one forget pass per epoch, the projection's memory
 ])
 def test_interrupted_method_resumes_bit_identical(task, tmp_path, name, hp):
   hp = resolve_hparams(name, {**hp, 'batch_size': 16})

@@ -9,7 +9,8 @@ from jaxunlearn.optim import OptimSpec, PairHalf
 from jaxunlearn.transforms import (add_elastic_penalty, add_l1_penalty, align_forget_retain, combine_forget_retain,
                                    fast_slow_schedule,
                                    hold, mask_by_saliency, precondition_by_remain_hessian,
-                                   set_elastic_fisher, set_saliency_mask)
+                                   project_onto_forget_memory, set_elastic_fisher,
+                                   set_saliency_mask)
 
 
 def _half_mask(params):
@@ -93,6 +94,11 @@ CASES = [
            lambda: optax.chain(add_elastic_penalty(0.5), optax.adam(0.05)),
            prepare_state=lambda s, p: set_elastic_fisher(
                s, jax.tree.map(lambda x: jnp.abs(x) + 0.5, p))),
+    H.Case('project_onto_forget_memory',
+           lambda: optax.chain(combine_forget_retain(0.5),
+                               project_onto_forget_memory(3, prefixes=('w',)),
+                               optax.sgd(0.05, momentum=0.9)),
+           extras=_forget_extras),
     H.Case('add_l1_penalty',
            lambda: optax.chain(add_l1_penalty(optax.linear_schedule(0.1, 0.0, 4)),
                                optax.sgd(0.05, momentum=0.9))),
@@ -347,3 +353,33 @@ def test_add_elastic_penalty_is_the_gradient_of_ewc_and_installs_checked():
     set_elastic_fisher(state, {'w': jnp.ones((3, 4)), 'b': jnp.ones(3)})
   with pytest.raises(ValueError, match='no add_elastic_penalty'):
     set_elastic_fisher(optax.sgd(0.1).init(params), fisher)
+
+
+def test_project_onto_forget_memory_is_gems_one_memory_dual_solution():
+  """Against the dual QP solved by brute force over v >= margin; the memory is refreshed
+  every ``every`` updates only; leaves outside ``prefixes`` pass unchanged; an update that
+  agrees with the memory passes unchanged."""
+  tx = project_onto_forget_memory(2, prefixes=('w',), margin=0.5, eps=1e-3)
+  params = {'w': jnp.zeros(3), 'b': jnp.zeros(2)}
+  state = tx.init(params)
+  m = {'w': jnp.array([1.0, 2.0, 0.0]), 'b': jnp.array([5.0, 5.0])}
+  g = {'w': jnp.array([-3.0, 1.0, 4.0]), 'b': jnp.array([1.0, -1.0])}  # <g, m_w> = -1 < 0
+  out, state = tx.update(g, state, params, forget_grads=m)
+  # dual: min_v 0.5 (|m|^2 + eps) v^2 + <g, m> v, v >= 0.5; brute force over a fine grid
+  vs = np.linspace(0.5, 5.0, 450001)
+  v = vs[np.argmin(0.5 * (5.0 + 1e-3) * vs ** 2 + (-1.0) * vs)]
+  np.testing.assert_allclose(out['w'], g['w'] + v * m['w'], atol=1e-5)
+  np.testing.assert_array_equal(out['b'], g['b'])  # not under the prefixes
+  # the second update keeps the stored memory, whatever forget_grads says
+  out2, state = tx.update(g, state, params, forget_grads={'w': -m['w'], 'b': m['b']})
+  np.testing.assert_allclose(out2['w'], out['w'], atol=1e-6)
+  # the third refreshes it: with memory -m_w, <g, -m_w> = 1 > 0: no projection
+  out3, state = tx.update(g, state, params, forget_grads={'w': -m['w'], 'b': m['b']})
+  np.testing.assert_array_equal(out3['w'], g['w'])
+  # a strongly opposed update: v = -<g, m> / (|m|^2 + eps) > margin
+  g4 = {'w': -10.0 * m['w'], 'b': g['b']}
+  state = tx.init(params)
+  out4, _ = tx.update(g4, state, params, forget_grads=m)
+  np.testing.assert_allclose(out4['w'], g4['w'] + (50.0 / 5.001) * m['w'], rtol=1e-5)
+  with pytest.raises(ValueError, match='every >= 1'):
+    project_onto_forget_memory(0)

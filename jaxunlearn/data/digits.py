@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxunlearn.data.dataset import Dataset, resize_images, standardize
+from jaxunlearn.data.dataset import Dataset, channel_stats, resize_images, standardize
 
 TEST_FRACTION = 0.2
 _SPLIT_SEED = 20240101  # Fixed forever: changing it changes every cached model.
@@ -24,7 +24,7 @@ def load_digits(image_size: int = 16, pixels: str = 'standardized') -> Dataset:
       classifiers) or 'symmetric' (ink 0..1 mapped to -1..1: for diffusion models).
 
   Returns:
-    A :class:`Dataset` with 1,437 training and 360 test images of shape
+    A :class:`Dataset` with 1,438 training and 359 test images of shape
     ``[image_size, image_size, 1]``.
   """
   from sklearn.datasets import load_digits as _sk_load_digits
@@ -43,7 +43,9 @@ def load_digits(image_size: int = 16, pixels: str = 'standardized') -> Dataset:
     x = np.clip(x, 0.0, 1.0) * 2 - 1
     x_train, x_test = x[~test], x[test]
   elif pixels == 'standardized':
+    stats = channel_stats(x[~test])
     x_train, x_test = standardize(x[~test], x[test])
   else:
     raise ValueError(f"pixels must be 'standardized' or 'symmetric', got {pixels!r}")
-  return Dataset('digits', x_train, y[~test], x_test, y[test], num_classes=10)
+  extra = dict(zip(('pixel_mean', 'pixel_std'), stats)) if pixels == 'standardized' else {}
+  return Dataset('digits', x_train, y[~test], x_test, y[test], num_classes=10, **extra)

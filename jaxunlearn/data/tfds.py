@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxunlearn.data.dataset import Dataset, resize_images, standardize
+from jaxunlearn.data.dataset import Dataset, channel_stats, resize_images, standardize
 
 # Keys of the image and label features of the datasets we know; others use the defaults.
 _FEATURE_KEYS = {'cifar10': ('image', 'label'), 'cifar100': ('image', 'label')}
@@ -72,5 +72,8 @@ def load_tfds(name: str, data_dir: str | None = None, image_size: int | None = N
   if pixels == 'symmetric':
     x_train, x_test = 2 * x_train - 1, 2 * x_test - 1
   else:
+    stats = channel_stats(x_train)
     x_train, x_test = standardize(x_train, x_test)
-  return Dataset(name, x_train, y_train, x_test, y_test, num_classes=int(num_classes))
+  return Dataset(name, x_train, y_train, x_test, y_test, num_classes=int(num_classes),
+                 **({} if pixels == 'symmetric' else dict(zip(('pixel_mean', 'pixel_std'),
+                                                              stats))))

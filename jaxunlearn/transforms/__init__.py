@@ -7,11 +7,15 @@ from jaxunlearn.transforms.elastic import (ElasticPenaltyState, add_elastic_pena
                                            set_elastic_fisher)
 from jaxunlearn.transforms.fast_slow import fast_slow_schedule, hold
 from jaxunlearn.transforms.mask import MaskBySaliencyState, mask_by_saliency, set_saliency_mask
+from jaxunlearn.transforms.project import (ProjectOntoForgetMemoryState,
+                                           project_onto_forget_memory)
 from jaxunlearn.transforms.remain_geometry import (PreconditionByRemainHessianState,
                                                    precondition_by_remain_hessian)
 
 __all__ = ['AddL1PenaltyState', 'AlignForgetRetainState', 'CombineForgetRetainState',
            'ElasticPenaltyState', 'MaskBySaliencyState', 'PreconditionByRemainHessianState',
+           'ProjectOntoForgetMemoryState',
            'add_elastic_penalty', 'add_l1_penalty', 'align_forget_retain',
            'combine_forget_retain', 'fast_slow_schedule', 'hold', 'mask_by_saliency',
-           'precondition_by_remain_hessian', 'set_elastic_fisher', 'set_saliency_mask']
+           'precondition_by_remain_hessian', 'project_onto_forget_memory', 'set_elastic_fisher',
+           'set_saliency_mask']
