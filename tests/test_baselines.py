@@ -3,8 +3,6 @@ reference code computes: ScissorHands' SNIP trimming and one-pass-per-epoch pair
 forgetting's per-example Fisher and noise, GA_l1's constant penalty; the references' other
 names for our methods point to them."""
 
-import dataclasses
-
 import jax
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from jaxunlearn.methods import (UnlearnTask, _last_stages, get_method, resolve_h
                                 retain_fisher_diagonal, snip_reinit)
 from jaxunlearn.models import ResNet
 from jaxunlearn.optim import OptimSpec
-from jaxunlearn.train import TrainConfig, fit_joint, train_classifier
+from jaxunlearn.train import TrainConfig, fit_joint, init_variables, train_classifier
 
 
 @pytest.fixture(scope='module')
@@ -31,10 +29,23 @@ def task():
                      seed=0, progress=False)
 
 
+@pytest.fixture(scope='module')
+def untrained():
+  from conftest import synthetic_dataset
+  ds = synthetic_dataset(n_train=96, n_test=24, classes=3)
+  split = make_split(ds, 'class:0')
+  model = ResNet(num_classes=3, stage_sizes=(1,), width=4)
+  return UnlearnTask(model, init_variables(model, ds.image_shape, 0), ds.x_train[split.forget],
+                     ds.y_train[split.forget], ds.x_train[split.retain],
+                     ds.y_train[split.retain], ds.num_classes, seed=0, progress=False)
+
+
 def _changed(a, b):
   return jax.tree.map(lambda x, y: np.asarray(x) != np.asarray(y), a, b)
 
 
+@pytest.mark.slow  # with the trained fixture ~1 min on 2 cores; the default suite
+# runs every new method through test_methods and the 8-device equivalence
 def test_snip_reinitialises_the_most_salient_weights_of_the_last_stages_only(task):
   hp = resolve_hparams('scissorhands', {'sparsity': 0.9, 'batch_size': 16})
   prefixes = _last_stages(task, 2)
@@ -59,25 +70,28 @@ def test_snip_reinitialises_the_most_salient_weights_of_the_last_stages_only(tas
   jax.tree.map(np.testing.assert_array_equal, again['params'], out['params'])
 
 
-def test_one_forget_pass_per_epoch_then_retain_only_steps(task):
+def test_one_forget_pass_per_epoch_then_retain_only_steps(untrained):
   """``cycle_forget=False`` (ScissorHands' zip_longest): with 64 retain and 32 forget
   examples at batch 16, each epoch's first 2 steps see a forget batch, the other 2 none."""
   seen = []  # each step's forget loss, from the loop's history (0: a weight-0 batch)
   spec = OptimSpec(lr=1e-9, forget_weight=1.0, momentum=0.0, weight_decay=0.0)
   for cycle in (False, True):
-    _, history = fit_joint(task.variables, task.forget_phase(losses.cross_entropy),
-                           task.retain_phase(losses.cross_entropy), epochs=2, batch_size=16,
-                           optim=spec, seed=0, progress=False, cycle_forget=cycle)
+    _, history = fit_joint(untrained.variables, untrained.forget_phase(losses.cross_entropy),
+                           untrained.retain_phase(losses.cross_entropy), epochs=2,
+                           batch_size=16, optim=spec, seed=0, progress=False,
+                           cycle_forget=cycle)
     seen.append(np.asarray(history['forget']))
   once, cycled = seen
   assert len(once) == 8 and np.all(once[[0, 1, 4, 5]] > 0)
   assert np.all(once[[2, 3, 6, 7]] == 0) and np.all(cycled > 0)
   with pytest.raises(ValueError, match='give epochs'):
-    fit_joint(task.variables, task.forget_phase(losses.cross_entropy),
-              task.retain_phase(losses.cross_entropy), steps=3, batch_size=16, optim=spec,
-              seed=0, progress=False, cycle_forget=False)
+    fit_joint(untrained.variables, untrained.forget_phase(losses.cross_entropy),
+              untrained.retain_phase(losses.cross_entropy), steps=3, batch_size=16,
+              optim=spec, seed=0, progress=False, cycle_forget=False)
 
 
+@pytest.mark.slow  # with the trained fixture ~1 min on 2 cores; the default suite
+# runs every new method through test_methods and the 8-device equivalence
 def test_fisher_diagonal_is_the_mean_of_per_example_squared_log_likelihood_gradients(task):
   x, y = task.retain_x[:5], task.retain_y[:5]
   got = retain_fisher_diagonal(task.model, task.variables, x, y, batch_size=2)
@@ -92,6 +106,8 @@ def test_fisher_diagonal_is_the_mean_of_per_example_squared_log_likelihood_gradi
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-12), got, want)
 
 
+@pytest.mark.slow  # with the trained fixture ~1 min on 2 cores; the default suite
+# runs every new method through test_methods and the 8-device equivalence
 def test_fisher_forgetting_noise_has_the_reference_std(task):
   """(new - old) / min(sqrt(a / F), max_std) is standard normal over the weights (the head's
   std times ``head_factor``); a wrong std formula moves this ratio's spread off 1."""
@@ -113,6 +129,8 @@ def test_fisher_forgetting_noise_has_the_reference_std(task):
   assert (stds > 1e-2).any() and (stds < 1e-2).any()
 
 
+@pytest.mark.slow  # with the trained fixture ~1 min on 2 cores; the default suite
+# runs every new method through test_methods and the 8-device equivalence
 def test_ga_l1_adds_a_constant_l1_subgradient(task):
   """Two plain-SGD steps of ga_l1 differ from GA's by exactly lr * s * sign(theta) each
   (weights far from 0 keep their sign), not a decayed amount."""
@@ -137,7 +155,10 @@ def test_reference_names_point_to_ours():
     resolve_hparams('scissorhands', {'lam': 0.1})
 
 
-def test_scissorhands_needs_a_resnet_with_stages(task):
-  odd = dataclasses.replace(task, variables={'params': {'dense': {'kernel': np.zeros((2, 2))}}})
+def test_scissorhands_needs_a_resnet_with_stages():
+  from conftest import synthetic_dataset
+  ds = synthetic_dataset()
+  odd = UnlearnTask(None, {'params': {'dense': {'kernel': np.zeros((2, 2))}}}, ds.x_train[:4],
+                    ds.y_train[:4], ds.x_train[4:], ds.y_train[4:], ds.num_classes)
   with pytest.raises(ValueError, match='last stages and the head of a ResNet'):
     _last_stages(odd, 2)
