@@ -42,6 +42,19 @@ def per_example_gradients(model, variables, x, y, batch_size: int = 64):
                           for s in range(0, len(y), batch_size)])
 
 
+def fisher_diagonal_per_example(model, variables, x, y, batch_size: int = 32,
+                                eps: float = 1e-8):
+  """``mean_i (grad log p(y_i | x_i) + eps)^2`` as a tree like the params, eval mode, one
+  gradient per example (the SalUn code's ``fisher_information_martix``, ``eps`` inside the
+  square as there; ``grad log p_y = -grad CE``). One device: per-example gradients are
+  vmapped."""
+  fn = _per_example_grads(model)
+  total = sum(jnp.sum(jnp.square(eps - fn(variables, x[s:s + batch_size],
+                                           y[s:s + batch_size])), axis=0)
+              for s in range(0, len(y), batch_size))
+  return ravel_pytree(variables['params'])[1](total / len(y))
+
+
 def gradient_sum(model, variables, x, y, batch_size: int = 64):
   """Flat sum over examples of their CE gradients (eval mode), one batch at a time."""
   fn = _per_example_grads(model)

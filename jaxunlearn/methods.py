@@ -28,7 +28,7 @@ import numpy as np
 from jaxunlearn import losses
 from jaxunlearn.hparams import (Hyperparameters, at_least_one, did_you_mean,
                                 fraction, hparam, non_negative, one_of, positive, probability)
-from jaxunlearn.influence import influence_direction
+from jaxunlearn.influence import fisher_diagonal_per_example, influence_direction
 from jaxunlearn.objectives import Classifier
 from jaxunlearn.optim import OptimSpec
 from jaxunlearn.parallel import SINGLE, Parallel
@@ -545,7 +545,8 @@ def lur(task: UnlearnTask, hp: LUR):
   variables = task.variables
   if hp.reinit:
     prefixes = _last_stages(task, 2)
-    variables = per_model(task, lambda v: snip_reinit(task, v, hp, prefixes, task.seed))
+    variables = per_model(task, lambda v: snip_reinit(task, v, hp.sparsity, hp.batch_size, 1,
+                                                      prefixes, task.seed))
   variables, _ = fit_joint(
       variables, task.forget_phase(forget), task.retain_phase(losses.cross_entropy),
       epochs=hp.epochs,
@@ -767,7 +768,8 @@ def _last_stages(task: UnlearnTask, last: int) -> tuple[str, ...]:
   return (*stages[-last:], 'head')
 
 
-def snip_reinit(task: UnlearnTask, variables, hp, prefixes, seed: int):
+def snip_reinit(task: UnlearnTask, variables, sparsity: float, batch_size: int,
+                snip_batches: int, prefixes, seed: int):
   """ScissorHands' trimming (arXiv 2401.06187, its code's ``snip``): SNIP scores
   ``|w * sum_b |grad CE(D_f batch b)||`` over ``snip_batches`` random forget batches (train
   mode, as its model is then), ranked over all weights; the weights above the
@@ -779,8 +781,8 @@ def snip_reinit(task: UnlearnTask, variables, hp, prefixes, seed: int):
   objective = task.objective(losses.cross_entropy)
   n = len(task.forget_y)
   score = None
-  for _ in range(getattr(hp, 'snip_batches', 1)):
-    idx = np.sort(rng.choice(n, size=min(hp.batch_size, n), replace=False))
+  for _ in range(snip_batches):
+    idx = np.sort(rng.choice(n, size=min(batch_size, n), replace=False))
     g = jax.tree.map(np.abs, jax.device_get(accumulate_gradients(
         objective, variables, task.forget_x[idx], task.forget_y[idx], len(idx),
         parallel=_one(task))))
@@ -788,7 +790,7 @@ def snip_reinit(task: UnlearnTask, variables, hp, prefixes, seed: int):
   params = jax.tree.map(np.asarray, variables['params'])
   salience = jax.tree.map(lambda g, w: np.abs(g * w), score, params)
   flat = np.concatenate([np.ravel(s) for s in jax.tree.leaves(salience)])
-  k = int(hp.sparsity * flat.size)
+  k = int(sparsity * flat.size)
   threshold = np.partition(flat, k - 1)[k - 1] if k >= 1 else -np.inf
   if threshold >= flat.max() - 1e-12 or threshold <= flat.min() + 1e-12:  # the reference's
     threshold = (flat.max() - flat.min()) / 2.0                            # fallback
@@ -823,7 +825,8 @@ def scissorhands(task: UnlearnTask, hp: ScissorHands):
   against the forget gradient taken at the first step of its epoch (the reference takes it
   in eval mode on its own random batch; ours is that step's, train mode)."""
   prefixes = _last_stages(task, hp.last_stages)
-  variables = per_model(task, lambda v: snip_reinit(task, v, hp, prefixes, task.seed))
+  variables = per_model(task, lambda v: snip_reinit(task, v, hp.sparsity, hp.batch_size,
+                                                    hp.snip_batches, prefixes, task.seed))
   every = num_batches(len(task.retain_y), hp.batch_size, task.parallel.size)
   optim = _sgd(hp, forget_weight=hp.forget_weight, retain_weight=1.0,
                project_every=every if hp.project else 0, project_prefixes=prefixes)
@@ -844,41 +847,19 @@ class FisherForgetting(Hyperparameters):
   renamed = {'alpha': 'noise_scale'}
 
 
-@functools.lru_cache(maxsize=16)
-def _per_example_log_likelihood_grads(model):
-  def log_p(params, model_state, x, y):
-    logits = model.apply({'params': params, **model_state}, x[None], train=False)
-    return jax.nn.log_softmax(logits.astype(np.float32))[0, y]
-  return jax.jit(jax.vmap(jax.grad(log_p), in_axes=(None, None, 0, 0)))
-
-
-def retain_fisher_diagonal(model, variables, x, y, batch_size: int = 32, eps: float = 1e-8):
-  """``mean_i (grad log p(y_i | x_i) + eps)^2`` over the examples, eval mode, one gradient
-  per example (the SalUn code's ``fisher_information_martix``, ``eps`` inside the square
-  as there). One device: per-example gradients are vmapped."""
-  grads = _per_example_log_likelihood_grads(model)
-  params = variables['params']
-  state = {k: v for k, v in variables.items() if k != 'params'}
-  total = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), params)
-  for start in range(0, len(y), batch_size):
-    g = grads(params, state, x[start:start + batch_size], y[start:start + batch_size])
-    total = jax.tree.map(lambda t, gi: t + np.sum(np.square(np.asarray(gi, np.float64) + eps),
-                                                  axis=0), total, g)
-  return jax.tree.map(lambda t: (t / len(y)).astype(np.float32), total)
-
-
 @register('fisher', 'Fisher forgetting: Gaussian noise on every weight, std min(sqrt(a / F_r), '
           'max_std) (SalUn code fisher)', FisherForgetting)
 def fisher(task: UnlearnTask, hp: FisherForgetting):
   """Fisher forgetting as the SalUn code's ``unlearn/fisher.py`` runs it (after Golatkar et
   al., CVPR 2020): ``theta += min(sqrt(noise_scale / F), max_std) * N(0, 1)``, ``F`` the
-  retain set's Fisher diagonal (:func:`retain_fisher_diagonal`), the head's std times
+  retain set's per-example Fisher diagonal
+  (:func:`jaxunlearn.influence.fisher_diagonal_per_example`), the head's std times
   ``head_factor``. The reference multiplies where ``parameter.shape[-1] == 10``, which on
   CIFAR-10 catches only the head's bias and on CIFAR-100 nothing; its ``fisher_new`` scales
   the whole last layer, which is what we do."""
   def noisy(variables, key):
-    f = retain_fisher_diagonal(task.model, variables, task.retain_x, task.retain_y,
-                               hp.batch_size)
+    f = jax.tree.map(np.asarray, fisher_diagonal_per_example(
+        task.model, variables, task.retain_x, task.retain_y, hp.batch_size))
 
     def add(path, p, fi):
       std = np.minimum(np.sqrt(hp.noise_scale / fi), hp.max_std)

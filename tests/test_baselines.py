@@ -9,8 +9,8 @@ import pytest
 
 from jaxunlearn import losses
 from jaxunlearn.data import make_split
-from jaxunlearn.methods import (UnlearnTask, _last_stages, get_method, resolve_hparams,
-                                retain_fisher_diagonal, snip_reinit)
+from jaxunlearn.influence import fisher_diagonal_per_example as retain_fisher_diagonal
+from jaxunlearn.methods import UnlearnTask, _last_stages, get_method, resolve_hparams, snip_reinit
 from jaxunlearn.models import ResNet
 from jaxunlearn.optim import OptimSpec
 from jaxunlearn.train import TrainConfig, fit_joint, init_variables, train_classifier
@@ -50,7 +50,8 @@ def test_snip_reinitialises_the_most_salient_weights_of_the_last_stages_only(tas
   hp = resolve_hparams('scissorhands', {'sparsity': 0.9, 'batch_size': 16})
   prefixes = _last_stages(task, 2)
   assert prefixes == ('stage2', 'stage3', 'head')
-  out = snip_reinit(task, task.variables, hp, prefixes, seed=0)
+  out = snip_reinit(task, task.variables, hp.sparsity, hp.batch_size, hp.snip_batches,
+                    prefixes, seed=0)
   changed = _changed(out['params'], task.variables['params'])
   paths = {jax.tree_util.keystr(p): c for p, c in
            jax.tree_util.tree_leaves_with_path(changed)}
@@ -66,7 +67,8 @@ def test_snip_reinitialises_the_most_salient_weights_of_the_last_stages_only(tas
   mask = changed['head']['kernel']
   assert np.all(np.abs(head_kernel[mask]) <= 1 / np.sqrt(head_kernel.shape[0]))
   # deterministic in the seed
-  again = snip_reinit(task, task.variables, hp, prefixes, seed=0)
+  again = snip_reinit(task, task.variables, hp.sparsity, hp.batch_size, hp.snip_batches,
+                      prefixes, seed=0)
   jax.tree.map(np.testing.assert_array_equal, again['params'], out['params'])
 
 
