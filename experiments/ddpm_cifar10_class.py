@@ -1,29 +1,35 @@
 """DDPM on CIFAR-10, forget one class (SalUn and SFR-on's diffusion experiment).
 
 The setting of SalUn (arXiv 2310.12508, Sec. 5.3) and SFR-on (arXiv 2409.19732, Table 3):
-a class-conditional DDPM (DDPM's CIFAR-10 UNet, 35.8M parameters, 1000 linear-schedule
-steps, classifier-free guidance with label dropout 0.1) forgets class 0 (airplane) with
-SalUn (1000 steps), SFR-on (150 iterations), LUR, Selective Amnesia and GA, Adam 1e-4,
-batch 128; UA by a classifier trained on CIFAR-10, FID of the other classes (give
-``--fid-inception`` through GenerationConfig for Inception features). The original model is
-a converted diffusers checkpoint (``--unet FOLDER``: a class-conditional ``UNet2DModel``,
-``num_class_embeds=11``), or, without it, trained here for ``ddpm.steps`` (the references
-train 800k steps: budget days on one GPU).
+the references' class-conditional DDPM (their DDIM-code UNet, ``--model ref-cifar10``: ch
+128, ch_mult 1-2-2-2, a class-embedding MLP concatenated with the time embedding, a learned
+null vector for guidance, dropout 0.1 active in training and unlearning; 1000
+linear-schedule steps, label dropout 0.1) forgets class 0 (airplane) with SalUn (1000
+steps), SFR-on (150 iterations), LUR, Selective Amnesia and GA, Adam 1e-4, batch 128; UA
+by a classifier trained on CIFAR-10, FID of the other classes (give ``--fid-inception``
+through GenerationConfig for Inception features). Samples are drawn as theirs are
+(``sample.py``'s defaults: 1000 DDIM steps, eta 1, no x0 clipping, cond_scale 2 = our
+guidance 3); ``--sampling fast`` takes 50 deterministic steps instead.
 
-    python experiments/ddpm_cifar10_class.py --data-dir ~/tensorflow_datasets --unet ddpm-c10-cond
+The original model is the references' released checkpoint (``--unet ckpts/ckpt.pth``, or
+their run folder; SFR-on's README links one), a diffusers ``UNet2DModel`` folder
+(class-conditional, ``num_class_embeds=11``), or, without either, trained here for
+``ddpm.steps`` (the references train 800k steps: budget days on one GPU).
+
+    python experiments/ddpm_cifar10_class.py --data-dir ~/tensorflow_datasets --unet pretrain/ckpts/ckpt.pth
     python experiments/ddpm_cifar10_class.py --smoke
 """
 
-from jaxunlearn.diffusion.experiment import GenerationConfig
+from jaxunlearn.diffusion.experiment import REFERENCE_SAMPLING, GenerationConfig
 from jaxunlearn.diffusion.train import DiffusionConfig
 
 from paper import generation_main
 
 CONFIG = GenerationConfig(
-    dataset='cifar10', model='ddpm-cifar10', scenario='class:0', seeds=(0,),
+    dataset='cifar10', model='ref-cifar10', scenario='class:0', seeds=(0,),
     methods=('salun', 'sfron', 'lur', 'sa', 'ga'),
     ddpm=DiffusionConfig(steps=800_000, batch_size=128, lr=2e-4, warmup=5000),
-    forget_samples=500, fid_samples_per_class=500, sample_steps=100, guidance=2.0)
+    forget_samples=500, fid_samples_per_class=500, **REFERENCE_SAMPLING)
 
 
 def main(argv=None) -> dict:

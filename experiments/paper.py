@@ -157,14 +157,21 @@ def generation_main(setting: str, config, doc: str, argv=None) -> dict:
   from jaxunlearn.diffusion.experiment import run_generation
   from jaxunlearn.diffusion.report import format_generation_table
   p = parser(doc)
-  p.add_argument('--unet', default=None, help='a diffusers UNet2DModel folder (class-'
-                 'conditional): the original model, loaded instead of trained')
+  p.add_argument('--unet', default=None, help='the original model, loaded instead of '
+                 'trained: the references\' DDPM checkpoint (ckpts/ckpt.pth or its run '
+                 'folder) or a diffusers UNet2DModel folder (class-conditional)')
+  p.add_argument('--sampling', default='reference', choices=('reference', 'fast'),
+                 help='evaluation sampler: the references\' (1000 DDIM steps, eta 1, no '
+                      'clipping, guidance 3 = their cond_scale 2; the default) or fast (50 '
+                      'deterministic steps, guidance 2)')
   args = p.parse_args(argv)
   out = args.out or f'results/{setting}'
-  changes = {**common_changes(args), 'unet_path': args.unet}
+  from jaxunlearn.diffusion.experiment import FAST_SAMPLING, REFERENCE_SAMPLING
+  changes = {**common_changes(args), 'unet_path': args.unet,
+             **(REFERENCE_SAMPLING if args.sampling == 'reference' else FAST_SAMPLING)}
   if args.smoke:
     methods = changes.get('methods', config.methods)
-    changes.update(model='unet', channels=(8,), image_size=8, seeds=(0,), cache_dir=None,
+    changes.update(model='ref-unet', channels=(8,), image_size=8, seeds=(0,), cache_dir=None,
                    classifier_width=4, check_every=0, checkpoint_every=0, forget_samples=4,
                    fid_samples_per_class=2, sample_steps=2,
                    overrides={k: v for k, v in SMOKE_GENERATION.items()

@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='input side (digits default 16; TFDS: as stored)')
   run.add_argument('--model', default=None,
                    help="classification: resnet18 (default) or resnet10; generation: unet "
-                        "(default), ddpm-cifar10 (DDPM's CIFAR-10 UNet) or dit (a tiny "
-                        "pixel-space DiT)")
+                        "(default), ddpm-cifar10 (DDPM's CIFAR-10 UNet), ref-unet / "
+                        "ref-cifar10 (the SalUn/SFR-on DDPM code's UNet, digits / CIFAR-10 "
+                        "scale) or dit (a tiny pixel-space DiT)")
   run.add_argument('--width', type=int, default=None,
                    help=f'classification: channels of the first stage (default {_exp("width")}; '
                         '64 = the standard ResNet-18)')
@@ -129,9 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
                         'weight file pt_inception-2015-12-05-6726825d.pth on disk (default: '
                         "the generation classifier's features)")
   run.add_argument('--original', default=None, metavar='PATH',
-                   help='classification: start from this trained model instead of training '
-                        'one: an orbax checkpoint directory of ours, or a reference PyTorch '
-                        'ResNet-18 checkpoint (SalUn\'s or SFR-on\'s; needs torch)')
+                   help='start from this trained model instead of training one: '
+                        'classification: an orbax checkpoint directory of ours, or a '
+                        'reference PyTorch ResNet-18 checkpoint (SalUn\'s or SFR-on\'s); '
+                        'generation: a diffusers UNet2DModel folder, or the references\' '
+                        'DDPM ckpts/ckpt.pth (needs torch)')
+  run.add_argument('--sampling', default=None, choices=('fast', 'reference'),
+                   help='generation: the evaluation sampler: fast (50 DDIM steps, eta 0, '
+                        'guidance 2, the default) or reference (the references\' 1000 steps, '
+                        'eta 1, no x0 clipping, their cond_scale 2 = guidance 3)')
   run.add_argument('--allow-duplicates', action='store_true',
                    help='run even if forget examples have exact copies in the retain or '
                         'test set')
@@ -218,7 +225,8 @@ def main(argv=None) -> int:
 _CLASSIFICATION_ONLY = {'width': '--width', 'tune': '--tune', 'tune_seeds': '--tune-seeds',
                         'tune_grid': '--tune-grid', 'alignment_every': '--alignment-every',
                         'allow_duplicates': '--allow-duplicates', 'original': '--original'}
-_GENERATION_ONLY = {'check_every': '--check-every', 'fid_inception': '--fid-inception'}
+_GENERATION_ONLY = {'check_every': '--check-every', 'fid_inception': '--fid-inception',
+                    'sampling': '--sampling'}
 
 
 # Flags of `run` that set the config field of the same name (their argparse default is None
@@ -268,7 +276,8 @@ def _field_default(module: str, cls: str, name: str):
 def _flags_the_task_ignores(args) -> list[str]:
   """The flags given (not left at their unset default) that ``args.task`` does not use."""
   other = _CLASSIFICATION_ONLY if args.task == 'generation' else _GENERATION_ONLY
-  return [flag for name, flag in other.items() if _given(getattr(args, name))]
+  return [flag for name, flag in other.items()
+          if name != 'original' and _given(getattr(args, name))]
 
 
 def _given(value) -> bool:
@@ -321,10 +330,17 @@ def _run_strong(args) -> int:
 
 
 def _run_generation(args) -> int:
-  from jaxunlearn.diffusion.experiment import GenerationConfig, run_generation
+  from jaxunlearn.diffusion.experiment import (FAST_SAMPLING, REFERENCE_SAMPLING,
+                                               GenerationConfig, run_generation)
   from jaxunlearn.diffusion.report import format_generation_table
   try:
-    config = GenerationConfig(**_settings(args, _GENERATION_ONLY))
+    settings = _settings(args, _GENERATION_ONLY)
+    sampling = settings.pop('sampling', None)
+    if sampling is not None:
+      settings.update(REFERENCE_SAMPLING if sampling == 'reference' else FAST_SAMPLING)
+    if args.original is not None:
+      settings['unet_path'] = args.original
+    config = GenerationConfig(**settings)
     config.validate()
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)

@@ -308,7 +308,7 @@ def test_generation_job_forgets_with_a_dit(tmp_path):
   for name in config.methods:
     assert 0 <= results['per_seed'][name][0]['UA'] <= 100
   assert (tmp_path / 'out' / 'samples.png').stat().st_size > 10_000
-  with pytest.raises(ValueError, match="'unet' \\(default\\), 'ddpm-cifar10' or 'dit'"):
+  with pytest.raises(ValueError, match="generation models: unet, ddpm-cifar10, ref-unet"):
     GenerationConfig(model='vit').validate()
   with pytest.raises(ValueError, match='unknown DiT size'):
     GenerationConfig(model='dit', dit_size='huge').validate()

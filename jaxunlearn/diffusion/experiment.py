@@ -41,11 +41,22 @@ from jaxunlearn.hparams import cast_like, did_you_mean
 from jaxunlearn.job import Job, SeedRun, run_job
 from jaxunlearn.methods import resolve_hparams
 from jaxunlearn.models import digits_dit, digits_unet, make_model
+from jaxunlearn.models.ddim_unet import digits_reference_unet, reference_cifar10_unet
 from jaxunlearn.models.dit import DIT_CONFIGS
 from jaxunlearn.models.unet import ddpm_cifar10_unet
 from jaxunlearn.parallel import Parallel
 from jaxunlearn.step import predict
 from jaxunlearn.train import LoopControl, TrainConfig, train_classifier
+
+# The references' evaluation sampler (SFR-on / SalUn DDPM ``sample.py``: ``--sample_type
+# generalized --skip_type uniform --timesteps 1000 --eta 1.0 --cond_scale 2.0``, and
+# ``generalized_steps_conditional`` does not clip x0): their cond_scale s guides as
+# ``(1 + s) eps_c - s eps_u``, our g = 1 + s.
+REFERENCE_SAMPLING = {'sample_steps': 1000, 'sample_eta': 1.0, 'sample_clip': False,
+                      'guidance': 3.0}
+# Ours, fast enough for a CPU: 50 deterministic DDIM steps, x0 clipped, g 2.
+FAST_SAMPLING = {'sample_steps': 50, 'sample_eta': 0.0, 'sample_clip': True, 'guidance': 2.0}
+MODELS = ('unet', 'ddpm-cifar10', 'ref-unet', 'ref-cifar10', 'dit')
 
 REPORTED = ('UA', 'FID', 'acc_remaining', 'steps_to_forget', 'rte_s', 'skipped_steps')
 FORGOTTEN = 95.0  # UA (percent) at which a class counts as forgotten
@@ -63,11 +74,18 @@ class GenerationConfig:
       stored).
     model: 'unet' (:func:`jaxunlearn.models.digits_unet`, the default), 'ddpm-cifar10'
       (:func:`jaxunlearn.models.unet.ddpm_cifar10_unet`: the DDPM paper's CIFAR-10 UNet
-      with a class embedding) or 'dit' (:func:`jaxunlearn.models.digits_dit`: a
-      pixel-space DiT, patch 2).
-    unet_path: a diffusers ``UNet2DModel`` folder (class-conditional, the last class id the
-      null class): the original model is loaded from it instead of trained.
-    channels: ``block_out_channels`` of the 'unet' model.
+      with a class embedding, diffusers-style), 'ref-unet'
+      (:func:`jaxunlearn.models.ddim_unet.digits_reference_unet`: the references' DDPM
+      UNet, class-embedding MLP, learned null vector, dropout 0.1, at the digits' scale),
+      'ref-cifar10' (:func:`jaxunlearn.models.ddim_unet.reference_cifar10_unet`: theirs at
+      CIFAR-10 scale) or 'dit' (:func:`jaxunlearn.models.digits_dit`: a pixel-space DiT,
+      patch 2).
+    unet_path: the original model, loaded instead of trained: a diffusers ``UNet2DModel``
+      folder (class-conditional, the last class id the null class), or a checkpoint of the
+      references' DDPM code (their ``ckpts/ckpt.pth``, or the run folder holding it;
+      :func:`jaxunlearn.convert.ddim_unet.load_reference_ddpm`).
+    channels: ``block_out_channels`` of the 'unet' model ('ref-unet': its ``ch`` is the
+      first).
     dit_size: the DiT's size, a key of :data:`jaxunlearn.models.dit.DIT_CONFIGS`.
     scenario: 'class:K'.
     methods: names from :data:`jaxunlearn.diffusion.methods.GENERATION_METHODS`.
@@ -85,8 +103,12 @@ class GenerationConfig:
     fid_real_per_class: real training images of each class behind FID's reference
       statistics, the first ones in the training set (None: all of them; a cap keeps
       Inception on a CPU affordable: CIFAR-10 has 5000 per class).
-    sample_steps, guidance: the DDIM sampler of every evaluation (guidance in diffusers'
-      convention; 2.0 = w 1 of Ho & Salimans).
+    sample_steps, sample_eta, sample_clip, guidance: the DDIM sampler of every evaluation:
+      steps, eta (0 deterministic, 1 the DDPM posterior's noise), clipping the predicted x0
+      to [-1, 1], and the guidance scale in diffusers' convention (``eps_u + g (eps_c -
+      eps_u)``: 2.0 = w 1 of Ho & Salimans = the references' ``cond_scale`` 1.0). The
+      defaults are the fast ones (:data:`FAST_SAMPLING`); :data:`REFERENCE_SAMPLING` is
+      the references' evaluation sampler.
     checkpoint_every, max_nonfinite: as :class:`jaxunlearn.experiment.ExperimentConfig`.
     parallel, num_devices, shard_params: the devices unlearning runs on, as
       :class:`jaxunlearn.experiment.ExperimentConfig` (the methods' steps, saliency masks
@@ -115,6 +137,8 @@ class GenerationConfig:
   fid_inception: str | None = None
   fid_real_per_class: int | None = None
   sample_steps: int = 50
+  sample_eta: float = 0.0
+  sample_clip: bool = True
   guidance: float = 2.0
   checkpoint_every: int = 50
   max_nonfinite: int | None = 10
@@ -124,12 +148,15 @@ class GenerationConfig:
 
   def validate(self) -> None:
     """Checks names, scenario and overrides before any compute (ValueError says what)."""
-    if self.model not in ('unet', 'ddpm-cifar10', 'dit'):
-      raise ValueError("generation models: 'unet' (default), 'ddpm-cifar10' or 'dit', got "
+    if self.model not in MODELS:
+      raise ValueError(f"generation models: {', '.join(MODELS)} (unet the default), got "
                        f'{self.model!r}')
-    if self.unet_path is not None and not Path(self.unet_path).is_dir():
-      raise ValueError(f'unet_path {self.unet_path}: no such folder (a diffusers '
-                       'UNet2DModel.save_pretrained folder)')
+    if self.unet_path is not None and not Path(self.unet_path).exists():
+      raise ValueError(f'unet_path {self.unet_path}: no such file or folder (a diffusers '
+                       "UNet2DModel folder, or the references' ckpts/ckpt.pth)")
+    if not 0 <= self.sample_eta <= 1 or self.sample_steps < 1 or not self.guidance >= 0:
+      raise ValueError('sample_steps must be >= 1, sample_eta in [0, 1] and guidance >= 0, '
+                       f'got {self.sample_steps}, {self.sample_eta}, {self.guidance}')
     if self.model == 'dit' and self.dit_size not in DIT_CONFIGS:
       raise ValueError(f'unknown DiT size {self.dit_size!r}; known: {", ".join(DIT_CONFIGS)}')
     if parse_scenario(self.scenario).kind != 'class':
@@ -178,8 +205,15 @@ class GenerationConfig:
     """``(the class-conditional denoiser, its cache key and its description)``."""
     size, channels = image_shape[0], image_shape[-1]
     if self.model == 'ddpm-cifar10':
-      return (ddpm_cifar10_unet(num_classes, channels), {'model': 'ddpm-cifar10'},
+      # 'dropout': trained with its dropout active (models cached before were not).
+      return (ddpm_cifar10_unet(num_classes, channels), {'model': 'ddpm-cifar10',
+                                                         'dropout': 0.1},
               {'name': 'UNet2D', 'preset': 'ddpm-cifar10'})
+    if self.model in ('ref-unet', 'ref-cifar10'):
+      model = (reference_cifar10_unet(num_classes, channels) if self.model == 'ref-cifar10'
+               else digits_reference_unet(num_classes, channels, self.channels[0], size))
+      key = {'model': self.model, 'ch': model.ch, 'resolution': size}
+      return model, key, {'name': 'RefDDPMUNet', 'preset': self.model, 'ch': model.ch}
     if self.model == 'dit':
       model = digits_dit(num_classes, channels, sample_size=size, size=self.dit_size)
       info = {'name': 'DiT', 'size': self.dit_size, 'time_freq_shift': model.time_freq_shift}
@@ -194,6 +228,20 @@ class GenerationConfig:
     base = getattr(self, which)
     return dataclasses.replace(base, **{k: cast_like(v, getattr(base, k), f'{which}.{k}')
                                         for k, v in self.overrides.get(which, {}).items()})
+
+
+def load_original_ddpm(path, image_shape):
+  """``(model, variables, description)`` of a pretrained class-conditional DDPM: a
+  diffusers ``UNet2DModel`` folder, or a checkpoint of the references' DDPM code (a file,
+  or a folder with ``ckpts/ckpt.pth``; its image side is the data's)."""
+  path = Path(path)
+  if path.is_dir() and ((path / 'config.json').is_file() or (path / 'unet').is_dir()):
+    from jaxunlearn.convert import load_diffusers_unet
+    unet, params = load_diffusers_unet(path)
+    return unet, {'params': params}, {'name': 'UNet2D', 'pretrained': str(path)}
+  from jaxunlearn.convert.ddim_unet import load_reference_ddpm
+  unet, variables = load_reference_ddpm(path, resolution=image_shape[0])
+  return unet, variables, {'name': 'RefDDPMUNet', 'pretrained': str(path), 'ch': unet.ch}
 
 
 def fast_slow_every(hp) -> int | None:
@@ -224,6 +272,7 @@ class _Judge:
   def sample(self, unet, variables, labels, seed):
     return generate(unet, variables, self.diffusion, labels, self.shape, seed,
                     num_steps=self.config.sample_steps, guidance=self.config.guidance,
+                    eta=self.config.sample_eta, clip=self.config.sample_clip,
                     parallel=self.parallel)
 
   def accuracy(self, images, labels) -> float:
@@ -343,10 +392,8 @@ class _Generation(Job):
                                                                  ds.image_shape)
     self.pretrained = None
     if config.unet_path is not None:
-      from jaxunlearn.convert import load_diffusers_unet
-      self.unet, params = load_diffusers_unet(config.unet_path)
-      self.pretrained = {'params': params}
-      self.model_info = {'name': 'UNet2D', 'pretrained': str(config.unet_path)}
+      self.unet, self.pretrained, self.model_info = load_original_ddpm(
+          config.unet_path, ds.image_shape)
     clf = make_model('resnet18', ds.num_classes, config.classifier_width)
     self.data_key = {'dataset': config.dataset, 'image_size': ds.image_shape[0],
                      'pixels': 'symmetric'}
@@ -457,7 +504,8 @@ def _results(config, per_seed, originals, hparams, ddpm, clf_cfg, test_acc, clf_
                      'fid_real_per_class': config.fid_real_per_class,
                      'fid_features': 'classifier' if config.fid_inception is None
                                      else 'inception',
-                     'sample_steps': config.sample_steps, 'guidance': config.guidance,
+                     'sample_steps': config.sample_steps, 'sample_eta': config.sample_eta,
+                     'sample_clip': config.sample_clip, 'guidance': config.guidance,
                      'check_every': config.check_every, 'forgotten_at_UA': FORGOTTEN},
       'metrics_doc': 'UA: 100 - classifier accuracy (percent) on samples of the forgotten '
                      'class; FID: Frechet distance between the fid_features (classifier or '

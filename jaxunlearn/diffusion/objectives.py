@@ -24,7 +24,12 @@ import jax.numpy as jnp
 
 from jaxunlearn.diffusion.schedules import drop_labels, eps_mse, q_sample
 from jaxunlearn.diffusion.train import DiffusionConfig
-from jaxunlearn.parallel import draw, split_key
+from jaxunlearn.parallel import ShardKey, draw, split_key
+
+
+def has_dropout(model) -> bool:
+  """Whether ``model`` has dropout to switch on in training mode (``dropout`` > 0)."""
+  return float(getattr(model, 'dropout', 0.0) or 0.0) > 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +42,11 @@ class Denoiser:
     loss: ``loss(eps_fn, schedule, x0, labels, key) -> [B]`` (below).
     conditional: False for an unconditional model: it is called with labels None (the
       batch's labels are then placeholders).
+    train: run the model in training mode, its dropout active (a model with a ``dropout``
+      rate > 0; the references train and unlearn their DDPM so, and compute saliency masks
+      and Fishers in eval mode). The dropout key is split off ``key``; under ``pmap`` it is
+      folded with the device's batch offset, so devices drop differently (the masks then
+      depend on the device count, unlike the loss's own draws).
 
   No metrics; the model state passes through unchanged (no batch statistics).
   """
@@ -45,10 +55,19 @@ class Denoiser:
   diffusion: DiffusionConfig
   loss: Callable
   conditional: bool = True
+  train: bool = False
 
   def __call__(self, params, model_state, x, y, key):
     y = y if self.conditional else None
-    eps_fn = lambda xt, t, c: self.model.apply({'params': params, **model_state}, xt, t, c)
+    variables = {'params': params, **model_state}
+    if self.train:
+      key, k_drop = split_key(key)
+      if isinstance(k_drop, ShardKey):
+        k_drop = jax.random.fold_in(k_drop.key, k_drop.offset)
+      eps_fn = lambda xt, t, c: self.model.apply(variables, xt, t, c, train=True,
+                                                 rngs={'dropout': k_drop})
+    else:
+      eps_fn = lambda xt, t, c: self.model.apply(variables, xt, t, c)
     return self.loss(eps_fn, self.diffusion.noise_schedule(), x, y, key), model_state, {}
 
   def on_axis(self, axis_name: str) -> Denoiser:

@@ -79,17 +79,18 @@ def train_diffusion(model, x, y, config: DiffusionConfig, seed: int = 0, variabl
                     parallel: Parallel = SINGLE):
   """Trains (or, from ``variables``, fine-tunes) ``model`` on images ``x`` in [-1, 1] with
   labels ``y`` (None: unconditional) for ``config.steps`` steps of the per-pixel mean
-  eps-MSE, labels dropped to the null class with ``config.cond_drop_prob``, on the shared
+  eps-MSE, labels dropped to the null class with ``config.cond_drop_prob`` and the model's
+  dropout active (if it has any), on the shared
   loop (:func:`jaxunlearn.train.fit`: resumable with ``control``, ``callback`` as there).
   Returns ``(variables, history)``."""
-  from jaxunlearn.diffusion.objectives import Denoiser, Denoising
+  from jaxunlearn.diffusion.objectives import Denoiser, Denoising, has_dropout
   if variables is None:
     variables = init_unet(model, x.shape[1:], seed)
   null = model.num_class_embeds - 1 if model.num_class_embeds is not None else None
   loss = Denoising(cond_drop_prob=config.cond_drop_prob if y is not None else 0.0,
                    null_class=null, reduction='mean')
   objective = Denoiser(model, dataclasses.replace(config, steps=0, batch_size=1), loss,
-                       conditional=y is not None)
+                       conditional=y is not None, train=has_dropout(model))
   labels = np.zeros(len(x), np.int32) if y is None else y
   return fit(variables, [Phase(x, labels, objective, 'loss')], steps=config.steps,
              batch_size=config.batch_size, optim=config.optim(), seed=seed, desc=desc,

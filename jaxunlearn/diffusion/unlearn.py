@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxunlearn.diffusion.objectives import (AdaptiveDenoisingAscent, Denoiser,  # noqa: F401
-                                             Denoising, RemappedClass)
+                                             Denoising, RemappedClass, has_dropout)
 from jaxunlearn.diffusion.samplers import sample
 from jaxunlearn.diffusion.schedules import q_sample
 from jaxunlearn.diffusion.train import DiffusionConfig
@@ -100,12 +100,14 @@ class GenerationTask(TaskSets):
                        f'shape {self.forget_x.shape[1:]}')
 
   def objective(self, loss) -> Denoiser:
-    """The task's objective for a denoising loss (:mod:`jaxunlearn.diffusion.objectives`)."""
-    return Denoiser(self.model, self.diffusion, loss)
+    """The task's objective for a denoising loss (:mod:`jaxunlearn.diffusion.objectives`):
+    the model in training mode where it has dropout, as the references unlearn."""
+    return Denoiser(self.model, self.diffusion, loss, train=has_dropout(self.model))
 
   def statistic(self, loss) -> Denoiser:
-    """The objective of the statistics computed before a loop (saliency, Fishers)."""
-    return self.objective(loss)
+    """The objective of the statistics computed before a loop (saliency, Fishers): eval
+    mode, as the references compute them (``model.eval()``)."""
+    return Denoiser(self.model, self.diffusion, loss)
 
 
 
@@ -166,7 +168,7 @@ def elbo_fisher(task: GenerationTask, x, y, timesteps: int = 20, batch_size: int
 
 @functools.lru_cache(maxsize=16)
 def _sampler(model, diffusion: DiffusionConfig, image_shape, num_steps: int, guidance: float,
-             null_class: int, parallel: Parallel):
+             null_class: int, parallel: Parallel, eta: float = 0.0, clip: bool = True):
   schedule = diffusion.noise_schedule()
 
   def run(args, batch):
@@ -174,16 +176,17 @@ def _sampler(model, diffusion: DiffusionConfig, image_shape, num_steps: int, gui
     labels, index = batch
     eps_fn = lambda x, t, y: model.apply(variables, x, t, y)
     return sample(eps_fn, schedule, (labels.shape[0], *image_shape), key, labels,
-                  num_steps=num_steps, guidance_scale=guidance, null_class=null_class,
-                  index=index)
+                  num_steps=num_steps, eta=eta, guidance_scale=guidance,
+                  null_class=null_class, clip=clip, index=index)
   return parallel.batched(run, per_example=True)
 
 
 def generate(model, variables, diffusion: DiffusionConfig, labels, image_shape, seed: int = 0,
-             *, num_steps: int = 50, guidance: float = 2.0, batch_size: int = 100,
-             parallel: Parallel = SINGLE):
+             *, num_steps: int = 50, guidance: float = 2.0, eta: float = 0.0,
+             clip: bool = True, batch_size: int = 100, parallel: Parallel = SINGLE):
   """Images of ``labels`` from DDIM (``num_steps``, classifier-free guidance ``guidance``
-  in diffusers' convention); numpy ``[N, *image_shape]`` in [-1, 1].
+  in diffusers' convention, ``eta``, x0 clipped to [-1, 1] with ``clip``); numpy
+  ``[N, *image_shape]`` in [-1, 1].
 
   Image ``i``'s noise is drawn from ``fold_in(key(seed), i)`` (``samplers.sample``'s
   ``index``), so the images are the same whatever ``batch_size`` and on however many
@@ -196,7 +199,7 @@ def generate(model, variables, diffusion: DiffusionConfig, labels, image_shape, 
                      f'{labels.shape}')
   size = -(-min(batch_size, len(labels)) // parallel.size) * parallel.size
   sampler = _sampler(model, diffusion, tuple(image_shape), num_steps, float(guidance),
-                     model.num_class_embeds - 1, parallel)
+                     model.num_class_embeds - 1, parallel, float(eta), bool(clip))
   key, out = jax.random.key(seed), []
   for start in range(0, len(labels), size):
     chunk = labels[start:start + size]

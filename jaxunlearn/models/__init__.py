@@ -1,9 +1,11 @@
 """Flax models."""
+from jaxunlearn.models.ddim_unet import RefDDPMUNet, digits_reference_unet
 from jaxunlearn.models.dit import DiT, digits_dit, dit, stack_blocks, unstack_blocks
 from jaxunlearn.models.inception import FIDInceptionV3
 from jaxunlearn.models.resnet import ResNet, ResNet10, ResNet18, make_model
 from jaxunlearn.models.unet import UNet2D, digits_unet
 from jaxunlearn.models.vae import AutoencoderKL
 
-__all__ = ['AutoencoderKL', 'DiT', 'FIDInceptionV3', 'ResNet', 'ResNet10', 'ResNet18', 'UNet2D',
-           'digits_dit', 'digits_unet', 'dit', 'make_model', 'stack_blocks', 'unstack_blocks']
+__all__ = ['AutoencoderKL', 'DiT', 'FIDInceptionV3', 'RefDDPMUNet', 'ResNet', 'ResNet10',
+           'ResNet18', 'UNet2D', 'digits_dit', 'digits_reference_unet', 'digits_unet', 'dit',
+           'make_model', 'stack_blocks', 'unstack_blocks']
