@@ -3,9 +3,12 @@
 The setting of SFR-on (arXiv 2409.19732, Sec. 5.3 and its DiT code): the released
 DiT-XL/2-256 (converted with ``jaxunlearn convert-dit``), its VAE (sd-vae-ft-ema), the
 forget set = ImageNet training images of class 207, a retain set of ``--retain-per-class``
-images of every other class, SFR-on with a Fisher-ratio mask for 600 iterations (AdamW
-1e-4 without weight decay = Adam; batch 32, rematerialised blocks in one scan, bfloat16
-compute), and the baselines with the same budget. Images are centre-cropped to 256 as DiT's
+images of every other class, SFR-on as its DiT code does it (its README command:
+gradient ascent on DiT's hybrid loss, alpha 1e-3 constant, the forget update masked by the
+Fisher ratio and clipped to 1, the retain update unclipped, the Fisher from 2000
+unclipped single-image gradients: ``DIT_RECIPE``) for 600 iterations (AdamW 1e-4 without
+weight decay = Adam; batch 32 where their default is 1, rematerialised blocks in one scan,
+bfloat16 compute), and the baselines with the same budget. Images are centre-cropped to 256 as DiT's
 ``center_crop_arr`` does and encoded once to scaled latents; unlearning runs on latents.
 
 Reported per model: the denoising loss (eps-MSE at fixed timesteps and noise) on held-out
@@ -33,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn.diffusion.methods import GENERATION_METHODS
+from jaxunlearn.diffusion.methods import DIT_RECIPE, GENERATION_METHODS
 from jaxunlearn.diffusion.schedules import eps_mse
 from jaxunlearn.diffusion.train import DiffusionConfig
 from jaxunlearn.diffusion.unlearn import GenerationTask, generate
@@ -43,7 +46,7 @@ from jaxunlearn.parallel import Parallel
 
 from paper import parser, print_hparams
 
-HPARAMS = {'sfron': {'iterations': 600, 'batch_size': 32, 'lr': 1e-4},
+HPARAMS = {'sfron': {**DIT_RECIPE['sfron'], 'iterations': 600, 'batch_size': 32, 'lr': 1e-4},
            'salun': {'steps': 600, 'batch_size': 32, 'lr': 1e-4},
            'lur': {'steps': 600, 'batch_size': 32, 'lr': 1e-4},
            'ga': {'steps': 600, 'batch_size': 32, 'lr': 1e-4}}

@@ -31,7 +31,7 @@ from jaxunlearn import checkpoint
 from jaxunlearn.data import make_split, parse_scenario
 from jaxunlearn.data.digits import load_digits
 from jaxunlearn.data.tfds import load_tfds
-from jaxunlearn.diffusion.methods import GENERATION_METHODS
+from jaxunlearn.diffusion.methods import DIT_RECIPE, GENERATION_METHODS
 from jaxunlearn.diffusion.train import DiffusionConfig, train_diffusion
 from jaxunlearn.diffusion.unlearn import GenerationTask, generate
 from jaxunlearn.evaluate import summarize
@@ -185,8 +185,14 @@ class GenerationConfig:
                          f'{",".join(self.methods)}'
                          f'{did_you_mean(name, [*self.methods, "ddpm", "classifier"])}')
     for name in self.methods:
-      resolve_hparams(name, self.overrides.get(name), GENERATION_METHODS)
+      resolve_hparams(name, self.method_overrides(name), GENERATION_METHODS)
     self.devices()  # raises for a mode or device count this host cannot run
+
+  def method_overrides(self, name: str) -> dict:
+    """A method's hyperparameter overrides: the model's recipe (a DiT's ``sfron`` is SFR-on's
+    DiT code, :data:`jaxunlearn.diffusion.methods.DIT_RECIPE`), then ``overrides``."""
+    recipe = DIT_RECIPE.get(name, {}) if self.model == 'dit' else {}
+    return {**recipe, **self.overrides.get(name, {})}
 
   def devices(self) -> Parallel:
     """The :class:`jaxunlearn.parallel.Parallel` the methods run on."""
@@ -376,7 +382,7 @@ class _Generation(Job):
     self.config, self.out_dir = config, None if out_dir is None else Path(out_dir)
     self.cls = int(parse_scenario(config.scenario).value)
     self.ddpm, self.clf_cfg = config._replaced('ddpm'), config._replaced('classifier')
-    self._resolved = {n: resolve_hparams(n, config.overrides.get(n), GENERATION_METHODS)
+    self._resolved = {n: resolve_hparams(n, config.method_overrides(n), GENERATION_METHODS)
                       for n in config.methods}  # checked before any compute
     self._ready = False
 

@@ -15,7 +15,8 @@ import dataclasses
 
 import numpy as np
 
-from jaxunlearn.diffusion.objectives import AdaptiveDenoisingAscent, Denoising, RemappedClass
+from jaxunlearn.diffusion.objectives import (AdaptiveDenoisingAscent, Denoising,
+                                             HybridDenoising, RemappedClass)
 from jaxunlearn.diffusion.unlearn import GenerationTask, elbo_fisher, generate
 from jaxunlearn.hparams import (Hyperparameters, at_least_one, fraction, hparam, non_negative,
                                 one_of, positive, probability)
@@ -100,7 +101,35 @@ class SFRon(Adam):
   lam: float = non_negative(0.5, "the adaptive ascent loss's temperature lambda")
   gamma: float = positive(1.0, 'Fisher-ratio threshold of the mask (F_f / F_r >= gamma)')
   mask: bool = hparam(True, doc='mask forget steps by the Fisher ratio')
+  # What SFR-on's DDPM and DiT codes do differently (DIT_RECIPE sets the DiT code's):
+  loss: str = one_of(('ddpm', 'hybrid'), 'ddpm', "denoising loss: the DDPM code's pixel "
+                     "sum, or DiT's hybrid loss (pixel mean + variational term)")
+  forget_loss: str = one_of(('adaptive', 'ga'), 'adaptive', 'forget loss: the adaptive '
+                            'weighting (lam; DDPM code) or plain ascent on the mean (DiT code)')
+  forget_schedule: str = one_of(('cosine', 'constant'), 'cosine',
+                                'forget_weight over the iterations (the DiT code: constant)')
+  retain_clip: bool = hparam(True, doc='clip the retain update to clip_norm as well (DDPM '
+                             'code; the DiT code clips only the forget update)')
+  fisher_batch_size: int = non_negative(0, "batch of each Fisher gradient of the mask (0: "
+                                        "batch_size; the DiT code: 1)")
+  fisher_clip: bool = hparam(True, doc='clip each Fisher batch gradient to norm 1 (DDPM '
+                             'code; not the DiT code)')
+  fisher_examples: int = non_negative(0, 'examples of each set behind the Fisher, drawn '
+                                      'at random (0: all; the DiT code: 2000 batches)')
   renamed = {'alpha': 'forget_weight', 'remain_alpha': 'retain_weight'}
+
+
+# SFR-on's DiT code (K1nght/Unified-Unlearning-w-Remain-Geometry DiT/forget.py, README
+# command; DiT/generate_fisher.py): gradient ascent on the mean hybrid loss, alpha 1e-3
+# constant (--decay-forget-alpha is parsed but never read), the forget update masked and
+# clipped to 1, the retain update neither; the Fisher from unclipped gradients of batches
+# of one image (--batch-size default 1) over --n-iters 2000 draws, in eval mode. The
+# generation job applies these defaults to `sfron` when the model is a DiT
+# (GenerationConfig.method_overrides); --set overrides them.
+DIT_RECIPE = {'sfron': {'loss': 'hybrid', 'forget_loss': 'ga', 'forget_weight': 1e-3,
+                        'forget_schedule': 'constant', 'retain_clip': False,
+                        'fisher_batch_size': 1, 'fisher_clip': False,
+                        'fisher_examples': 2000}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,25 +144,42 @@ def sfron(task: GenerationTask, hp: SFRonFastSlow):
   """SFR-on for DDPM (arXiv 2409.19732; its ``sfron_forget``, method 'ron', loss 'adaga'):
   Fisher-ratio mask from the denoising loss; each iteration an ascent step on the adaptive
   weighted loss (``lam``) scaled by the cosine-decayed ``forget_weight``, masked, clipped,
-  then a descent step on ``retain_weight`` L_diff(D_r), clipped; one Adam state for both."""
+  then a descent step on ``retain_weight`` L_diff(D_r), clipped; one Adam state for both.
+  On a DiT, the job's defaults are its DiT code's (:data:`DIT_RECIPE`)."""
   return _sfron(task, hp, 'sfron')
 
 
+def _fisher_subset(x, y, n: int, seed: int):
+  if not n or len(y) <= n:
+    return x, y
+  idx = np.sort(np.random.default_rng(seed).choice(len(y), n, replace=False))
+  return x[idx], y[idx]
+
+
 def _sfron(task: GenerationTask, hp: SFRon, desc: str, **precondition):
+  hybrid = hp.loss == 'hybrid'
   mask = None
-  if hp.mask:  # the DDPM reference's generate_fisher: clipped denoising-loss gradients
-    mask = sfron_mask(task.statistic(Denoising()), task.variables, task.forget_x,
-                      task.forget_y, task.retain_x, task.retain_y, hp.gamma,
-                      **_statistic_args(task, hp))
-  optim = _adam(hp, every=hp.every, forget_weight=hp.forget_weight, forget_schedule='cosine',
-                forget_clip_norm=hp.clip_norm, saliency=hp.mask, **precondition)
-  forget = AdaptiveDenoisingAscent(hp.lam, cond_drop_prob=hp.cond_drop_prob,
-                                   null_class=task.null_class)
+  if hp.mask:  # the references' generate_fisher: eval mode, conditional loss
+    forget = _fisher_subset(task.forget_x, task.forget_y, hp.fisher_examples, task.seed)
+    retain = _fisher_subset(task.retain_x, task.retain_y, hp.fisher_examples, task.seed + 1)
+    mask = sfron_mask(task.statistic(HybridDenoising() if hybrid else Denoising()),
+                      task.variables, *forget, *retain, hp.gamma,
+                      batch_size=hp.fisher_batch_size or hp.batch_size,
+                      clip_norm=1.0 if hp.fisher_clip else 0.0, parallel=task.parallel)
+  optim = OptimSpec('adam', hp.lr, momentum=0.9, weight_decay=0.0,
+                    clip_norm=hp.clip_norm if hp.retain_clip else 0.0, every=hp.every,
+                    forget_weight=hp.forget_weight, forget_schedule=hp.forget_schedule,
+                    forget_clip_norm=hp.clip_norm, saliency=hp.mask, **precondition)
+  drop = dict(cond_drop_prob=hp.cond_drop_prob, null_class=task.null_class)
+  if hp.forget_loss == 'adaptive':
+    forget = AdaptiveDenoisingAscent(hp.lam, hybrid=hybrid, **drop)
+  else:
+    forget = HybridDenoising(-1.0, **drop) if hybrid else Denoising(-1.0, **drop)
+  retain = (HybridDenoising(hp.retain_weight, **drop) if hybrid
+            else _retain_loss(task, hp, scale=hp.retain_weight))
   variables, _ = fit_fast_slow(
-      task.variables, task.forget_phase(forget),
-      task.retain_phase(_retain_loss(task, hp, scale=hp.retain_weight)),
-      iterations=hp.iterations, optim=optim,
-      mask=mask, **_loop(task, hp, desc))
+      task.variables, task.forget_phase(forget), task.retain_phase(retain),
+      iterations=hp.iterations, optim=optim, mask=mask, **_loop(task, hp, desc))
   return variables
 
 

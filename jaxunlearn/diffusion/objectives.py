@@ -22,7 +22,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from jaxunlearn.diffusion.schedules import drop_labels, eps_mse, q_sample
+from jaxunlearn.diffusion.schedules import drop_labels, eps_mse, q_sample, vlb_term
 from jaxunlearn.diffusion.train import DiffusionConfig
 from jaxunlearn.parallel import ShardKey, draw, split_key
 
@@ -68,12 +68,29 @@ class Denoiser:
                                                  rngs={'dropout': k_drop})
     else:
       eps_fn = lambda xt, t, c: self.model.apply(variables, xt, t, c)
+    if getattr(self.loss, 'full_output', False) and _predicts_variance(self.model):
+      eps_fn = _full_output(self.model, variables, k_drop if self.train else None)
     return self.loss(eps_fn, self.diffusion.noise_schedule(), x, y, key), model_state, {}
 
   def on_axis(self, axis_name: str) -> Denoiser:
     """Unchanged under ``pmap``: group and layer norms are per example."""
     del axis_name
     return self
+
+
+def _predicts_variance(model) -> bool:
+  """Whether ``model`` (a learned-sigma DiT) also outputs the variance half."""
+  from jaxunlearn.models.dit import DiT
+  return isinstance(model, DiT) and model.out_channels == 2 * model.in_channels
+
+
+def _full_output(model, variables, dropout_key):
+  def eps_fn(xt, t, c):
+    if dropout_key is None:
+      return model.apply(variables, xt, t, c, full_output=True)
+    return model.apply(variables, xt, t, c, train=True, full_output=True,
+                       rngs={'dropout': dropout_key})
+  return eps_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,10 +135,15 @@ class AdaptiveDenoisingAscent:
   eps: float = 1e-8
   cond_drop_prob: float = 0.0
   null_class: int | None = None
+  hybrid: bool = False  # weigh DiT's hybrid loss instead of the summed denoising loss
+
+  @property
+  def full_output(self) -> bool:
+    return self.hybrid
 
   def __call__(self, eps_fn, schedule, x0, labels, key):
-    return -Denoising(1.0, self.cond_drop_prob, self.null_class)(eps_fn, schedule, x0,
-                                                                 labels, key)
+    base = HybridDenoising if self.hybrid else Denoising
+    return -base(1.0, self.cond_drop_prob, self.null_class)(eps_fn, schedule, x0, labels, key)
 
   def example_weights(self, per_example):
     return 1.0 / (jnp.maximum(-per_example, 0.0) ** self.lam + self.eps)
@@ -150,3 +172,40 @@ class RemappedClass:
     pred, target = jnp.split(both, 2)
     return jnp.mean((pred - jax.lax.stop_gradient(target)) ** 2,
                     axis=tuple(range(1, x0.ndim)))
+
+
+@dataclasses.dataclass(frozen=True)
+class HybridDenoising:
+  """DiT's training loss per example (improved DDPM's hybrid loss, DiT's
+  ``diffusion.training_losses``): ``scale * (mean_pixels (eps - eps_theta)^2 + vb)``, ``vb``
+  the variational term (:func:`jaxunlearn.diffusion.schedules.vlb_term`, bits per dim,
+  gradient through the variance only) of a model that predicts its variance (a DiT with
+  ``out_channels = 2 in_channels``); for one that does not, the mean squared error alone,
+  as DiT's code computes it then. Labels dropped to the null class with
+  ``cond_drop_prob`` (DiT drops them inside the model in training mode: 0.1).
+
+  SFR-on's DiT code ascends it on the forget set (``scale`` -1) and descends it on the
+  rest.
+  """
+
+  scale: float = 1.0
+  cond_drop_prob: float = 0.0
+  null_class: int | None = None
+  full_output = True  # the Denoiser hands the variance channels through
+
+  def __call__(self, eps_fn, schedule, x0, labels, key):
+    k_drop, k_t, k_noise = split_key(key, 3)
+    if self.cond_drop_prob > 0 and self.null_class is not None:
+      labels = drop_labels(labels, k_drop, self.cond_drop_prob, self.null_class)
+    t = draw(k_t, lambda k, s: jax.random.randint(k, s, 0, schedule.num_timesteps),
+             (x0.shape[0],))
+    noise = draw(k_noise, lambda k, s: jax.random.normal(k, s, x0.dtype), x0.shape)
+    x_t = q_sample(schedule, x0, t, noise)
+    out = eps_fn(x_t, t, labels)
+    channels = x0.shape[-1]
+    eps = out[..., :channels]
+    loss = jnp.mean((eps - noise) ** 2, axis=tuple(range(1, x0.ndim)))
+    if out.shape[-1] == 2 * channels:
+      loss = loss + vlb_term(schedule, x0, x_t, t, jax.lax.stop_gradient(eps),
+                             out[..., channels:])
+    return self.scale * loss

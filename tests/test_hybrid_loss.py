@@ -1,0 +1,159 @@
+"""DiT's hybrid loss (improved DDPM's variational term) and SFR-on's DiT recipe."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxunlearn.diffusion import linear_schedule
+from jaxunlearn.diffusion import methods as gen_methods
+from jaxunlearn.diffusion.experiment import GenerationConfig
+from jaxunlearn.diffusion.methods import DIT_RECIPE, GENERATION_METHODS
+from jaxunlearn.diffusion.objectives import (AdaptiveDenoisingAscent, Denoiser, Denoising,
+                                             HybridDenoising)
+from jaxunlearn.diffusion.schedules import q_sample, vlb_term
+from jaxunlearn.diffusion.train import DiffusionConfig, init_unet
+from jaxunlearn.diffusion.unlearn import GenerationTask
+from jaxunlearn.methods import resolve_hparams
+from jaxunlearn.models import dit
+
+SCHEDULE = linear_schedule(1000)
+
+
+def _posterior64(t):
+  """float64 DDPM posterior of x_{t-1} given x_t, x0: (coef_x0, coef_xt, variance)."""
+  betas = np.linspace(1e-4, 0.02, 1000)
+  abar = np.cumprod(1 - betas)
+  prev = np.concatenate([[1.0], abar[:-1]])
+  return (betas[t] * np.sqrt(prev[t]) / (1 - abar[t]),
+          (1 - prev[t]) * np.sqrt(1 - betas[t]) / (1 - abar[t]),
+          betas[t] * (1 - prev[t]) / (1 - abar[t]), betas[t], abar[t])
+
+
+def _case(t, seed=0):
+  rng = np.random.default_rng(seed)
+  x0 = np.clip(rng.standard_normal((len(t), 4, 4, 2)), -0.9, 0.9).astype(np.float32)
+  noise = rng.standard_normal(x0.shape).astype(np.float32)
+  xt = q_sample(SCHEDULE, jnp.asarray(x0), jnp.asarray(t), jnp.asarray(noise))
+  return x0, noise, xt
+
+
+def test_vlb_is_zero_at_the_true_posterior_and_a_gaussian_kl_off_it():
+  t = np.array([1, 10, 500, 999])
+  x0, noise, xt = _case(t)
+  ones = np.ones_like(x0)
+  exact = vlb_term(SCHEDULE, x0, xt, t, noise, -ones)  # eps = noise, variance = posterior's
+  np.testing.assert_allclose(exact, 0.0, atol=2e-5)
+  delta = 0.3
+  off = np.asarray(vlb_term(SCHEDULE, x0, xt, t, noise + delta, ones))  # variance = beta_t
+  for i, ti in enumerate(t):
+    cx0, _, pv, beta, abar = _posterior64(ti)
+    shift = cx0 * math.sqrt(1 / abar - 1) * delta  # model mean - true mean
+    kl = 0.5 * (-1 + math.log(beta / pv) + pv / beta + shift ** 2 / beta)
+    assert off[i] == pytest.approx(kl / math.log(2), rel=1e-4)
+
+
+def test_vlb_at_t0_is_the_discretised_likelihood_of_x0():
+  t = np.array([0, 0])
+  x0, noise, xt = _case(t, seed=1)
+  x0[1, 0, 0, 0] = 1.0  # an edge bin: open-ended
+  xt = q_sample(SCHEDULE, jnp.asarray(x0), jnp.asarray(t), jnp.asarray(noise))
+  got = np.asarray(vlb_term(SCHEDULE, x0, xt, t, noise, np.ones_like(x0)))
+  std = math.sqrt(1e-4)  # model variance beta_0, mean exactly x0
+  cdf = lambda z: 0.5 * (1 + math.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z ** 3)))
+  inner = -math.log(cdf(1 / 255 / std) - cdf(-1 / 255 / std))
+  edge = -math.log(1 - cdf(-1 / 255 / std))
+  n = x0[0].size
+  assert got[0] == pytest.approx(inner / math.log(2), rel=1e-3)
+  assert got[1] == pytest.approx(((n - 1) * inner + edge) / n / math.log(2), rel=1e-3)
+
+
+@pytest.fixture(scope='module')
+def sigma_dit():
+  model = dit('tiny', in_channels=1, sample_size=8, num_embeds_ada_norm=10, out_channels=2)
+  return model, init_unet(model, (8, 8, 1))
+
+
+def test_hybrid_loss_trains_the_variance_only_through_its_variational_term(sigma_dit):
+  model, variables = sigma_dit
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1)), jnp.float32)
+  y = jnp.array([0, 1, 2, 3])
+  key = jax.random.key(0)
+  diffusion = DiffusionConfig(num_timesteps=1000)
+  hybrid = Denoiser(model, diffusion, HybridDenoising())
+  mse = Denoiser(model, diffusion, Denoising(reduction='mean'))
+  loss_h = hybrid(variables['params'], {}, x, y, key)[0]
+  # same draws: split the key as HybridDenoising does, give Denoising's eps_mse the t, noise
+  assert np.all(np.asarray(loss_h) > 0)
+  out_fn = lambda p, xt, t: model.apply({'params': p}, xt, t, y, full_output=True)
+  k_drop, k_t, k_noise = jax.random.split(key, 3)
+  t = jax.random.randint(k_t, (4,), 0, 1000)
+  noise = jax.random.normal(k_noise, x.shape)
+  xt = q_sample(diffusion.noise_schedule(), x, t, noise)
+  out = out_fn(variables['params'], xt, t)
+  want = jnp.mean((out[..., :1] - noise) ** 2, axis=(1, 2, 3)) + vlb_term(
+      diffusion.noise_schedule(), x, xt, t, out[..., :1], out[..., 1:])
+  np.testing.assert_allclose(loss_h, want, rtol=1e-5)
+  # eps gets the MSE's gradient only (the variational term's mean is frozen)
+  g_h = jax.grad(lambda o: jnp.sum(HybridDenoising()(lambda *a: o, diffusion.noise_schedule(),
+                                                     x, y, key)))(out)
+  g_m = jax.grad(lambda o: jnp.sum(jnp.mean((o[..., :1] - noise) ** 2, axis=(1, 2, 3))))(out)
+  np.testing.assert_allclose(g_h[..., :1], g_m[..., :1], rtol=1e-5, atol=1e-8)
+  assert float(jnp.abs(g_h[..., 1:]).max()) > 0
+  # a model without a variance half: the mean squared error alone
+  plain = dit('tiny', in_channels=1, sample_size=8, num_embeds_ada_norm=10)
+  pv = init_unet(plain, (8, 8, 1))
+  a = Denoiser(plain, diffusion, HybridDenoising())(pv['params'], {}, x, y, key)[0]
+  out_p = plain.apply(pv, xt, t, y)
+  np.testing.assert_allclose(a, jnp.mean((out_p - noise) ** 2, axis=(1, 2, 3)), rtol=1e-5)
+  assert np.asarray(mse(variables['params'], {}, x, y, key)[0]).shape == (4,)
+  adaptive = AdaptiveDenoisingAscent(hybrid=True)
+  assert adaptive.full_output and not AdaptiveDenoisingAscent().full_output
+
+
+def test_a_dit_runs_sfron_as_its_dit_code(monkeypatch, sigma_dit):
+  config = GenerationConfig(model='dit')
+  assert config.method_overrides('sfron') == DIT_RECIPE['sfron']
+  assert config.method_overrides('salun') == {}
+  assert GenerationConfig().method_overrides('sfron') == {}  # the UNet: the DDPM recipe
+  mine = GenerationConfig(model='dit', methods=('sfron',),
+                          overrides={'sfron': {'forget_weight': 5.0}})
+  assert mine.method_overrides('sfron')['forget_weight'] == 5.0
+  hp = resolve_hparams('sfron', config.method_overrides('sfron'), GENERATION_METHODS)
+  seen = {}
+
+  def fake_mask(objective, variables, fx, fy, rx, ry, gamma, batch_size, clip_norm, parallel):
+    seen['mask'] = (objective.loss, batch_size, clip_norm, len(fy), len(ry), objective.train)
+    return jax.tree.map(jnp.ones_like, variables['params'])
+
+  def fake_fit(variables, forget, retain, iterations, optim, mask, **loop):
+    seen['fit'] = (forget.objective.loss, retain.objective.loss, optim, forget.objective.train)
+    return variables, None
+  monkeypatch.setattr(gen_methods, 'sfron_mask', fake_mask)
+  monkeypatch.setattr(gen_methods, 'fit_fast_slow', fake_fit)
+  model, variables = sigma_dit
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (30, 8, 8, 1)).astype(np.float32)
+  y = np.arange(30) % 10
+  task = GenerationTask(model, variables, x[y == 3], y[y == 3], x[y != 3], y[y != 3], 10,
+                        progress=False)
+  GENERATION_METHODS['sfron'].run(task, dataclasses.replace(hp, fisher_examples=20))
+  loss, batch, clip, n_f, n_r, train = seen['mask']
+  assert isinstance(loss, HybridDenoising) and loss.scale == 1.0
+  assert (batch, clip, n_f, n_r, train) == (1, 0.0, 3, 20, False)
+  forget, retain, optim, train = seen['fit']
+  assert isinstance(forget, HybridDenoising) and forget.scale == -1.0
+  assert forget.cond_drop_prob == 0.1 and isinstance(retain, HybridDenoising)
+  assert (optim.clip_norm, optim.forget_clip_norm, optim.forget_schedule,
+          optim.forget_weight) == (0.0, 1.0, 'constant', 1e-3)
+  # the DDPM recipe, unchanged: adaptive summed loss, both updates clipped, cosine alpha
+  ddpm = resolve_hparams('sfron', {}, GENERATION_METHODS)
+  GENERATION_METHODS['sfron'].run(task, ddpm)
+  forget, retain, optim, _ = seen['fit']
+  assert isinstance(forget, AdaptiveDenoisingAscent) and not forget.hybrid
+  assert isinstance(retain, Denoising) and retain.reduction == 'sum'
+  assert (optim.clip_norm, optim.forget_schedule, optim.forget_weight) == (1.0, 'cosine', 10.0)
+  assert seen['mask'][1:3] == (128, 1.0)
