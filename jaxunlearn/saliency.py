@@ -107,12 +107,56 @@ def mask_fraction(mask) -> float:
   return float(sum(np.sum(np.asarray(m) != 0) for m in leaves) / sum(np.size(m) for m in leaves))
 
 
+@functools.lru_cache(maxsize=16)
+def _example_squares(objective, clip_norm: float, parallel: Parallel = SINGLE):
+  axis_name = parallel.axis_name
+  objective = parallel.objective(objective)
+
+  def squares(args, batch):
+    variables, key = args
+    params = variables['params']
+    model_state = {k: v for k, v in variables.items() if k != 'params'}
+
+    # One image at a time (lax.scan), its key folded with its index: each device squares
+    # the gradients of its own images, so the sum is the same on any number of devices.
+    def add(total, example):
+      x, y, w, i = example
+      loss = lambda p: jnp.sum(objective(p, model_state, x[None], y[None],
+                                         jax.random.fold_in(key, i))[0])
+      g = jax.grad(loss)(params)
+      if clip_norm > 0:
+        g = optax.clip_by_global_norm(clip_norm).update(g, optax.EmptyState())[0]
+      return jax.tree.map(lambda t, gi: t + w * jnp.square(gi), total, g), None
+    total, _ = jax.lax.scan(add, jax.tree.map(jnp.zeros_like, params), batch)
+    return total if axis_name is None else jax.lax.psum(total, axis_name)
+  return parallel.batched(squares)
+
+
+def _per_example_fisher(objective, variables, x, y, clip_norm, parallel, chunk: int = 16):
+  fn = _example_squares(objective, clip_norm, parallel)
+  total, key = None, jax.random.key(0)
+  size = -(-chunk // parallel.size) * parallel.size
+  for idx, w in epoch_batches(len(y), size, seed=0, epoch=0, shuffle=False,
+                              multiple_of=parallel.size):
+    f = fn((variables, key), (x[idx], y[idx], w, idx.astype(np.int32)))
+    total = f if total is None else jax.tree.map(jnp.add, total, f)
+  return jax.tree.map(lambda f: f / len(y), total)
+
+
 def fisher_diagonal(objective, variables, x, y, batch_size: int = 128,
                     clip_norm: float = 0.0, parallel: Parallel = SINGLE):
   """Diagonal empirical Fisher as SFR-on's references compute it: the mean over batches of
   the squared (clipped, with ``clip_norm``) gradient of the batch loss (classification:
   ``Classifier(model, cross_entropy, train=False)``; DDPM: the denoising loss, clipped to 1,
-  as its ``generate_fisher``)."""
+  as its ``generate_fisher``; its DiT code: batches of one image, unclipped).
+
+  ``batch_size=1`` squares each image's own gradient, on every device count alike (one
+  image per batch cannot be split over devices: the images are, and each device squares
+  its own); image ``i``'s key is ``fold_in(key(0), i)``, as batch ``i``'s otherwise."""
+  if len(y) == 0:
+    raise ValueError('cannot compute a Fisher over an empty set')
+  if batch_size == 1:
+    return _per_example_fisher(objective, variables, x, y, clip_norm, parallel)
   total = accumulate_gradients(objective, variables, x, y, batch_size, square=True,
                                clip_norm=clip_norm, parallel=parallel)
   batches = num_batches(len(y), batch_size, parallel.size)

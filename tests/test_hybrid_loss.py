@@ -157,3 +157,24 @@ def test_a_dit_runs_sfron_as_its_dit_code(monkeypatch, sigma_dit):
   assert isinstance(retain, Denoising) and retain.reduction == 'sum'
   assert (optim.clip_norm, optim.forget_schedule, optim.forget_weight) == (1.0, 'cosine', 10.0)
   assert seen['mask'][1:3] == (128, 1.0)
+
+
+def test_single_image_fisher_is_the_same_on_every_device_count(sigma_dit):
+  """SFR-on's DiT code squares gradients of one-image batches: on 8 devices each device
+  squares its own images' gradients (an 8-image batch would square their mean)."""
+  from jaxunlearn.parallel import Parallel
+  from jaxunlearn.saliency import accumulate_gradients, fisher_diagonal
+  model, variables = sigma_dit
+  objective = Denoiser(model, DiffusionConfig(num_timesteps=50), HybridDenoising())
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (11, 8, 8, 1)).astype(np.float32)
+  y = np.arange(11) % 10
+  one = fisher_diagonal(objective, variables, x, y, 1)
+  batches = accumulate_gradients(objective, variables, x, y, 1, square=True)
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(batches)):
+    np.testing.assert_allclose(a, np.asarray(b) / 11, rtol=1e-6, atol=1e-12)
+  eight = fisher_diagonal(objective, variables, x, y, 1, parallel=Parallel('pmap', 8))
+  for a, b in zip(jax.tree.leaves(eight), jax.tree.leaves(one)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-10 * float(np.abs(b).max()))
+  with pytest.raises(ValueError, match='empty set'):
+    fisher_diagonal(objective, variables, x[:0], y[:0], 1)

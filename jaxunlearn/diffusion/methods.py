@@ -123,10 +123,11 @@ class SFRon(Adam):
 # command; DiT/generate_fisher.py): gradient ascent on the mean hybrid loss, alpha 1e-3
 # constant (--decay-forget-alpha is parsed but never read), the forget update masked and
 # clipped to 1, the retain update neither; the Fisher from unclipped gradients of batches
-# of one image (--batch-size default 1) over --n-iters 2000 draws, in eval mode. The
-# generation job applies these defaults to `sfron` when the model is a DiT
-# (GenerationConfig.method_overrides); --set overrides them.
-DIT_RECIPE = {'sfron': {'loss': 'hybrid', 'forget_loss': 'ga', 'forget_weight': 1e-3,
+# of one image (--batch-size default 1) over --n-iters 2000 draws, in eval mode; 600
+# iterations (the README's command). The generation job applies these defaults to `sfron`
+# when the model is a DiT (GenerationConfig.method_overrides); --set overrides them.
+DIT_RECIPE = {'sfron': {'iterations': 600, 'loss': 'hybrid', 'forget_loss': 'ga',
+                        'forget_weight': 1e-3,
                         'forget_schedule': 'constant', 'retain_clip': False,
                         'fisher_batch_size': 1, 'fisher_clip': False,
                         'fisher_examples': 2000}}
