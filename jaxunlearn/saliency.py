@@ -57,10 +57,15 @@ def _batch_grad(objective, clip_norm: float, parallel: Parallel = SINGLE):
     fn = batch_objective(objective, model_state, batch, key, axis_name)
     g = jax.grad(lambda p: fn(p)[0])(variables['params'])
     g = g if axis_name is None else jax.lax.pmean(g, axis_name)
-    if clip_norm > 0:
-      g = optax.clip_by_global_norm(clip_norm).update(g, optax.EmptyState())[0]
-    return g
+    return _clipped(g, clip_norm)
   return parallel.batched(grad)
+
+
+def _clipped(g, clip_norm: float):
+  """``g`` clipped to global norm ``clip_norm`` (0: unchanged), as ``clip_grad_norm_``."""
+  if clip_norm > 0:
+    g = optax.clip_by_global_norm(clip_norm).update(g, optax.EmptyState())[0]
+  return g
 
 
 def accumulate_gradients(objective, variables, x, y, batch_size: int = 128,
@@ -123,9 +128,7 @@ def _example_squares(objective, clip_norm: float, parallel: Parallel = SINGLE):
       x, y, w, i = example
       loss = lambda p: jnp.sum(objective(p, model_state, x[None], y[None],
                                          jax.random.fold_in(key, i))[0])
-      g = jax.grad(loss)(params)
-      if clip_norm > 0:
-        g = optax.clip_by_global_norm(clip_norm).update(g, optax.EmptyState())[0]
+      g = _clipped(jax.grad(loss)(params), clip_norm)
       return jax.tree.map(lambda t, gi: t + w * jnp.square(gi), total, g), None
     total, _ = jax.lax.scan(add, jax.tree.map(jnp.zeros_like, params), batch)
     return total if axis_name is None else jax.lax.psum(total, axis_name)
