@@ -59,17 +59,15 @@ class Denoiser:
 
   def __call__(self, params, model_state, x, y, key):
     y = y if self.conditional else None
-    variables = {'params': params, **model_state}
+    variables, options = {'params': params, **model_state}, {}
     if self.train:
       key, k_drop = split_key(key)
       if isinstance(k_drop, ShardKey):
         k_drop = jax.random.fold_in(k_drop.key, k_drop.offset)
-      eps_fn = lambda xt, t, c: self.model.apply(variables, xt, t, c, train=True,
-                                                 rngs={'dropout': k_drop})
-    else:
-      eps_fn = lambda xt, t, c: self.model.apply(variables, xt, t, c)
+      options = {'train': True, 'rngs': {'dropout': k_drop}}
     if getattr(self.loss, 'full_output', False) and _predicts_variance(self.model):
-      eps_fn = _full_output(self.model, variables, k_drop if self.train else None)
+      options['full_output'] = True  # the variance channels too
+    eps_fn = lambda xt, t, c: self.model.apply(variables, xt, t, c, **options)
     return self.loss(eps_fn, self.diffusion.noise_schedule(), x, y, key), model_state, {}
 
   def on_axis(self, axis_name: str) -> Denoiser:
@@ -82,15 +80,6 @@ def _predicts_variance(model) -> bool:
   """Whether ``model`` (a learned-sigma DiT) also outputs the variance half."""
   from jaxunlearn.models.dit import DiT
   return isinstance(model, DiT) and model.out_channels == 2 * model.in_channels
-
-
-def _full_output(model, variables, dropout_key):
-  def eps_fn(xt, t, c):
-    if dropout_key is None:
-      return model.apply(variables, xt, t, c, full_output=True)
-    return model.apply(variables, xt, t, c, train=True, full_output=True,
-                       rngs={'dropout': dropout_key})
-  return eps_fn
 
 
 @dataclasses.dataclass(frozen=True)
