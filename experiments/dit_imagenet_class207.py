@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn.diffusion.methods import DIT_RECIPE, GENERATION_METHODS
+from jaxunlearn import paper_settings
+from jaxunlearn.diffusion.methods import GENERATION_METHODS
 from jaxunlearn.diffusion.schedules import eps_mse
 from jaxunlearn.diffusion.train import DiffusionConfig
 from jaxunlearn.diffusion.unlearn import GenerationTask, generate
@@ -46,10 +47,8 @@ from jaxunlearn.parallel import Parallel
 
 from paper import parser, print_hparams
 
-HPARAMS = {'sfron': {**DIT_RECIPE['sfron'], 'iterations': 600, 'batch_size': 32, 'lr': 1e-4},
-           'salun': {'steps': 600, 'batch_size': 32, 'lr': 1e-4},
-           'lur': {'steps': 600, 'batch_size': 32, 'lr': 1e-4},
-           'ga': {'steps': 600, 'batch_size': 32, 'lr': 1e-4}}
+# SFR-on's DiT recipe and the others' budget, with their sources: docs/paper-settings.md.
+HPARAMS = paper_settings.overrides('dit_imagenet_class207')
 
 
 def center_crop(image, size: int) -> np.ndarray:

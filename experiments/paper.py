@@ -183,6 +183,7 @@ def generation_main(setting: str, config, doc: str, argv=None) -> dict:
     return print_hparams({
         'ddpm': dataclasses.asdict(config._replaced('ddpm')),
         'classifier': config._replaced('classifier').to_dict(),
+        'sampling': {k: getattr(config, k) for k in REFERENCE_SAMPLING},
         **{m: resolve_hparams(m, config.method_overrides(m), GENERATION_METHODS).to_dict()
            for m in config.methods}})
   results = _run_setting(run_generation, config, changes, args, out)

@@ -182,6 +182,142 @@ def _classification(passes: str) -> dict:
   }
 
 
+SALUN_DDPM = 'salun:DDPM/configs/cifar10_saliency_unlearn.yml'
+SFRON_DDPM = 'sfron:DDPM/configs/cifar10_sfron.yml'
+SA_DDPM = 'sfron:DDPM/configs/cifar10_sa.yml'
+SFRON_DDPM_README = 'sfron:DDPM/README.md'
+SFRON_RUNNER = 'sfron:DDPM/runners/diffusion.py'
+SAMPLE_PY = 'sfron:DDPM/sample.py'
+_NO_DDPM_CODE = ('not among the references\' DDPM baselines (SalUn and SFR-on compare SA, '
+                 'SalUn, SFR-on): ours, with their Adam and budget')
+_LUR = 'LUR\'s code is unreleased: ours, on SalUn\'s diffusion losses'
+
+
+def _adam_rows(config: str, lr_line: int, batch_line: int = 36, clip_line: int = 56,
+               lr_note: str = '') -> dict:
+  """A DDPM config's Adam: lr, batch 128, global-norm clip 1 (``optim.grad_clip``)."""
+  return {'lr': Ref(1e-4, f'{config}:{lr_line}', lr_note),
+          'batch_size': Ref(128, f'{config}:{batch_line}'),
+          'clip_norm': Ref(1.0, f'{config}:{clip_line}')}
+
+
+def _ours(values: dict, note: str) -> dict:
+  return {name: Ref(value, 'ours', note) for name, value in values.items()}
+
+
+def _ddpm() -> dict:
+  """The DDPM CIFAR-10 class-forgetting setting: the original's training (SalUn's
+  ``cifar10_train.yml``), each method's config and command (SalUn from its own code, SFR-on
+  and SA from SFR-on's), the evaluation sampler (``sample.py``'s defaults)."""
+  train = 'salun:DDPM/configs/cifar10_train.yml'
+  cond_drop = Ref(0.1, 'salun:DDPM/functions/losses.py:28', 'the conditional loss\'s default '
+                  'label dropout, on the retain loss')
+  return {
+      'ddpm': {'steps': Ref(800_000, f'{train}:37'), 'batch_size': Ref(128, f'{train}:36'),
+               'lr': Ref(2e-4, f'{train}:49'),
+               'warmup': Ref(0, 'salun:DDPM/runners/diffusion.py:214', 'no warm-up: a '
+                             'constant Adam rate from the first step'),
+               'clip_norm': Ref(1.0, f'{train}:53'), 'schedule': Ref('linear', f'{train}:30'),
+               'num_timesteps': Ref(1000, f'{train}:33'),
+               'cond_drop_prob': Ref(0.1, f'{train}:27')},
+      'classifier': _ours({'epochs': 20, 'batch_size': 128, 'lr': 0.1, 'momentum': 0.9,
+                           'weight_decay': 5e-4, 'schedule': 'cosine', 'drop_epochs': ()},
+                          'the references fine-tune an ImageNet-pretrained ResNet-34 '
+                          '(train_classifier.py); no pretrained weights here: a ResNet-18 '
+                          'trained from scratch on the real images'),
+      'sampling': {
+          'sample_steps': Ref(1000, f'{SAMPLE_PY}:60'), 'sample_eta': Ref(1.0, f'{SAMPLE_PY}:65'),
+          'sample_clip': Ref(False, 'sfron:DDPM/functions/denoising.py:85',
+                             'generalized_steps_conditional does not clip x0'),
+          'guidance': Ref(3.0, f'{SAMPLE_PY}:71', 'their cond_scale 2: (1 + s) eps_c - s eps_u '
+                          '= our g = 1 + s')},
+      'salun': {**_adam_rows(SALUN_DDPM, 52, lr_note='SFR-on\'s copy of this config says '
+                             '1e-5; SalUn\'s own code is followed'),
+                'cond_drop_prob': cond_drop, 'steps': Ref(1000, f'{SALUN_DDPM}:37'),
+                'keep': Ref(0.5, 'salun:DDPM/runners/diffusion.py:1006', 'threshold_list: '
+                            'the top 50% of weights'),
+                'retain_weight': Ref(3.072, 'salun:DDPM/README.md:39', '--alpha 1e-3 times '
+                                     'a per-image sum over 3x32x32 pixels = 3.072 per pixel')},
+      'sfron': {**_adam_rows(SFRON_DDPM, 51, clip_line=55),
+                'cond_drop_prob': Ref(0.1, 'sfron:DDPM/functions/losses.py:29'),
+                'iterations': Ref(150, f'{SFRON_DDPM}:37'),
+                'every': Ref(1, f'{SFRON_RUNNER}:1122', '--method ron: a forget step in every '
+                             'iteration'),
+                'forget_weight': Ref(10.0, f'{SFRON_DDPM_README}:62'),
+                'retain_weight': Ref(1.0, f'{SFRON_DDPM_README}:62'),
+                'lam': Ref(0.5, f'{SFRON_DDPM}:42'),
+                'gamma': Ref(1.0, f'{SFRON_DDPM_README}:52', 'generate_fisher_mask.py '
+                             '--threshold 1.0'),
+                'mask': Ref(True, f'{SFRON_DDPM_README}:63', '--mask_path'),
+                'loss': Ref('ddpm', 'sfron:DDPM/functions/losses.py:37', 'the pixel sum'),
+                'forget_loss': Ref('adaptive', f'{SFRON_DDPM_README}:63', '--unlearn_loss adaga'),
+                'forget_schedule': Ref('cosine', f'{SFRON_RUNNER}:1077', '--decay_forget_alpha'),
+                'retain_clip': Ref(True, f'{SFRON_RUNNER}:1170'),
+                'fisher_batch_size': Ref(0, 'sfron:DDPM/configs/cifar10_fisher.yml:36',
+                                         '0 = batch_size: batches of 128'),
+                'fisher_clip': Ref(True, f'{SFRON_RUNNER}:1271'),
+                'fisher_examples': Ref(0, f'{SFRON_RUNNER}:1244', '0 = all: one pass over '
+                                       'each set')},
+      'lur': _ours({'lr': 1e-4, 'batch_size': 128, 'clip_norm': 1.0, 'cond_drop_prob': 0.1,
+                    'steps': 1000, 'inner_lr': 0.01, 'order': 'first', 'virtual': 'retain',
+                    'forget_loss': 'rl', 'forget_weight': 1.0, 'retain_weight': 3.072}, _LUR),
+      'sa': {**_adam_rows(SA_DDPM, 52),
+             'cond_drop_prob': Ref(0.0, f'{SFRON_RUNNER}:420', 'cond_drop_prob=0.0 on both '
+                                   'losses'),
+             'steps': Ref(20_000, f'{SA_DDPM}:37'),
+             'strength': Ref(10.0, f'{SA_DDPM}:43', 'lmbda: the Fisher penalty'),
+             'replay_weight': Ref(1.0, f'{SA_DDPM}:42', 'gamma: the replay term'),
+             'replay_per_class': Ref(500, f'{SFRON_DDPM_README}:75', '--n_samples_per_class '
+                                     '500, the samples of the Fisher and the replay'),
+             'fisher_timesteps': Ref(1000, f'{SFRON_DDPM_README}:80', 'the ELBO sums over '
+                                     'all 1000 timesteps per sample'),
+             'sample_steps': Ref(1000, f'{SAMPLE_PY}:60', 'the replay samples are '
+                                 'sample.py\'s'),
+             'guidance': Ref(3.0, f'{SAMPLE_PY}:71', 'cond_scale 2 = our 3')},
+      'ga': _ours({'lr': 1e-4, 'batch_size': 128, 'clip_norm': 1.0, 'cond_drop_prob': 0.1,
+                   'steps': 200}, _NO_DDPM_CODE),
+  }
+
+
+def _dit() -> dict:
+  """SFR-on's DiT experiment: its DiT code's recipe (``DiT/README.md`` command,
+  ``forget.py``, ``generate_fisher.py``) at a batch of 32; the other methods, which have
+  no DiT code in the references, with the same budget."""
+  readme, forget, fisher = 'sfron:DiT/README.md', 'sfron:DiT/forget.py', \
+      'sfron:DiT/generate_fisher.py'
+  budget = {'lr': 1e-4, 'batch_size': 32, 'clip_norm': 1.0, 'cond_drop_prob': 0.1}
+  no_code = 'no DiT code of this method in the references: ours, SFR-on\'s budget'
+  return {
+      'sfron': {'lr': Ref(1e-4, f'{readme}:62'),
+                'batch_size': Ref(32, 'ours', 'their default is 1 image (forget.py '
+                                  '--batch-size); 32 for a steadier step'),
+                'clip_norm': Ref(1.0, f'{forget}:390'),
+                'cond_drop_prob': Ref(0.1, 'sfron:DiT/models.py:158', 'DiT\'s label dropout, '
+                                      'on in train mode'),
+                'iterations': Ref(600, f'{readme}:62'),
+                'every': Ref(1, f'{forget}:285', '--method ron: a forget step every iteration'),
+                'forget_weight': Ref(1e-3, f'{readme}:63'),
+                'retain_weight': Ref(1.0, f'{readme}:63'),
+                'lam': Ref(0.5, 'ours', 'unused: the DiT code ascends plainly (forget_loss ga)'),
+                'gamma': Ref(1.0, 'ours', 'generate_mask.py writes masks at 0.5, 1, 3, 5, 10; '
+                             'the README does not say which it used'),
+                'mask': Ref(True, f'{readme}:63', '--mask-path'),
+                'loss': Ref('hybrid', f'{forget}:271', 'diffusion.training_losses: MSE + VLB'),
+                'forget_loss': Ref('ga', f'{readme}:62', '--unlearn-loss ga'),
+                'forget_schedule': Ref('constant', f'{forget}:286', '--decay-forget-alpha is '
+                                       'parsed but never read'),
+                'retain_clip': Ref(False, f'{forget}:312', 'the remain step is not clipped'),
+                'fisher_batch_size': Ref(1, f'{fisher}:305'),
+                'fisher_clip': Ref(False, f'{fisher}:279', 'squared raw gradients'),
+                'fisher_examples': Ref(2000, f'{fisher}:304', '--n-iters 2000 draws')},
+      'salun': _ours({**budget, 'steps': 600, 'keep': 0.5, 'retain_weight': 3.072}, no_code),
+      'lur': _ours({**budget, 'steps': 600, 'inner_lr': 0.01, 'order': 'first',
+                    'virtual': 'retain', 'forget_loss': 'rl', 'forget_weight': 1.0,
+                    'retain_weight': 3.072}, no_code),
+      'ga': _ours({**budget, 'steps': 600}, no_code),
+  }
+
+
 # The references publish one CIFAR-10 setting per method (SFR-on's sfron.py labels its block
 # "CIFAR10 10%"); the class-wise script runs it too, and CIFAR-100 differs only where the
 # SalUn code branches on the dataset (RL and SalUn's one mixed loader).
@@ -189,16 +325,23 @@ SETTINGS: dict[str, dict[str, dict[str, Ref]]] = {
     'cifar10_random10': _classification('alternate'),
     'cifar10_classwise': _classification('alternate'),
     'cifar100_random10': _classification('mixed'),
+    'ddpm_cifar10_class': _ddpm(),
+    'dit_imagenet_class207': _dit(),
 }
+
+
+GENERATION = ('ddpm_cifar10_class', 'dit_imagenet_class207')
 
 
 def overrides(setting: str, methods=None) -> dict[str, dict]:
   """``{method: {name: value}}`` of ``setting`` (for ``ExperimentConfig.overrides``),
-  the methods in ``methods`` and ``train`` / ``retrain`` (all when None)."""
+  the methods in ``methods`` and the non-methods (``train``, ``retrain``; ``ddpm``,
+  ``classifier``, ``sampling``) (all when None)."""
   if setting not in SETTINGS:
     raise ValueError(f'unknown paper setting {setting!r}; known: {", ".join(SETTINGS)}')
   table = SETTINGS[setting]
-  keep = None if methods is None else {'train', 'retrain', *methods}
+  keep = None if methods is None else {'train', 'retrain', 'ddpm', 'classifier',
+                                              'sampling', *methods}
   return {m: {k: r.value for k, r in v.items()} for m, v in table.items()
           if keep is None or m in keep}
 
@@ -223,6 +366,9 @@ def markdown() -> str:
   (first, base), *rest = SETTINGS.items()
   out = [f'### `{first}`', '', *head, *_rows(base), '']
   for setting, table in rest:
+    if setting in GENERATION:  # nothing in common with the classification settings
+      out += [f'### `{setting}`', '', *head, *_rows(table), '']
+      continue
     diff = {m: {k: r for k, r in v.items() if base.get(m, {}).get(k) != r}
             for m, v in table.items()}
     diff = {m: v for m, v in diff.items() if v}

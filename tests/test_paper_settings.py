@@ -22,6 +22,8 @@ from jaxunlearn.train import TrainConfig, init_variables
 
 ROOT = Path(__file__).parent.parent
 CLASSIFICATION = ['cifar10_random10', 'cifar10_classwise', 'cifar100_random10']
+GENERATION = ['ddpm_cifar10_class', 'dit_imagenet_class207']
+NOT_METHODS = {'train', 'retrain', 'ddpm', 'classifier', 'sampling'}
 
 
 def printed(script: str, *argv) -> dict:
@@ -37,14 +39,17 @@ def printed(script: str, *argv) -> dict:
   return json.loads(out.getvalue())
 
 
-@pytest.mark.parametrize('script', CLASSIFICATION)
+@pytest.mark.parametrize('script', CLASSIFICATION + GENERATION)
 def test_scripts_resolve_to_the_table(script):
   """Every value of the table is what the script runs, and every hyperparameter of every
-  method the script runs has a row (a value of its own, with its source)."""
+  method the script runs has a row (a value of its own, with its source); the generation
+  scripts' training, classifier and evaluation sampler too."""
   table = paper_settings.SETTINGS[script]
   resolved = printed(script)
-  assert set(resolved) - {'train', 'retrain'} == set(
-      importlib.import_module(script).CONFIG.methods) - {'retrain'}
+  module = importlib.import_module(script)
+  runs = module.CONFIG.methods if hasattr(module, 'CONFIG') else module.HPARAMS
+  assert set(resolved) - NOT_METHODS == set(runs) - {'retrain'}
+  assert set(resolved) <= set(table), set(resolved) - set(table)
   for method, values in resolved.items():
     assert set(values) == set(table[method]), (method, set(values) ^ set(table[method]))
     for name, value in values.items():
@@ -63,8 +68,14 @@ def test_print_hparams_shows_the_reference_values_and_takes_a_subset():
   assert c100['salun']['passes'] == 'mixed' and c10['salun']['passes'] == 'alternate'
   dit = printed('dit_imagenet_class207')
   assert dit['sfron']['iterations'] == 600 and dit['salun']['batch_size'] == 32
+  assert dit['sfron']['forget_loss'] == 'ga' and not dit['sfron']['retain_clip']
   ddpm = printed('ddpm_cifar10_class')
-  assert ddpm['ddpm']['steps'] == 800_000 and 'sa' in ddpm
+  assert ddpm['ddpm']['steps'] == 800_000 and ddpm['ddpm']['warmup'] == 0
+  assert ddpm['sa']['steps'] == 20_000 and ddpm['salun']['lr'] == 1e-4
+  assert ddpm['sampling'] == {'sample_steps': 1000, 'sample_eta': 1.0, 'sample_clip': False,
+                              'guidance': 3.0}
+  fast = printed('ddpm_cifar10_class', '--sampling', 'fast')
+  assert fast['sampling']['sample_steps'] == 50 and fast['sfron'] == ddpm['sfron']
 
 
 def test_docs_show_the_table():
@@ -157,3 +168,12 @@ def test_only_random_label_methods_take_passes():
   for name in ('lur', 'salun_joint'):
     with pytest.raises(ValueError, match="no hyperparameter 'passes'"):
       resolve_hparams(name, {'passes': 'mixed'})
+
+
+def test_the_dit_recipe_of_the_cli_is_the_tables():
+  """``jaxunlearn run --model dit`` applies ``DIT_RECIPE`` to ``sfron``; it is the DiT
+  script's row for row (only the batch, ours in the script, may differ)."""
+  from jaxunlearn.diffusion.methods import DIT_RECIPE
+  table = paper_settings.overrides('dit_imagenet_class207')['sfron']
+  for name, value in DIT_RECIPE['sfron'].items():
+    assert table[name] == value, (name, table[name], value)
