@@ -115,15 +115,16 @@ class LoopCheckpoint:
     """The newest checkpoint that reads back, as ``(updates, state, record)`` with ``state``
     shaped like ``like``; None if there is none.
 
-    A damaged checkpoint (a truncated or missing file) is skipped with a warning naming it,
-    and the previous one is used.
+    A damaged checkpoint (a truncated or missing file) is skipped, and the previous one is
+    used; the damaged one is moved aside to ``<directory>.damaged-<step>`` (named in a
+    warning), so that the resumed loop saves that step anew instead of colliding with it.
 
     Raises:
       CheckpointError: checkpoints exist but none can be read; says what to delete.
     """
     import orbax.checkpoint as ocp
     steps = self.steps()
-    errors = []
+    errors, damaged = [], []
     for step in reversed(steps):
       path = self.directory / str(step)
       try:
@@ -134,18 +135,36 @@ class LoopCheckpoint:
           raise ValueError('its contents do not match this loop (another model or optimizer?)')
         state = jax.tree.unflatten(jax.tree.structure(like), [np.asarray(x) for x in leaves])
         self.prior_seconds = float(out.record.get('seconds', 0.0))
+        self._move_aside(damaged, step)
         return step, state, dict(out.record)
       except Exception as e:  # orbax and tensorstore raise many types for damaged files
         errors.append(f'{path}: {type(e).__name__}: {str(e)[:300]}')
-        if step != steps[0]:
-          warnings.warn(f'checkpoint {path} cannot be read ({type(e).__name__}: '
-                        f'{str(e)[:300]}); falling back to the previous one', stacklevel=2)
+        damaged.append((step, f'{type(e).__name__}: {str(e)[:300]}'))
     if errors:
       raise CheckpointError(
           f'no checkpoint in {self.directory} can be read:\n  ' + '\n  '.join(errors) +
           f'\nDelete {self.directory} to run this loop again from its start (it repeats the '
           'same steps, so the result is the same).')
     return None
+
+  def _move_aside(self, damaged: list, restored: int) -> None:
+    """Moves the damaged checkpoints newer than ``restored`` out of the directory, each
+    with a warning saying where (the loop will save those steps again)."""
+    if not damaged:
+      return
+    if self._manager is not None:
+      self._manager.close()
+      self._manager = None
+    for step, why in damaged:
+      target = self.directory.with_name(f'{self.directory.name}.damaged-{step}')
+      n = 1
+      while target.exists():
+        n += 1
+        target = self.directory.with_name(f'{self.directory.name}.damaged-{step}-{n}')
+      os.replace(self.directory / str(step), target)
+      warnings.warn(f'checkpoint {self.directory / str(step)} cannot be read ({why}); moved '
+                    f'to {target} (delete it once you no longer need it) and resuming from '
+                    f'the previous one, step {restored}', stacklevel=3)
 
   def remove(self) -> None:
     """Deletes the directory (once the loop's result is safely stored elsewhere)."""

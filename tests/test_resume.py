@@ -160,10 +160,27 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
   assert ckpt.steps() == [1, 2]
   for f in _data_files(tmp_path / 'loop' / '2'):
     f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 3])  # truncated
-  with pytest.warns(UserWarning, match=r'checkpoint .*loop/2 cannot be read.*previous one'):
+  with pytest.warns(UserWarning, match=r'checkpoint .*loop/2 cannot be read.*moved to .*'
+                                       r'previous one, step 1'):
     step, state, record = LoopCheckpoint(tmp_path / 'loop').restore(like)
   assert step == 1 and record['seconds'] == 1.0
   np.testing.assert_array_equal(state['w'], np.ones((4, 3)))
+
+
+def test_a_loop_that_fell_back_saves_over_the_damaged_step(tmp_path):
+  """The loop resumed from step 1 reaches step 2 again and saves it: the damaged step 2
+  was moved aside (named in the warning), not left to block that save on every rerun."""
+  _, like = _save_two(tmp_path)
+  for f in _data_files(tmp_path / 'loop' / '2'):
+    f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 3])
+  ckpt = LoopCheckpoint(tmp_path / 'loop', every=1)
+  with pytest.warns(UserWarning, match=r'moved to .*loop\.damaged-2'):
+    assert ckpt.restore(like)[0] == 1
+  ckpt.save(2, {'w': np.full((4, 3), 7, np.float32), 'step': np.int32(2)}, {'seconds': 3.0})
+  assert ckpt.steps() == [1, 2]
+  step, state, _ = LoopCheckpoint(tmp_path / 'loop').restore(like)
+  assert step == 2 and state['w'][0, 0] == 7
+  assert (tmp_path / 'loop.damaged-2').is_dir()
 
 
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
@@ -173,11 +190,11 @@ def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
       f.write_bytes(b'garbage')
   with pytest.raises(CheckpointError, match=r'(?s)no checkpoint in .*loop can be read.*'
                                             r'loop/2.*loop/1.*Delete .*loop to run'):
-    with pytest.warns(UserWarning):
-      LoopCheckpoint(tmp_path / 'loop').restore(like)
+    LoopCheckpoint(tmp_path / 'loop').restore(like)
+  assert (tmp_path / 'loop' / '2').is_dir()  # nothing moved when nothing could be restored
   # A checkpoint of another loop (other shapes) is not silently reused either.
   ckpt, _ = _save_two(tmp_path / 'other')
-  with pytest.raises(CheckpointError), pytest.warns(UserWarning):
+  with pytest.raises(CheckpointError):
     LoopCheckpoint(tmp_path / 'other' / 'loop').restore({'w': np.zeros((5,), np.float32)})
 
 
