@@ -24,14 +24,22 @@ import time
 
 
 def _csv(text: str) -> list[str]:
-  return [t.strip() for t in text.split(',') if t.strip()]
+  """Comma-separated names; '' or ',' is none (the caller says none were given), an empty
+  name between commas (``ft,,ga``) is an error."""
+  items = [t.strip() for t in text.split(',')]
+  if any(items) and not all(items):
+    raise argparse.ArgumentTypeError(f'an empty name between commas in {text!r}')
+  return [t for t in items if t]
 
 
 def _seeds(text: str) -> list[int]:
   try:
-    return [int(s) for s in _csv(text)]
+    seeds = [int(s) for s in _csv(text)]
   except ValueError:
     raise argparse.ArgumentTypeError(f'seeds must be comma-separated integers, got {text!r}')
+  if any(s < 0 for s in seeds):
+    raise argparse.ArgumentTypeError(f'seeds must be >= 0, got {text!r}')
+  return seeds
 
 
 def _floats(text: str) -> list[float]:

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from jaxunlearn import checkpoint, methods as methods_lib
-from jaxunlearn.data import load_dataset, make_split, parse_scenario
+from jaxunlearn.data import check_before_loading, load_dataset, make_split, parse_scenario
 from jaxunlearn.evaluate import (GradientAlignment, avg_gap, evaluate, model_outputs,
                                  summarize)
 from jaxunlearn.job import Job, RunProgress, SeedRun, run_job
@@ -115,6 +115,8 @@ class ExperimentConfig:
   def validate(self):
     """Checks names and overrides before any compute; raises ValueError saying what to fix."""
     parse_scenario(self.scenario)
+    if self.width < 1:
+      raise ValueError(f'--width must be >= 1 (channels of the first stage), got {self.width}')
     if not self.methods:
       raise ValueError('no methods given: pass e.g. --methods retrain,ft,ga,rl')
     if not self.seeds:
@@ -148,6 +150,10 @@ class ExperimentConfig:
                          f'{",".join(self.methods)}'
                          f'{methods_lib.did_you_mean(name, [*self.methods, "train"])}')
       methods_lib.resolve_hparams(name, hp)
+    # ResNet-18 keeps about 26 activations of the first stage's size per example.
+    check_before_loading(self.dataset, self.image_size, self.scenario,
+                         batch_size=self.train.replace(**self.overrides.get('train', {}))
+                         .batch_size, channels_per_pixel=26 * self.width)
 
 
   def devices(self) -> Parallel:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import numbers
 from typing import Any, Callable, ClassVar
 
@@ -101,6 +102,8 @@ def _typed(value, default, where: str):
   elif isinstance(default, float):
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     value = float(value) if ok else value
+    if ok and not math.isfinite(value):
+      raise ValueError(f'{where} must be a finite number, got {value!r}')
   elif default is None:
     ok = True
   elif isinstance(default, tuple):
@@ -112,7 +115,7 @@ def _typed(value, default, where: str):
     ok = isinstance(value, type(default))
   if not ok:
     raise ValueError(f'{where} must be a {type(default).__name__}, got {value!r}')
-  return value  # NaN fails every range check (comparisons with NaN are False)
+  return value
 
 
 @dataclasses.dataclass(frozen=True)

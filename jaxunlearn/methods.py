@@ -305,7 +305,7 @@ class SGDSettings(Hyperparameters):
 class SGD(SGDSettings):
   """:class:`SGDSettings` for ``epochs`` passes."""
 
-  epochs: int = non_negative(10, 'passes over the data')
+  epochs: int = at_least_one(10, 'passes over the data')
 
 
 def _sgd(hp: SGDSettings, **options) -> OptimSpec:
@@ -355,7 +355,7 @@ def ft(task: UnlearnTask, hp: FT):
 @dataclasses.dataclass(frozen=True)
 class GA(SGD):
   lr: float = positive(0.005, 'peak learning rate')
-  epochs: int = non_negative(5, 'passes over D_f')
+  epochs: int = at_least_one(5, 'passes over D_f')
   clip_norm: float = non_negative(0.0, 'global-norm clip of every update (0: none)')
 
 
@@ -693,7 +693,7 @@ class _WithoutShadowClass:
 class SCRUB(SGD):
   lr: float = positive(0.0005, 'peak learning rate')
   schedule: str = one_of(('constant', 'cosine'), 'cosine', 'learning-rate schedule')
-  epochs: int = non_negative(6, 'passes (the retain pass each epoch)')
+  epochs: int = at_least_one(6, 'passes (the retain pass each epoch)')
   msteps: int = non_negative(2, 'epochs with the forget (max) pass first')
   ce_weight: float = non_negative(0.99, "weight of CE in the retain loss (the reference's gamma)")
   kl_weight: float = non_negative(0.001, "weight of KL in the retain loss (the reference's alpha)")

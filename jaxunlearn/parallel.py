@@ -117,6 +117,9 @@ class Parallel:
                    shard_params: bool = False) -> Parallel:
     """The ``Parallel`` of a job's setting: ``mode`` one of 'auto' (:meth:`auto`), 'none',
     'pmap' or 'shard' (the ``--parallel`` flag)."""
+    if num_devices is not None and num_devices < 1:
+      raise ValueError(f'--devices must be >= 1 (or left out: all local devices), got '
+                       f'{num_devices}')
     if mode == 'auto':
       return cls.auto(num_devices)
     return cls(mode, num_devices, shard_params)

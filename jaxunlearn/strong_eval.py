@@ -78,6 +78,8 @@ class StrongConfig:
   progress: bool = True
 
   def validate(self) -> None:
+    if self.width < 1:
+      raise ValueError(f'--width must be >= 1 (channels of the first stage), got {self.width}')
     if self.models < 3:
       raise ValueError(f'--models must be >= 3 (the challenge score needs log(N - 1) > 0, '
                        f'U-LiRA two shadows per side), got {self.models}')

@@ -501,7 +501,7 @@ class TrainConfig(Hyperparameters):
   checked on construction (as every method's hyperparameters)."""
 
   method: ClassVar[str] = 'train'  # errors read 'train.lr must be > 0' (--set train.lr=...)
-  epochs: int = non_negative(10, 'passes over the data')
+  epochs: int = at_least_one(10, 'passes over the data')
   batch_size: int = at_least_one(128, 'examples per batch')
   lr: float = positive(0.1, 'peak learning rate')
   momentum: float = probability(0.9, 'heavy-ball momentum')

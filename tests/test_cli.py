@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 
@@ -37,7 +38,23 @@ def test_run_end_to_end_writes_json_and_plot(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--scenario', 'class:12'], 'class 12 does not exist in digits; classes are 0..9'),
+    (['--scenario', 'class:12'], r'--scenario class:12: digits has classes 0\.\.9'),
+    (['--task', 'generation', '--scenario', 'class:10'], 'digits has classes 0..9'),
+    (['--scenario', 'random:0'], r'open interval \(0, 100\)'),
+    (['--scenario', 'class:3 '], 'leading or trailing spaces'),
+    (['--width', '0'], '--width must be >= 1'),
+    (['--width', '-1'], '--width must be >= 1'),
+    (['--set', 'train.batch_size=0'], 'train.batch_size must be >= 1'),
+    (['--methods', ''], 'no methods given'),
+    (['--methods', ','], 'no methods given'),
+    (['--set', 'ft.lr=inf'], 'ft.lr must be a finite number'),
+    (['--set', 'ft.lr=nan'], 'ft.lr must be a finite number'),
+    (['--set', 'ft.epochs=0'], 'ft.epochs must be >= 1'),
+    (['--set', 'train.epochs=0'], 'train.epochs must be >= 1'),
+    (['--image-size', '0'], '--image-size must be >= 8'),
+    (['--image-size', '1000'], 'give a smaller --image-size'),
+    (['--devices', '0'], '--devices must be >= 1'),
+    (['--devices', '-1'], '--devices must be >= 1'),
     (['--scenario', 'random:150'], r'open interval \(0, 100\)'),
     (['--methods', 'ft,magic'], "unknown method 'magic'"),
     (['--set', 'ft.lrr=1'], "no hyperparameter 'lrr'"),
@@ -54,12 +71,30 @@ def test_run_end_to_end_writes_json_and_plot(tmp_path, capsys):
     (['--scenario', 'class:nan'], 'the number must be finite'),
 ])
 def test_bad_input_is_a_clear_error_before_compute(tmp_path, capsys, argv, message):
+  start = time.perf_counter()
   assert main(['run', '--out', str(tmp_path), '--no-cache', '--quiet'] + argv) == 2
+  assert time.perf_counter() - start < 5  # before any data is loaded
   err = capsys.readouterr().err
   assert 'jaxunlearn: error:' in err
   import re
   assert re.search(message, err), err
   assert not (tmp_path / 'results.json').exists()
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--methods', 'ft,,ga'], 'an empty name between commas'),
+    (['--seeds', '-1'], 'argument --seeds: seeds must be >= 0'),
+    (['--seeds', 'a'], 'argument --seeds: seeds must be comma-separated integers'),
+])
+def test_malformed_flags_are_usage_errors(capsys, argv, message):
+  with pytest.raises(SystemExit) as exit_:
+    main(['run', '--no-cache', '--quiet'] + argv)
+  assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_eval_strong_checks_its_width(capsys):
+  assert main(['eval-strong', '--width', '0', '--quiet']) == 2
+  assert '--width must be >= 1' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('task', ['classification', 'generation'])

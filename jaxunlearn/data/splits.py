@@ -94,6 +94,9 @@ def parse_scenario(spec: str) -> Scenario:
   """Parses 'class:K', 'random:P' or 'indices:FILE' (reading and checking the file);
   raises ValueError naming the accepted forms."""
   kind, sep, value = str(spec).partition(':')
+  if str(spec) != str(spec).strip():
+    raise ValueError(f'forget scenario {spec!r} has leading or trailing spaces: write '
+                     f'{str(spec).strip()!r}')
   forms = ("use 'class:K' (forget class K), 'random:P' (forget P% of the training set) or "
            "'indices:FILE' (forget the training examples a .npy or text file lists)")
   if not sep or kind not in ('class', 'random', 'indices'):
@@ -109,6 +112,11 @@ def parse_scenario(spec: str) -> Scenario:
     raise ValueError(f'forget scenario {spec!r}: the number must be finite; {forms}')
   if kind == 'class' and number != int(number):
     raise ValueError(f"forget scenario {spec!r}: the class must be an integer, e.g. 'class:3'")
+  if kind == 'class' and number < 0:
+    raise ValueError(f'forget scenario {spec!r}: classes are numbered from 0')
+  if kind == 'random' and not 0 < number < 100:
+    raise ValueError(f'forget scenario {spec!r}: the percentage must lie in the open interval '
+                     f'(0, 100), got {number:g}')
   return Scenario(kind, number)
 
 

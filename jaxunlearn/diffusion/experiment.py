@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxunlearn import checkpoint
-from jaxunlearn.data import make_split, parse_scenario
+from jaxunlearn.data import check_before_loading, make_split, parse_scenario
 from jaxunlearn.data.digits import load_digits
 from jaxunlearn.data.tfds import load_tfds
 from jaxunlearn.diffusion.methods import DIT_RECIPE, GENERATION_METHODS
@@ -187,6 +187,10 @@ class GenerationConfig:
     for name in self.methods:
       resolve_hparams(name, self.method_overrides(name), GENERATION_METHODS)
     self.devices()  # raises for a mode or device count this host cannot run
+    # A UNet keeps about 20 activations of its widest level per pixel and example.
+    check_before_loading(self.dataset, self.image_size, self.scenario,
+                         batch_size=self._replaced('ddpm').batch_size,
+                         channels_per_pixel=20 * max(self.channels or (128,)))
 
   def method_overrides(self, name: str) -> dict:
     """A method's hyperparameter overrides: the model's recipe (a DiT's ``sfron`` is SFR-on's
