@@ -47,11 +47,58 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w') as f:
+      json.dump(obj, f, indent=1)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves nothing half-written
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> None:
+  """``fig.savefig`` through a temporary file and a rename: a full disk leaves the old plot
+  or none, never a 0-byte or truncated one."""
+  path = Path(path)
+  tmp = path.with_name(f'.{path.stem}.tmp-{os.getpid()}{path.suffix}')
+  try:
+    fig.savefig(tmp, format=path.suffix.lstrip('.') or 'png', **savefig_kwargs)
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+MIN_FREE_BYTES = 100 * 2**20  # an output directory needs at least this much free space
+
+
+def check_output_dir(path: str | os.PathLike, min_free: int = MIN_FREE_BYTES) -> Path:
+  """Makes ``path`` (a directory, with its parents) and checks that a file can be written
+  there and that ``min_free`` bytes are free, before any compute; raises ValueError naming
+  the directory and what is wrong (``--out`` is a file, read-only, full ...)."""
+  path = Path(path)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except FileExistsError:
+    raise ValueError(f'--out {path}: a file of that name is in the way; give a directory '
+                     'path') from None
+  except OSError as e:
+    raise ValueError(f'--out {path}: cannot create that directory ({e.strerror or e}); give '
+                     'a writable location') from None
+  probe = path / f'.write-test-{os.getpid()}'
+  try:
+    probe.write_bytes(b'0')
+  except OSError as e:
+    raise ValueError(f'--out {path}: cannot write there ({e.strerror or e}); give a writable '
+                     'location') from None
+  finally:
+    probe.unlink(missing_ok=True)
+  free = shutil.disk_usage(path).free
+  if free < min_free:
+    raise ValueError(f'--out {path}: only {free / 2**20:.0f} MiB free there, less than the '
+                     f'{min_free / 2**20:.0f} MiB a run needs for its results and checkpoints: '
+                     'free some space or choose another location')
+  return path
 
 
 def _abstract(tree):

@@ -222,6 +222,7 @@ def main(argv=None) -> int:
   try:
     config = ExperimentConfig(**_settings(args, _CLASSIFICATION_ONLY))
     config.validate()
+    _check_out(args.out)
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
     return 2
@@ -294,6 +295,13 @@ def _given(value) -> bool:
   return value is not None and value is not False
 
 
+def _check_out(out) -> None:
+  """``--out`` writable, with room, before any compute (ValueError otherwise)."""
+  from jaxunlearn import checkpoint
+  if out is not None:
+    checkpoint.check_output_dir(out)
+
+
 def _execute(run, table, written) -> int:
   """Runs a job; prints its table, what it wrote and its failures. Exit status: 0, 1 if
   a method (or the training of an original) diverged, 2 for bad input or checkpoints."""
@@ -308,6 +316,11 @@ def _execute(run, table, written) -> int:
   except NonFiniteError as e:  # training an original model diverged
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
     return 1
+  except OSError as e:  # a full disk, a directory gone read-only: what is done is kept
+    print(f'jaxunlearn: error: cannot write {e.filename or "the results"} '
+          f'({e.strerror or e}); free space or fix the location and run the same command '
+          'again: it resumes from what was finished', file=sys.stderr)
+    return 2
   print(table(results))
   print(f'\nwrote {written(results)} ({time.perf_counter() - start:.0f} s)')
   for name, seeds in results.get('failures', {}).items():
@@ -330,6 +343,7 @@ def _run_strong(args) -> int:
         overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
         **extra)
     config.validate()
+    _check_out(args.out)
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
     return 2
@@ -350,6 +364,7 @@ def _run_generation(args) -> int:
       settings['unet_path'] = args.original
     config = GenerationConfig(**settings)
     config.validate()
+    _check_out(args.out)
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
     return 2

@@ -42,6 +42,7 @@ class RunProgress:
     self.resumed = False
     if self.dir is None:
       return
+    checkpoint.check_output_dir(self.dir)
     if restart:
       self.discard()
     path = self.dir / 'progress.json'

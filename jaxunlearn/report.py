@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jaxunlearn.checkpoint import save_figure
+
 TABLE_COLUMNS = (('UA', 'UA'), ('RA', 'RA'), ('TA', 'TA'), ('MIA', 'MIA'),
                  ('avg_gap', 'Avg.Gap'), ('KL', 'KL(Rt||.)'), ('rte_s', 'RTE s'),
                  ('grad_cosine', 'cos(gf,gr)'), ('skipped_steps', 'skipped'))
@@ -101,7 +103,7 @@ def plot_results(results: dict, path: str | Path) -> None:
   ax_gap.set_xlabel('Avg. Gap to Retrain (lower is better)')
   ax_gap.set_title('Avg. Gap')
   fig.tight_layout()
-  fig.savefig(path, dpi=130)
+  save_figure(fig, path, dpi=130)
   plt.close(fig)
 
 
@@ -131,7 +133,7 @@ def plot_alignment(results: dict, path: str | Path) -> None:
                ' · probe batches, expected random-label CE vs CE', fontsize=9)
   ax.legend(fontsize=8, frameon=False, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
-  fig.savefig(path, dpi=130)
+  save_figure(fig, path, dpi=130)
   plt.close(fig)
 
 
@@ -205,5 +207,5 @@ def plot_strong(results: dict, path: str | Path) -> None:
   fig.suptitle(f"{results['dataset']} · {results['scenario']} · {results['models']} unlearned "
                f"vs {results['models']} retrained models per method")
   fig.tight_layout()
-  fig.savefig(path, dpi=130)
+  save_figure(fig, path, dpi=130)
   plt.close(fig)

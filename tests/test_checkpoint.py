@@ -1,10 +1,14 @@
 import json
+import os
+import time
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from jaxunlearn.checkpoint import cached, config_hash, load_variables, save_variables
+from jaxunlearn.checkpoint import (cached, config_hash, load_variables, save_variables,
+                                   write_json_atomic)
 
 
 def _tree():
@@ -62,3 +66,53 @@ def test_cache_hits_and_recomputes_damaged_entries(tmp_path):
 def test_cache_disabled(tmp_path):
   out, info = cached(None, 'orig', {}, _tree)
   assert not info['hit']
+
+
+def test_output_dir_is_checked_before_compute(tmp_path, capsys):
+  from jaxunlearn.checkpoint import check_output_dir
+  from jaxunlearn.cli import main
+  blocker = tmp_path / 'afile'
+  blocker.write_text('x')
+  for out, message in [(blocker, 'a file of that name is in the way'),
+                       (blocker / 'sub', 'cannot create that directory')]:
+    with pytest.raises(ValueError, match=message):
+      check_output_dir(out)
+    start = time.perf_counter()
+    assert main(['run', '--quiet', '--no-cache', '--out', str(out)]) == 2
+    assert time.perf_counter() - start < 5
+    assert message in capsys.readouterr().err
+  with pytest.raises(ValueError, match='MiB free there'):
+    check_output_dir(tmp_path / 'ok', min_free=2**62)
+  if os.geteuid() != 0:  # root writes anywhere
+    locked = tmp_path / 'locked'
+    locked.mkdir(mode=0o500)
+    with pytest.raises(ValueError, match='cannot write there'):
+      check_output_dir(locked)
+
+
+def test_a_full_disk_leaves_the_old_file_or_none(tmp_path, monkeypatch):
+  """ENOSPC in the middle of a write: results.json and the plot keep their old contents
+  and no temporary file is left behind."""
+  import errno
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  from jaxunlearn import checkpoint
+  write_json_atomic(tmp_path / 'results.json', {'old': 1})
+  fig = plt.figure()
+  checkpoint.save_figure(fig, tmp_path / 'results.png')
+  old_png = (tmp_path / 'results.png').read_bytes()
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  monkeypatch.setattr(checkpoint.os, 'fsync', full)
+  with pytest.raises(OSError):
+    write_json_atomic(tmp_path / 'results.json', {'new': 2})
+  monkeypatch.setattr(fig, 'savefig', lambda path, **kw: (Path(path).write_bytes(b''),
+                                                           full()))
+  with pytest.raises(OSError):
+    checkpoint.save_figure(fig, tmp_path / 'results.png')
+  plt.close(fig)
+  assert json.loads((tmp_path / 'results.json').read_text()) == {'old': 1}
+  assert (tmp_path / 'results.png').read_bytes() == old_png and len(old_png) > 0
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['results.json', 'results.png']

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxunlearn.checkpoint import save_figure
 from jaxunlearn.report import _cell, text_table
 
 COLUMNS = (('UA', 'UA', 1), ('FID', 'FID', 2), ('acc_remaining', 'acc rest', 1),
@@ -77,7 +78,7 @@ def plot_generation(results: dict, path: str | Path) -> None:
   ax_fid.invert_yaxis()
   ax_fid.set_xlabel('FID of the remaining classes (lower is better)')
   fig.tight_layout()
-  fig.savefig(path, dpi=130)
+  save_figure(fig, path, dpi=130)
   plt.close(fig)
 
 
@@ -102,7 +103,7 @@ def plot_forgetting(results: dict, path: str | Path) -> None:
   ax.set_title('How fast each method forgets · dashed = UA 95 (forgotten)', fontsize=10)
   ax.legend(fontsize=8, frameon=False)
   fig.tight_layout()
-  fig.savefig(path, dpi=130)
+  save_figure(fig, path, dpi=130)
   plt.close(fig)
 
 
@@ -132,5 +133,5 @@ def plot_samples(grids: dict, forget_class: int, path: str | Path, per_row: int 
     ax.set_yticks([(k + 0.5) * h for k in range(classes)], [str(k) for k in range(classes)],
                   fontsize=6)
   fig.tight_layout()
-  fig.savefig(path, dpi=150)
+  save_figure(fig, path, dpi=150)
   plt.close(fig)
