@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -67,6 +68,72 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> None:
     os.replace(tmp, path)
   finally:
     tmp.unlink(missing_ok=True)
+
+
+class FileLock:
+  """An exclusive lock on ``path`` held by this process (``fcntl.flock``; released when the
+  process ends, however it ends), used so that two runs never write one output directory
+  or train one cache entry at once. A no-op where ``fcntl`` is missing (Windows).
+
+  ``acquire(wait=False)`` raises :class:`LockedError` naming the holder's pid;
+  ``acquire(wait=True)`` says whom it waits for (``notice``) and blocks until it is free.
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = Path(path)
+    self._file = None
+
+  def holder(self) -> str:
+    try:
+      return self.path.read_text().strip() or 'unknown'
+    except OSError:
+      return 'unknown'
+
+  def acquire(self, wait: bool = False, notice: Callable[[str], None] | None = None):
+    try:
+      import fcntl
+    except ImportError:  # no advisory locks here
+      return self
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(self.path, 'a+')
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      if not wait:
+        f.close()
+        raise LockedError(self.path, self.holder()) from None
+      if notice is not None:
+        notice(self.holder())
+      fcntl.flock(f, fcntl.LOCK_EX)
+    f.seek(0)
+    f.truncate()
+    f.write(f'{os.getpid()}\n')
+    f.flush()
+    self._file = f
+    return self
+
+  def release(self) -> None:
+    if self._file is not None:
+      import fcntl
+      self._file.seek(0)
+      self._file.truncate()
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+class LockedError(ValueError):
+  """Another process holds a :class:`FileLock`."""
+
+  def __init__(self, path: Path, holder: str):
+    super().__init__(f'{path.parent} is in use by another jaxunlearn process (pid {holder}, '
+                     f'lock {path.name}): wait for it to finish, or choose another --out')
 
 
 MIN_FREE_BYTES = 100 * 2**20  # an output directory needs at least this much free space
@@ -271,12 +338,26 @@ def cached(cache_dir: str | os.PathLike | None, kind: str, config: dict,
   cache), so a computation killed midway resumes there; otherwise ``compute()``.
   """
   entry = None if cache_dir is None else Path(cache_dir) / f'{kind}-{config_hash(config)}'
+  if entry is None:
+    return _cached(entry, kind, config, compute, like, checkpoint_every)
+  # One process trains an entry; another that needs it waits, then loads what it wrote.
+  lock = FileLock(entry.parent / '.locks' / f'{entry.name}.lock').acquire(
+      wait=True, notice=lambda pid: print(f'waiting for process {pid}, which is computing the '
+                                          f'same {kind} ({entry})', file=sys.stderr))
+  try:
+    return _cached(entry, kind, config, compute, like, checkpoint_every)
+  finally:
+    lock.release()
+
+
+def _cached(entry, kind, config, compute, like, checkpoint_every):
   if entry is not None and (entry / 'meta.json').is_file():
     try:
       variables = load_variables(entry / 'variables', like)
       return variables, {'hit': True, **json.loads((entry / 'meta.json').read_text())}
     except (FileNotFoundError, ValueError):
-      pass  # damaged entry: recompute and overwrite below
+      print(f'notice: the cached {kind} in {entry} cannot be read (damaged?); computing it '
+            'again', file=sys.stderr)  # and overwriting it below
   partial = None
   if checkpoint_every > 0 and entry is not None:
     partial = LoopCheckpoint(entry / 'partial', checkpoint_every)

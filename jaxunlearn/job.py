@@ -40,9 +40,20 @@ class RunProgress:
     identity = json.loads(json.dumps({**identity, 'version': __version__}, default=str))
     self.data = {'config': identity, 'tuning': {}, 'seeds': {}}
     self.resumed = False
+    self.lock = None
     if self.dir is None:
       return
     checkpoint.check_output_dir(self.dir)
+    # Held for the run (and freed if the process dies): a second run into this directory
+    # stops here with the first one's pid.
+    self.lock = checkpoint.FileLock(self.dir / '.jaxunlearn.lock').acquire()
+    try:
+      self._load(identity, restart)
+    except BaseException:
+      self.release()
+      raise
+
+  def _load(self, identity: dict, restart: bool) -> None:
     if restart:
       self.discard()
     path = self.dir / 'progress.json'
@@ -72,6 +83,11 @@ class RunProgress:
   def save(self) -> None:
     if self.dir is not None:
       checkpoint.write_json_atomic(self.dir / 'progress.json', self.data)
+
+  def release(self) -> None:
+    """Lets another run use the directory (at the end of :func:`run_job`)."""
+    if self.lock is not None:
+      self.lock.release()
 
   def discard(self) -> None:
     if self.dir is not None:
@@ -169,9 +185,16 @@ def run_job(job: Job, out_dir: str | Path | None = None, restart: bool = False) 
   method that diverges on a seed gives a row with its error (``results['failures']``);
   the others go on.
   """
+  progress = RunProgress(out_dir, job.config, restart)
+  try:
+    return _run_seeds(job, progress, out_dir)
+  finally:
+    progress.release()
+
+
+def _run_seeds(job: Job, progress: RunProgress, out_dir) -> dict:
   config = job.config
   seeds, names = list(config.seeds), list(config.methods)
-  progress = RunProgress(out_dir, config, restart)
   if progress.resumed and config.progress:
     done = sum(len(v['methods']) for v in progress.data['seeds'].values())
     print(f'resuming the unfinished run in {out_dir} ({done} of {len(seeds) * len(names)} '

@@ -116,3 +116,50 @@ def test_a_full_disk_leaves_the_old_file_or_none(tmp_path, monkeypatch):
   assert json.loads((tmp_path / 'results.json').read_text()) == {'old': 1}
   assert (tmp_path / 'results.png').read_bytes() == old_png and len(old_png) > 0
   assert sorted(p.name for p in tmp_path.iterdir()) == ['results.json', 'results.png']
+
+
+def test_two_runs_never_share_an_output_directory(tmp_path):
+  """A second run into a directory another holds stops before any compute, naming the
+  holder's pid; once the first ends, the directory is free again."""
+  import dataclasses
+  from jaxunlearn.checkpoint import FileLock, LockedError
+  from jaxunlearn.job import RunProgress
+
+  @dataclasses.dataclass
+  class Config:
+    checkpoint_every: int = 0
+    seeds: tuple = (0,)
+  first = RunProgress(tmp_path / 'out', Config())
+  with pytest.raises(LockedError, match=rf'in use by another jaxunlearn process \(pid '
+                                        rf'{os.getpid()}'):
+    RunProgress(tmp_path / 'out', Config())
+  first.release()
+  RunProgress(tmp_path / 'out', Config()).release()
+  with FileLock(tmp_path / 'x.lock').acquire():
+    with pytest.raises(LockedError):
+      FileLock(tmp_path / 'x.lock').acquire()
+  FileLock(tmp_path / 'x.lock').acquire().release()
+
+
+def test_two_runs_needing_one_cache_entry_compute_it_once(tmp_path, capsys):
+  """Two threads (each with its own lock file handle, as two processes) ask for the same
+  uncached entry: one computes, the other waits and loads what it stored."""
+  import threading
+  calls = []
+
+  def compute():
+    calls.append(1)
+    time.sleep(1.5)
+    return {'w': np.arange(3.0)}
+
+  out = {}
+  first = threading.Thread(target=lambda: out.setdefault(
+      'a', cached(tmp_path, 'original', {'seed': 0}, compute)))
+  first.start()
+  time.sleep(0.5)
+  out['b'] = cached(tmp_path, 'original', {'seed': 0}, compute)
+  first.join()
+  assert len(calls) == 1
+  assert out['a'][1]['hit'] is False and out['b'][1]['hit'] is True
+  np.testing.assert_array_equal(out['b'][0]['w'], np.arange(3.0))
+  assert 'waiting for process' in capsys.readouterr().err
