@@ -151,7 +151,7 @@ class ExperimentConfig:
                          f'{methods_lib.did_you_mean(name, [*self.methods, "train"])}')
       methods_lib.resolve_hparams(name, hp)
     # ResNet-18 keeps about 26 activations of the first stage's size per example.
-    check_before_loading(self.dataset, self.image_size, self.scenario,
+    check_before_loading(self.dataset, self.image_size, self.scenario, data_dir=self.data_dir,
                          batch_size=self.train.replace(**self.overrides.get('train', {}))
                          .batch_size, channels_per_pixel=26 * self.width)
 

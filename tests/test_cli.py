@@ -55,6 +55,7 @@ def test_run_end_to_end_writes_json_and_plot(tmp_path, capsys):
     (['--image-size', '1000'], 'give a smaller --image-size'),
     (['--devices', '0'], '--devices must be >= 1'),
     (['--devices', '-1'], '--devices must be >= 1'),
+    (['--dataset', 'cifar10', '--data-dir', '/nonexistent/tfds'], '--data-dir .* no such dir'),
     (['--scenario', 'random:150'], r'open interval \(0, 100\)'),
     (['--methods', 'ft,magic'], "unknown method 'magic'"),
     (['--set', 'ft.lrr=1'], "no hyperparameter 'lrr'"),

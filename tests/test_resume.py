@@ -371,6 +371,53 @@ def test_run_killed_at_many_points_resumes_to_the_same_results(tmp_path):
   _compare(out, ref)
 
 
+def _loop_steps(root):
+  """``{loop directory: [step directories]}`` of every checkpointed loop under ``root``."""
+  loops = {}
+  for p in glob.glob(str(root / '**' / '[0-9]*'), recursive=True):
+    if Path(p).name.isdigit() and Path(p).is_dir() and '.damaged-' not in p:
+      loops.setdefault(str(Path(p).parent), []).append(p)
+  return loops
+
+
+@pytest.mark.slow
+def test_ten_kill_damage_rerun_cycles_end_with_the_uninterrupted_numbers(tmp_path):
+  """Ten times: start the run, SIGKILL it at a random moment, and half the time damage
+  the newest checkpoint of a loop (its arrays truncated). The eleventh start finishes with
+  the numbers of a run never interrupted (a damaged checkpoint is moved aside and its step
+  saved again, never blocking the rerun)."""
+  args = TINY + ['--methods', 'retrain,ft,sfron', '--set', 'ft.epochs=3',
+                 '--set', 'sfron.iterations=16', '--set', 'train.epochs=4']
+  ref = _reference(tmp_path, args)
+  out, cache = tmp_path / 'killed', tmp_path / 'cache2'
+  cmd = _cli(args, out, cache)
+  rng = np.random.default_rng(0)
+  damaged, kills = set(), 0
+  for _ in range(10):
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+    deadline = time.monotonic() + rng.uniform(3.0, 12.0)
+    while proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.01)
+    if proc.poll() is not None:
+      assert proc.returncode == 0, proc.stderr.read()[-3000:]
+      break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kills += 1
+    loops = {d: steps for d, steps in {**_loop_steps(out), **_loop_steps(cache)}.items()
+             if len(steps) >= 2 and not set(steps) & damaged}
+    if loops and rng.random() < 0.5:
+      newest = max(loops[sorted(loops)[rng.integers(len(loops))]], key=lambda p: int(
+          Path(p).name))
+      for f in _data_files(Path(newest)):
+        f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 3])
+      damaged.add(newest)
+  done = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+  assert done.returncode == 0, done.stderr[-3000:]
+  _compare(out, ref)
+  assert kills >= 5 and damaged  # the loop did kill and damage
+
+
 def test_resume_refuses_another_configuration_and_restart_discards(tmp_path, capsys):
   from jaxunlearn.cli import main
   out = tmp_path / 'out'

@@ -14,12 +14,16 @@ MIN_IMAGE_SIZE = 8  # the models down-sample by 8 (ResNet stages, UNet levels, D
 
 
 def check_before_loading(dataset: str, image_size: int | None, scenario: str, *,
-                         batch_size: int, channels_per_pixel: int) -> None:
+                         batch_size: int, channels_per_pixel: int,
+                         data_dir: str | None = None) -> None:
   """Checks what can be checked of a run's data before any image is loaded (ValueError
-  naming the option): the image size, the forget class of an embedded dataset, and whether
+  naming the option): the data directory, the image size, the forget class of an embedded dataset, and whether
   one training batch's activations (``batch_size`` x ``channels_per_pixel`` floats per
   pixel, a rough upper estimate for the model) and the resized dataset fit in memory."""
   import os
+  if data_dir is not None and not os.path.isdir(data_dir):
+    raise ValueError(f'--data-dir {data_dir}: no such directory (the TFDS data_dir where '
+                     f'`tfds build {dataset} --data_dir DIR` put the prepared data)')
   if image_size is not None and image_size < MIN_IMAGE_SIZE:
     raise ValueError(f'--image-size must be >= {MIN_IMAGE_SIZE} (the models down-sample by '
                      f'8), got {image_size}')

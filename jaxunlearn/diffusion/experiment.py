@@ -188,7 +188,7 @@ class GenerationConfig:
       resolve_hparams(name, self.method_overrides(name), GENERATION_METHODS)
     self.devices()  # raises for a mode or device count this host cannot run
     # A UNet keeps about 20 activations of its widest level per pixel and example.
-    check_before_loading(self.dataset, self.image_size, self.scenario,
+    check_before_loading(self.dataset, self.image_size, self.scenario, data_dir=self.data_dir,
                          batch_size=self._replaced('ddpm').batch_size,
                          channels_per_pixel=20 * max(self.channels or (128,)))
 
