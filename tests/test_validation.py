@@ -6,7 +6,7 @@ import math
 import jax
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import synthetic_dataset
 from jaxunlearn.data import Dataset, make_split
@@ -202,3 +202,64 @@ def test_dataset_rejects_mismatched_arrays():
     Dataset('bad', np.zeros((4, 8, 8, 1)), np.zeros(3, np.int32), np.zeros((2, 8, 8, 1)),
             np.zeros(2, np.int32), 2)
   assert jax.tree.leaves(TOY.x_train)  # the module-level toy set is valid
+
+
+_number = st.one_of(st.integers(-3, 3000).map(str), st.sampled_from(
+    ['0', '-1', '1', '0.5', 'inf', '-inf', 'nan', '1e-9', 'abc', '', ' 2']))
+_value = st.one_of(_number, st.floats(allow_nan=True, allow_infinity=True).map(repr))
+_flags = st.lists(st.one_of(
+    st.tuples(st.just('--width'), _number),
+    st.tuples(st.just('--image-size'), _number),
+    st.tuples(st.just('--devices'), _number),
+    st.tuples(st.just('--seeds'), st.sampled_from(['0', '0,1', '-1', '1,1', 'a', '', ',', '0,,1'])),
+    st.tuples(st.just('--methods'), st.lists(st.sampled_from(
+        ['ft', 'ga', 'rl', 'salun', 'sfron', 'magic', '', ' ', 'retrain']), max_size=4).map(
+            ','.join)),
+    st.tuples(st.just('--scenario'), st.one_of(scenarios, st.sampled_from(
+        ['class:3 ', ' class:3', 'class:10', 'random:0', 'random:100', 'random:50']))),
+    st.tuples(st.just('--set'), st.tuples(st.sampled_from(
+        ['ft.lr', 'ft.epochs', 'ft.batch_size', 'train.epochs', 'train.batch_size', 'ga.lr',
+         'train.lr', 'ft.momentum', 'ft.lrr', 'x.y', 'ft']), _value).map('='.join)),
+    st.tuples(st.just('--checkpoint-every'), _number),
+    st.tuples(st.just('--max-nonfinite'), _number),
+), max_size=4)
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # both reset per use
+@given(flags=_flags)
+def test_any_command_line_is_a_run_or_a_one_line_error(flags, tmp_path_factory, monkeypatch,
+                                                       capsys):
+  """Every combination of these flags and values either reaches the run (stubbed here:
+  the configuration was accepted) or ends with exit 2 and a one-line 'error:' within 5 s;
+  never a traceback, never another exit status."""
+  import time
+  from jaxunlearn import cli, experiment
+
+  def accepted(config, out, restart=False):  # what reaching the run must imply
+    assert config.width >= 1 and (config.image_size is None or config.image_size >= 8)
+    assert config.num_devices is None or config.num_devices >= 1
+    assert config.seeds and all(s >= 0 for s in config.seeds)
+    assert config.methods and all(m.strip() == m and m for m in config.methods)
+    assert config.scenario == config.scenario.strip()
+    train = config.train.replace(**config.overrides.get('train', {}))
+    for hp in [train] + [resolve_hparams(m, config.overrides.get(m)) for m in config.methods]:
+      for name, value in dataclasses.asdict(hp).items():
+        assert not isinstance(value, float) or math.isfinite(value), (name, value)
+        assert name != 'epochs' or value >= 1
+    return {}
+  monkeypatch.setattr(experiment, 'run_experiment', accepted)
+  monkeypatch.setattr(cli, '_execute', lambda run, table, written: run() or 0)
+  argv = ['run', '--quiet', '--no-cache', '--out', str(tmp_path_factory.mktemp('out'))]
+  for flag, value in flags:
+    argv += [flag, value]
+  start = time.perf_counter()
+  try:
+    code = cli.main(argv)
+  except SystemExit as e:  # argparse's usage errors
+    code = e.code
+  assert time.perf_counter() - start < 5, argv
+  err = capsys.readouterr().err
+  assert code in (0, 2), (argv, code, err)
+  if code == 2:
+    assert 'error:' in err and 'Traceback' not in err, (argv, err)
