@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from jaxunlearn import checkpoint
 from jaxunlearn import methods as methods_lib
-from jaxunlearn.data import load_dataset, make_split
+from jaxunlearn.data import check_before_loading, load_dataset, make_split
 from jaxunlearn.evaluate import metrics as M
 from jaxunlearn.evaluate import strong
 from jaxunlearn.evaluate.protocol import Outputs, evaluate
@@ -95,6 +95,9 @@ class StrongConfig:
     for name in ('retrain', *self.methods):
       if name != 'original':  # the originals scored as they are: no hyperparameters
         methods_lib.resolve_hparams(name, self.overrides.get(name))
+    check_before_loading(self.dataset, self.image_size, self.scenario, data_dir=self.data_dir,
+                         batch_size=self.train.replace(**self.overrides.get('train', {}))
+                         .batch_size, channels_per_pixel=26 * self.width)
 
   def chunk_size(self) -> int:
     if self.chunk is None:

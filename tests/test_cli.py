@@ -93,9 +93,16 @@ def test_malformed_flags_are_usage_errors(capsys, argv, message):
   assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_eval_strong_checks_its_width(capsys):
-  assert main(['eval-strong', '--width', '0', '--quiet']) == 2
-  assert '--width must be >= 1' in capsys.readouterr().err
+@pytest.mark.parametrize('argv, message', [
+    (['--width', '0'], '--width must be >= 1'),
+    (['--scenario', 'class:10'], 'digits has classes 0..9'),
+    (['--image-size', '4'], '--image-size must be >= 8'),
+])
+def test_eval_strong_checks_its_arguments_first(tmp_path, capsys, argv, message):
+  start = time.perf_counter()
+  assert main(['eval-strong', '--quiet', '--out', str(tmp_path)] + argv) == 2
+  assert time.perf_counter() - start < 5
+  assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('task', ['classification', 'generation'])
