@@ -380,6 +380,7 @@ def _convert_dit(args) -> int:
   from jaxunlearn.convert import load_diffusers_dit, load_diffusers_vae, save_dit_checkpoint
   from jaxunlearn.models.dit import count_params
   try:
+    _check_out(Path(args.out).absolute().parent)  # writable, with room, before converting
     model, params = load_diffusers_dit(args.pipeline, args.time_freq_shift)
     vae = vae_params = None
     if (Path(args.pipeline) / 'vae').is_dir():

@@ -254,3 +254,12 @@ def test_step_benchmarks_print_their_tables(tmp_path, script, extra, expect):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert all(e in proc.stdout for e in expect.split('|'))
   assert all(v > 0 for v in json.loads((tmp_path / 'bench.json').read_text())['ms'].values())
+
+
+def test_convert_dit_checks_where_it_writes_first(tmp_path, capsys):
+  blocker = tmp_path / 'afile'
+  blocker.write_text('x')
+  assert main(['convert-dit', str(tmp_path / 'no-pipeline'), str(blocker / 'out')]) == 2
+  assert 'a file of that name is in the way' in capsys.readouterr().err
+  assert main(['convert-dit', str(tmp_path / 'no-pipeline'), str(tmp_path / 'out')]) == 2
+  assert 'no config.json' in capsys.readouterr().err
