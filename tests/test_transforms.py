@@ -308,6 +308,12 @@ def test_align_forget_retain_is_the_gradient_of_the_look_ahead_objective(order, 
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), got,
                expected)
   assert int(state.count) == 1
+  if virtual == 'forget':  # forget_grads at params stand in for forget_grad_fn
+    given, _ = tx.update(jax.grad(retain)(params), tx.init(params), params,
+                         forget_grads=jax.grad(forget)(params), retain_loss_fn=retain,
+                         forget_loss_fn=forget)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), given,
+                 got)
   if order == 'second':  # the HVP term is really there
     first = align_forget_retain(eta, 'first', virtual, w_u, w_r).update(
         jax.grad(retain)(params), tx.init(params), params, forget_grad_fn=jax.grad(forget),
@@ -327,6 +333,11 @@ def test_align_forget_retain_rejects_bad_options_and_missing_closures():
     tx.update(g, tx.init(params), params, forget_grad_fn=lambda p: g)
   with pytest.raises(ValueError, match='needs params'):
     tx.update(g, tx.init(params), forget_grad_fn=lambda p: g)
+  with pytest.raises(ValueError, match='needs forget_grad_fn'):
+    tx.update(g, tx.init(params), params, retain_loss_fn=lambda p: 0.0)
+  with pytest.raises(ValueError, match='needs forget_grad_fn'):
+    align_forget_retain(0.1, virtual='forget').update(g, tx.init(params), params,
+                                                      retain_loss_fn=lambda p: 0.0)
 
 
 def test_add_elastic_penalty_is_the_gradient_of_ewc_and_installs_checked():

@@ -69,12 +69,15 @@ def align_forget_retain(inner_lr: float, order: str = 'first', virtual: str = 'r
     del params
     return AlignForgetRetainState(count=jnp.zeros([], jnp.int32))
 
-  def update_fn(updates, state, params=None, *, forget_grad_fn, retain_loss_fn=None,
+  def update_fn(updates, state, params=None, *, forget_grad_fn=None, retain_loss_fn=None,
                 forget_loss_fn=None, forget_grads=None, **extra_args):
     del extra_args
     if params is None:
       raise ValueError('align_forget_retain needs params: call tx.update(updates, state, '
                        'params, forget_grad_fn=...)')
+    if forget_grad_fn is None and (virtual == 'retain' or forget_grads is None):
+      raise ValueError('align_forget_retain needs forget_grad_fn(params) -> grads (with '
+                       "virtual='forget', forget_grads at params will do instead)")
     f32 = lambda t: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), t)
     p = f32(params)
     if virtual == 'retain':
