@@ -394,3 +394,24 @@ def test_project_onto_forget_memory_is_gems_one_memory_dual_solution():
   np.testing.assert_allclose(out4['w'], g4['w'] + (50.0 / 5.001) * m['w'], rtol=1e-5)
   with pytest.raises(ValueError, match='every >= 1'):
     project_onto_forget_memory(0)
+
+
+def test_remain_hessian_damping_is_injectable_and_changes_without_recompiling():
+  """``optax.inject_hyperparams`` traces the factory's float arguments inside a jitted
+  step: the damping check must not be a Python ``if`` on a tracer. Changing the damping
+  between steps takes effect without a recompile and equals the transform built with it."""
+  params = {'w': jnp.ones(3)}
+  loss = lambda q: jnp.sum(q['w'] ** 2 * jnp.arange(1.0, 4.0))
+  tx = optax.inject_hyperparams(precondition_by_remain_hessian, static_args=('iters',))(
+      damping=0.1, iters=3)
+  step = jax.jit(lambda g, s, p: tx.update(g, s, p, retain_loss_fn=loss))
+  state = tx.init(params)
+  for damping in (0.1, 1.0, 0.5):
+    state.hyperparams['damping'] = jnp.asarray(damping, jnp.float32)
+    got, state = step(params, state, params)
+    ref = precondition_by_remain_hessian(damping, 3)
+    want = ref.update(params, ref.init(params), params, retain_loss_fn=loss)[0]
+    np.testing.assert_allclose(got['w'], want['w'], rtol=1e-5)
+  assert step._cache_size() == 1
+  with pytest.raises(ValueError, match='damping must be >= 0'):
+    precondition_by_remain_hessian(-1.0)

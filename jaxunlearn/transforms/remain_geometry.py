@@ -117,7 +117,9 @@ def precondition_by_remain_hessian(damping: float = 1e-3, iters: int = 10, metho
     raise ValueError(f"method must be 'cg' or 'neumann', got {method!r}")
   if iters < 1:
     raise ValueError(f'iters must be >= 1, got {iters}')
-  if not damping >= 0:
+  # Checked where concrete: under optax.inject_hyperparams in a jitted step the factory gets
+  # a traced damping (changed between steps without recompiling); it was checked when given.
+  if not isinstance(damping, jax.core.Tracer) and not damping >= 0:
     raise ValueError(f'damping must be >= 0, got {damping}')
   if unroll is None:
     unroll = iters <= 16 and not recompute
