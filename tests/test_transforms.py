@@ -415,3 +415,28 @@ def test_remain_hessian_damping_is_injectable_and_changes_without_recompiling():
   assert step._cache_size() == 1
   with pytest.raises(ValueError, match='damping must be >= 0'):
     precondition_by_remain_hessian(-1.0)
+
+
+@pytest.mark.parametrize('freeze', [False, True])
+def test_a_soft_mask_around_an_inner_optimizer_is_applied_once(freeze):
+  """``mask_by_saliency(inner=sgd(1))`` with a mask of 0.5 / 0: the update is -0.5 g where
+  the mask is 0.5 (not -0.25 g, the mask applied before and after), 0 where it is 0."""
+  params = {'w': jnp.ones(4)}
+  g = {'w': jnp.array([1.0, 2.0, 3.0, 4.0])}
+  tx = mask_by_saliency(freeze=freeze, inner=optax.sgd(1.0))
+  state = set_saliency_mask(tx.init(params), {'w': jnp.array([0.5, 0.5, 0.0, 1.0])})
+  u, _ = tx.update(g, state, params)
+  np.testing.assert_allclose(u['w'], [-0.5, -1.0, 0.0, -4.0])
+
+
+def test_frozen_weights_stay_bit_identical_even_at_negative_zero():
+  """A frozen weight of -0.0 stays -0.0 after ``optax.apply_updates`` (an update of +0.0
+  would turn it into +0.0)."""
+  params = {'w': jnp.array([-0.0, 0.0, -1.5, 2.0])}
+  tx = mask_by_saliency(freeze=True, inner=optax.sgd(0.1, momentum=0.9))
+  state = set_saliency_mask(tx.init(params), {'w': jnp.array([0.0, 0.0, 0.0, 1.0])})
+  for _ in range(3):
+    u, state = tx.update({'w': jnp.ones(4)}, state, params)
+    params = optax.apply_updates(params, u)
+  w = np.asarray(params['w'])
+  assert np.signbit(w[0]) and not np.signbit(w[1]) and w[2] == -1.5 and w[3] != 2.0

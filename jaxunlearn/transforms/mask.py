@@ -41,8 +41,9 @@ def mask_by_saliency(freeze: bool = False,
     there is dropped too); the guarantee holds only if it stands **last** in the chain, after
     every transform that adds to updates (momentum, ``add_decayed_weights``, learning rate).
   - ``freeze=False`` multiplies by the mask (soft masks allowed) wherever it stands. Put
-    before the optimizer, this is the SalUn reference code, whose weight decay and momentum
-    still move masked weights (fixed there in 2026).
+    before the optimizer, or as ``inner=opt`` (the mask multiplies ``opt``'s input once),
+    this is the SalUn reference code, whose weight decay and momentum still move masked
+    weights (fixed there in 2026).
 
   Apply it *after* anything that mixes coordinates (a Hessian solve), or masked weights move.
 
@@ -62,16 +63,21 @@ def mask_by_saliency(freeze: bool = False,
     return MaskBySaliencyState(mask=mask, inner_state=inner_state)
 
   def apply(updates, mask):
-    if freeze:
-      return jax.tree.map(lambda u, m: jnp.where(m > 0, u, jnp.zeros_like(u)), updates, mask)
+    if freeze:  # -0.0, not 0.0: p + (-0.0) is p for every p, a -0.0 weight included
+      return jax.tree.map(lambda u, m: jnp.where(m > 0, u, jnp.full_like(u, -0.0)), updates,
+                          mask)
     return jax.tree.map(lambda u, m: (u * m).astype(u.dtype), updates, mask)
 
   def update_fn(updates, state, params=None, **extra_args):
-    inner_state = state.inner_state
-    if inner is not None:
-      updates = jax.tree.map(lambda u, m: (u * m).astype(u.dtype), updates, state.mask)
-      updates, inner_state = inner.update(updates, inner_state, params, **extra_args)
-    return apply(updates, state.mask), MaskBySaliencyState(state.mask, inner_state)
+    if inner is None:
+      return apply(updates, state.mask), state
+    # The mask multiplies the gradient going in once; with freeze, the output is zeroed
+    # where the mask is 0 (not multiplied again: a soft mask is never applied squared).
+    updates = jax.tree.map(lambda u, m: (u * m).astype(u.dtype), updates, state.mask)
+    updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+    if freeze:
+      updates = apply(updates, state.mask)
+    return updates, MaskBySaliencyState(state.mask, inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
