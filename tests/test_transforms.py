@@ -440,3 +440,22 @@ def test_frozen_weights_stay_bit_identical_even_at_negative_zero():
     params = optax.apply_updates(params, u)
   w = np.asarray(params['w'])
   assert np.signbit(w[0]) and not np.signbit(w[1]) and w[2] == -1.5 and w[3] != 2.0
+
+
+def test_installers_work_inside_jit_and_vmap_and_refuse_a_transposed_mask():
+  """``set_saliency_mask`` / ``set_elastic_fisher`` inside ``jit`` (and ``vmap`` over
+  models) install what they are given; shapes are checked exactly at trace time."""
+  params = {'w': jnp.ones((2, 3)), 'b': jnp.zeros(3)}
+  mask = {'w': jnp.array([[1.0, 0, 1], [0, 1, 0]]), 'b': jnp.ones(3)}
+  tx = mask_by_saliency(freeze=True, inner=optax.sgd(0.1))
+  state = jax.jit(lambda s, m: set_saliency_mask(s, m))(tx.init(params), mask)
+  np.testing.assert_array_equal(state.mask['w'], mask['w'])
+  batched = jax.vmap(lambda m: set_saliency_mask(tx.init(params), m).mask)(
+      jax.tree.map(lambda m: jnp.stack([m, 1 - m]), mask))
+  np.testing.assert_array_equal(batched['w'][1], 1 - mask['w'])
+  with pytest.raises(ValueError, match=r'shape \(3, 2\) does not match parameter shape'):
+    set_saliency_mask(tx.init(params), {'w': mask['w'].T, 'b': mask['b']})
+  el = add_elastic_penalty(1.0)
+  fisher = {'w': jnp.full((2, 3), 2.0), 'b': jnp.ones(3)}
+  installed = jax.jit(lambda s, f: set_elastic_fisher(s, f))(el.init(params), fisher)
+  np.testing.assert_array_equal(installed.fisher['w'], fisher['w'])

@@ -73,8 +73,9 @@ def set_elastic_fisher(opt_state, fisher):
     ValueError: no ``add_elastic_penalty`` in the state, a tree or shapes unlike the
       params, or a Fisher with negative or non-finite entries.
   """
-  leaves = [np.asarray(f) for f in jax.tree.leaves(fisher)]
-  if any(not np.all(np.isfinite(f)) or np.any(f < 0) for f in leaves):
+  traced = any(isinstance(f, jax.core.Tracer) for f in jax.tree.leaves(fisher))
+  leaves = [] if traced else [np.asarray(f) for f in jax.tree.leaves(fisher)]
+  if any(not np.all(np.isfinite(f)) or np.any(f < 0) for f in leaves):  # when concrete
     raise ValueError('the elastic penalty\'s Fisher must be finite and non-negative (a '
                      'diagonal Fisher is a mean of squared gradients)')
   found = []
@@ -90,7 +91,7 @@ def set_elastic_fisher(opt_state, fisher):
         raise ValueError(f'Fisher leaf of shape {np.shape(new)} does not match parameter '
                          f'shape {old.shape}')
     found.append(True)
-    return state._replace(fisher=jax.tree.map(lambda old, f: jnp.array(f, old.dtype),
+    return state._replace(fisher=jax.tree.map(lambda old, f: jnp.asarray(f, old.dtype),
                                               state.fisher, fisher))
 
   out = jax.tree.map(install, opt_state, is_leaf=_is_state)

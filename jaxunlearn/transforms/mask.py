@@ -94,7 +94,9 @@ def set_saliency_mask(opt_state, mask):
 
   Raises:
     ValueError: no ``mask_by_saliency`` in ``opt_state``, a mask whose structure or shapes
-      differ from the parameters, or a mask that selects nothing.
+      differ from the parameters (exactly: a transposed mask is refused), or a mask that
+      selects nothing (checked when the mask is concrete: inside ``jit``/``vmap`` only the
+      structure and shapes are).
   """
   found = []
 
@@ -104,20 +106,28 @@ def set_saliency_mask(opt_state, mask):
     if jax.tree.structure(state.mask) != jax.tree.structure(mask):
       raise ValueError('saliency mask does not match the parameters: expected a tree like '
                        f'{jax.tree.structure(state.mask)}, got {jax.tree.structure(mask)}')
-    new = jax.tree.map(lambda old, m: jnp.array(m, old.dtype, copy=True).reshape(old.shape)
-                       if np.size(m) == old.size else _shape_error(old, m), state.mask, mask)
+    new = jax.tree.map(lambda old, m: jnp.array(m, old.dtype, copy=True)
+                       if np.shape(m) == old.shape else _shape_error(old, m), state.mask, mask)
     found.append(True)
     return state._replace(mask=new)
 
-  selected = sum(float(np.sum(np.asarray(m) != 0)) for m in jax.tree.leaves(mask))
-  if selected == 0:
-    raise ValueError('saliency mask selects no weight (all zeros): nothing could be '
-                     'unlearned; raise the kept fraction')
+  # Values are checked where they are concrete; inside jit or vmap (traced masks) the
+  # structure and shapes still are, at trace time.
+  if not _traced(mask):
+    selected = sum(float(np.sum(np.asarray(m) != 0)) for m in jax.tree.leaves(mask))
+    if selected == 0:
+      raise ValueError('saliency mask selects no weight (all zeros): nothing could be '
+                       'unlearned; raise the kept fraction')
   out = jax.tree.map(install, opt_state, is_leaf=_is_state)
   if not found:
     raise ValueError('set_saliency_mask: this optimizer state has no mask_by_saliency; add '
                      'jaxunlearn.transforms.mask_by_saliency(...) to the chain')
   return out
+
+
+def _traced(tree) -> bool:
+  """Whether any leaf of ``tree`` is a tracer (inside ``jit``, ``vmap``, ``grad``)."""
+  return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
 
 def _shape_error(old, m):
