@@ -459,3 +459,31 @@ def test_installers_work_inside_jit_and_vmap_and_refuse_a_transposed_mask():
   fisher = {'w': jnp.full((2, 3), 2.0), 'b': jnp.ones(3)}
   installed = jax.jit(lambda s, f: set_elastic_fisher(s, f))(el.init(params), fisher)
   np.testing.assert_array_equal(installed.fisher['w'], fisher['w'])
+
+
+def test_apply_if_finite_also_guards_the_extras_and_closures():
+  """optax's guard checks only ``updates``: a NaN forget gradient passes it into the
+  params. Ours rejects that step (params unchanged, counted), and one whose closure
+  (``forget_grad_fn``) returns NaN; finite steps are the inner transform's exactly."""
+  from jaxunlearn.transforms import apply_if_finite
+  params = {'w': jnp.ones(3)}
+  g_r, g_f = {'w': jnp.full(3, 0.5)}, {'w': jnp.array([1.0, jnp.nan, 2.0])}
+  inner = lambda: optax.chain(combine_forget_retain(1.0), optax.sgd(0.1))
+  theirs = optax.apply_if_finite(inner(), 3)
+  u, _ = theirs.update(g_r, theirs.init(params), params, forget_grads=g_f)
+  assert np.isnan(np.asarray(u['w'])).any()  # the defect this guard exists for
+  ours = apply_if_finite(inner(), 3)
+  step = jax.jit(lambda g, s, p, f: ours.update(g, s, p, forget_grads=f))
+  u, state = step(g_r, ours.init(params), params, g_f)
+  np.testing.assert_array_equal(u['w'], np.zeros(3))
+  assert int(state.total_notfinite) == 1 and not bool(state.last_finite)
+  good = {'w': jnp.array([1.0, 0.0, 2.0])}
+  u, state = step(g_r, state, params, good)
+  want, _ = inner().update(g_r, inner().init(params), params, forget_grads=good)
+  np.testing.assert_allclose(u['w'], want['w'])
+  assert int(state.notfinite_count) == 0 and int(state.total_notfinite) == 1
+  aligned = apply_if_finite(align_forget_retain(0.1), 3)
+  u, state = aligned.update(g_r, aligned.init(params), params,
+                            forget_grad_fn=lambda p: jax.tree.map(lambda x: x * jnp.nan, p))
+  np.testing.assert_array_equal(u['w'], np.zeros(3))
+  assert int(state.total_notfinite) == 1

@@ -6,6 +6,7 @@ from jaxunlearn.transforms.combine import (AddL1PenaltyState, CombineForgetRetai
 from jaxunlearn.transforms.elastic import (ElasticPenaltyState, add_elastic_penalty,
                                            set_elastic_fisher)
 from jaxunlearn.transforms.fast_slow import fast_slow_schedule, hold
+from jaxunlearn.transforms.finite import apply_if_finite
 from jaxunlearn.transforms.mask import MaskBySaliencyState, mask_by_saliency, set_saliency_mask
 from jaxunlearn.transforms.project import (ProjectOntoForgetMemoryState,
                                            project_onto_forget_memory)
@@ -15,7 +16,7 @@ from jaxunlearn.transforms.remain_geometry import (PreconditionByRemainHessianSt
 __all__ = ['AddL1PenaltyState', 'AlignForgetRetainState', 'CombineForgetRetainState',
            'ElasticPenaltyState', 'MaskBySaliencyState', 'PreconditionByRemainHessianState',
            'ProjectOntoForgetMemoryState',
-           'add_elastic_penalty', 'add_l1_penalty', 'align_forget_retain',
+           'add_elastic_penalty', 'add_l1_penalty', 'align_forget_retain', 'apply_if_finite',
            'combine_forget_retain', 'fast_slow_schedule', 'hold', 'mask_by_saliency',
            'precondition_by_remain_hessian', 'project_onto_forget_memory', 'set_elastic_fisher',
            'set_saliency_mask']
