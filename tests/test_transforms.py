@@ -487,3 +487,29 @@ def test_apply_if_finite_also_guards_the_extras_and_closures():
                             forget_grad_fn=lambda p: jax.tree.map(lambda x: x * jnp.nan, p))
   np.testing.assert_array_equal(u['w'], np.zeros(3))
   assert int(state.total_notfinite) == 1
+
+
+def test_flax_train_state_passes_the_extras():
+  """``TrainState.apply_gradients(grads=g_r, extra_args={'forget_grads': g_f})`` inside
+  ``jit`` takes the step ``tx.update`` with those extras takes; flax's own cannot."""
+  import flax.linen as nn
+  from flax.training import train_state as flax_ts
+  from jaxunlearn.transforms import TrainState
+  model = nn.Dense(2)
+  params = model.init(jax.random.key(0), jnp.ones((1, 3)))['params']
+  tx = optax.chain(combine_forget_retain(0.5), optax.sgd(0.1, momentum=0.9))
+  g_r = jax.tree.map(jnp.ones_like, params)
+  g_f = jax.tree.map(lambda p: -2 * jnp.ones_like(p), params)
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  step = jax.jit(lambda s, a, b: s.apply_gradients(grads=a, extra_args={'forget_grads': b}))
+  new = step(step(state, g_r, g_f), g_r, g_f)
+  opt = tx.init(params)
+  want = params
+  for _ in range(2):
+    u, opt = tx.update(g_r, opt, want, forget_grads=g_f)
+    want = optax.apply_updates(want, u)
+  jax.tree.map(np.testing.assert_allclose, new.params, want)
+  assert int(new.step) == 2
+  with pytest.raises(TypeError):  # flax's needs what it cannot pass
+    flax_ts.TrainState.create(apply_fn=model.apply, params=params, tx=tx).apply_gradients(
+        grads=g_r)

@@ -12,10 +12,11 @@ from jaxunlearn.transforms.project import (ProjectOntoForgetMemoryState,
                                            project_onto_forget_memory)
 from jaxunlearn.transforms.remain_geometry import (PreconditionByRemainHessianState,
                                                    precondition_by_remain_hessian)
+from jaxunlearn.transforms.train_state import TrainState
 
 __all__ = ['AddL1PenaltyState', 'AlignForgetRetainState', 'CombineForgetRetainState',
            'ElasticPenaltyState', 'MaskBySaliencyState', 'PreconditionByRemainHessianState',
-           'ProjectOntoForgetMemoryState',
+           'ProjectOntoForgetMemoryState', 'TrainState',
            'add_elastic_penalty', 'add_l1_penalty', 'align_forget_retain', 'apply_if_finite',
            'combine_forget_retain', 'fast_slow_schedule', 'hold', 'mask_by_saliency',
            'precondition_by_remain_hessian', 'project_onto_forget_memory', 'set_elastic_fisher',
