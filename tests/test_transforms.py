@@ -513,3 +513,29 @@ def test_flax_train_state_passes_the_extras():
   with pytest.raises(TypeError):  # flax's needs what it cannot pass
     flax_ts.TrainState.create(apply_fn=model.apply, params=params, tx=tx).apply_gradients(
         grads=g_r)
+
+
+def test_multi_steps_averages_the_forget_gradient_too():
+  """Two mini-steps with forget gradients f1, f2: ``multi_steps`` steps once on the means
+  of both the retain and the forget gradients; ``optax.MultiSteps`` uses f2 alone."""
+  from jaxunlearn.transforms import multi_steps
+  params = {'w': jnp.ones(3)}
+  tx = lambda: optax.chain(combine_forget_retain(1.0), optax.sgd(1.0))
+  r1, r2 = {'w': jnp.array([1.0, 2, 3])}, {'w': jnp.array([3.0, 2, 1])}
+  f1, f2 = {'w': jnp.array([4.0, 0, 0])}, {'w': jnp.array([0.0, 0, 8])}
+  ours = multi_steps(tx(), 2)
+  step = jax.jit(lambda g, s, p, f: ours.update(g, s, p, forget_grads=f))
+  u1, s = step(r1, ours.init(params), params, f1)
+  u2, s = step(r2, s, params, f2)
+  np.testing.assert_array_equal(u1['w'], np.zeros(3))
+  np.testing.assert_allclose(u2['w'], -np.array([2.0 + 2, 2 + 0, 2 + 4]))
+  assert int(s.gradient_step) == 1 and int(s.mini_step) == 0
+  u3, s = step(r1, s, params, f1)  # the window starts afresh
+  np.testing.assert_array_equal(u3['w'], np.zeros(3))
+  theirs = optax.MultiSteps(tx(), 2)
+  t = theirs.init(params)
+  _, t = theirs.update(r1, t, params, forget_grads=f1)
+  v, _ = theirs.update(r2, t, params, forget_grads=f2)
+  np.testing.assert_allclose(v['w'], -np.array([2.0 + 0, 2 + 0, 2 + 8]))  # f2 only
+  with pytest.raises(ValueError, match="accumulates \\['forget_grads'\\]"):
+    ours.update(r1, ours.init(params), params)

@@ -8,6 +8,7 @@ from jaxunlearn.transforms.elastic import (ElasticPenaltyState, add_elastic_pena
 from jaxunlearn.transforms.fast_slow import fast_slow_schedule, hold
 from jaxunlearn.transforms.finite import apply_if_finite
 from jaxunlearn.transforms.mask import MaskBySaliencyState, mask_by_saliency, set_saliency_mask
+from jaxunlearn.transforms.multi_steps import MultiStepsState, multi_steps
 from jaxunlearn.transforms.project import (ProjectOntoForgetMemoryState,
                                            project_onto_forget_memory)
 from jaxunlearn.transforms.remain_geometry import (PreconditionByRemainHessianState,
@@ -15,9 +16,10 @@ from jaxunlearn.transforms.remain_geometry import (PreconditionByRemainHessianSt
 from jaxunlearn.transforms.train_state import TrainState
 
 __all__ = ['AddL1PenaltyState', 'AlignForgetRetainState', 'CombineForgetRetainState',
-           'ElasticPenaltyState', 'MaskBySaliencyState', 'PreconditionByRemainHessianState',
+           'ElasticPenaltyState', 'MaskBySaliencyState', 'MultiStepsState', 'PreconditionByRemainHessianState',
            'ProjectOntoForgetMemoryState', 'TrainState',
            'add_elastic_penalty', 'add_l1_penalty', 'align_forget_retain', 'apply_if_finite',
            'combine_forget_retain', 'fast_slow_schedule', 'hold', 'mask_by_saliency',
+           'multi_steps',
            'precondition_by_remain_hessian', 'project_onto_forget_memory', 'set_elastic_fisher',
            'set_saliency_mask']
