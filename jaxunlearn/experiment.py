@@ -453,7 +453,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None,
   ``restart=True`` discards an unfinished run in ``out_dir`` instead.
 
   Returns:
-    The results dict (schema in README.md): per method ``{metric: {'mean', 'std'}}``,
+    The results dict (schema in docs/running.md): per method ``{metric: {'mean', 'std'}}``,
     plus per-seed values, the original model's metrics and the hyperparameters used.
   """
   return run_job(_Classification(config), out_dir, restart)
