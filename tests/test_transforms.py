@@ -539,3 +539,40 @@ def test_multi_steps_averages_the_forget_gradient_too():
   np.testing.assert_allclose(v['w'], -np.array([2.0 + 0, 2 + 0, 2 + 8]))  # f2 only
   with pytest.raises(ValueError, match="accumulates \\['forget_grads'\\]"):
     ours.update(r1, ours.init(params), params)
+
+
+def test_under_optax_masked_and_partition_extras_and_closures_work():
+  """``optax.masked`` (default settings) around ``combine_forget_retain`` with a full
+  ``forget_grads``; our ``masked`` / ``partition`` around ``align_forget_retain`` whose
+  closures need the full params (a model cannot run on masked ones): the masked part's
+  update is the look-ahead gradient with the other part held fixed."""
+  from jaxunlearn.transforms import masked, partition
+  params = {'a': jnp.array([1.0, -2.0]), 'b': jnp.array([0.5, 1.5, -1.0])}
+  g = {'a': jnp.array([0.1, 0.2]), 'b': jnp.array([0.3, 0.4, 0.5])}
+  f = {'a': jnp.array([1.0, 1.0]), 'b': jnp.array([2.0, 2.0, 2.0])}
+  tx = optax.masked(combine_forget_retain(0.5), {'a': True, 'b': False})
+  u, _ = tx.update(g, tx.init(params), params, forget_grads=f)
+  np.testing.assert_allclose(u['a'], g['a'] + 0.5 * f['a'])
+  np.testing.assert_allclose(u['b'], g['b'])  # outside the mask: passed through
+
+  def loss(q):  # needs every leaf, as a model would
+    return jnp.sum(jnp.sin(q['a'])) * jnp.sum(q['b'] ** 2) + jnp.sum(q['a'] ** 2)
+  forget_grad_fn = jax.grad(lambda q: -loss(q))
+  eta = 0.1
+  g_r = jax.grad(loss)(params)
+  # First order: g_R + grad L_U at the look-ahead point, only 'a' shifted.
+  want_a = g_r['a'] + jax.grad(lambda a: -loss({'a': a, 'b': params['b']}))(
+      params['a'] - eta * g_r['a'])
+  with pytest.raises(Exception):  # optax's own: the closure gets MaskedNode leaves
+    t = optax.masked(align_forget_retain(eta), {'a': True, 'b': False})
+    t.update(g_r, t.init(params), params, forget_grad_fn=forget_grad_fn)
+  ours = masked(align_forget_retain(eta), {'a': True, 'b': False})
+  u, _ = jax.jit(lambda g, s, p: ours.update(g, s, p, forget_grad_fn=forget_grad_fn))(
+      g_r, ours.init(params), params)
+  np.testing.assert_allclose(u['a'], want_a, rtol=1e-5)
+  np.testing.assert_allclose(u['b'], g_r['b'])
+  parts = partition({'lur': align_forget_retain(eta), 'sgd': optax.sgd(1.0)},
+                    {'a': 'lur', 'b': 'sgd'})
+  u, _ = parts.update(g_r, parts.init(params), params, forget_grad_fn=forget_grad_fn)
+  np.testing.assert_allclose(u['a'], want_a, rtol=1e-5)
+  np.testing.assert_allclose(u['b'], -g_r['b'])

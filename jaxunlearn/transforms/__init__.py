@@ -8,6 +8,7 @@ from jaxunlearn.transforms.elastic import (ElasticPenaltyState, add_elastic_pena
 from jaxunlearn.transforms.fast_slow import fast_slow_schedule, hold
 from jaxunlearn.transforms.finite import apply_if_finite
 from jaxunlearn.transforms.mask import MaskBySaliencyState, mask_by_saliency, set_saliency_mask
+from jaxunlearn.transforms.masking import masked, partition, restrict_like
 from jaxunlearn.transforms.multi_steps import MultiStepsState, multi_steps
 from jaxunlearn.transforms.project import (ProjectOntoForgetMemoryState,
                                            project_onto_forget_memory)
@@ -20,6 +21,6 @@ __all__ = ['AddL1PenaltyState', 'AlignForgetRetainState', 'CombineForgetRetainSt
            'ProjectOntoForgetMemoryState', 'TrainState',
            'add_elastic_penalty', 'add_l1_penalty', 'align_forget_retain', 'apply_if_finite',
            'combine_forget_retain', 'fast_slow_schedule', 'hold', 'mask_by_saliency',
-           'multi_steps',
+           'masked', 'multi_steps', 'partition', 'restrict_like',
            'precondition_by_remain_hessian', 'project_onto_forget_memory', 'set_elastic_fisher',
            'set_saliency_mask']

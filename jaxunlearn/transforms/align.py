@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxunlearn.transforms.masking import restrict_like
+
 
 class AlignForgetRetainState(NamedTuple):
   """State of :func:`align_forget_retain`.
@@ -86,7 +88,7 @@ def align_forget_retain(inner_lr: float, order: str = 'first', virtual: str = 'r
     else:
       if retain_loss_fn is None:
         raise ValueError("virtual='forget' needs retain_loss_fn (the outer task's loss)")
-      g_u = forget_grad_fn(p) if forget_grads is None else forget_grads
+      g_u = forget_grad_fn(p) if forget_grads is None else restrict_like(forget_grads, p)
       inner, inner_loss, inner_w, outer_w = mean(f32(g_u)), forget_loss_fn, w_u, w_r
       outer_grad = jax.grad(lambda q: jnp.asarray(retain_loss_fn(q), jnp.float32))
     shifted = jax.tree.map(lambda a, g: a - inner_lr * g, p, inner)

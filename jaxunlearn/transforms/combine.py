@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxunlearn.transforms.masking import restrict_like
+
 
 class CombineForgetRetainState(NamedTuple):
   """State of :func:`combine_forget_retain`.
@@ -56,6 +58,7 @@ def combine_forget_retain(forget_weight: optax.ScalarOrSchedule,
   def update_fn(updates, state, params=None, *, forget_grads, **extra_args):
     del params, extra_args
     wf, wr = _value(forget_weight, state.count), _value(retain_weight, state.count)
+    forget_grads = restrict_like(forget_grads, updates)  # under optax.masked
     updates = jax.tree.map(
         lambda u, g: (wr * u + wf * g).astype(u.dtype) if u is not None else None,
         updates, forget_grads)

@@ -1,0 +1,91 @@
+"""Our transforms under ``optax.masked`` and ``optax.partition``.
+
+``optax.masked(tx, mask)`` hands ``tx`` the masked part of ``updates`` and ``params``
+(``optax.MaskedNode`` where the mask is False), and by default the extras unmasked. Two
+consequences for unlearning transforms:
+
+- an array extra like ``forget_grads`` no longer lines up with ``updates``:
+  :func:`restrict_like` (used inside every transform of ours) drops it where ``updates``
+  is masked, so ``optax.masked`` works with its default settings;
+- a closure (``forget_grad_fn``, ``retain_loss_fn``) is called with the masked params,
+  which a model cannot run on. :func:`masked` and :func:`partition` (drop-in for optax's)
+  call each closure on the *full* params (the masked part being the ones the inner
+  transform sees) and mask what it returns like the params.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Hashable, Mapping
+
+import jax
+import optax
+
+
+def _is_masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def restrict_like(tree, updates):
+  """``tree`` with ``optax.MaskedNode`` wherever ``updates`` has one (``tree`` unchanged
+  when ``updates`` has none)."""
+  if not any(_is_masked(x) for x in jax.tree.leaves(updates, is_leaf=_is_masked)):
+    return tree
+  return jax.tree.map(lambda u, t: u if _is_masked(u) else t, updates, tree,
+                      is_leaf=_is_masked)
+
+
+def _merge(masked_params, full_params):
+  """The full params, with the inner transform's (masked) values where it has them."""
+  return jax.tree.map(lambda m, f: f if _is_masked(m) else m, masked_params, full_params,
+                      is_leaf=_is_masked)
+
+
+def _lift(fn: Callable, full_params, like):
+  """``fn`` (a closure over full params) as a closure over the masked params: called on
+  the merged full params, its output masked like the params when it is a tree of them."""
+  structure = jax.tree.structure(full_params)
+
+  def lifted(masked_params, *args, **kwargs):
+    out = fn(_merge(masked_params, full_params), *args, **kwargs)
+    return restrict_like(out, like) if jax.tree.structure(out) == structure else out
+  return lifted
+
+
+def masked(inner: optax.GradientTransformation, mask) -> optax.GradientTransformationExtraArgs:
+  """``optax.masked(inner, mask)`` whose closures (callable extras) run on the full params
+  and whose array extras shaped like the params are masked with them."""
+  base = optax.masked(inner, mask, mask_compatible_extra_args=True)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is not None:
+      mask_tree = mask(updates) if callable(mask) else mask
+      like = jax.tree.map(lambda m, u: u if m else optax.MaskedNode(), mask_tree, updates)
+      extra_args = {k: _lift(v, params, like) if callable(v) else v
+                    for k, v in extra_args.items()}
+    return base.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(base.init, update_fn)
+
+
+def partition(transforms: Mapping[Hashable, optax.GradientTransformation],
+              param_labels: Any | Callable[[Any], Any]) -> optax.GradientTransformationExtraArgs:
+  """``optax.partition``, each part by :func:`masked`: ``transforms[label]`` updates the
+  params labelled ``label``; closures given as extras run on the full params."""
+  labels = param_labels
+
+  def mask_for(label):
+    return lambda tree: jax.tree.map(lambda lab: lab == label,
+                                     labels(tree) if callable(labels) else labels)
+
+  parts = {label: masked(tx, mask_for(label)) for label, tx in transforms.items()}
+
+  def init_fn(params):
+    return {label: tx.init(params) for label, tx in parts.items()}
+
+  def update_fn(updates, state, params=None, **extra_args):
+    new_state = {}
+    for label, tx in parts.items():
+      updates, new_state[label] = tx.update(updates, state[label], params, **extra_args)
+    return updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
