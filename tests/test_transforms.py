@@ -576,3 +576,23 @@ def test_under_optax_masked_and_partition_extras_and_closures_work():
   u, _ = parts.update(g_r, parts.init(params), params, forget_grad_fn=forget_grad_fn)
   np.testing.assert_allclose(u['a'], want_a, rtol=1e-5)
   np.testing.assert_allclose(u['b'], -g_r['b'])
+
+
+def test_installers_under_optax_masked_take_full_or_module_level_masks():
+  """Inside ``optax.masked`` the states hold ``MaskedNode`` leaves: a full mask / Fisher
+  is cut to the masked part, and a mask may say ``MaskedNode()`` for a whole module."""
+  params = {'body': {'w': jnp.ones((2, 2)), 'b': jnp.ones(2)}, 'head': {'w': jnp.ones(3)}}
+  which = {'body': {'w': True, 'b': True}, 'head': {'w': False}}
+  tx = optax.masked(mask_by_saliency(freeze=True, inner=optax.sgd(1.0)), which)
+  full = {'body': {'w': jnp.array([[1.0, 0], [0, 1]]), 'b': jnp.ones(2)},
+          'head': {'w': jnp.zeros(3)}}
+  for mask in (full, {'body': full['body'], 'head': optax.MaskedNode()}):
+    state = set_saliency_mask(tx.init(params), mask)
+    g = jax.tree.map(jnp.ones_like, params)
+    u, _ = tx.update(g, state, params)
+    np.testing.assert_array_equal(u['body']['w'], -np.eye(2))
+    np.testing.assert_array_equal(u['head']['w'], np.ones(3))  # outside: passed through
+  el = optax.masked(add_elastic_penalty(1.0), which)
+  installed = set_elastic_fisher(el.init(params), jax.tree.map(jnp.ones_like, params))
+  assert isinstance(installed.inner_state.fisher['head'], optax.MaskedNode) or \
+      isinstance(installed.inner_state.fisher['head']['w'], optax.MaskedNode)

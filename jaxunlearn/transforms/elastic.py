@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxunlearn.transforms.masking import restrict_like
+
 
 class ElasticPenaltyState(NamedTuple):
   """State of :func:`add_elastic_penalty`.
@@ -83,16 +85,17 @@ def set_elastic_fisher(opt_state, fisher):
   def install(state):
     if not _is_state(state):
       return state
-    if jax.tree.structure(state.fisher) != jax.tree.structure(fisher):
-      raise ValueError(f'Fisher tree {jax.tree.structure(fisher)} does not match the params '
+    fisher_ = restrict_like(fisher, state.fisher)  # under optax.masked
+    if jax.tree.structure(state.fisher) != jax.tree.structure(fisher_):
+      raise ValueError(f'Fisher tree {jax.tree.structure(fisher_)} does not match the params '
                        f'{jax.tree.structure(state.fisher)}')
-    for old, new in zip(jax.tree.leaves(state.fisher), jax.tree.leaves(fisher)):
+    for old, new in zip(jax.tree.leaves(state.fisher), jax.tree.leaves(fisher_)):
       if np.shape(new) != old.shape:
         raise ValueError(f'Fisher leaf of shape {np.shape(new)} does not match parameter '
                          f'shape {old.shape}')
     found.append(True)
     return state._replace(fisher=jax.tree.map(lambda old, f: jnp.asarray(f, old.dtype),
-                                              state.fisher, fisher))
+                                              state.fisher, fisher_))
 
   out = jax.tree.map(install, opt_state, is_leaf=_is_state)
   if not found:

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxunlearn.transforms.masking import restrict_like
+
 
 class MaskBySaliencyState(NamedTuple):
   """State of :func:`mask_by_saliency`.
@@ -103,11 +105,12 @@ def set_saliency_mask(opt_state, mask):
   def install(state):
     if not _is_state(state):
       return state
-    if jax.tree.structure(state.mask) != jax.tree.structure(mask):
+    mask_ = restrict_like(_full(mask, state.mask), state.mask)  # under optax.masked
+    if jax.tree.structure(state.mask) != jax.tree.structure(mask_):
       raise ValueError('saliency mask does not match the parameters: expected a tree like '
-                       f'{jax.tree.structure(state.mask)}, got {jax.tree.structure(mask)}')
+                       f'{jax.tree.structure(state.mask)}, got {jax.tree.structure(mask_)}')
     new = jax.tree.map(lambda old, m: jnp.array(m, old.dtype, copy=True)
-                       if np.shape(m) == old.shape else _shape_error(old, m), state.mask, mask)
+                       if np.shape(m) == old.shape else _shape_error(old, m), state.mask, mask_)
     found.append(True)
     return state._replace(mask=new)
 
@@ -123,6 +126,17 @@ def set_saliency_mask(opt_state, mask):
     raise ValueError('set_saliency_mask: this optimizer state has no mask_by_saliency; add '
                      'jaxunlearn.transforms.mask_by_saliency(...) to the chain')
   return out
+
+
+def _full(tree, like):
+  """``tree`` with a subtree-level ``optax.MaskedNode`` expanded to one per leaf of
+  ``like`` (a mask written ``{'head': MaskedNode()}`` for a whole module)."""
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  try:
+    return jax.tree.map(lambda t, l: jax.tree.map(lambda _: optax.MaskedNode(), l)
+                        if masked(t) else t, tree, like, is_leaf=masked)
+  except ValueError:  # other structures: the check below says what differs
+    return tree
 
 
 def _traced(tree) -> bool:
