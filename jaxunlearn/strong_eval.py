@@ -24,7 +24,6 @@ from typing import Sequence
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxunlearn import checkpoint
 from jaxunlearn import methods as methods_lib
@@ -35,7 +34,7 @@ from jaxunlearn.evaluate.protocol import Outputs, evaluate
 from jaxunlearn.models import make_model
 from jaxunlearn.parallel import SINGLE, Parallel
 from jaxunlearn.step import predict
-from jaxunlearn.train import LoopControl, TrainConfig, train_classifier
+from jaxunlearn.train import LoopControl, TrainConfig, progress_bar, train_classifier
 
 # Methods whose whole run is one of the loops of jaxunlearn.train (after per-model masks):
 # these take an ensemble. The others run model by model.
@@ -121,7 +120,7 @@ def _run_chunks(config: StrongConfig, fn, ensemble: bool, desc: str):
   outs = []
   ensemble = ensemble and config.chunk_size() > 1
   groups = config.chunks() if ensemble else [[s] for s in range(config.models)]
-  for seeds in tqdm(groups, desc=desc, disable=not config.progress, leave=False):
+  for seeds in progress_bar(groups, desc=desc, disable=not config.progress, leave=False):
     if ensemble:
       outs.append(fn(tuple(seeds), Parallel.ensemble(len(seeds))))
     else:

@@ -66,6 +66,23 @@ class Phase:
     return self.epochs is None or epoch < self.epochs
 
 
+
+LOG_INTERVAL_S = 10.0  # without a terminal: one progress line per this many seconds
+
+
+def progress_bar(iterable=None, **kwargs):
+  """tqdm as the situation wants it: a live bar in a terminal or a notebook; in a log (CI,
+  ``nohup``, a pipe) a line every :data:`LOG_INTERVAL_S` seconds instead of one per
+  refresh."""
+  import sys
+  notebook = tqdm.__module__.startswith('tqdm.notebook')  # tqdm.auto chose the widget
+  interactive = notebook or getattr(sys.stderr, 'isatty', lambda: False)()
+  if not interactive:
+    kwargs.setdefault('mininterval', LOG_INTERVAL_S)
+    kwargs.setdefault('maxinterval', max(LOG_INTERVAL_S, 10.0))
+    kwargs['dynamic_ncols'] = False
+  return tqdm(iterable, **kwargs)
+
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
                   multiple_of: int = 1):
   """Yields ``(indices, weights)`` of fixed size ``batch_size`` covering ``0..n-1`` once.
@@ -280,8 +297,8 @@ def run_updates(state, plan, total: int, *, parallel: Parallel, control: LoopCon
           f'run stopped. It diverged: lower its learning rate (--set {desc}.lr=...), clip its '
           'gradients, or allow more such steps (--max-nonfinite)')
 
-  bar = tqdm(total=total, initial=done, desc=desc, disable=not progress, leave=False,
-             dynamic_ncols=True)
+  bar = progress_bar(total=total, initial=done, desc=desc, disable=not progress, leave=False,
+                     dynamic_ncols=True)
   previous = None
   for i, (run, record) in enumerate(plan):
     if i < done:

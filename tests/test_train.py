@@ -159,3 +159,22 @@ def test_fit_callback_counts_steps_without_a_progress_bar(toy):
       batch_size=16, optim=OptimSpec(lr=0.01), seed=0, progress=False,
       callback=lambda n, v: seen.append(n), callback_every=3)
   assert seen == [3, 6, 8]  # 60 examples / 16 = 4 steps per epoch, 8 in all
+
+
+def test_progress_in_a_log_is_a_line_every_few_seconds(capsys):
+  """Without a terminal (CI, nohup, a pipe), 150 updates over ~1.5 s print a couple of bar
+  refreshes; plain tqdm prints one per 0.1 s."""
+  import time
+  from tqdm.auto import tqdm
+  from jaxunlearn.train import progress_bar
+
+  def refreshes(make):
+    bar = make(total=150, desc='loop')
+    for _ in range(150):
+      time.sleep(0.01)
+      bar.update(1)
+    bar.close()
+    err = capsys.readouterr().err
+    assert 'loop' in err
+    return err.count('\r') + err.count('\n')
+  assert refreshes(progress_bar) <= 4 < 8 <= refreshes(tqdm)
