@@ -28,6 +28,7 @@ Objectives of the tasks:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable
 
 import jax.numpy as jnp
@@ -40,9 +41,20 @@ def labels_of(y):
   return y['label'] if isinstance(y, dict) else y
 
 
+def _takes_train(model) -> bool:
+  """Whether ``model.__call__`` takes ``train`` (ours do; a plain ``nn.Dense`` stack or a
+  user's module without BatchNorm or dropout may not)."""
+  try:
+    parameters = inspect.signature(type(model).__call__).parameters
+  except (TypeError, ValueError):
+    return True
+  return 'train' in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
 @dataclasses.dataclass(frozen=True)
 class Classifier:
-  """A per-example loss on the logits of ``model`` (a flax classifier taking ``train``).
+  """A per-example loss on the logits of ``model`` (a flax classifier; ``train`` is passed
+  when its ``__call__`` takes it).
 
   Attributes:
     model: the flax module, ``model.apply(variables, x, train=...) -> logits``.
@@ -59,11 +71,12 @@ class Classifier:
 
   def __call__(self, params, model_state, x, y, key):
     variables = {'params': params, **model_state}
-    if self.train:
-      logits, new_state = self.model.apply(variables, x, train=True, mutable=list(model_state))
+    mode = {'train': self.train} if _takes_train(self.model) else {}
+    if self.train and model_state:
+      logits, new_state = self.model.apply(variables, x, mutable=list(model_state), **mode)
       new_state = dict(new_state)
     else:
-      logits, new_state = self.model.apply(variables, x, train=False), model_state
+      logits, new_state = self.model.apply(variables, x, **mode), model_state
     correct = (jnp.argmax(logits, -1) == labels_of(y)).astype(jnp.float32)
     return self.loss(logits, y, key), new_state, {'accuracy': correct}
 

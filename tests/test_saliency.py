@@ -82,3 +82,25 @@ def test_fisher_ratio_mask_hand_computed_and_rejects_empty():
     fisher_ratio_mask(f, r, 10.0)
   with pytest.raises(ValueError, match='positive'):
     fisher_ratio_mask(f, r, 0.0)
+
+
+def test_salun_mask_of_a_model_whose_call_takes_no_train():
+  """A user's flax classifier without a ``train`` argument (no BatchNorm, no dropout):
+  the objective calls it as it is, in eval and train mode."""
+  import flax.linen as nn
+
+  class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(3)(nn.relu(nn.Dense(8)(x.reshape((x.shape[0], -1)))))
+  model = MLP()
+  x = np.random.default_rng(0).normal(size=(12, 4, 4, 1)).astype(np.float32)
+  y = np.arange(12, dtype=np.int32) % 3
+  variables = model.init(jax.random.key(0), x[:1])
+  mask = salun_mask(Classifier(model, losses.gradient_ascent, train=False), variables, x, y,
+                    keep=0.5, batch_size=4)
+  leaves = jax.tree.leaves(mask)
+  assert 0 < sum(float(np.sum(m)) for m in leaves) < sum(m.size for m in leaves)
+  loss, state, _ = Classifier(model, losses.cross_entropy)(variables['params'], {}, x, y,
+                                                           jax.random.key(1))
+  assert loss.shape == (12,) and state == {}
