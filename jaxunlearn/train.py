@@ -79,8 +79,8 @@ def progress_bar(iterable=None, **kwargs):
   interactive = notebook or getattr(sys.stderr, 'isatty', lambda: False)()
   if not interactive:
     kwargs.setdefault('mininterval', LOG_INTERVAL_S)
-    kwargs.setdefault('maxinterval', max(LOG_INTERVAL_S, 10.0))
-    kwargs['dynamic_ncols'] = False
+    kwargs.setdefault('maxinterval', LOG_INTERVAL_S)
+    kwargs['dynamic_ncols'] = False  # no terminal to measure
   return tqdm(iterable, **kwargs)
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.transforms.masking import restrict_like
+from jaxunlearn.transforms.masking import is_traced, restrict_like
 
 
 class ElasticPenaltyState(NamedTuple):
@@ -75,8 +75,7 @@ def set_elastic_fisher(opt_state, fisher):
     ValueError: no ``add_elastic_penalty`` in the state, a tree or shapes unlike the
       params, or a Fisher with negative or non-finite entries.
   """
-  traced = any(isinstance(f, jax.core.Tracer) for f in jax.tree.leaves(fisher))
-  leaves = [] if traced else [np.asarray(f) for f in jax.tree.leaves(fisher)]
+  leaves = [] if is_traced(fisher) else [np.asarray(f) for f in jax.tree.leaves(fisher)]
   if any(not np.all(np.isfinite(f)) or np.any(f < 0) for f in leaves):  # when concrete
     raise ValueError('the elastic penalty\'s Fisher must be finite and non-negative (a '
                      'diagonal Fisher is a mean of squared gradients)')

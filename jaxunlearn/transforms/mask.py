@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.transforms.masking import restrict_like
+from jaxunlearn.transforms.masking import is_traced, restrict_like
 
 
 class MaskBySaliencyState(NamedTuple):
@@ -116,7 +116,7 @@ def set_saliency_mask(opt_state, mask):
 
   # Values are checked where they are concrete; inside jit or vmap (traced masks) the
   # structure and shapes still are, at trace time.
-  if not _traced(mask):
+  if not is_traced(mask):
     selected = sum(float(np.sum(np.asarray(m) != 0)) for m in jax.tree.leaves(mask))
     if selected == 0:
       raise ValueError('saliency mask selects no weight (all zeros): nothing could be '
@@ -137,11 +137,6 @@ def _full(tree, like):
                         if masked(t) else t, tree, like, is_leaf=masked)
   except ValueError:  # other structures: the check below says what differs
     return tree
-
-
-def _traced(tree) -> bool:
-  """Whether any leaf of ``tree`` is a tracer (inside ``jit``, ``vmap``, ``grad``)."""
-  return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
 
 def _shape_error(old, m):

@@ -25,6 +25,12 @@ def _is_masked(x) -> bool:
   return isinstance(x, optax.MaskedNode)
 
 
+def is_traced(tree) -> bool:
+  """Whether any leaf of ``tree`` is a tracer (inside ``jit``, ``vmap``, ``grad``): value
+  checks of the installers run only on concrete trees."""
+  return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
 def restrict_like(tree, updates):
   """``tree`` with ``optax.MaskedNode`` wherever ``updates`` has one (``tree`` unchanged
   when ``updates`` has none)."""
