@@ -46,26 +46,38 @@ CASES = [
     H.Case('combine_forget_retain',
            lambda: optax.chain(combine_forget_retain(optax.cosine_decay_schedule(0.5, 10)),
                                optax.sgd(0.05, momentum=0.9)),
-           extras=_forget_extras),
+           extras=_forget_extras,
+           hyper=(combine_forget_retain, {'forget_weight': 0.5},
+                  lambda: optax.sgd(0.05, momentum=0.9))),
     H.Case('mask_by_saliency',
            lambda: optax.chain(mask_by_saliency(), optax.sgd(0.05)),
-           prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
+           prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p)), installs=True,
+           hyper=(mask_by_saliency, {}, lambda: optax.sgd(0.05))),
     H.Case('mask_by_saliency_freeze_inner',
            lambda: optax.chain(combine_forget_retain(1.0), mask_by_saliency(
                freeze=True, inner=optax.chain(optax.add_decayed_weights(5e-4),
                                               optax.sgd(0.05, momentum=0.9)))),
            extras=_forget_extras,
-           prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
+           prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p)), installs=True),
     H.Case('precondition_by_remain_hessian_cg', _preconditioned, extras=_retain_loss_extras,
-           make_parallel=lambda: _preconditioned('batch')),
+           make_parallel=lambda: _preconditioned('batch'),
+           hyper=(precondition_by_remain_hessian, {'damping': 0.1, 'iters': 5},
+                  lambda: optax.sgd(0.05))),
     H.Case('precondition_by_remain_hessian_neumann',
            lambda: _preconditioned(method='neumann', neumann_scale=0.1),
            extras=_retain_loss_extras,
-           make_parallel=lambda: _preconditioned('batch', method='neumann', neumann_scale=0.1)),
+           make_parallel=lambda: _preconditioned('batch', method='neumann', neumann_scale=0.1),
+           hyper=(precondition_by_remain_hessian, {'damping': 0.1, 'iters': 5,
+                                                   'method': 'neumann', 'neumann_scale': 0.1},
+                  lambda: optax.sgd(0.05))),
     H.Case('precondition_by_remain_hessian_recompute', lambda: _preconditioned(recompute=True),
            extras=_retain_loss_extras,
-           make_parallel=lambda: _preconditioned('batch', recompute=True)),
-    H.Case('hold', lambda: optax.chain(hold(optax.sgd(0.1, momentum=0.9)), optax.sgd(0.05))),
+           make_parallel=lambda: _preconditioned('batch', recompute=True),
+           hyper=(precondition_by_remain_hessian, {'damping': 0.1, 'iters': 5,
+                                                   'recompute': True},
+                  lambda: optax.sgd(0.05))),
+    H.Case('hold', lambda: optax.chain(hold(optax.sgd(0.1, momentum=0.9)), optax.sgd(0.05)),
+           hyper=(hold, {'tx': optax.sgd(0.1, momentum=0.9)}, lambda: optax.sgd(0.05))),
     H.Case('fast_slow_forget_chain',
            PairHalf(OptimSpec(lr=0.05, total_steps=10, every=2, forget_weight=3.0,
                               forget_schedule='cosine', forget_clip_norm=1.0,
@@ -82,32 +94,60 @@ CASES = [
                               saliency=True), 1),
            prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
     H.Case('align_forget_retain_first', _aligned, extras=_align_extras,
-           make_parallel=lambda: _aligned('batch')),
+           make_parallel=lambda: _aligned('batch'),
+           hyper=(align_forget_retain, {'inner_lr': 0.1, 'forget_weight': 1.0,
+                                        'retain_weight': 1.0}, lambda: optax.sgd(0.05))),
     H.Case('align_forget_retain_second', lambda: _aligned(order='second'), extras=_align_extras,
-           make_parallel=lambda: _aligned('batch', order='second')),
+           make_parallel=lambda: _aligned('batch', order='second'),
+           hyper=(align_forget_retain, {'inner_lr': 0.1, 'order': 'second',
+                                        'forget_weight': 1.0, 'retain_weight': 1.0},
+                  lambda: optax.sgd(0.05))),
     H.Case('align_forget_retain_virtual_forget',
            lambda: _aligned(order='second', virtual='forget', forget_weight=0.5),
            extras=_align_extras,
            make_parallel=lambda: _aligned('batch', order='second', virtual='forget',
-                                          forget_weight=0.5)),
+                                          forget_weight=0.5),
+           hyper=(align_forget_retain, {'inner_lr': 0.1, 'order': 'second',
+                                        'virtual': 'forget', 'forget_weight': 0.5,
+                                        'retain_weight': 1.0}, lambda: optax.sgd(0.05))),
     H.Case('add_elastic_penalty',
            lambda: optax.chain(add_elastic_penalty(0.5), optax.adam(0.05)),
            prepare_state=lambda s, p: set_elastic_fisher(
-               s, jax.tree.map(lambda x: jnp.abs(x) + 0.5, p))),
+               s, jax.tree.map(lambda x: jnp.abs(x) + 0.5, p)), installs=True,
+           hyper=(add_elastic_penalty, {'strength': 0.5}, lambda: optax.adam(0.05))),
     H.Case('project_onto_forget_memory',
            lambda: optax.chain(combine_forget_retain(0.5),
                                project_onto_forget_memory(3, prefixes=('w',)),
                                optax.sgd(0.05, momentum=0.9)),
            extras=_forget_extras),
+    H.Case('project_onto_forget_memory_alone',
+           lambda: optax.chain(project_onto_forget_memory(3, prefixes=('w',)), optax.sgd(0.05)),
+           extras=_forget_extras,
+           hyper=(project_onto_forget_memory, {'every': 3, 'prefixes': ('w',), 'margin': 0.5,
+                                               'eps': 1e-3}, lambda: optax.sgd(0.05))),
     H.Case('add_l1_penalty',
            lambda: optax.chain(add_l1_penalty(optax.linear_schedule(0.1, 0.0, 4)),
-                               optax.sgd(0.05, momentum=0.9))),
+                               optax.sgd(0.05, momentum=0.9)),
+           hyper=(add_l1_penalty, {'strength': 0.1}, lambda: optax.sgd(0.05, momentum=0.9))),
 ]
 
 
 @pytest.mark.parametrize('case', CASES, ids=lambda c: c.name)
 def test_transform_harness(case, tmp_path):
   H.check_all(case, tmp_path)
+
+
+@pytest.mark.parametrize('idiom', H.IDIOMS)
+@pytest.mark.parametrize('case', CASES, ids=lambda c: c.name)
+def test_transform_in_every_idiom(case, idiom):
+  """Each transform composed as users compose optax ones (tests/transform_harness.py);
+  the cells that do not apply say why (and are the table's n/a in docs/transforms.md)."""
+  why = H.applies(case, idiom)
+  if why is not None:
+    assert idiom in ('inject_hyperparams', 'optax_masked', 'optax_partition',
+                     'install_jit_vmap'), why
+    return
+  H.check_idiom(case, idiom)
 
 
 def test_combine_forget_retain_hand_computed():

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.transforms.masking import is_traced, restrict_like
+from jaxunlearn.transforms.masking import (is_traced, restrict_like, rewrap_like,
+                                           unwrap_variables)
 
 
 class ElasticPenaltyState(NamedTuple):
@@ -75,6 +76,7 @@ def set_elastic_fisher(opt_state, fisher):
     ValueError: no ``add_elastic_penalty`` in the state, a tree or shapes unlike the
       params, or a Fisher with negative or non-finite entries.
   """
+  fisher = unwrap_variables(fisher)  # a tree of nnx.Param (e.g. over nnx.state(model))
   leaves = [] if is_traced(fisher) else [np.asarray(f) for f in jax.tree.leaves(fisher)]
   if any(not np.all(np.isfinite(f)) or np.any(f < 0) for f in leaves):  # when concrete
     raise ValueError('the elastic penalty\'s Fisher must be finite and non-negative (a '
@@ -84,17 +86,18 @@ def set_elastic_fisher(opt_state, fisher):
   def install(state):
     if not _is_state(state):
       return state
-    fisher_ = restrict_like(fisher, state.fisher)  # under optax.masked
-    if jax.tree.structure(state.fisher) != jax.tree.structure(fisher_):
+    current = unwrap_variables(state.fisher)  # an nnx.Optimizer's state holds Variables
+    fisher_ = restrict_like(unwrap_variables(fisher), current)  # under optax.masked
+    if jax.tree.structure(current) != jax.tree.structure(fisher_):
       raise ValueError(f'Fisher tree {jax.tree.structure(fisher_)} does not match the params '
-                       f'{jax.tree.structure(state.fisher)}')
-    for old, new in zip(jax.tree.leaves(state.fisher), jax.tree.leaves(fisher_)):
+                       f'{jax.tree.structure(current)}')
+    for old, new in zip(jax.tree.leaves(current), jax.tree.leaves(fisher_)):
       if np.shape(new) != old.shape:
         raise ValueError(f'Fisher leaf of shape {np.shape(new)} does not match parameter '
                          f'shape {old.shape}')
     found.append(True)
-    return state._replace(fisher=jax.tree.map(lambda old, f: jnp.asarray(f, old.dtype),
-                                              state.fisher, fisher_))
+    return state._replace(fisher=rewrap_like(jax.tree.map(
+        lambda old, f: jnp.asarray(f, old.dtype), current, fisher_), state.fisher))
 
   out = jax.tree.map(install, opt_state, is_leaf=_is_state)
   if not found:

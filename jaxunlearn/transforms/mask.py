@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.transforms.masking import is_traced, restrict_like
+from jaxunlearn.transforms.masking import (is_traced, restrict_like, rewrap_like,
+                                           unwrap_variables)
 
 
 class MaskBySaliencyState(NamedTuple):
@@ -105,17 +106,19 @@ def set_saliency_mask(opt_state, mask):
   def install(state):
     if not _is_state(state):
       return state
-    mask_ = restrict_like(_full(mask, state.mask), state.mask)  # under optax.masked
-    if jax.tree.structure(state.mask) != jax.tree.structure(mask_):
+    current = unwrap_variables(state.mask)  # an nnx.Optimizer's state holds Variables
+    mask_ = restrict_like(_full(unwrap_variables(mask), current), current)  # optax.masked
+    if jax.tree.structure(current) != jax.tree.structure(mask_):
       raise ValueError('saliency mask does not match the parameters: expected a tree like '
-                       f'{jax.tree.structure(state.mask)}, got {jax.tree.structure(mask_)}')
+                       f'{jax.tree.structure(current)}, got {jax.tree.structure(mask_)}')
     new = jax.tree.map(lambda old, m: jnp.array(m, old.dtype, copy=True)
-                       if np.shape(m) == old.shape else _shape_error(old, m), state.mask, mask_)
+                       if np.shape(m) == old.shape else _shape_error(old, m), current, mask_)
     found.append(True)
-    return state._replace(mask=new)
+    return state._replace(mask=rewrap_like(new, state.mask))
 
   # Values are checked where they are concrete; inside jit or vmap (traced masks) the
   # structure and shapes still are, at trace time.
+  mask = unwrap_variables(mask)  # a tree of nnx.Param (e.g. mapped over nnx.state(model))
   if not is_traced(mask):
     selected = sum(float(np.sum(np.asarray(m) != 0)) for m in jax.tree.leaves(mask))
     if selected == 0:

@@ -31,6 +31,28 @@ def is_traced(tree) -> bool:
   return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
 
+def _is_variable(x) -> bool:
+  try:
+    from flax import nnx
+  except ImportError:  # flax is a dependency; this keeps the transforms importable alone
+    return False
+  return isinstance(x, nnx.Variable)
+
+
+def unwrap_variables(tree):
+  """``tree`` with each flax ``nnx.Variable`` (the ``OptVariable``/``OptArray`` of an
+  ``nnx.Optimizer``'s ``opt_state``, the ``Param`` of ``nnx.state(model)``) replaced by its
+  value: the installers compare and fill such trees like plain ones."""
+  return jax.tree.map(lambda v: v.get_value() if _is_variable(v) else v, tree,
+                      is_leaf=_is_variable)
+
+
+def rewrap_like(values, like):
+  """``values`` (a tree like ``unwrap_variables(like)``) put back into ``like``'s
+  structure, ``nnx.Variable`` wrappers (and their metadata) included."""
+  return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(values))
+
+
 def restrict_like(tree, updates):
   """``tree`` with ``optax.MaskedNode`` wherever ``updates`` has one (``tree`` unchanged
   when ``updates`` has none)."""
