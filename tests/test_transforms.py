@@ -82,7 +82,7 @@ CASES = [
            PairHalf(OptimSpec(lr=0.05, total_steps=10, every=2, forget_weight=3.0,
                               forget_schedule='cosine', forget_clip_norm=1.0,
                               saliency=True), 0),
-           prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
+           prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p)), installs=True),
     H.Case('fast_slow_forget_chain_adam_shared_clip',
            PairHalf(OptimSpec('adam', lr=0.05, weight_decay=0.0, total_steps=10, every=1,
                               forget_weight=3.0, forget_schedule='cosine',
@@ -92,7 +92,7 @@ CASES = [
            PairHalf(OptimSpec(lr=0.05, total_steps=10, every=2, forget_weight=25.0,
                               forget_schedule='cosine', forget_clip_norm=7.0,
                               saliency=True), 1),
-           prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p))),
+           prepare_state=lambda s, p: set_saliency_mask(s, _half_mask(p)), installs=True),
     H.Case('align_forget_retain_first', _aligned, extras=_align_extras,
            make_parallel=lambda: _aligned('batch'),
            hyper=(align_forget_retain, {'inner_lr': 0.1, 'forget_weight': 1.0,
@@ -148,6 +148,13 @@ def test_transform_in_every_idiom(case, idiom):
                      'install_jit_vmap'), why
     return
   H.check_idiom(case, idiom)
+
+
+def test_the_docs_table_is_the_harness():
+  """docs/transforms.md shows the transform × idiom table this file runs."""
+  from pathlib import Path
+  docs = (Path(__file__).parents[1] / 'docs' / 'transforms.md').read_text()
+  assert H.idiom_table(CASES) in docs, 'regenerate the table: see docs/transforms.md'
 
 
 def test_combine_forget_retain_hand_computed():

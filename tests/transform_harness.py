@@ -223,7 +223,7 @@ def applies(case: Case, idiom: str) -> str | None:
   """None when ``idiom`` applies to ``case``, else why not (the table's n/a cells)."""
   params, batch = init_params(), make_batch()
   if idiom == 'inject_hyperparams' and case.hyper is None:
-    return 'an OptimSpec-built chain (its transforms have their own rows)'
+    return 'a chain of several transforms, not one factory (its parts have their own rows)'
   if idiom in ('optax_masked', 'optax_partition') and _has_closures(case, params, batch):
     return "optax's calls closures on MaskedNode params: use ours"
   if idiom == 'install_jit_vmap' and not case.installs:
@@ -441,3 +441,24 @@ def _check_install_jit_vmap(case):
       jax.tree.map(lambda a, b: jnp.stack([a, b]), p1, p2))
   for i in range(2):
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(x[i], y), both, eager[i])
+
+
+def idiom_table(cases) -> str:
+  """The transform × idiom table of docs/transforms.md: ``passes`` where a test runs the
+  idiom (``test_transform_in_every_idiom``), ``n/a`` where it does not apply, with why."""
+  head = ['case'] + list(IDIOMS)
+  rows = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  notes = {}
+  for case in cases:
+    cells = []
+    for idiom in IDIOMS:
+      why = applies(case, idiom)
+      if why is None:
+        cells.append('passes')
+      else:
+        n = notes.setdefault(why, len(notes) + 1)
+        cells.append(f'n/a ({n})')
+    rows.append(f'| `{case.name}` | ' + ' | '.join(cells) + ' |')
+  rows.append('')
+  rows += [f'({n}) {why}.' for why, n in notes.items()]
+  return '\n'.join(rows)
