@@ -31,6 +31,12 @@ def topk_gradient_mask(grads, keep: float):
 
   Raises:
     ValueError: ``keep`` outside (0, 1].
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxunlearn.saliency import topk_gradient_mask
+    >>> topk_gradient_mask({'a': jnp.array([0.1, -3.0]), 'b': jnp.array([2.0, 0.5])}, 0.5)
+    {'a': Array([0., 1.], dtype=float32), 'b': Array([1., 0.], dtype=float32)}
   """
   if not 0 < keep <= 1:
     raise ValueError(f'saliency keep fraction must lie in (0, 1], got {keep}')

@@ -6,12 +6,12 @@ All accuracy-like metrics are percentages.
 - RA  = accuracy on the retain set D_r.
 - TA  = accuracy on the test set (class-wise: without the forgotten class).
 - MIA = MIA-Efficacy: an RBF SVC (C=3, gamma='auto') is fit to tell shadow members (the
-  first |test| retain examples) from non-members (the test set) by the softmax probability
+  first ``|test|`` retain examples) from non-members (the test set) by the softmax probability
   of the true label; MIA is the percentage of D_f it predicts to be non-members.
 - MIA_entropy: SFR-on's variant, logistic regression (balanced classes) on the output
   entropy, members = the whole retain set; reported as efficacy (% of D_f predicted
   non-member). SFR-on's code prints the complement, the member rate.
-- Avg. Gap = mean |metric - Retrain's| over UA, RA, TA and MIA.
+- Avg. Gap = mean ``|metric - Retrain's|`` over UA, RA, TA and MIA.
 - KL / JS: mean over D_f of KL(p_retrain || p) and the Jensen-Shannon divergence (nats).
 """
 
@@ -62,7 +62,7 @@ def mia_efficacy(member_probs, member_labels, nonmember_probs, nonmember_labels,
   """SalUn's SVC MIA-Efficacy in percent: the share of targets predicted non-member.
 
   Args:
-    member_probs, member_labels: shadow members (SalUn: the first |test| retain examples).
+    member_probs, member_labels: shadow members (SalUn: the first ``|test|`` retain examples).
     nonmember_probs, nonmember_labels: shadow non-members (the test set).
     target_probs, target_labels: the forget set.
   """

@@ -45,10 +45,15 @@ def combine_forget_retain(forget_weight: optax.ScalarOrSchedule,
     A transformation whose ``update(updates, state, params=None, *, forget_grads, **extra)``
     requires ``forget_grads`` (a tree like ``updates``).
 
-  Example::
-
-    tx = optax.chain(combine_forget_retain(1.0), optax.sgd(0.01))
-    u, s = tx.update(retain_grads, s, params, forget_grads=forget_grads)
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxunlearn.transforms import combine_forget_retain
+    >>> tx = optax.chain(combine_forget_retain(forget_weight=0.5), optax.sgd(1.0))
+    >>> params = {'w': jnp.zeros(2)}
+    >>> u, state = tx.update({'w': jnp.array([1.0, 2.0])}, tx.init(params), params,
+    ...                      forget_grads={'w': jnp.array([4.0, -2.0])})
+    >>> u['w']  # -(g_R + 0.5 g_F)
+    Array([-3., -1.], dtype=float32)
   """
 
   def init_fn(params):

@@ -36,6 +36,16 @@ def apply_if_finite(inner: optax.GradientTransformation, max_consecutive_errors:
 
   Unlike optax's, the inner update is always computed (its output is checked too), so a
   rejected step costs as much as an accepted one.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxunlearn.transforms import apply_if_finite, combine_forget_retain
+    >>> tx = apply_if_finite(optax.chain(combine_forget_retain(1.0), optax.sgd(0.1)), 3)
+    >>> params = {'w': jnp.ones(2)}
+    >>> u, state = tx.update({'w': jnp.ones(2)}, tx.init(params), params,
+    ...                      forget_grads={'w': jnp.array([jnp.nan, 1.0])})
+    >>> u['w'], int(state.total_notfinite)  # rejected: nothing applied, counted
+    (Array([0., 0.], dtype=float32), 1)
   """
   inner = optax.with_extra_args_support(inner)
   if max_consecutive_errors < 0:

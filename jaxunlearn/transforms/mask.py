@@ -57,6 +57,16 @@ def mask_by_saliency(freeze: bool = False,
   Returns:
     A transformation with :class:`MaskBySaliencyState`; install a mask with
     :func:`set_saliency_mask`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxunlearn.transforms import mask_by_saliency, set_saliency_mask
+    >>> params = {'w': jnp.ones(3)}
+    >>> tx = mask_by_saliency(freeze=True, inner=optax.sgd(0.1, momentum=0.9))
+    >>> state = set_saliency_mask(tx.init(params), {'w': jnp.array([1.0, 0.0, 1.0])})
+    >>> u, state = tx.update({'w': jnp.ones(3)}, state, params)
+    >>> u['w']  # the unselected weight gets an update of exactly -0.0
+    Array([-0.1, -0. , -0.1], dtype=float32)
   """
   inner = None if inner is None else optax.with_extra_args_support(inner)
 
@@ -100,6 +110,15 @@ def set_saliency_mask(opt_state, mask):
       differ from the parameters (exactly: a transposed mask is refused), or a mask that
       selects nothing (checked when the mask is concrete: inside ``jit``/``vmap`` only the
       structure and shapes are).
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxunlearn.transforms import mask_by_saliency, set_saliency_mask
+    >>> params = {'w': jnp.ones((2, 3))}
+    >>> state = optax.chain(mask_by_saliency(), optax.sgd(0.1)).init(params)
+    >>> set_saliency_mask(state, {'w': jnp.ones((3, 2))})
+    Traceback (most recent call last):
+    ValueError: saliency mask leaf of shape (3, 2) does not match parameter shape (2, 3)
   """
   found = []
 

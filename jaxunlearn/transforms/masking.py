@@ -81,7 +81,19 @@ def _lift(fn: Callable, full_params, like):
 
 def masked(inner: optax.GradientTransformation, mask) -> optax.GradientTransformationExtraArgs:
   """``optax.masked(inner, mask)`` whose closures (callable extras) run on the full params
-  and whose array extras shaped like the params are masked with them."""
+  and whose array extras shaped like the params are masked with them.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxunlearn.transforms import align_forget_retain, masked
+    >>> params = {'body': jnp.ones(2), 'head': jnp.ones(1)}
+    >>> loss = lambda p: jnp.sum(p['body']) * p['head'][0]  # needs both parts
+    >>> tx = masked(align_forget_retain(0.1), {'body': True, 'head': False})
+    >>> u, _ = tx.update(jax.grad(loss)(params), tx.init(params), params,
+    ...                  forget_grad_fn=jax.grad(lambda p: -loss(p)))
+    >>> u['body'], u['head']  # body: g_R + grad L_U(look-ahead); head passed through
+    (Array([0., 0.], dtype=float32), Array([2.], dtype=float32))
+  """
   base = optax.masked(inner, mask, mask_compatible_extra_args=True)
 
   def update_fn(updates, state, params=None, **extra_args):

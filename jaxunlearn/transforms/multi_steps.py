@@ -40,6 +40,18 @@ def multi_steps(inner: optax.GradientTransformation, every_k: int,
     inner: the transformation to step every ``every_k`` calls.
     every_k: mini-steps per step (>= 1).
     accumulate: names of array extras to average (each call must pass them).
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxunlearn.transforms import combine_forget_retain, multi_steps
+    >>> tx = multi_steps(optax.chain(combine_forget_retain(1.0), optax.sgd(1.0)), 2)
+    >>> params = {'w': jnp.zeros(1)}
+    >>> state = tx.init(params)
+    >>> for g_r, g_f in [(1.0, 4.0), (3.0, 0.0)]:
+    ...   u, state = tx.update({'w': jnp.array([g_r])}, state, params,
+    ...                        forget_grads={'w': jnp.array([g_f])})
+    >>> u['w']  # -(mean g_R + mean g_F) = -(2 + 2)
+    Array([-4.], dtype=float32)
   """
   if every_k < 1:
     raise ValueError(f'every_k must be >= 1, got {every_k}')

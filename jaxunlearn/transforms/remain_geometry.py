@@ -112,6 +112,17 @@ def precondition_by_remain_hessian(damping: float = 1e-3, iters: int = 10, metho
     A transformation whose ``update(updates, state, params, *, retain_loss_fn, **extra)``
     requires ``params`` and ``retain_loss_fn(params) -> scalar``, the device-local mean remain
     loss. Computations run in float32; updates keep their dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxunlearn.transforms import precondition_by_remain_hessian
+    >>> loss = lambda p: jnp.sum(jnp.array([1.0, 4.0]) * p['w'] ** 2)  # H = diag(2, 8)
+    >>> tx = precondition_by_remain_hessian(damping=0.0, iters=2)
+    >>> params = {'w': jnp.ones(2)}
+    >>> d, _ = tx.update({'w': jnp.array([2.0, 8.0])}, tx.init(params), params,
+    ...                  retain_loss_fn=loss)
+    >>> d['w'].round(4)  # H^-1 g: two CG iterations solve a 2x2 system
+    Array([1., 1.], dtype=float32)
   """
   if method not in ('cg', 'neumann'):
     raise ValueError(f"method must be 'cg' or 'neumann', got {method!r}")

@@ -25,7 +25,18 @@ from flax.training import train_state
 class TrainState(train_state.TrainState):
   """flax's ``TrainState`` with ``apply_gradients(grads=..., extra_args={...})``: the extras
   go to ``tx.update`` (our transforms' ``forget_grads``, ``forget_grad_fn``,
-  ``retain_loss_fn``); without them it is flax's method."""
+  ``retain_loss_fn``); without them it is flax's method.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxunlearn.transforms import TrainState, combine_forget_retain
+    >>> state = TrainState.create(apply_fn=None, params={'w': jnp.zeros(2)},
+    ...                           tx=optax.chain(combine_forget_retain(1.0), optax.sgd(0.5)))
+    >>> state = state.apply_gradients(grads={'w': jnp.ones(2)},
+    ...                               extra_args={'forget_grads': {'w': jnp.array([1.0, -3.0])}})
+    >>> state.params['w'], int(state.step)
+    (Array([-1.,  1.], dtype=float32), 1)
+  """
 
   def apply_gradients(self, *, grads, extra_args: dict | None = None, **kwargs):
     if extra_args is None:
