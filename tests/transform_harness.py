@@ -302,17 +302,13 @@ def _check_wrapped(case, wrap, other):
     sub = {'w': params['w']}
 
 
-def _identity():
-  return optax.identity()
-
-
 def _check_optax_masked(case):
-  _check_wrapped(case, lambda tx: optax.masked(tx, SELECT), _identity())
+  _check_wrapped(case, lambda tx: optax.masked(tx, SELECT), optax.identity())
 
 
 def _check_masked(case):
   from jaxunlearn.transforms import masked
-  _check_wrapped(case, lambda tx: masked(tx, SELECT), _identity())
+  _check_wrapped(case, lambda tx: masked(tx, SELECT), optax.identity())
 
 
 def _labels():

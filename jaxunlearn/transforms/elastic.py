@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.transforms.masking import (is_traced, restrict_like, rewrap_like,
-                                           unwrap_variables)
+from jaxunlearn.transforms.masking import install_like, is_traced, unwrap_variables
 
 
 class ElasticPenaltyState(NamedTuple):
@@ -86,18 +85,8 @@ def set_elastic_fisher(opt_state, fisher):
   def install(state):
     if not _is_state(state):
       return state
-    current = unwrap_variables(state.fisher)  # an nnx.Optimizer's state holds Variables
-    fisher_ = restrict_like(unwrap_variables(fisher), current)  # under optax.masked
-    if jax.tree.structure(current) != jax.tree.structure(fisher_):
-      raise ValueError(f'Fisher tree {jax.tree.structure(fisher_)} does not match the params '
-                       f'{jax.tree.structure(current)}')
-    for old, new in zip(jax.tree.leaves(current), jax.tree.leaves(fisher_)):
-      if np.shape(new) != old.shape:
-        raise ValueError(f'Fisher leaf of shape {np.shape(new)} does not match parameter '
-                         f'shape {old.shape}')
     found.append(True)
-    return state._replace(fisher=rewrap_like(jax.tree.map(
-        lambda old, f: jnp.asarray(f, old.dtype), current, fisher_), state.fisher))
+    return state._replace(fisher=install_like(fisher, state.fisher, 'Fisher'))
 
   out = jax.tree.map(install, opt_state, is_leaf=_is_state)
   if not found:

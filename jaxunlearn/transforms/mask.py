@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxunlearn.transforms.masking import (is_traced, restrict_like, rewrap_like,
-                                           unwrap_variables)
+from jaxunlearn.transforms.masking import install_like, is_traced, unwrap_variables
 
 
 class MaskBySaliencyState(NamedTuple):
@@ -125,15 +124,8 @@ def set_saliency_mask(opt_state, mask):
   def install(state):
     if not _is_state(state):
       return state
-    current = unwrap_variables(state.mask)  # an nnx.Optimizer's state holds Variables
-    mask_ = restrict_like(_full(unwrap_variables(mask), current), current)  # optax.masked
-    if jax.tree.structure(current) != jax.tree.structure(mask_):
-      raise ValueError('saliency mask does not match the parameters: expected a tree like '
-                       f'{jax.tree.structure(current)}, got {jax.tree.structure(mask_)}')
-    new = jax.tree.map(lambda old, m: jnp.array(m, old.dtype, copy=True)
-                       if np.shape(m) == old.shape else _shape_error(old, m), current, mask_)
     found.append(True)
-    return state._replace(mask=rewrap_like(new, state.mask))
+    return state._replace(mask=install_like(mask, state.mask, 'saliency mask'))
 
   # Values are checked where they are concrete; inside jit or vmap (traced masks) the
   # structure and shapes still are, at trace time.
@@ -148,19 +140,3 @@ def set_saliency_mask(opt_state, mask):
     raise ValueError('set_saliency_mask: this optimizer state has no mask_by_saliency; add '
                      'jaxunlearn.transforms.mask_by_saliency(...) to the chain')
   return out
-
-
-def _full(tree, like):
-  """``tree`` with a subtree-level ``optax.MaskedNode`` expanded to one per leaf of
-  ``like`` (a mask written ``{'head': MaskedNode()}`` for a whole module)."""
-  masked = lambda x: isinstance(x, optax.MaskedNode)
-  try:
-    return jax.tree.map(lambda t, l: jax.tree.map(lambda _: optax.MaskedNode(), l)
-                        if masked(t) else t, tree, like, is_leaf=masked)
-  except ValueError:  # other structures: the check below says what differs
-    return tree
-
-
-def _shape_error(old, m):
-  raise ValueError(f'saliency mask leaf of shape {np.shape(m)} does not match parameter '
-                   f'shape {old.shape}')

@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import Any, Callable, Hashable, Mapping
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -51,6 +53,39 @@ def rewrap_like(values, like):
   """``values`` (a tree like ``unwrap_variables(like)``) put back into ``like``'s
   structure, ``nnx.Variable`` wrappers (and their metadata) included."""
   return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(values))
+
+
+def _expand_masked(tree, like):
+  """``tree`` with a subtree-level ``optax.MaskedNode`` expanded to one per leaf of
+  ``like`` (a mask written ``{'head': MaskedNode()}`` for a whole module)."""
+  try:
+    return jax.tree.map(lambda t, l: jax.tree.map(lambda _: optax.MaskedNode(), l)
+                        if _is_masked(t) else t, tree, like, is_leaf=_is_masked)
+  except ValueError:  # other structures: install_like says what differs
+    return tree
+
+
+def install_like(tree, field, what: str):
+  """``tree`` (a mask or Fisher shaped like the params) as the new value of the state field
+  ``field``, the one installer of :func:`set_saliency_mask` and :func:`set_elastic_fisher`:
+  ``nnx.Variable`` wrappers taken off and put back, cut to ``optax.masked``'s part, the
+  structure and exact shapes checked (at trace time too), each leaf cast to the field's
+  dtype in a fresh buffer.
+
+  Raises:
+    ValueError: a tree or a leaf shape unlike the params (``what`` names the tree).
+  """
+  current = unwrap_variables(field)  # an nnx.Optimizer's state holds Variables
+  tree = restrict_like(_expand_masked(unwrap_variables(tree), current), current)
+  if jax.tree.structure(current) != jax.tree.structure(tree):
+    raise ValueError(f'{what} does not match the parameters: expected a tree like '
+                     f'{jax.tree.structure(current)}, got {jax.tree.structure(tree)}')
+  for old, new in zip(jax.tree.leaves(current), jax.tree.leaves(tree)):
+    if np.shape(new) != old.shape:
+      raise ValueError(f'{what} leaf of shape {np.shape(new)} does not match parameter '
+                       f'shape {old.shape}')
+  return rewrap_like(jax.tree.map(lambda old, x: jnp.array(x, old.dtype, copy=True),
+                                  current, tree), field)
 
 
 def restrict_like(tree, updates):
