@@ -34,11 +34,15 @@ of them arrived on time"). A script dispatching two pmapped psums back to back, 
 copies at once on 2 cores, aborted so in 2 of 3 processes; awaiting each call, in none.
 Accelerators are unaffected and keep asynchronous dispatch.
 
-Multi-host (a TPU pod slice, several GPU hosts): call ``jax.distributed.initialize()``
-first in every process; ``Parallel`` uses the process's local devices for ``pmap``, and
-each host loads its own shard of a split (:func:`host_shard`). ``'shard'`` over several
-hosts needs globally-shaped arrays (``jax.make_array_from_process_local_data``); it is
-not wired up yet, use ``'pmap'`` there.
+Several processes (a TPU pod slice, several GPU hosts, or processes on one machine): call
+:func:`initialize_distributed` (``jax.distributed.initialize``) first in every process.
+``'shard'`` then spans the devices of all processes: its mesh is every process's first
+``num_devices`` local devices, in process order; every process holds the same global batch
+(batches are a pure function of seed and pass) and places only the rows of its own devices
+(``jax.make_array_from_callback``), so the program and its random draws are those of one
+device whatever the number of processes. :meth:`Parallel.get` returns the same host copy in
+every process (replicated arrays read locally, sharded ones gathered). ``'pmap'`` stays
+within a process's local devices (each host loads its own shard, :func:`host_shard`).
 """
 
 from __future__ import annotations
@@ -135,10 +139,12 @@ class Parallel:
 
   @property
   def size(self) -> int:
-    """Devices a batch is split over (1 for 'none' and 'vmap')."""
+    """Devices a batch is split over (1 for 'none' and 'vmap'; under 'shard', those of
+    every process)."""
     if self.mode in ('none', 'vmap'):
       return 1
-    return self.num_devices or jax.local_device_count()
+    local = self.num_devices or jax.local_device_count()
+    return local * jax.process_count() if self.mode == 'shard' else local
 
   @property
   def axis_name(self) -> str | None:
@@ -147,7 +153,18 @@ class Parallel:
 
   @property
   def devices(self):
+    """The devices of the step: local ones, or under 'shard' every process's first
+    ``num_devices`` local devices in process order."""
+    if self.mode == 'shard' and jax.process_count() > 1:
+      local = self.num_devices or jax.local_device_count()
+      return [d for p in range(jax.process_count())
+              for d in jax.local_devices(process_index=p)[:local]]
     return jax.local_devices()[:self.size]
+
+  @property
+  def multi_process(self) -> bool:
+    """Whether this step spans the devices of several processes ('shard' only)."""
+    return self.mode == 'shard' and jax.process_count() > 1
 
   def objective(self, objective):
     """``objective`` (:mod:`jaxunlearn.objectives`) as the step must see it: under ``pmap``
@@ -170,6 +187,8 @@ class Parallel:
                           jax.device_get(tree))
     if self.mode == 'shard':
       mesh = self._mesh()
+      if self.multi_process:  # each process fills its own devices' parts (same values)
+        return jax.tree.map(lambda a: _from_host(a, NamedSharding(mesh, self._spec(a))), tree)
       return jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, self._spec(a))), tree)
     return tree
 
@@ -186,6 +205,8 @@ class Parallel:
     """Host (numpy) copy of a placed tree, one replica."""
     if self.mode == 'pmap':
       tree = jax.tree.map(_first_replica, tree)
+    if self.multi_process:
+      return jax.tree.map(_to_host, tree)
     return jax.device_get(tree)
 
   def split(self, batch):
@@ -199,7 +220,10 @@ class Parallel:
     if self.mode == 'pmap':
       return jax.tree.map(lambda a: np.reshape(a, (self.size, -1, *np.shape(a)[1:])), batch)
     if self.mode == 'shard':
-      return jax.device_put(batch, NamedSharding(self._mesh(), PartitionSpec(AXIS)))
+      rows = NamedSharding(self._mesh(), PartitionSpec(AXIS))
+      if self.multi_process:  # this process's devices' rows of the global batch
+        return jax.tree.map(lambda a: _from_host(a, rows), batch)
+      return jax.device_put(batch, rows)
     return batch
 
   # ---- compilation ------------------------------------------------------------------
@@ -239,6 +263,8 @@ class Parallel:
         placement = jax.tree.map(lambda a: NamedSharding(mesh, self._spec(a)), state)
         compiled['step'] = jax.jit(fn, donate_argnums=donate_argnums,
                                    out_shardings=(placement, NamedSharding(mesh, PartitionSpec())))
+      if self.multi_process:  # a global (replicated) key, like the state
+        key = _from_host(key, NamedSharding(self._mesh(), PartitionSpec()))
       return self._await(compiled['step'](state, *[self.split(b) for b in batches], key))
     return call
 
@@ -261,6 +287,12 @@ class Parallel:
         return jax.tree.map(_first_replica, out)
       return call
     jitted = jax.jit(fn)
+    if self.multi_process:  # outputs as host arrays, the same in every process
+      mesh = self._mesh()
+      out = NamedSharding(mesh, PartitionSpec(AXIS) if per_example else PartitionSpec())
+      jitted = jax.jit(fn, out_shardings=out)
+      return lambda args, batch: jax.tree.map(
+          _to_host, self._await(jitted(self.put(args), self.split(batch))))
     return lambda args, batch: self._await(jitted(args, self.split(batch)))
 
   def _await(self, out):
@@ -277,6 +309,30 @@ def _first_replica(a):
   if isinstance(a, jax.Array) and len(a.sharding.device_set) > 1:
     return a.addressable_data(0)[0]
   return a[0]
+
+
+def _from_host(a, sharding: NamedSharding) -> jax.Array:
+  """A global array of ``sharding`` from the full value ``a`` (the same in every process):
+  each process supplies the parts on its own devices. A PRNG key array (replicated) goes
+  as its key data."""
+  if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+    data = _from_host(jax.random.key_data(a), NamedSharding(sharding.mesh, PartitionSpec()))
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+  a = np.asarray(jax.device_get(a))
+  return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+
+def _to_host(a):
+  """A host (numpy) copy of ``a``, the same in every process: a replicated array read from
+  this process's copy, a sharded one gathered from all processes."""
+  if not isinstance(a, jax.Array):
+    return np.asarray(a)
+  if a.is_fully_addressable:
+    return jax.device_get(a)
+  if a.sharding.is_fully_replicated:  # (a PRNG key stays a key array, as device_get keeps it)
+    return jax.device_get(a.addressable_data(0))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
 SINGLE = Parallel()  # one device, plain jax.jit: the default everywhere
@@ -309,6 +365,15 @@ def draw(key, sample: Callable, shape) -> jax.Array:
     full = sample(key.key, (key.global_size, *shape[1:]))
     return jax.lax.dynamic_slice_in_dim(full, key.offset, shape[0])
   return sample(key, tuple(shape))
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Joins this process to a multi-process run (``jax.distributed.initialize``; with no
+  arguments, what the cluster environment says: TPU pods, SLURM, ...). Call it before
+  anything touches a JAX backend. On the CPU the processes' collectives go over gloo."""
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator, num_processes, process_id)
 
 
 def host_shard(indices: np.ndarray, process_index: int | None = None,

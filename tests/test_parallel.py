@@ -37,8 +37,8 @@ TINY = {
 }
 
 
-@pytest.fixture(scope='module')
-def task():
+def _task():
+  """The toy unlearning task of these tests (also built by tests/multiprocess_worker.py)."""
   ds = synthetic_dataset(n_train=96, n_test=24, classes=3, size=8, seed=1)
   model = make_model('resnet1', ds.num_classes, 4)
   original = train_classifier(model, ds.x_train, ds.y_train,
@@ -47,6 +47,11 @@ def task():
   return UnlearnTask(model, original, ds.x_train[forget], ds.y_train[forget],
                      ds.x_train[~forget], ds.y_train[~forget], ds.num_classes, seed=0,
                      progress=False)
+
+
+@pytest.fixture(scope='module')
+def task():
+  return _task()
 
 
 def _hparams(name):

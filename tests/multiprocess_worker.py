@@ -1,0 +1,41 @@
+"""One process of a multi-process run (tests/test_multiprocess.py starts several).
+
+    python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT LOCAL_DEVICES OUT METHOD...
+
+Joins the run over gloo on localhost, builds the toy unlearning task of
+tests/test_parallel.py (the same in every process), runs each method with
+``Parallel('shard', LOCAL_DEVICES)`` over the devices of all processes, and process 0
+writes the unlearned variables to ``OUT`` (``.npz``, one entry per method and leaf).
+"""
+
+import os
+import sys
+
+pid, count, port, local = (int(a) for a in sys.argv[1:5])
+out, methods = sys.argv[5], sys.argv[6:]
+os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={local}'
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)),
+                os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+
+from jaxunlearn.parallel import Parallel, initialize_distributed  # noqa: E402
+
+initialize_distributed(f'127.0.0.1:{port}', count, pid)
+
+import dataclasses  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from test_parallel import _hparams, _task  # noqa: E402
+from jaxunlearn.methods import get_method  # noqa: E402
+
+assert jax.device_count() == count * local, jax.devices()
+task = dataclasses.replace(_task(), parallel=Parallel('shard', local))
+results = {}
+for name in methods:
+  variables = get_method(name).run(task, _hparams(name))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+    results[f'{name}{jax.tree_util.keystr(path)}'] = np.asarray(leaf)
+if jax.process_index() == 0:
+  np.savez(out, **results)
+print(f'process {pid}: done', flush=True)
