@@ -205,9 +205,11 @@ class LoopCheckpoint:
   def _open(self):
     import orbax.checkpoint as ocp
     if self._manager is None:
+      if is_primary():  # (orbax's create=True is refused with active_processes)
+        self.directory.mkdir(parents=True, exist_ok=True)
       self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-          max_to_keep=self.keep, create=True, enable_async_checkpointing=False,
-          cleanup_tmp_directories=True))
+          max_to_keep=self.keep, create=False, enable_async_checkpointing=False,
+          cleanup_tmp_directories=is_primary(), multiprocessing_options=_this_process()))
     return self._manager
 
   def steps(self) -> list[int]:
@@ -219,6 +221,8 @@ class LoopCheckpoint:
   def save(self, updates: int, state, record: dict) -> None:
     """Saves ``state`` (a host pytree) and ``record`` (JSON) as the checkpoint at ``updates``."""
     import orbax.checkpoint as ocp
+    if not is_primary():  # process 0 writes the host copy every process holds
+      return
     manager = self._open()
     manager.save(updates, args=ocp.args.Composite(
         state=ocp.args.StandardSave(jax.device_get(state)),
@@ -236,6 +240,14 @@ class LoopCheckpoint:
     Raises:
       CheckpointError: checkpoints exist but none can be read; says what to delete.
     """
+    if is_primary():
+      found = self._restore(like)
+      sync(f'restored {self.directory}')
+      return found
+    sync(f'restored {self.directory}')  # after process 0 moved damaged steps aside
+    return self._restore(like)
+
+  def _restore(self, like):
     import orbax.checkpoint as ocp
     steps = self.steps()
     errors, damaged = [], []
@@ -264,7 +276,7 @@ class LoopCheckpoint:
   def _move_aside(self, damaged: list, restored: int) -> None:
     """Moves the damaged checkpoints newer than ``restored`` out of the directory, each
     with a warning saying where (the loop will save those steps again)."""
-    if not damaged:
+    if not damaged or not is_primary():
       return
     if self._manager is not None:
       self._manager.close()
@@ -285,14 +297,40 @@ class LoopCheckpoint:
     if self._manager is not None:
       self._manager.close()
       self._manager = None
-    shutil.rmtree(self.directory, ignore_errors=True)
+    if is_primary():
+      shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def is_primary() -> bool:
+  """Whether this process writes the run's files: always in a single-process run, process 0
+  of several (``jaxunlearn.parallel.initialize_distributed``). The others compute the same
+  host values (``Parallel.get`` gives the same copy everywhere) and write nothing."""
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """Waits until every process of a multi-process run has reached ``name`` (nothing to do
+  in a single-process run)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f'jaxunlearn:{name}')
+
+
+def _this_process():
+  """orbax options under which a checkpointer reads and writes on its own: our host copies
+  are the same in every process, so one writes and each reads without a barrier."""
+  import orbax.checkpoint as ocp
+  me = jax.process_index()
+  return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
 
 
 def save_variables(path: str | os.PathLike, variables) -> None:
   """Saves a pytree of arrays with orbax (atomically: temp dir, then rename)."""
   import orbax.checkpoint as ocp
   path = Path(path).absolute()
-  with ocp.StandardCheckpointer() as ckptr:
+  if not is_primary():  # process 0 writes what every process holds
+    return
+  with ocp.StandardCheckpointer(multiprocessing_options=_this_process()) as ckptr:
     ckptr.save(path, jax.device_get(variables), force=True)
     ckptr.wait_until_finished()
 
@@ -309,7 +347,7 @@ def load_variables(path: str | os.PathLike, like=None):
     raise FileNotFoundError(f'no checkpoint at {path}: train it first, or check the path')
   target = None if like is None else _abstract(like)
   try:
-    with ocp.StandardCheckpointer() as ckptr:
+    with ocp.StandardCheckpointer(multiprocessing_options=_this_process()) as ckptr:
       restored = ckptr.restore(path, target)
   except Exception as e:  # orbax raises various types for damaged checkpoints
     raise FileNotFoundError(
@@ -338,7 +376,7 @@ def cached(cache_dir: str | os.PathLike | None, kind: str, config: dict,
   cache), so a computation killed midway resumes there; otherwise ``compute()``.
   """
   entry = None if cache_dir is None else Path(cache_dir) / f'{kind}-{config_hash(config)}'
-  if entry is None:
+  if entry is None or not is_primary():  # (the others compute with process 0, write nothing)
     return _cached(entry, kind, config, compute, like, checkpoint_every)
   # One process trains an entry; another that needs it waits, then loads what it wrote.
   lock = FileLock(entry.parent / '.locks' / f'{entry.name}.lock').acquire(
@@ -351,7 +389,11 @@ def cached(cache_dir: str | os.PathLike | None, kind: str, config: dict,
 
 
 def _cached(entry, kind, config, compute, like, checkpoint_every):
-  if entry is not None and (entry / 'meta.json').is_file():
+  # Every process decides alike: they all look before any of them computes (a
+  # multi-process computation needs all of them) and only process 0 writes, at the end.
+  hit = entry is not None and (entry / 'meta.json').is_file()
+  sync(f'looked up {entry}')
+  if hit:
     try:
       variables = load_variables(entry / 'variables', like)
       return variables, {'hit': True, **json.loads((entry / 'meta.json').read_text())}
@@ -365,7 +407,7 @@ def _cached(entry, kind, config, compute, like, checkpoint_every):
   variables = jax.block_until_ready(compute(partial) if checkpoint_every > 0 else compute())
   info = {'hit': False, 'seconds': time.perf_counter() - start +
           (partial.prior_seconds if partial is not None else 0.0)}
-  if entry is not None:
+  if entry is not None and is_primary():
     entry.mkdir(parents=True, exist_ok=True)
     (entry / 'config.json').write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
     save_variables(entry / 'variables', variables)

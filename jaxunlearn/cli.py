@@ -116,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
                         f'device mesh, batch axis sharded); default {_exp("parallel")}')
   run.add_argument('--devices', type=int, default=None, metavar='N',
                    help='use the first N local devices (default: all)')
+  run.add_argument('--num-processes', type=int, default=None, metavar='N',
+                   help='several processes (hosts) as one run: start the same command in '
+                        'each with its --process-id and one --coordinator (needs --parallel '
+                        'shard; process 0 writes the files); 0 = ask the cluster '
+                        "environment (TPU pod, SLURM) via jax.distributed.initialize()")
+  run.add_argument('--process-id', type=int, default=None, metavar='I',
+                   help='this process among --num-processes (0 .. N-1)')
+  run.add_argument('--coordinator', default=None, metavar='HOST:PORT',
+                   help="process 0's address, the same for every process")
   run.add_argument('--shard-params', action='store_true',
                    help='with --parallel shard, split params and optimizer state over the '
                         'devices too (FSDP-style, for models that do not fit one device)')
@@ -206,6 +215,11 @@ def main(argv=None) -> int:
     return _run_strong(args)
   if args.command == 'convert-dit':
     return _convert_dit(args)
+  try:
+    _join_processes(args)
+  except ValueError as e:
+    print(f'jaxunlearn: error: {e}', file=sys.stderr)
+    return 2
   unused = _flags_the_task_ignores(args)
   if unused:
     other = 'classification' if args.task == 'generation' else 'generation'
@@ -295,6 +309,33 @@ def _given(value) -> bool:
   return value is not None and value is not False
 
 
+def _join_processes(args) -> None:
+  """With ``--num-processes``, joins the run of several processes before anything touches
+  a JAX backend; the processes other than 0 print nothing but errors."""
+  n = args.num_processes
+  if n is None:
+    if args.process_id is not None or args.coordinator is not None:
+      raise ValueError('--process-id and --coordinator go with --num-processes N')
+    return
+  if n < 0:
+    raise ValueError(f'--num-processes must be >= 1 (or 0: from the cluster), got {n}')
+  if args.parallel != 'shard':
+    raise ValueError('several processes run with --parallel shard (jit over the devices of '
+                     'every process); add it')
+  if n > 0 and (args.coordinator is None or args.process_id is None
+                or not 0 <= args.process_id < n):
+    raise ValueError(f'--num-processes {n} needs --coordinator HOST:PORT and --process-id '
+                     f'between 0 and {n - 1}')
+  from jaxunlearn.parallel import initialize_distributed
+  if n == 0:
+    initialize_distributed()
+  else:
+    initialize_distributed(args.coordinator, n, args.process_id)
+  import jax
+  if jax.process_index() != 0:
+    args.quiet = True
+
+
 def _check_out(out) -> None:
   """``--out`` writable, with room, before any compute (ValueError otherwise)."""
   from jaxunlearn import checkpoint
@@ -321,8 +362,9 @@ def _execute(run, table, written) -> int:
           f'({e.strerror or e}); free space or fix the location and run the same command '
           'again: it resumes from what was finished', file=sys.stderr)
     return 2
-  print(table(results))
-  print(f'\nwrote {written(results)} ({time.perf_counter() - start:.0f} s)')
+  if checkpoint.is_primary():  # (process 0 of several writes and reports)
+    print(table(results))
+    print(f'\nwrote {written(results)} ({time.perf_counter() - start:.0f} s)')
   for name, seeds in results.get('failures', {}).items():
     for seed, message in seeds.items():
       print(f'jaxunlearn: {name} failed on seed {seed}: {message}', file=sys.stderr)

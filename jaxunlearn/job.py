@@ -43,6 +43,10 @@ class RunProgress:
     self.lock = None
     if self.dir is None:
       return
+    if not checkpoint.is_primary():  # process 0 of several keeps the run's files
+      checkpoint.sync(f'run directory {self.dir}')  # once process 0 has read (or discarded) it
+      self._load(identity, restart=False)
+      return
     checkpoint.check_output_dir(self.dir)
     # Held for the run (and freed if the process dies): a second run into this directory
     # stops here with the first one's pid.
@@ -52,6 +56,7 @@ class RunProgress:
     except BaseException:
       self.release()
       raise
+    checkpoint.sync(f'run directory {self.dir}')
 
   def _load(self, identity: dict, restart: bool) -> None:
     if restart:
@@ -81,7 +86,7 @@ class RunProgress:
                                      self.every)
 
   def save(self) -> None:
-    if self.dir is not None:
+    if self.dir is not None and checkpoint.is_primary():
       checkpoint.write_json_atomic(self.dir / 'progress.json', self.data)
 
   def release(self) -> None:
@@ -90,7 +95,7 @@ class RunProgress:
       self.lock.release()
 
   def discard(self) -> None:
-    if self.dir is not None:
+    if self.dir is not None and checkpoint.is_primary():
       (self.dir / 'progress.json').unlink(missing_ok=True)
       shutil.rmtree(self.dir / 'checkpoints', ignore_errors=True)
 
@@ -229,7 +234,7 @@ def _run_seeds(job: Job, progress: RunProgress, out_dir) -> dict:
                      if 'error' in row} for name, rows in per_seed.items()}
   if any(failures.values()):
     results['failures'] = {k: v for k, v in failures.items() if v}
-  if out_dir is not None:
+  if out_dir is not None and checkpoint.is_primary():
     job.write(results, Path(out_dir))
     progress.discard()
   return results

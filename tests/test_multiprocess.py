@@ -68,3 +68,55 @@ def test_salun_over_two_processes_equals_one_device(task, tmp_path):
   assert got.keys() == want.keys()
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+TINY_RUN = ['--model', 'resnet1', '--width', '4', '--image-size', '8', '--seeds', '0',
+            '--set', 'train.epochs=2', '--set', 'salun.epochs=1', '--methods', 'salun',
+            '--alignment-every', '0', '--checkpoint-every', '3']
+
+
+def _cli(args, env, **kw):
+  return subprocess.Popen([sys.executable, '-m', 'jaxunlearn.cli', 'run', *args], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _wait_all(procs, timeout):
+  try:
+    logs = [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  return logs
+
+
+@pytest.mark.slow
+def test_cli_run_over_two_processes_gives_the_one_device_results(tmp_path):
+  """``jaxunlearn run --parallel shard --num-processes 2`` (two commands, 4 devices each):
+  results.json written once, by process 0, with the metrics of ``--parallel none``."""
+  import json
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  repo = str(Path(__file__).resolve().parents[1])
+  env['PYTHONPATH'] = os.pathsep.join([repo, env.get('PYTHONPATH', '')])
+  one = _cli([*TINY_RUN, '--parallel', 'none', '--quiet', '--no-cache', '--out',
+              str(tmp_path / 'one')], env)
+  (log,) = _wait_all([one], 600)
+  assert one.returncode == 0, log[-3000:]
+  port = _free_port()
+  multi_env = {**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  procs = [_cli([*TINY_RUN, '--parallel', 'shard', '--no-cache', '--out',
+                 str(tmp_path / 'multi'), '--num-processes', '2', '--process-id', str(i),
+                 '--coordinator', f'127.0.0.1:{port}'], multi_env) for i in range(2)]
+  logs = _wait_all(procs, 900)
+  for i, (p, log) in enumerate(zip(procs, logs)):
+    assert p.returncode == 0, f'process {i}:\n{log[-3000:]}'
+  assert 'wrote' in logs[0] and 'wrote' not in logs[1]  # process 0 reports, 1 is quiet
+  want = json.loads((tmp_path / 'one' / 'results.json').read_text())
+  got = json.loads((tmp_path / 'multi' / 'results.json').read_text())
+  rows = [(want['original'], got['original']),
+          (want['per_seed']['salun'][0], got['per_seed']['salun'][0])]
+  for a, b in rows:
+    for metric in ('UA', 'RA', 'TA', 'MIA'):
+      x, y = (r[metric]['mean'] if isinstance(r[metric], dict) else r[metric] for r in (a, b))
+      assert abs(x - y) < 0.2, (metric, x, y)  # one example of ~1000 moves a metric 0.1
