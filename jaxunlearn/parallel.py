@@ -368,12 +368,21 @@ def draw(key, sample: Callable, shape) -> jax.Array:
 
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None, heartbeat_timeout_s: int = 60) -> None:
   """Joins this process to a multi-process run (``jax.distributed.initialize``; with no
   arguments, what the cluster environment says: TPU pods, SLURM, ...). Call it before
-  anything touches a JAX backend. On the CPU the processes' collectives go over gloo."""
+  anything touches a JAX backend. On the CPU the processes' collectives go over gloo.
+
+  A process that dies stops sending heartbeats: after ``heartbeat_timeout_s`` the others
+  are terminated by JAX's distributed service ("another task died"), instead of waiting
+  forever in a collective. What was checkpointed is kept; the same commands resume.
+  """
+  import inspect
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator, num_processes, process_id)
+  options = {}
+  if 'heartbeat_timeout_seconds' in inspect.signature(jax.distributed.initialize).parameters:
+    options['heartbeat_timeout_seconds'] = heartbeat_timeout_s
+  jax.distributed.initialize(coordinator, num_processes, process_id, **options)
 
 
 def host_shard(indices: np.ndarray, process_index: int | None = None,
