@@ -120,3 +120,54 @@ def test_cli_run_over_two_processes_gives_the_one_device_results(tmp_path):
     for metric in ('UA', 'RA', 'TA', 'MIA'):
       x, y = (r[metric]['mean'] if isinstance(r[metric], dict) else r[metric] for r in (a, b))
       assert abs(x - y) < 0.2, (metric, x, y)  # one example of ~1000 moves a metric 0.1
+
+
+@pytest.mark.slow
+def test_killing_one_process_ends_the_other_and_the_same_commands_resume(tmp_path):
+  """Process 1 is killed once the run has checkpointed: process 0 exits (non-zero) within
+  the heartbeat timeout instead of hanging; both commands started again resume from the
+  checkpoints and end with the metrics of an uninterrupted one-device run."""
+  import glob
+  import json
+  import time
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  repo = str(Path(__file__).resolve().parents[1])
+  env['PYTHONPATH'] = os.pathsep.join([repo, env.get('PYTHONPATH', '')])
+  args = [*TINY_RUN, '--set', 'salun.epochs=3']
+  one = _cli([*args, '--parallel', 'none', '--quiet', '--no-cache', '--out',
+              str(tmp_path / 'one')], env)
+  (log,) = _wait_all([one], 600)
+  assert one.returncode == 0, log[-3000:]
+  out = tmp_path / 'multi'
+  multi_env = {**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+
+  def start():
+    port = _free_port()
+    return [_cli([*args, '--parallel', 'shard', '--no-cache', '--out', str(out),
+                  '--num-processes', '2', '--process-id', str(i),
+                  '--coordinator', f'127.0.0.1:{port}'], multi_env) for i in range(2)]
+
+  procs = start()
+  try:
+    deadline = time.monotonic() + 600
+    while not glob.glob(str(out / 'checkpoints' / '*' / '[0-9]*')):
+      assert time.monotonic() < deadline and procs[0].poll() is None, 'no checkpoint came'
+      time.sleep(0.2)
+    procs[1].kill()
+    killed = time.monotonic()
+    log0 = procs[0].communicate(timeout=240)[0]
+    waited = time.monotonic() - killed
+  finally:
+    _wait_all(procs, 1)
+  assert procs[0].returncode != 0 and waited < 200, (procs[0].returncode, waited)
+  assert 'another task died' in log0 or 'heartbeat' in log0, log0[-3000:]
+  procs = start()
+  logs = _wait_all(procs, 900)
+  for i, (p, log) in enumerate(zip(procs, logs)):
+    assert p.returncode == 0, f'process {i}:\n{log[-3000:]}'
+  assert 'resuming the unfinished run' in logs[0]
+  want = json.loads((tmp_path / 'one' / 'results.json').read_text())
+  got = json.loads((out / 'results.json').read_text())
+  for metric in ('UA', 'RA', 'TA', 'MIA'):
+    x, y = want['per_seed']['salun'][0][metric], got['per_seed']['salun'][0][metric]
+    assert abs(x - y) < 0.2, (metric, x, y)
