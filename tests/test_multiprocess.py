@@ -6,6 +6,7 @@ The processes are started by these tests (tests/multiprocess_worker.py), on a fr
 bounded in time and always reaped.
 """
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -62,12 +63,20 @@ def task():
 
 
 @pytest.mark.slow
-def test_salun_over_two_processes_equals_one_device(task, tmp_path):
-  got = run_processes(['salun'], tmp_path / 'out.npz')
-  want = _flat('salun', get_method('salun').run(task, _hparams('salun')))
-  assert got.keys() == want.keys()
-  for k in want:
-    np.testing.assert_allclose(got[k], want[k], rtol=2e-4, atol=2e-5, err_msg=k)
+def test_methods_over_two_processes_equal_one_device_and_eight(task, tmp_path):
+  """SalUn (a saliency mask), SFR-on with remain-Hessian products and LUR (closures, a
+  second-order step) over 2 processes × 4 devices: the variables of one device, and of
+  one process with 8 devices."""
+  methods = ['salun', 'sfron_hvp', 'lur']
+  got = run_processes(methods, tmp_path / 'out.npz')
+  eight = dataclasses.replace(task, parallel=Parallel('shard', 8))
+  for name in methods:
+    want = _flat(name, get_method(name).run(task, _hparams(name)))
+    also = _flat(name, get_method(name).run(eight, _hparams(name)))
+    assert {k for k in got if k.startswith(name + "[")} == want.keys()
+    for k in want:
+      np.testing.assert_allclose(got[k], want[k], rtol=2e-4, atol=2e-5, err_msg=k)
+      np.testing.assert_allclose(got[k], also[k], rtol=2e-4, atol=2e-5, err_msg=k)
 
 
 TINY_RUN = ['--model', 'resnet1', '--width', '4', '--image-size', '8', '--seeds', '0',
