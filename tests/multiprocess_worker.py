@@ -26,14 +26,23 @@ import dataclasses  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from test_parallel import _hparams, _task  # noqa: E402
-from jaxunlearn.methods import get_method  # noqa: E402
+from test_parallel import GEN_TINY, _generation_task, _hparams, _task  # noqa: E402
+from jaxunlearn.methods import get_method, resolve_hparams  # noqa: E402
 
 assert jax.device_count() == count * local, jax.devices()
-task = dataclasses.replace(_task(), parallel=Parallel('shard', local))
+parallel = Parallel('shard', local)
 results = {}
 for name in methods:
-  variables = get_method(name).run(task, _hparams(name))
+  if name.startswith('gen:'):  # gen:METHOD:MODEL, a generation method on the digits
+    from jaxunlearn.diffusion.methods import GENERATION_METHODS
+    _, method, model = name.split(':')
+    hp = resolve_hparams(method, {'batch_size': 16, 'lr': 1e-3, **GEN_TINY[method]},
+                         GENERATION_METHODS)
+    task = dataclasses.replace(_generation_task(model), parallel=parallel)
+    variables = GENERATION_METHODS[method].run(task, hp)
+  else:
+    task = dataclasses.replace(_task(), parallel=parallel)
+    variables = get_method(name).run(task, _hparams(name))
   for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
     results[f'{name}{jax.tree_util.keystr(path)}'] = np.asarray(leaf)
 if jax.process_index() == 0:
