@@ -3,10 +3,13 @@ read from the compiled program (HLO), with their sizes.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python experiments/collectives.py
 
-For the papers' ResNet-18 (width 64, 32x32, batch 256, 10 classes) on 8 devices: a plain
-training step, SalUn's joint step (forget and retain gradients) and one remain-Hessian
-product (SFR-on's HVP, LUR's second-order term), with parameters replicated and with
-``--shard-params`` (FSDP-style). Prints one line per program and writes JSON.
+For the papers' ResNet-18 (width 64, 32x32, batch 256, 10 classes) and DiT-XL/2 (32x32x4
+latents, 1000 classes, batch 32) on 8 devices: a plain training step, the joint
+forget/retain step (SalUn's, SFR-on's: two gradients) and one remain-Hessian product
+(SFR-on's HVP, LUR's second-order term), with parameters replicated and with
+``--shard-params`` (FSDP-style). The programs are compiled from shapes alone (nothing is
+allocated); DiT-XL/2's are extrapolated from 1, 2 and 3 blocks (linear, checked). Prints
+one line per program and writes JSON.
 """
 
 from __future__ import annotations
@@ -55,60 +58,116 @@ def collectives(hlo: str) -> dict:
   return out
 
 
+def _programs(name: str, batch: int, mesh: Mesh, parallel: Parallel, layers: int = 28):
+  """``{program: (fn, abstract args)}`` for one model: shapes only (``jax.eval_shape``),
+  each carrying its sharding, so a model too large for this machine's memory compiles."""
+  key = jax.random.key(0)
+  if name == 'resnet18':  # the papers' CIFAR-10 ResNet-18
+    model = make_model('resnet18', 10, 64)
+    x = jax.ShapeDtypeStruct((batch, 32, 32, 3), jnp.float32)
+    init = lambda: model.init(key, jnp.zeros((1, 32, 32, 3)), train=False)
+    objective = Classifier(model, losses.cross_entropy)
+    forget = Classifier(model, losses.random_label_cross_entropy)
+    apply = lambda v, x, y: model.apply(v, x, train=False)
+    point_loss = lambda out, y: jnp.mean(losses.cross_entropy(out, y))
+  else:  # DiT-XL/2 on 32x32x4 latents, 1000 classes, learned variance (facebook/DiT-XL-2-256)
+    from jaxunlearn.diffusion.objectives import Denoiser, Denoising
+    from jaxunlearn.diffusion.train import DiffusionConfig
+    from jaxunlearn.models.dit import dit
+    model = dit('DiT-XL/2', out_channels=8, num_layers=layers)
+    x = jax.ShapeDtypeStruct((batch, 32, 32, 4), jnp.float32)
+    init = lambda: model.init(key, jnp.zeros((1, 32, 32, 4)), jnp.zeros((1,), jnp.int32),
+                              jnp.zeros((1,), jnp.int32))
+    diffusion = DiffusionConfig(num_timesteps=1000)
+    objective = Denoiser(model, diffusion, Denoising())
+    forget = Denoiser(model, diffusion, Denoising(-1.0))
+    apply = lambda v, x, y: model.apply(v, x, jnp.full(y.shape, 500), y)
+    point_loss = lambda out, y: jnp.mean(jnp.square(out))
+  variables = jax.eval_shape(init)
+  tx = optax.sgd(0.01, momentum=0.9)
+  joint = optax.chain(combine_forget_retain(1.0), tx)
+
+  def place(tree, spec=None):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+        a.shape, a.dtype, sharding=NamedSharding(mesh, spec if spec is not None
+                                                 else parallel._spec(a))), tree)
+  rows = PartitionSpec(AXIS)
+  data = (place(x, rows), place(jax.ShapeDtypeStruct((batch,), jnp.int32), rows),
+          place(jax.ShapeDtypeStruct((batch,), jnp.float32), rows))
+  state = lambda t: place(jax.eval_shape(lambda: init_state(init(), t)))
+
+  def hvp(params, model_state, x, y, v):  # one remain-Hessian product (SFR-on, LUR)
+    loss = lambda p: point_loss(apply({'params': p, **model_state}, x, y), y)
+    return jax.jvp(jax.grad(loss), (params,), (v,))[1]
+  placed = place(variables)
+  model_state = {k: v for k, v in placed.items() if k != 'params'}
+  params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(variables['params']))
+  return params, {
+      'plain step': (functools.partial(train_step, objective=objective, tx=tx),
+                     (state(tx), *data, key)),
+      'joint forget/retain step': (functools.partial(
+          forget_retain_step, forget=forget, retain=objective, tx=joint),
+          (state(joint), data, data, key)),
+      'Hessian-vector product': (hvp, (placed['params'], model_state, data[0], data[1],
+                                       placed['params'])),
+  }
+
+
+def _measure(name, batch, mesh, parallel, layers=None):
+  """``params, {program: collectives}`` of one model's compiled programs."""
+  params, programs = _programs(name, batch, mesh, parallel, *([layers] if layers else []))
+  return params, {program: collectives(jax.jit(fn).lower(*fn_args).compile().as_text())
+                  for program, (fn, fn_args) in programs.items()}
+
+
+def _extrapolated(name, batch, mesh, parallel, layers: int = 28):
+  """A transformer's collectives at ``layers`` blocks from compiles with 1, 2 and 3: each
+  block adds the same parameters and so the same collectives (checked: the step from 2 to
+  3 blocks must equal the one from 1 to 2), and XLA:CPU needs ~10 GiB and many minutes to
+  compile DiT-XL/2's 28 unrolled blocks."""
+  (p1, c1), (p2, c2), (p3, c3) = (_measure(name, batch, mesh, parallel, n) for n in (1, 2, 3))
+  out = {}
+  for program in c1:
+    out[program] = {}
+    for op in c1[program]:
+      a, b, c = (found[program].get(op, {'count': 0, 'bytes': 0}) for found in (c1, c2, c3))
+      for field in ('count', 'bytes'):
+        if c[field] - b[field] != b[field] - a[field]:
+          raise RuntimeError(f'{program} {op} {field} is not linear in the blocks: '
+                             f'{a[field]}, {b[field]}, {c[field]}')
+      out[program][op] = {f: a[f] + (layers - 1) * (b[f] - a[f]) for f in ('count', 'bytes')}
+  return p1 + (layers - 1) * (p2 - p1), out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--width', type=int, default=64)
-  parser.add_argument('--image-size', type=int, default=32)
-  parser.add_argument('--batch', type=int, default=256)
+  parser.add_argument('--models', default='resnet18,dit-xl2',
+                      help='resnet18 (batch 256) and/or dit-xl2 (batch 32)')
   parser.add_argument('--out', default='experiments/results/collectives.json')
   args = parser.parse_args()
-  model = make_model('resnet18', 10, args.width)
-  x = jnp.zeros((args.batch, args.image_size, args.image_size, 3))
-  y, w = jnp.zeros(args.batch, jnp.int32), jnp.ones(args.batch)
-  variables = model.init(jax.random.key(0), x[:1], train=False)
-  params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(variables['params']))
-  objective = Classifier(model, losses.cross_entropy)
-  tx = optax.sgd(0.01, momentum=0.9)
-  rows = []
-  for shard_params in (False, True):
-    parallel = Parallel('shard', 8, shard_params=shard_params)
-    mesh = Mesh(np.asarray(parallel.devices), (AXIS,))
-    rows_sharding = NamedSharding(mesh, PartitionSpec(AXIS))
-    batch = jax.device_put((x, y, w), rows_sharding)
-    key = jax.random.key(0)
-    joint = optax.chain(combine_forget_retain(1.0), tx)
-    programs = {
-        'plain step': (functools.partial(train_step, objective=objective, tx=tx),
-                       (parallel.put(init_state(variables, tx)), *batch, key)),
-        'SalUn joint step': (functools.partial(
-            forget_retain_step, forget=Classifier(model, losses.random_label_cross_entropy),
-            retain=objective, tx=joint),
-            (parallel.put(init_state(variables, joint)), batch, batch, key)),
-    }
-
-    def hvp(params, model_state, x, y, v):  # one remain-Hessian product (SFR-on, LUR)
-      def loss(p):
-        logits = model.apply({'params': p, **model_state}, x, train=False)
-        return jnp.mean(losses.cross_entropy(logits, y))
-      return jax.jvp(jax.grad(loss), (params,), (v,))[1]
-    placed = parallel.put(variables)
-    model_state = {k: v for k, v in placed.items() if k != 'params'}
-    programs['Hessian-vector product'] = (hvp, (placed['params'], model_state, batch[0],
-                                                batch[1], placed['params']))
-    for name, (fn, fn_args) in programs.items():
-      hlo = jax.jit(fn).lower(*fn_args).compile().as_text()
-      found = collectives(hlo)
-      rows.append({'program': name, 'shard_params': shard_params, 'collectives': found})
-      total = sum(v['bytes'] for v in found.values())
-      print(f'{name:22s} shard_params={shard_params!s:5s} '
-            + ', '.join(f'{op} x{v["count"]} {v["bytes"] / 2**20:.1f} MiB'
-                        for op, v in sorted(found.items()))
-            + f' | total {total / 2**20:.1f} MiB; params {params * 4 / 2**20:.1f} MiB')
+  results = []
+  for name in args.models.split(','):
+    batch = {'resnet18': 256, 'dit-xl2': 32}[name]
+    rows = []
+    for shard_params in (False, True):
+      parallel = Parallel('shard', 8, shard_params=shard_params)
+      mesh = Mesh(np.asarray(parallel.devices), (AXIS,))
+      measure = _extrapolated if name == 'dit-xl2' else _measure
+      params, found = measure(name, batch, mesh, parallel)
+      for program, ops in found.items():
+        rows.append({'program': program, 'shard_params': shard_params, 'collectives': ops})
+        total = sum(v['bytes'] for v in ops.values())
+        print(f'{name} {program:26s} shard_params={shard_params!s:5s} '
+              + ', '.join(f'{op} x{v["count"]} {v["bytes"] / 2**20:.1f} MiB'
+                          for op, v in sorted(ops.items()))
+              + f' | total {total / 2**20:.1f} MiB; params {params * 4 / 2**20:.1f} MiB',
+              flush=True)
+    results.append({'model': name, 'batch': batch, 'devices': 8, 'params': params,
+                    'rows': rows, **({'extrapolated_from_blocks': [1, 2, 3]}
+                                     if name == 'dit-xl2' else {})})
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, 'w') as f:
-    json.dump({'model': f'resnet18 width {args.width}', 'image_size': args.image_size,
-               'batch': args.batch, 'devices': 8, 'params': params, 'rows': rows}, f,
-              indent=1)
+    json.dump(results, f, indent=1)
 
 
 if __name__ == '__main__':

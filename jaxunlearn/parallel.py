@@ -48,10 +48,12 @@ within a process's local devices (each host loads its own shard, :func:`host_sha
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -287,18 +289,51 @@ class Parallel:
         return jax.tree.map(_first_replica, out)
       return call
     jitted = jax.jit(fn)
-    if self.multi_process:  # outputs as host arrays, the same in every process
+    if self.multi_process:
+      # A per-example output stays a global array, its rows on the devices that made them
+      # (:meth:`rows` gathers an evaluation's batches at once); one value is replicated
+      # and read from this process's copy, no transfer.
       mesh = self._mesh()
       out = NamedSharding(mesh, PartitionSpec(AXIS) if per_example else PartitionSpec())
       jitted = jax.jit(fn, out_shardings=out)
-      return lambda args, batch: jax.tree.map(
-          _to_host, self._await(jitted(self.put(args), self.split(batch))))
+
+      def call(args, batch):
+        out = self._await(jitted(self.put(args), self.split(batch)))
+        return out if per_example else jax.tree.map(_to_host, out)
+      return call
     return lambda args, batch: self._await(jitted(args, self.split(batch)))
+
+  def rows(self, outputs: list, n: int | None = None):
+    """The host (numpy) copy of the per-example outputs of several batches of a
+    :meth:`batched` ``per_example`` function, concatenated along their rows and cut to the
+    first ``n`` (the rest is the last batch's padding).
+
+    Across processes the outputs are global arrays whose rows lie on every process's
+    devices: they are gathered here in one program for the whole evaluation (not a
+    transfer per batch), and every process gets the same copy (only process 0 writes it).
+    """
+    if not outputs:
+      raise ValueError('rows: no outputs to gather')
+    if self.multi_process:
+      whole = NamedSharding(self._mesh(), PartitionSpec())
+      gathered = _gather_rows(whole)(list(outputs))
+      out = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), self._await(gathered))
+    else:
+      out = jax.tree.map(lambda *a: np.concatenate([np.asarray(b) for b in a]), *outputs)
+    return out if n is None else jax.tree.map(lambda a: a[:n], out)
 
   def _await(self, out):
     # One multi-device program at a time on the CPU (see the module docstring: XLA:CPU's
     # collectives can otherwise starve each other of threads and abort).
     return jax.block_until_ready(out) if self.devices[0].platform == 'cpu' else out
+
+
+@functools.lru_cache(maxsize=8)
+def _gather_rows(whole: NamedSharding):
+  """One compiled program that concatenates per-batch outputs and replicates the result
+  on every device (XLA's all-gathers of every batch in one program)."""
+  return jax.jit(lambda outputs: jax.tree.map(lambda *a: jnp.concatenate(a), *outputs),
+                 out_shardings=whole)
 
 
 def _first_replica(a):

@@ -315,6 +315,7 @@ def predict(model: nn.Module, variables, x, batch_size: int = 512,
     pad = size - len(chunk)
     if pad:
       chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-    logits = np.asarray(apply(variables, chunk))
-    out.append(logits[:, :size - pad] if parallel.is_ensemble else logits[:size - pad])
-  return np.concatenate(out, axis=1 if parallel.is_ensemble else 0)
+    out.append(apply(variables, chunk))
+  if parallel.is_ensemble:  # [models, rows, ...]
+    return np.concatenate([np.asarray(o) for o in out], axis=1)[:, :n]
+  return parallel.rows(out, n)  # (across processes: one gather for all of x)

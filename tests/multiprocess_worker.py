@@ -32,7 +32,29 @@ from jaxunlearn.methods import get_method, resolve_hparams  # noqa: E402
 assert jax.device_count() == count * local, jax.devices()
 parallel = Parallel('shard', local)
 results = {}
+from jaxunlearn import parallel as parallel_module  # noqa: E402
+
+gathers = []  # every call of the program that gathers an evaluation's rows
+_gather_rows = parallel_module._gather_rows
+parallel_module._gather_rows = lambda whole: (
+    lambda outputs: gathers.append(len(outputs)) or _gather_rows(whole)(outputs))
+
 for name in methods:
+  if name == 'eval:predict':  # logits of the retain set in batches of 40 (the last padded)
+    from jaxunlearn.step import predict
+    task, before = _task(), len(gathers)
+    results[name] = predict(task.model, task.variables, task.retain_x, batch_size=40,
+                            parallel=parallel)
+    results[name + ':gathers'] = np.asarray(gathers[before:])
+    continue
+  if name == 'eval:generate':  # 13 DDIM images on the UNet in batches of 8
+    from jaxunlearn.diffusion.unlearn import generate
+    task, before = _generation_task('unet'), len(gathers)
+    results[name] = generate(task.model, task.variables, task.diffusion,
+                             np.arange(13, dtype=np.int32) % 10, (8, 8, 1), seed=3,
+                             num_steps=4, batch_size=8, parallel=parallel)
+    results[name + ':gathers'] = np.asarray(gathers[before:])
+    continue
   if name.startswith('gen:'):  # gen:METHOD:MODEL, a generation method on the digits
     from jaxunlearn.diffusion.methods import GENERATION_METHODS
     _, method, model = name.split(':')

@@ -206,5 +206,5 @@ def generate(model, variables, diffusion: DiffusionConfig, labels, image_shape, 
     pad = size - len(chunk)
     batch = (np.concatenate([chunk, np.zeros(pad, np.int32)]),
              np.arange(start, start + size, dtype=np.int32))
-    out.append(np.asarray(sampler((variables, key), batch))[:len(chunk)])
-  return np.concatenate(out)
+    out.append(sampler((variables, key), batch))
+  return parallel.rows(out, len(labels))  # (across processes: one gather for all images)

@@ -71,7 +71,7 @@ class InceptionFeatures:
       raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     # With ``parallel``, each batch (rounded up to a multiple of the devices) is split.
     self.batch_size = -(-batch_size // parallel.size) * parallel.size
-    self.variables, self.quantize = variables, quantize
+    self.variables, self.quantize, self._parallel = variables, quantize, parallel
     self._apply = parallel.batched(lambda v, x: model.apply(v, x), per_example=True)
 
   @classmethod
@@ -95,8 +95,8 @@ class InceptionFeatures:
       if n < self.batch_size < len(x):  # pad the last batch: one shape, one compile
         chunk = np.concatenate([chunk, np.zeros((self.batch_size - n, *x.shape[1:]),
                                                 x.dtype)])
-      out.append(np.asarray(self._apply(self.variables, chunk))[:n])
-    return np.concatenate(out)
+      out.append(self._apply(self.variables, chunk))
+    return self._parallel.rows(out, len(x))  # (across processes: one gather for all)
 
 
 def fid_from_features(features_a, features_b) -> float:
