@@ -220,6 +220,19 @@ def main(argv=None) -> int:
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
     return 2
+  if args.num_processes is None:
+    return _run_task(args)
+  from jaxunlearn.parallel import leave_if_failed
+  try:
+    code = _run_task(args)
+  except BaseException:  # (a KeyboardInterrupt, a collective that lost its peer, ...)
+    import traceback
+    traceback.print_exc()
+    code = 1
+  return leave_if_failed(code)
+
+
+def _run_task(args) -> int:
   unused = _flags_the_task_ignores(args)
   if unused:
     other = 'classification' if args.task == 'generation' else 'generation'

@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -418,6 +420,33 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
   if 'heartbeat_timeout_seconds' in inspect.signature(jax.distributed.initialize).parameters:
     options['heartbeat_timeout_seconds'] = heartbeat_timeout_s
   jax.distributed.initialize(coordinator, num_processes, process_id, **options)
+  previous = sys.excepthook
+
+  def leave_on_error(kind, value, traceback):  # an uncaught exception ends this process now
+    previous(kind, value, traceback)
+    leave_if_failed(1)
+  sys.excepthook = leave_on_error
+
+
+def leave_if_failed(code: int) -> int:
+  """Returns ``code``, or, in a multi-process run with a failure (``code != 0``), ends this
+  process at once with it.
+
+  A Python process that returns normally takes part in JAX's shutdown barrier, which waits
+  for every process: one that fails while the others wait in a collective would hang with
+  them until the barrier's timeout (minutes). Ending now closes its connections, so the
+  others' collectives fail at once (gloo: "connection reset by peer") or their distributed
+  service stops them within the heartbeat timeout. :func:`initialize_distributed` does this
+  for an uncaught exception; call it with your exit status in your own script.
+  """
+  if code and jax.process_count() > 1:
+    print(f'jaxunlearn: process {jax.process_index()} of {jax.process_count()} failed '
+          f'(exit status {code}) and stops now; the others stop when they miss it. What was '
+          'checkpointed is kept: start every process again to resume.', file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  return code
 
 
 def host_shard(indices: np.ndarray, process_index: int | None = None,

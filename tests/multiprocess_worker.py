@@ -40,6 +40,10 @@ parallel_module._gather_rows = lambda whole: (
     lambda outputs: gathers.append(len(outputs)) or _gather_rows(whole)(outputs))
 
 for name in methods:
+  if name == f'fail:{pid}':  # this process fails (an uncaught exception) here
+    raise ValueError(f'process {pid} fails on purpose')
+  if name.startswith('fail:'):
+    continue
   if name == 'eval:predict':  # logits of the retain set in batches of 40 (the last padded)
     from jaxunlearn.step import predict
     task, before = _task(), len(gathers)

@@ -114,6 +114,39 @@ def test_generation_methods_over_two_processes_equal_one_device(tmp_path):
     assert moved > 0 and diff <= 0.05 * moved, (method, model, diff, moved)
 
 
+@pytest.mark.slow
+def test_a_process_that_fails_ends_the_others_at_once(tmp_path):
+  """Process 1 raises (an uncaught exception) while process 0 goes on into collectives:
+  process 1 exits at once, saying so, and process 0 within the heartbeat timeout (60 s)
+  after it, instead of both waiting for each other at JAX's shutdown barrier (without
+  ``leave_if_failed`` they hung there past 5 minutes)."""
+  import time
+  port = _free_port()
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), '2', str(port), '4',
+                             str(tmp_path / 'out.npz'), 'eval:predict', 'fail:1',
+                             'eval:predict'], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  ended = {}
+  try:
+    deadline = time.monotonic() + 300
+    while len(ended) < 2 and time.monotonic() < deadline:
+      for i, p in enumerate(procs):
+        if i not in ended and p.poll() is not None:
+          ended[i] = time.monotonic()
+      time.sleep(0.1)
+  finally:
+    for p in procs:  # (still running: killed, then read)
+      if p.poll() is None:
+        p.kill()
+    logs = _wait_all(procs, 30)
+  assert len(ended) == 2, f'still running after 300 s:\n{logs[0][-2000:]}\n{logs[1][-2000:]}'
+  assert procs[1].returncode == 1, logs[1][-3000:]
+  assert 'process 1 fails on purpose' in logs[1] and 'process 1 of 2 failed' in logs[1]
+  assert procs[0].returncode != 0, logs[0][-3000:]
+  assert 0 < ended[0] - ended[1] < 120, (ended, logs[0][-3000:])
+
+
 TINY_RUN = ['--model', 'resnet1', '--width', '4', '--image-size', '8', '--seeds', '0',
             '--set', 'train.epochs=2', '--set', 'salun.epochs=1', '--methods', 'salun',
             '--alignment-every', '0', '--checkpoint-every', '3']
