@@ -30,6 +30,19 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _wait_all(procs, timeout):
+  """The processes' outputs once all ended; any still running after ``timeout`` seconds
+  (each) is killed and reaped."""
+  try:
+    logs = [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  return logs
+
+
 def run_processes(methods, out: Path, count: int = 2, local: int = 4, timeout: float = 600):
   """Starts ``count`` worker processes and waits for all; kills every one of them when one
   fails or the time is up. Returns the variables process 0 wrote."""
@@ -39,13 +52,7 @@ def run_processes(methods, out: Path, count: int = 2, local: int = 4, timeout: f
                              str(local), str(out), *methods], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(count)]
-  try:
-    logs = [p.communicate(timeout=timeout)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+  logs = _wait_all(procs, timeout)
   for i, (p, log) in enumerate(zip(procs, logs)):
     assert p.returncode == 0, f'process {i} exited {p.returncode}:\n{log[-4000:]}'
   with np.load(out) as f:
@@ -155,17 +162,6 @@ TINY_RUN = ['--model', 'resnet1', '--width', '4', '--image-size', '8', '--seeds'
 def _cli(args, env, **kw):
   return subprocess.Popen([sys.executable, '-m', 'jaxunlearn.cli', 'run', *args], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
-
-
-def _wait_all(procs, timeout):
-  try:
-    logs = [p.communicate(timeout=timeout)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-  return logs
 
 
 @pytest.mark.slow
