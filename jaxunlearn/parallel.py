@@ -290,7 +290,6 @@ class Parallel:
           return jax.tree.map(lambda a: np.asarray(a).reshape(-1, *a.shape[2:]), out)
         return jax.tree.map(_first_replica, out)
       return call
-    jitted = jax.jit(fn)
     if self.multi_process:
       # A per-example output stays a global array, its rows on the devices that made them
       # (:meth:`rows` gathers an evaluation's batches at once); one value is replicated
@@ -303,6 +302,7 @@ class Parallel:
         out = self._await(jitted(self.put(args), self.split(batch)))
         return out if per_example else jax.tree.map(_to_host, out)
       return call
+    jitted = jax.jit(fn)
     return lambda args, batch: self._await(jitted(args, self.split(batch)))
 
   def rows(self, outputs: list, n: int | None = None):
