@@ -21,6 +21,7 @@ from jaxunlearn.evaluate import (GradientAlignment, avg_gap, evaluate, model_out
                                  summarize)
 from jaxunlearn.job import Job, RunProgress, SeedRun, run_job
 from jaxunlearn.models import make_model
+from jaxunlearn.models.conv import lowering as conv_lowering
 from jaxunlearn.parallel import Parallel
 from jaxunlearn.train import LoopControl, TrainConfig, init_variables, train_classifier
 
@@ -408,7 +409,8 @@ class _Classification(Job):
         'scenario': config.scenario,
         'seeds': list(config.seeds),
         'model': {'name': config.model, 'width': config.width,
-                  'image_shape': list(self.s.dataset.image_shape)},
+                  'image_shape': list(self.s.dataset.image_shape),
+                  'conv': conv_lowering()},
         'methods': {name: _summarize_rows(rows) for name, rows in per_seed.items()},
         'original': _summarize_rows(originals),
         'per_seed': per_seed,

@@ -92,6 +92,8 @@ def test_original_from_our_checkpoint_is_not_trained(tmp_path):
   ta = 100 * float(np.mean(np.argmax(logits, -1) == ds.y_test))
   assert results['original']['TA']['mean'] == pytest.approx(ta, abs=1e-6)
   assert results['model']['original']['path'] == str((tmp_path / 'mine').absolute())
+  from jaxunlearn.models.conv import lowering
+  assert results['model']['conv'] == lowering() == 'auto'   # how its convolutions ran
   assert not any(cache.glob('original-*')) and any(cache.glob('retrain-*'))
 
 

@@ -1,4 +1,5 @@
 """Flax models."""
+from jaxunlearn.models.conv import conv_general_dilated, set_cpu_conv
 from jaxunlearn.models.ddim_unet import RefDDPMUNet, digits_reference_unet
 from jaxunlearn.models.dit import DiT, digits_dit, dit, stack_blocks, unstack_blocks
 from jaxunlearn.models.inception import FIDInceptionV3
@@ -7,5 +8,5 @@ from jaxunlearn.models.unet import UNet2D, digits_unet
 from jaxunlearn.models.vae import AutoencoderKL
 
 __all__ = ['AutoencoderKL', 'DiT', 'FIDInceptionV3', 'RefDDPMUNet', 'ResNet', 'ResNet10',
-           'ResNet18', 'UNet2D', 'digits_dit', 'digits_reference_unet', 'digits_unet', 'dit',
-           'make_model', 'stack_blocks', 'unstack_blocks']
+           'ResNet18', 'UNet2D', 'conv_general_dilated', 'digits_dit', 'digits_reference_unet',
+           'digits_unet', 'dit', 'make_model', 'set_cpu_conv', 'stack_blocks', 'unstack_blocks']

@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxunlearn.models.conv import conv_general_dilated
+
 ModuleDef = Any
 
 
@@ -29,7 +31,8 @@ def _TorchPaddedConv(features, kernel_size, strides=(1, 1), **kwargs):
   side. XLA's 'SAME' pads a stride-2 3x3 convolution (0, 1) on an even input, one pixel off
   the reference network's (1, 1) (the two disagree on every stride-2 output)."""
   pad = [(k // 2, k // 2) for k in kernel_size]
-  return nn.Conv(features, kernel_size, strides, padding=pad, **kwargs)
+  return nn.Conv(features, kernel_size, strides, padding=pad,
+                 conv_general_dilated=conv_general_dilated, **kwargs)
 
 
 class BasicBlock(nn.Module):
