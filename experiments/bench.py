@@ -161,17 +161,22 @@ def peak_memory_mb(step, state, args) -> float | None:
           + m.temp_size_in_bytes) / 2**20
 
 
-def torch_cases(model, variables, forget, retain, masks, num_classes: int):
-  """The PyTorch reference steps on a PyTorch port of our ResNet holding our weights."""
+def torch_cases(model, variables, forget, retain, masks, num_classes: int,
+                device: str = 'cpu'):
+  """The PyTorch reference steps on a PyTorch port of our ResNet holding our weights, on
+  ``device`` ('cpu', or 'cuda': each call then waits for the GPU, as JAX's are awaited)."""
   import torch
   from torch_resnet import TorchResNet18, load_flax
-  torch.set_num_threads(os.cpu_count() or 1)
+  if device == 'cpu':
+    torch.set_num_threads(os.cpu_count() or 1)
   net = TorchResNet18(num_classes, model.width, model.stage_sizes,
                       in_channels=np.asarray(forget[0]).shape[-1])
   load_flax(net, variables)
+  net = net.to(device)
   net.eval()  # the port is our network: same logits from the same weights
   with torch.no_grad():
-    theirs = net(torch.from_numpy(np.asarray(retain[0]).transpose(0, 3, 1, 2).copy())).numpy()
+    theirs = net(torch.from_numpy(np.asarray(retain[0]).transpose(0, 3, 1, 2).copy())
+                 .to(device)).cpu().numpy()
   ours = np.asarray(model.apply(variables, retain[0], train=False))
   gap = float(np.abs(theirs - ours).max() / np.abs(ours).max())
   if gap > 1e-4:
@@ -180,12 +185,14 @@ def torch_cases(model, variables, forget, retain, masks, num_classes: int):
   net.train()
   (xf, yf), (xr, yr) = forget, retain
   nchw = lambda x: torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-  xf, xr = nchw(xf), nchw(xr)
-  yf, yr = torch.from_numpy(np.asarray(yf)).long(), torch.from_numpy(np.asarray(yr)).long()
-  mask_of = {name: [torch.from_numpy(np.ascontiguousarray(m)) for m in _torch_order(net, mk)]
+  xf, xr = nchw(xf).to(device), nchw(xr).to(device)
+  yf = torch.from_numpy(np.asarray(yf)).long().to(device)
+  yr = torch.from_numpy(np.asarray(yr)).long().to(device)
+  mask_of = {name: [torch.from_numpy(np.ascontiguousarray(m)).to(device)
+                    for m in _torch_order(net, mk)]
              for name, mk in masks.items()}
   opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-  gen = torch.Generator().manual_seed(0)
+  gen = torch.Generator(device=device).manual_seed(0)
   ce = torch.nn.CrossEntropyLoss()
 
   def plain():
@@ -195,7 +202,8 @@ def torch_cases(model, variables, forget, retain, masks, num_classes: int):
 
   def salun():  # Unlearn-Saliency RL: random labels, backward, grad *= mask, step
     opt.zero_grad()
-    wrong = (yf + torch.randint(1, num_classes, yf.shape, generator=gen)) % num_classes
+    wrong = (yf + torch.randint(1, num_classes, yf.shape, generator=gen, device=device)
+             ) % num_classes
     ce(net(xf), wrong).backward()
     for p, m in zip(net.parameters(), mask_of['salun']):
       p.grad *= m
@@ -212,7 +220,10 @@ def torch_cases(model, variables, forget, retain, masks, num_classes: int):
     opt.step()
     plain()
 
-  return {'torch_plain': plain, 'torch_salun': salun, 'torch_sfron': sfron}
+  steps = {'torch_plain': plain, 'torch_salun': salun, 'torch_sfron': sfron}
+  if device == 'cpu':
+    return steps
+  return {name: (lambda f=f: (f(), torch.cuda.synchronize())) for name, f in steps.items()}
 
 
 def _torch_order(net, flax_tree):
@@ -237,6 +248,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   add_model_args(parser)
   parser.add_argument('--no-torch', action='store_true', help='JAX steps only')
+  parser.add_argument('--torch-device', default='cpu',
+                      help="where the PyTorch steps run: 'cpu' (default) or 'cuda'")
   parser.add_argument('--no-diffusion', action='store_true', help='no DDPM UNet rows')
   parser.add_argument('--unet-channels', default='32,64',
                       help="the DDPM UNet's channels per level (default 32,64: the generation "
@@ -262,7 +275,7 @@ def main():
     try:
       timed.update({k: (lambda f=f: f()) for k, f in
                     torch_cases(model, variables, forget, retain, masks,
-                                model.num_classes).items()})
+                                model.num_classes, args.torch_device).items()})
     except ImportError as e:
       print(f'(PyTorch steps skipped: {e})')
   ms = median_ms(timed, args.steps, args.repeats)

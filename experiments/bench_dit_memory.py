@@ -37,8 +37,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxunlearn.diffusion.schedules import linear_schedule
-from jaxunlearn.diffusion.unlearn import AdaptiveDenoisingAscent, Denoising, _objective
+from jaxunlearn.diffusion.objectives import AdaptiveDenoisingAscent, Denoiser, Denoising
+from jaxunlearn.diffusion.train import DiffusionConfig
+from jaxunlearn.losses import reduce_loss
 from jaxunlearn.models.dit import count_params, dit
 from jaxunlearn.transforms import mask_by_saliency, precondition_by_remain_hessian
 
@@ -51,12 +52,23 @@ def make_tx(iters: int, recompute: bool, unroll: bool | None = None):
                      mask_by_saliency(freeze=True, inner=optax.adam(1e-4)))
 
 
-def step(params, opt_state, forget, retain, key, *, model, tx, schedule):
+def batch_loss(model, loss, batch, key):
+  """``params -> `` the batch's loss as the shared steps reduce it (the objective
+  :class:`Denoiser` per example, then :func:`jaxunlearn.losses.reduce_loss`)."""
+  denoiser = Denoiser(model, DiffusionConfig(), loss)   # linear schedule, T = 1000
+  x, y, w = batch
+
+  def fn(params):
+    per_example, _, _ = denoiser(params, {}, x, y, key)
+    return reduce_loss(loss, per_example, w)
+  return fn
+
+
+def step(params, opt_state, forget, retain, key, *, model, tx):
   """One masked, remain-Hessian-preconditioned ascent step; the state is donated."""
   null = model.num_class_embeds - 1
-  forget_obj = _objective(model, schedule, AdaptiveDenoisingAscent(0.5, 0.1, null), forget, key)
-  retain_obj = _objective(model, schedule, Denoising(1.0, 0.1, null), retain,
-                          jax.random.fold_in(key, 1))
+  forget_obj = batch_loss(model, AdaptiveDenoisingAscent(0.5, 0.1, null), forget, key)
+  retain_obj = batch_loss(model, Denoising(1.0, 0.1, null), retain, jax.random.fold_in(key, 1))
   loss, grads = jax.value_and_grad(forget_obj)(params)
   updates, opt_state = tx.update(grads, opt_state, params, retain_loss_fn=retain_obj)
   return optax.apply_updates(params, updates), opt_state, loss
@@ -73,7 +85,7 @@ def setting(args, remat: bool, scan: bool, dtype: str, hvp: str):
   opt_state = jax.eval_shape(tx.init, params)
   batch = (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct((args.batch,), jnp.int32),
            jax.ShapeDtypeStruct((args.batch,), jnp.float32))
-  fn = jax.jit(functools.partial(step, model=model, tx=tx, schedule=linear_schedule(1000)),
+  fn = jax.jit(functools.partial(step, model=model, tx=tx),
                donate_argnums=(0, 1))
   return model, init, tx, fn, (params, opt_state, batch, batch, jax.random.key(0))
 
