@@ -14,7 +14,7 @@ def test_device_check_writes_one_json_of_every_step(tmp_path):
   script = Path(__file__).parent.parent / 'experiments' / 'device_check.sh'
   env = dict(os.environ, PYTHON=sys.executable, XLA_FLAGS='')
   proc = subprocess.run(['bash', str(script), str(tmp_path), '--smoke'], capture_output=True,
-                        text=True, timeout=900, env=env)
+                        text=True, timeout=2400, env=env)
   assert proc.returncode == 0, proc.stderr[-2000:]
   steps = (tmp_path / 'steps.log').read_text().splitlines()
   assert [line.split(':')[0] for line in steps if 'exit' in line] == [
