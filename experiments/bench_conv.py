@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxunlearn.models import conv as conv_lib
+
+from bench_common import median_ms
 
 
 def resnet18_convs(width: int, image_size: int):
@@ -46,14 +46,9 @@ def resnet18_convs(width: int, image_size: int):
   return [(*key, count) for key, count in rows.items()]
 
 
-def median_ms(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times) * 1e3
+def timed_ms(fn, *args, repeats: int) -> float:
+  """Median milliseconds of one call (``bench_common.median_ms``, one call per repeat)."""
+  return median_ms({'call': lambda: fn(*args)}, steps=1, repeats=repeats)['call']
 
 
 def main():
@@ -84,8 +79,8 @@ def main():
       outputs[mode] = forward(x, w)
       probe = jnp.asarray(rng.normal(size=outputs[mode].shape), jnp.float32)
       grads = jax.jit(jax.grad(lambda x, w: jnp.vdot(conv(x, w), probe), argnums=(0, 1)))
-      row[mode] = (median_ms(forward, x, w, repeats=args.repeats),
-                   median_ms(grads, x, w, repeats=args.repeats))
+      row[mode] = (timed_ms(forward, x, w, repeats=args.repeats),
+                   timed_ms(grads, x, w, repeats=args.repeats))
     conv_lib.set_cpu_conv(None)
     out = size // stride
     row['auto'] = 'im2col' if conv_lib.prefers_im2col((kernel, kernel), cin, (out, out)) else 'xla'

@@ -74,9 +74,7 @@ def lowering() -> str:
 
 def _is_nhwc_hwio(dimension_numbers, ndim: int) -> bool:
   """Whether ``dimension_numbers`` are flax's 2-D default (NHWC input, HWIO kernel)."""
-  if ndim != 4:
-    return False
-  if dimension_numbers is None:
+  if ndim != 4 or dimension_numbers is None:
     return False
   if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
     return (tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
@@ -100,15 +98,14 @@ def _pads(padding, in_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequ
   return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def _im2col(lhs, rhs, strides, pads, precision, preferred_element_type):
+def _im2col(lhs, rhs, strides, pads, out_hw, precision, preferred_element_type):
   """The convolution as one product: ``[N, Ho, Wo, kh*kw*in] @ [kh*kw*in, out]``."""
   kh, kw, cin, cout = rhs.shape
-  n, h, w, _ = lhs.shape
+  n = lhs.shape[0]
   (top, bottom), (left, right) = pads
   sh, sw = strides
+  ho, wo = out_hw
   x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-  ho = (h + top + bottom - kh) // sh + 1
-  wo = (w + left + right - kw) // sw + 1
   windows = [lax.slice(x, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin),
                        (1, sh, sw, 1))
              for i in range(kh) for j in range(kw)]
@@ -144,4 +141,4 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     return call_lax()   # lax's own checks and messages
   if mode == 'auto' and not prefers_im2col(rhs.shape[:2], rhs.shape[2], (out_h, out_w)):
     return call_lax()
-  return _im2col(lhs, rhs, strides, pads, precision, preferred_element_type)
+  return _im2col(lhs, rhs, strides, pads, (out_h, out_w), precision, preferred_element_type)
