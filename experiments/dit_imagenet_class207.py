@@ -44,6 +44,7 @@ from jaxunlearn.diffusion.unlearn import GenerationTask, generate
 from jaxunlearn.methods import resolve_hparams
 from jaxunlearn.models.dit import stack_blocks
 from jaxunlearn.parallel import Parallel
+from jaxunlearn.provenance import provenance
 
 from paper import parser, print_hparams
 
@@ -205,6 +206,7 @@ def main(argv=None):
   decode = jax.jit(lambda z: vae.apply({'params': vae_params}, z,
                                        method=type(vae).decode_latents))
   save_grid({k: np.asarray(decode(v)) for k, v in grids.items()}, out / 'samples.png')
+  results['provenance'] = provenance(vars(args))
   (out / 'results.json').write_text(json.dumps(results, indent=1, default=str))
   for name, row in results['models'].items():
     print(f"{name:9s} forget loss {row['forget_loss']:.4f}  retain loss {row['retain_loss']:.4f}")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from jaxunlearn import __version__, checkpoint
+from jaxunlearn.provenance import provenance
 from jaxunlearn.train import LoopControl, NonFiniteError
 
 
@@ -234,6 +235,7 @@ def _run_seeds(job: Job, progress: RunProgress, out_dir) -> dict:
                      if 'error' in row} for name, rows in per_seed.items()}
   if any(failures.values()):
     results['failures'] = {k: v for k, v in failures.items() if v}
+  results['provenance'] = provenance(config)
   if out_dir is not None and checkpoint.is_primary():
     job.write(results, Path(out_dir))
     progress.discard()

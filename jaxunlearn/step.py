@@ -59,10 +59,35 @@ def init_state(variables, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(params, model_state, tx.init(params), *counters)
 
 
+# Elements per flat chunk of :func:`_flat_chunks` (64 MiB of float32).
+FLAT_CHUNK = 1 << 24
+
+
+def _flat_chunks(leaves) -> list:
+  """``leaves`` raveled and concatenated into as few flat arrays of at most
+  :data:`FLAT_CHUNK` elements as their order allows (a larger leaf stays whole).
+
+  A tree-wide reduction written per leaf is a hundred small reductions for a ResNet-18,
+  and XLA:CPU compiles each as its own kernel: the training step with the per-leaf
+  finiteness check compiled in 7.9 s, with one check of the concatenated leaves in 3.5 s
+  (same step time). The chunks bound the concatenation's extra memory on large models.
+  """
+  chunks, current, size = [], [], 0
+  for x in leaves:
+    if current and size + x.size > FLAT_CHUNK:
+      chunks.append(current)
+      current, size = [], 0
+    current.append(jnp.ravel(x))
+    size += x.size
+  if current:
+    chunks.append(current)
+  return [c[0] if len(c) == 1 else jnp.concatenate(c) for c in chunks]
+
+
 def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  checks = [jnp.all(jnp.isfinite(c)) for c in _flat_chunks(leaves)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
 
 
 def finish_step(state: TrainState, updates, opt_state, model_state, loss):

@@ -31,6 +31,7 @@ from jaxunlearn.data import check_before_loading, load_dataset, make_split
 from jaxunlearn.evaluate import metrics as M
 from jaxunlearn.evaluate import strong
 from jaxunlearn.evaluate.protocol import Outputs, evaluate
+from jaxunlearn.provenance import provenance
 from jaxunlearn.models import make_model
 from jaxunlearn.parallel import SINGLE, Parallel
 from jaxunlearn.step import predict
@@ -222,6 +223,7 @@ def run_strong(config: StrongConfig, out_dir: str | Path | None = None) -> dict:
     from jaxunlearn.report import plot_strong
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    results['provenance'] = provenance(config)
     checkpoint.write_json_atomic(out / 'results.json', results)
     plot_strong(results, out / 'strong.png')
   return results

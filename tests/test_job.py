@@ -137,3 +137,32 @@ def test_run_job_refuses_to_resume_another_configuration(tmp_path):
     run_job(ToyJob(registry), tmp_path)
   with pytest.raises(ValueError, match='differs in seeds'):
     run_job(ToyJob(registry, Config(seeds=(0,))), tmp_path)
+
+
+def test_results_record_their_provenance(tmp_path, monkeypatch):
+  """results.json says what made it: version, commit of this checkout, package versions,
+  platform, devices, command line and the full resolved configuration."""
+  import importlib.metadata
+  import subprocess
+  import sys
+  from pathlib import Path
+  import jaxunlearn
+  from jaxunlearn import provenance as P
+  monkeypatch.setattr(sys, 'argv', ['jaxunlearn', 'run', '--seeds', '0'])
+  registry = {'good': Method(_good)}
+  run_job(ToyJob(registry, Config(seeds=(0,), methods=('good',))), tmp_path / 'out')
+  record = json.loads((tmp_path / 'out' / 'results.json').read_text())['provenance']
+  assert record['jaxunlearn'] == jaxunlearn.__version__
+  assert record['packages']['jax'] == importlib.metadata.version('jax')
+  assert record['packages']['optax'] == importlib.metadata.version('optax')
+  assert record['config'] == {'seeds': [0], 'methods': ['good'], 'max_nonfinite': 3,
+                              'checkpoint_every': 0, 'progress': False}
+  assert record['command'] == 'jaxunlearn run --seeds 0'
+  assert record['backend'] == 'cpu' and record['devices']['count'] >= 1
+  repo = Path(jaxunlearn.__file__).resolve().parent.parent
+  head = subprocess.run(['git', '-C', str(repo), 'rev-parse', 'HEAD'], capture_output=True,
+                        text=True)
+  if head.returncode == 0:  # a checkout (CI's fresh clone): its commit is recorded
+    assert record['git']['commit'] == head.stdout.strip()
+  assert P.git_state(tmp_path) is None  # no repository there: no commit claimed
+  assert P.package_versions(('no-such-distribution-xyz',)) == {'no-such-distribution-xyz': None}

@@ -178,3 +178,36 @@ def test_progress_in_a_log_is_a_line_every_few_seconds(capsys):
     assert 'loop' in err
     return err.count('\r') + err.count('\n')
   assert refreshes(progress_bar) <= 4 < 8 <= refreshes(tqdm)
+
+
+@pytest.mark.parametrize('chunk', [1 << 24, 5])
+def test_step_guard_sees_a_non_finite_value_in_any_leaf_and_chunk(monkeypatch, chunk):
+  """finish_step's check flattens the leaves into chunks (one reduction each, not one per
+  leaf): a NaN or inf in any leaf of any chunk, of any float dtype, skips the step; integer
+  leaves are not checked; a finite tree passes."""
+  import jaxunlearn.step as S
+  monkeypatch.setattr(S, 'FLAT_CHUNK', chunk)
+  tree = {'a': jnp.ones((3,)), 'b': jnp.ones((2, 4), jnp.bfloat16), 'c': jnp.arange(5),
+          'd': jnp.ones((7,)), 'e': jnp.float32(2.0)}
+  check = jax.jit(S._all_finite)
+  assert bool(check(tree))
+  if chunk == 5:
+    assert len(S._flat_chunks([tree['a'], tree['b'], tree['d'], tree['e']])) == 4
+  for name, bad in [('a', jnp.nan), ('b', jnp.inf), ('d', -jnp.inf), ('e', jnp.nan)]:
+    leaf = tree[name]
+    damaged = dict(tree, **{name: leaf.reshape(-1).at[-1].set(bad).reshape(leaf.shape)})
+    assert not bool(check(damaged)), name
+  assert bool(check({'i': jnp.array([2**31 - 1], jnp.int32), 'f': jnp.zeros(3)}))
+
+
+def test_init_variables_compiled_once_equals_flax_init_op_by_op():
+  """init_variables runs one compiled program per (model, shape) for every seed: the same
+  values, bit for bit, as flax's init op by op."""
+  from jaxunlearn.train import init_variables
+  model = make_model('resnet1', 10, 4)
+  for seed in (0, 3):
+    want = model.init(jax.random.key(seed), jnp.zeros((1, 8, 8, 1)), train=False)
+    got = init_variables(model, (8, 8, 1), seed)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(a, b)

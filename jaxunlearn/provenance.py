@@ -1,0 +1,89 @@
+"""What made a result: recorded in every ``results.json`` under ``provenance``.
+
+A number without the code, versions, machine and configuration that produced it cannot be
+checked or reproduced. :func:`provenance` collects them when a run writes its results:
+
+- ``jaxunlearn``: the package version; ``git``: the commit of the checkout the package was
+  imported from and whether tracked files differed from it (``None`` for an installed
+  wheel, which carries no repository);
+- ``packages``: the versions of jax, jaxlib, flax, optax, orbax-checkpoint and numpy;
+- ``python``, ``platform``; ``backend``, ``devices`` (count, kind, processes);
+- ``command``: the command line of the process (``jaxunlearn run ...`` or the script);
+- ``config``: the run's full resolved configuration (every field of its config
+  dataclass, defaults included); the resolved hyperparameters of each method are in the
+  results' own ``hparams``;
+- ``finished``: the UTC time the results were written.
+
+Comparisons between runs (resumed against uninterrupted, one device against eight) leave
+``provenance`` out: it differs by design.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from jaxunlearn import __version__
+
+PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy')
+
+
+def package_versions(names=PACKAGES) -> dict:
+  """``{distribution: version}``; ``None`` for one not installed."""
+  out = {}
+  for name in names:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = None
+  return out
+
+
+def git_state(path: str | Path | None = None) -> dict | None:
+  """``{'commit', 'dirty'}`` of the git checkout holding ``path`` (default: this package),
+  or ``None`` where there is none (an installed wheel) or git is missing."""
+  where = Path(path) if path is not None else Path(__file__).resolve().parent
+  def git(*args):
+    return subprocess.run(['git', '-C', str(where), *args], capture_output=True, text=True,
+                          timeout=20)
+  try:
+    head = git('rev-parse', 'HEAD')
+    if head.returncode != 0:
+      return None
+    status = git('status', '--porcelain', '--untracked-files=no')
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return {'commit': head.stdout.strip(),
+          'dirty': status.returncode != 0 or bool(status.stdout.strip())}
+
+
+def _jsonable(value):
+  return json.loads(json.dumps(value, default=str))
+
+
+def provenance(config=None) -> dict:
+  """The ``provenance`` record of a result made now with ``config`` (a config dataclass or
+  a dict; ``None`` records none)."""
+  import jax
+  if dataclasses.is_dataclass(config) and not isinstance(config, type):
+    config = dataclasses.asdict(config)
+  devices = jax.devices()
+  return {
+      'jaxunlearn': __version__,
+      'git': git_state(),
+      'packages': package_versions(),
+      'python': platform.python_version(),
+      'platform': platform.platform(),
+      'backend': jax.default_backend(),
+      'devices': {'count': len(devices), 'kind': devices[0].device_kind,
+                  'processes': jax.process_count()},
+      'command': ' '.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
+      'config': None if config is None else _jsonable(config),
+      'finished': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+  }
