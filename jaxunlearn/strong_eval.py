@@ -31,9 +31,9 @@ from jaxunlearn.data import check_before_loading, load_dataset, make_split
 from jaxunlearn.evaluate import metrics as M
 from jaxunlearn.evaluate import strong
 from jaxunlearn.evaluate.protocol import Outputs, evaluate
-from jaxunlearn.provenance import provenance
 from jaxunlearn.models import make_model
 from jaxunlearn.parallel import SINGLE, Parallel
+from jaxunlearn.provenance import provenance
 from jaxunlearn.step import predict
 from jaxunlearn.train import LoopControl, TrainConfig, progress_bar, train_classifier
 

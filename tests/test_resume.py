@@ -382,10 +382,10 @@ def _loop_steps(root):
 
 @pytest.mark.slow
 def test_ten_kill_damage_rerun_cycles_end_with_the_uninterrupted_numbers(tmp_path):
-  """Ten times: start the run, SIGKILL it at a random moment, and half the time damage
-  the newest checkpoint of a loop (its arrays truncated; at every other kill that finds
-  one). The eleventh start finishes with the numbers of a run never interrupted (a damaged checkpoint is moved aside and its step
-  saved again, never blocking the rerun)."""
+  """Ten times: start the run, SIGKILL it at a random moment, and at every other kill that
+  finds a loop with two checkpoints damage the newest one (its arrays truncated). The
+  eleventh start finishes with the numbers of a run never interrupted (a damaged
+  checkpoint is moved aside and its step saved again, never blocking the rerun)."""
   args = TINY + ['--methods', 'retrain,ft,sfron', '--set', 'ft.epochs=4',
                  '--set', 'sfron.iterations=30', '--set', 'train.epochs=6']
   ref = _reference(tmp_path, args)
