@@ -244,11 +244,10 @@ def _run_task(args) -> int:
   if args.task == 'generation':
     return _run_generation(args)
 
-  from jaxunlearn.experiment import ExperimentConfig, run_experiment
+  from jaxunlearn.experiment import run_experiment
   from jaxunlearn.report import format_table
   try:
-    config = ExperimentConfig(**_settings(args, _CLASSIFICATION_ONLY))
-    config.validate()
+    config = _classification_config(args)
     _check_out(args.out)
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)
@@ -256,6 +255,53 @@ def _run_task(args) -> int:
   return _execute(lambda: run_experiment(config, args.out, restart=args.restart), format_table,
                   lambda r: f'{args.out}/results.json, {args.out}/results.png'
                             + (' and alignment.png' if r.get('alignment') else ''))
+
+
+def _classification_config(args):
+  from jaxunlearn.experiment import ExperimentConfig
+  config = ExperimentConfig(**_settings(args, _CLASSIFICATION_ONLY))
+  config.validate()
+  return config
+
+
+def _generation_config(args):
+  from jaxunlearn.diffusion.experiment import (FAST_SAMPLING, REFERENCE_SAMPLING,
+                                               GenerationConfig)
+  settings = _settings(args, _GENERATION_ONLY)
+  sampling = settings.pop('sampling', None)
+  if sampling is not None:
+    settings.update(REFERENCE_SAMPLING if sampling == 'reference' else FAST_SAMPLING)
+  if args.original is not None:
+    settings['unet_path'] = args.original
+  config = GenerationConfig(**settings)
+  config.validate()
+  return config
+
+
+def resolve_run(argv) -> dict:
+  """What ``jaxunlearn run ARGV`` would run with today's code, without running it:
+  ``{'config': the full config as results.json's provenance records it, 'hparams': each
+  method's resolved hyperparameters (and the training settings) as results.json records
+  them}``. ``--tune`` runs choose learning rates on data: their ``lr`` is left out.
+  What the published-results check (``experiments/reproduce.py --check``) compares a
+  stored result with. Raises ValueError for a command that is not a valid ``run``."""
+  import dataclasses
+  import json
+  argv = list(argv)
+  if not argv or argv[0] != 'run':
+    raise ValueError(f'not a `jaxunlearn run` command: {argv}')
+  try:
+    args = build_parser().parse_args(argv)
+  except SystemExit:
+    raise ValueError(f'jaxunlearn {" ".join(argv)}: not a valid command') from None
+  if args.task == 'generation':
+    config = _generation_config(args)
+    hparams = config.resolved_hparams()
+  else:
+    config = _classification_config(args)
+    hparams = config.resolved_hparams()
+  return json.loads(json.dumps({'config': dataclasses.asdict(config), 'hparams': hparams},
+                               default=str))
 
 
 _CLASSIFICATION_ONLY = {'width': '--width', 'tune': '--tune', 'tune_seeds': '--tune-seeds',
@@ -407,18 +453,10 @@ def _run_strong(args) -> int:
 
 
 def _run_generation(args) -> int:
-  from jaxunlearn.diffusion.experiment import (FAST_SAMPLING, REFERENCE_SAMPLING,
-                                               GenerationConfig, run_generation)
+  from jaxunlearn.diffusion.experiment import run_generation
   from jaxunlearn.diffusion.report import format_generation_table
   try:
-    settings = _settings(args, _GENERATION_ONLY)
-    sampling = settings.pop('sampling', None)
-    if sampling is not None:
-      settings.update(REFERENCE_SAMPLING if sampling == 'reference' else FAST_SAMPLING)
-    if args.original is not None:
-      settings['unet_path'] = args.original
-    config = GenerationConfig(**settings)
-    config.validate()
+    config = _generation_config(args)
     _check_out(args.out)
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)

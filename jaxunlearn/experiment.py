@@ -113,6 +113,17 @@ class ExperimentConfig:
         d[key] = tuple(d[key])
     return cls(**d)
 
+  def resolved_hparams(self) -> dict:
+    """``results.json``'s ``hparams`` as this config resolves them now (no compute): each
+    method's and the original's training settings. With ``tune`` the learning rates are
+    chosen on data when the run starts: they are left out."""
+    hparams = {}
+    for name in self.methods:
+      hp = methods_lib.resolve_hparams(name, self.overrides.get(name)).to_dict()
+      hparams[name] = {k: v for k, v in hp.items() if not (self.tune and k == 'lr')}
+    hparams['train'] = self.train.replace(**self.overrides.get('train', {})).to_dict()
+    return hparams
+
   def validate(self):
     """Checks names and overrides before any compute; raises ValueError saying what to fix."""
     parse_scenario(self.scenario)

@@ -8,7 +8,8 @@ checked or reproduced. :func:`provenance` collects them when a run writes its re
   wheel, which carries no repository);
 - ``packages``: the versions of jax, jaxlib, flax, optax, orbax-checkpoint and numpy;
 - ``python``, ``platform``; ``backend``, ``devices`` (count, kind, processes);
-- ``command``: the command line of the process (``jaxunlearn run ...`` or the script);
+- ``command``: the command line of the process (``jaxunlearn run ...`` or the script), and
+  ``argv``, its arguments as a list (what ``experiments/reproduce.py --check`` re-resolves);
 - ``config``: the run's full resolved configuration (every field of its config
   dataclass, defaults included); the resolved hyperparameters of each method are in the
   results' own ``hparams``;
@@ -84,6 +85,7 @@ def provenance(config=None) -> dict:
       'devices': {'count': len(devices), 'kind': devices[0].device_kind,
                   'processes': jax.process_count()},
       'command': ' '.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
+      'argv': list(sys.argv[1:]),
       'config': None if config is None else _jsonable(config),
       'finished': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
   }

@@ -192,6 +192,14 @@ class GenerationConfig:
                          batch_size=self._replaced('ddpm').batch_size,
                          channels_per_pixel=20 * max(self.channels or (128,)))
 
+  def resolved_hparams(self) -> dict:
+    """``results.json``'s ``hparams`` as this config resolves them now (no compute): each
+    method's, the DDPM's and the classifier's training settings."""
+    return {**{n: resolve_hparams(n, self.method_overrides(n), GENERATION_METHODS).to_dict()
+               for n in self.methods},
+            'ddpm': dataclasses.asdict(self._replaced('ddpm')),
+            'classifier': dataclasses.asdict(self._replaced('classifier'))}
+
   def method_overrides(self, name: str) -> dict:
     """A method's hyperparameter overrides: the model's recipe (a DiT's ``sfron`` is SFR-on's
     DiT code, :data:`jaxunlearn.diffusion.methods.DIT_RECIPE`), then ``overrides``."""

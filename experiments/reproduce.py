@@ -1,0 +1,246 @@
+"""Every published result from one command, with its provenance.
+
+    python experiments/reproduce.py --list              # the results and their state
+    python experiments/reproduce.py --only NAME [...]   # re-measure: run, store, render
+    python experiments/reproduce.py --render            # docs tables from the stored JSON
+    python experiments/reproduce.py --check             # exit 1 if anything is stale
+
+Each result NAME is one ``jaxunlearn`` command (``RESULTS`` below). ``--only NAME`` runs it
+into ``experiments/results/NAME/`` (results.json with its ``provenance``, the plots, and
+``COMMAND``: the exact command line), then renders its table into the docs: a table lives
+between ``<!-- result:NAME -->`` and ``<!-- /result:NAME -->`` in a docs file and is
+written from the JSON, never typed. A run goes into ``experiments/results/.NAME.partial/``
+first and replaces the stored result only when it has finished (the same command started
+again after a kill resumes it there).
+
+``--check`` (and ``tests/test_reproduce.py``) says which results no longer match the code:
+for each, the command recorded in its provenance is resolved with today's code
+(:func:`jaxunlearn.cli.resolve_run`: the full config and every method's hyperparameters,
+no compute) and compared with what the result records; a changed default names the
+setting, its stored and its current value. A result measured before results recorded their
+provenance, or under settings kept on purpose, is marked ``historical`` with the reason, and
+is listed as such, not checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / 'experiments' / 'results'
+
+FIDELITY = ('retrain,ft,ga,rl,salun,salun_joint,l1_sparse,iu,bs,be,scrub,bad_teacher,sfron,'
+            'sfron_hvp,lur')
+BEFORE_PROVENANCE = 'measured before results.json recorded its provenance (2026-12-04)'
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  argv: tuple                    # the jaxunlearn command's arguments, without --out
+  docs: tuple = ()               # docs files holding its <!-- result:NAME --> table
+  table: str = 'classification'  # how the table renders: 'classification', 'generation'
+  historical: str = ''           # non-empty: why it is not checked against today's defaults
+
+
+RESULTS = {
+    'fidelity_class3': Result(
+        ('run', '--scenario', 'class:3', '--seeds', '0,1,2', '--methods', FIDELITY),
+        historical=BEFORE_PROVENANCE),
+    'fidelity_random10': Result(
+        ('run', '--scenario', 'random:10', '--seeds', '0,1,2', '--methods', FIDELITY),
+        historical=BEFORE_PROVENANCE),
+    'baselines_class3': Result(
+        ('run', '--scenario', 'class:3', '--seeds', '0,1,2', '--methods',
+         'retrain,ga_l1,fisher,scissorhands', '--alignment-every', '0'),
+        historical=BEFORE_PROVENANCE),
+    'baselines_random10': Result(
+        ('run', '--scenario', 'random:10', '--seeds', '0,1,2', '--methods',
+         'retrain,ga_l1,fisher,scissorhands', '--alignment-every', '0'),
+        historical=BEFORE_PROVENANCE),
+    'generation_digits': Result(
+        ('run', '--task', 'generation', '--scenario', 'class:3', '--seeds', '0'),
+        table='generation', historical=BEFORE_PROVENANCE),
+    'generation_digits_dit': Result(
+        ('run', '--task', 'generation', '--model', 'dit', '--scenario', 'class:3',
+         '--methods', 'salun,sfron,lur,sa,ga', '--seeds', '0'),
+        table='generation', historical=BEFORE_PROVENANCE),
+}
+
+
+def result_dir(name: str) -> Path:
+  return RESULTS_DIR / name
+
+
+def command_line(name: str, out: Path) -> list[str]:
+  return ['jaxunlearn', *RESULTS[name].argv, '--out', str(out)]
+
+
+def render_table(name: str, results: dict) -> str:
+  """The text table of a stored result, as the docs show it."""
+  kind = RESULTS[name].table
+  if kind == 'generation':
+    from jaxunlearn.diffusion.report import format_generation_table
+    return format_generation_table(results)
+  if kind == 'classification':
+    from jaxunlearn.report import format_table
+    return format_table(results)
+  raise ValueError(f'{name}: unknown table kind {kind!r}')
+
+
+def _markers(name: str) -> tuple[str, str]:
+  return f'<!-- result:{name} -->', f'<!-- /result:{name} -->'
+
+
+def render_block(name: str, results: dict) -> str:
+  begin, end = _markers(name)
+  return f'{begin}\n```text\n{render_table(name, results)}\n```\n{end}'
+
+
+def replace_block(text: str, name: str, block: str, where: str = 'the text') -> str:
+  """``text`` with its ``<!-- result:NAME -->`` block replaced by ``block``."""
+  begin, end = _markers(name)
+  start, stop = text.find(begin), text.find(end)
+  if start < 0 or stop < start:
+    raise ValueError(f'{where} has no {begin} ... {end} block for result {name}: add the two '
+                     'markers where its table belongs')
+  return text[:start] + block + text[stop + len(end):]
+
+
+def stored(name: str, base: Path = RESULTS_DIR) -> dict | None:
+  path = base / name / 'results.json'
+  return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _differences(stored_value, current, prefix: str) -> list[str]:
+  if isinstance(stored_value, dict) and isinstance(current, dict):
+    out = []
+    for key in sorted({*stored_value, *current}):
+      out += _differences(stored_value.get(key, '<absent>'), current.get(key, '<absent>'),
+                          f'{prefix}.{key}' if prefix else key)
+    return out
+  return [] if stored_value == current else [f'{prefix}: stored {stored_value!r}, now {current!r}']
+
+
+# Settings that do not change a result's numbers (where files go, what is printed).
+IGNORED_CONFIG = ('cache_dir', 'progress', 'checkpoint_every')
+
+
+def staleness(results: dict) -> list[str]:
+  """What no longer matches today's code in a stored ``results.json`` (empty: up to date):
+  its recorded command, resolved now, against the config and hyperparameters it records."""
+  from jaxunlearn.cli import resolve_run
+  record = results.get('provenance')
+  if not record or 'argv' not in record:
+    return ['no provenance: re-measure it (it predates results.json recording what made it)']
+  try:
+    now = resolve_run(record['argv'])
+  except ValueError as e:
+    return [f'its command no longer resolves: {e}']
+  config = {k: v for k, v in record['config'].items() if k not in IGNORED_CONFIG}
+  config_now = {k: v for k, v in now['config'].items() if k not in IGNORED_CONFIG}
+  hparams = dict(results.get('hparams', {}))
+  if record['config'].get('tune'):
+    hparams = {k: {a: b for a, b in v.items() if a != 'lr'} if k != 'train' else v
+               for k, v in hparams.items()}
+  return (_differences(config, config_now, 'config')
+          + _differences(hparams, now['hparams'], 'hparams'))
+
+
+def check(names=None, base: Path = RESULTS_DIR, root: Path = ROOT) -> dict[str, list[str]]:
+  """``{name: problems}`` of every result that has any: missing, stale, or a docs table that
+  differs from its rendering. Historical results are only checked to exist."""
+  problems = {}
+  for name in names or RESULTS:
+    entry, results, found = RESULTS[name], stored(name, base), []
+    if results is None:
+      found.append(f'{base / name}/results.json is missing: python experiments/reproduce.py '
+                   f'--only {name}')
+    elif not entry.historical:
+      found += [f'stale: {d}' for d in staleness(results)]
+      for doc in entry.docs:
+        text = (root / doc).read_text()
+        want = replace_block(text, name, render_block(name, results), doc)
+        if want != text:
+          found.append(f'{doc}: the table of {name} differs from its results.json (run '
+                       'python experiments/reproduce.py --render; tables are not typed)')
+    if found:
+      problems[name] = found
+  return problems
+
+
+def render(names=None) -> list[str]:
+  """Rewrites the docs tables of ``names`` (default: every checked result) from their JSON;
+  returns the files changed."""
+  changed = []
+  for name in names or RESULTS:
+    entry, results = RESULTS[name], stored(name)
+    if results is None or entry.historical:
+      continue
+    for doc in entry.docs:
+      path = ROOT / doc
+      text = path.read_text()
+      new = replace_block(text, name, render_block(name, results), doc)
+      if new != text:
+        path.write_text(new)
+        changed.append(doc)
+  return changed
+
+
+def run(name: str, cache_dir: str | None = None) -> Path:
+  """Runs result ``name``'s command into ``.NAME.partial/`` and, once finished, replaces
+  the stored result with it (COMMAND written beside); returns the result's folder."""
+  final, partial = result_dir(name), RESULTS_DIR / f'.{name}.partial'
+  cmd = command_line(name, partial)
+  cache = cache_dir or tempfile.mkdtemp(prefix=f'reproduce-{name}-')
+  exe = shutil.which('jaxunlearn') or sys.exit('jaxunlearn is not installed: pip install -e .')
+  print('$ ' + ' '.join(cmd), flush=True)
+  done = subprocess.run([exe, *cmd[1:], '--cache-dir', cache])
+  if done.returncode != 0:
+    sys.exit(f'{name}: the command failed (exit {done.returncode}); what it finished is kept '
+             f'in {partial}: run the same reproduce command again to resume it')
+  (partial / 'COMMAND').write_text(' '.join(command_line(name, final)) + '\n')
+  if final.exists():
+    shutil.rmtree(final)
+  partial.rename(final)
+  return final
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--only', action='append', choices=sorted(RESULTS), metavar='NAME',
+                 help='re-measure this result (repeatable); names: ' + ', '.join(RESULTS))
+  p.add_argument('--list', action='store_true', help='list the results and their state')
+  p.add_argument('--render', action='store_true', help='rewrite the docs tables from JSON')
+  p.add_argument('--check', action='store_true', help='exit 1 if a result is stale')
+  p.add_argument('--cache-dir', help='cache of originals for the runs (default: a new '
+                 'empty one per result, so that each is made from nothing)')
+  args = p.parse_args(argv)
+  if args.only:
+    for name in args.only:
+      run(name, args.cache_dir)
+    print('rendered: ' + (', '.join(render(args.only)) or 'no docs table changed'))
+  elif args.render:
+    print('rendered: ' + (', '.join(render()) or 'no docs table changed'))
+  problems = check() if (args.check or args.list or not (args.only or args.render)) else {}
+  if args.list or not (args.only or args.render or args.check):
+    for name, entry in RESULTS.items():
+      state = ('historical: ' + entry.historical if entry.historical and name not in problems
+               else '; '.join(problems.get(name, [])) or 'up to date')
+      print(f'{name:24s} {state}')
+  if args.check:
+    for name, found in problems.items():
+      for line in found:
+        print(f'{name}: {line}')
+    return 1 if problems else 0
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

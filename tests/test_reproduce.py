@@ -1,0 +1,90 @@
+"""experiments/reproduce.py: every published result has a command that resolves today, and
+the stale check names what changed when a result's settings no longer match the code."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxunlearn.cli import resolve_run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _reproduce():
+  spec = importlib.util.spec_from_file_location('reproduce', ROOT / 'experiments' / 'reproduce.py')
+  module = importlib.util.module_from_spec(spec)
+  sys.modules['reproduce'] = module  # (its dataclass looks its module up there)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_every_published_result_resolves_and_is_current_or_marked_historical():
+  rp = _reproduce()
+  for name, entry in rp.RESULTS.items():
+    resolve_run(entry.argv)  # a command today's CLI accepts
+    assert (rp.RESULTS_DIR / name / 'results.json').is_file(), name
+    assert entry.historical or entry.docs, f'{name}: its table belongs in some docs file'
+  assert rp.check() == {}
+
+
+def _fake_result(tmp_path, argv):
+  """A stored result as a run of ``argv`` today would record it (no compute)."""
+  now = resolve_run(argv)
+  results = {'hparams': now['hparams'], 'methods': {}, 'original': {}, 'dataset': 'digits',
+             'scenario': 'class:3', 'seeds': [0],
+             'provenance': {'argv': list(argv), 'config': now['config']}}
+  (tmp_path / 'fake').mkdir(parents=True)
+  (tmp_path / 'fake' / 'results.json').write_text(json.dumps(results))
+  return results
+
+
+def test_stale_check_names_each_setting_that_changed(tmp_path, monkeypatch):
+  rp = _reproduce()
+  argv = ('run', '--methods', 'ft,salun', '--seeds', '0', '--set', 'ft.epochs=3')
+  monkeypatch.setitem(rp.RESULTS, 'fake', rp.Result(argv))
+  results = _fake_result(tmp_path, ['run', '--methods', 'ft,salun', '--seeds', '0', '--set',
+                                    'ft.epochs=3', '--out', str(tmp_path / 'o')])
+  assert rp.check(['fake'], base=tmp_path) == {}
+  # as if the defaults had moved since: the stored values are what the code gave then
+  results['hparams']['salun']['lr'] = 0.5
+  results['hparams']['train']['epochs'] = 7
+  results['provenance']['config']['width'] = 32
+  (tmp_path / 'fake' / 'results.json').write_text(json.dumps(results))
+  found = rp.check(['fake'], base=tmp_path)['fake']
+  assert any(p.startswith('stale: hparams.salun.lr: stored 0.5, now ') for p in found), found
+  assert any(p.startswith('stale: hparams.train.epochs: stored 7, now 10') for p in found)
+  assert any(p.startswith('stale: config.width: stored 32, now 16') for p in found)
+  assert len(found) == 3  # nothing else (cache_dir and progress do not count)
+  del results['provenance']
+  (tmp_path / 'fake' / 'results.json').write_text(json.dumps(results))
+  assert 'no provenance' in rp.check(['fake'], base=tmp_path)['fake'][0]
+
+
+def test_tables_are_rendered_from_the_json_never_typed(tmp_path, monkeypatch):
+  rp = _reproduce()
+  argv = ('run', '--methods', 'ft', '--seeds', '0')
+  monkeypatch.setitem(rp.RESULTS, 'fake', rp.Result(argv, docs=('doc.md',)))
+  results = _fake_result(tmp_path, list(argv))
+  results['methods'] = {'ft': {'UA': {'mean': 1.5, 'std': 0.0}}}
+  (tmp_path / 'fake' / 'results.json').write_text(json.dumps(results))
+  doc = tmp_path / 'doc.md'
+  doc.write_text('# Title\n\ntext\n')
+  with pytest.raises(ValueError, match='no <!-- result:fake -->'):
+    rp.check(['fake'], base=tmp_path, root=tmp_path)
+  block = rp.render_block('fake', results)
+  assert '1.50' in block and block.startswith('<!-- result:fake -->\n```text\n')
+  doc.write_text(f'# Title\n\n{block}\n\ntext\n')
+  assert rp.check(['fake'], base=tmp_path, root=tmp_path) == {}
+  doc.write_text(f'# Title\n\n{block.replace("1.50", "1.60")}\n\ntext\n')  # typed by hand
+  assert 'differs from its results.json' in rp.check(['fake'], base=tmp_path,
+                                                     root=tmp_path)['fake'][0]
+
+
+def test_resolve_run_refuses_what_is_not_a_run_command():
+  with pytest.raises(ValueError, match='not a `jaxunlearn run` command'):
+    resolve_run(['eval-strong', '--methods', 'ft'])
+  with pytest.raises(ValueError, match='not a valid command'):
+    resolve_run(['run', '--no-such-flag'])
