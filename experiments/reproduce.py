@@ -45,7 +45,7 @@ BEFORE_PROVENANCE = 'measured before results.json recorded its provenance (2026-
 class Result:
   argv: tuple                    # the jaxunlearn command's arguments, without --out
   docs: tuple = ()               # docs files holding its <!-- result:NAME --> table
-  table: str = 'classification'  # how the table renders: 'classification', 'generation'
+  table: str = 'classification'  # its table: 'classification', 'generation' or 'strong'
   historical: str = ''           # non-empty: why it is not checked against today's defaults
 
 
@@ -71,6 +71,14 @@ RESULTS = {
         ('run', '--task', 'generation', '--model', 'dit', '--scenario', 'class:3',
          '--methods', 'salun,sfron,lur,sa,ga', '--seeds', '0'),
         table='generation', historical=BEFORE_PROVENANCE),
+    'strong_class3': Result(
+        ('eval-strong', '--dataset', 'digits', '--scenario', 'class:3', '--methods',
+         'original,ft,ga,salun,sfron,lur', '--models', '8'),
+        table='strong', historical=BEFORE_PROVENANCE),
+    'strong_random10': Result(
+        ('eval-strong', '--dataset', 'digits', '--scenario', 'random:10', '--methods',
+         'original,ft,ga,salun,sfron,lur', '--models', '8'),
+        table='strong', historical=BEFORE_PROVENANCE),
 }
 
 
@@ -88,6 +96,9 @@ def render_table(name: str, results: dict) -> str:
   if kind == 'generation':
     from jaxunlearn.diffusion.report import format_generation_table
     return format_generation_table(results)
+  if kind == 'strong':
+    from jaxunlearn.report import format_strong_table
+    return format_strong_table(results)
   if kind == 'classification':
     from jaxunlearn.report import format_table
     return format_table(results)

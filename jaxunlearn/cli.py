@@ -279,7 +279,8 @@ def _generation_config(args):
 
 
 def resolve_run(argv) -> dict:
-  """What ``jaxunlearn run ARGV`` would run with today's code, without running it:
+  """What ``jaxunlearn ARGV`` (``run`` or ``eval-strong``) would run with today's code,
+  without running it:
   ``{'config': the full config as results.json's provenance records it, 'hparams': each
   method's resolved hyperparameters (and the training settings) as results.json records
   them}``. ``--tune`` runs choose learning rates on data: their ``lr`` is left out.
@@ -288,18 +289,19 @@ def resolve_run(argv) -> dict:
   import dataclasses
   import json
   argv = list(argv)
-  if not argv or argv[0] != 'run':
-    raise ValueError(f'not a `jaxunlearn run` command: {argv}')
+  if not argv or argv[0] not in ('run', 'eval-strong'):
+    raise ValueError(f'not a `jaxunlearn run` or `eval-strong` command: {argv}')
   try:
     args = build_parser().parse_args(argv)
   except SystemExit:
     raise ValueError(f'jaxunlearn {" ".join(argv)}: not a valid command') from None
-  if args.task == 'generation':
+  if args.command == 'eval-strong':
+    config = _strong_config(args)
+  elif args.task == 'generation':
     config = _generation_config(args)
-    hparams = config.resolved_hparams()
   else:
     config = _classification_config(args)
-    hparams = config.resolved_hparams()
+  hparams = config.resolved_hparams()
   return json.loads(json.dumps({'config': dataclasses.asdict(config), 'hparams': hparams},
                                default=str))
 
@@ -430,20 +432,26 @@ def _execute(run, table, written) -> int:
   return 1 if results.get('failures') else 0
 
 
-def _run_strong(args) -> int:
+def _strong_config(args):
   from jaxunlearn import checkpoint
+  from jaxunlearn.strong_eval import StrongConfig
+  cache = None if args.no_cache else (args.cache_dir or str(checkpoint.default_cache_dir()))
+  extra = {} if args.methods is None else {'methods': tuple(args.methods)}
+  config = StrongConfig(
+      dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
+      model=args.model, width=args.width, scenario=args.scenario, models=args.models,
+      split_seed=args.split_seed, chunk=args.chunk,
+      overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
+      **extra)
+  config.validate()
+  return config
+
+
+def _run_strong(args) -> int:
   from jaxunlearn.report import format_strong_table
-  from jaxunlearn.strong_eval import StrongConfig, run_strong
+  from jaxunlearn.strong_eval import run_strong
   try:
-    cache = None if args.no_cache else (args.cache_dir or str(checkpoint.default_cache_dir()))
-    extra = {} if args.methods is None else {'methods': tuple(args.methods)}
-    config = StrongConfig(
-        dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
-        model=args.model, width=args.width, scenario=args.scenario, models=args.models,
-        split_seed=args.split_seed, chunk=args.chunk,
-        overrides=parse_overrides(args.overrides), cache_dir=cache, progress=not args.quiet,
-        **extra)
-    config.validate()
+    config = _strong_config(args)
     _check_out(args.out)
   except ValueError as e:
     print(f'jaxunlearn: error: {e}', file=sys.stderr)

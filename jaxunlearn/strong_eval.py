@@ -99,6 +99,14 @@ class StrongConfig:
                          batch_size=self.train.replace(**self.overrides.get('train', {}))
                          .batch_size, channels_per_pixel=26 * self.width)
 
+  def resolved_hparams(self) -> dict:
+    """``results.json``'s ``hparams`` as this config resolves them now (no compute):
+    Retrain's and each method's, and the originals' training settings."""
+    names = ['retrain', *[n for n in self.methods if n not in ('retrain', 'original')]]
+    return {**{n: methods_lib.resolve_hparams(n, self.overrides.get(n)).to_dict()
+               for n in names},
+            'train': self.train.replace(**self.overrides.get('train', {})).to_dict()}
+
   def chunk_size(self) -> int:
     if self.chunk is None:
       return 1 if jax.default_backend() == 'cpu' else self.models
@@ -171,7 +179,7 @@ def run_strong(config: StrongConfig, out_dir: str | Path | None = None) -> dict:
   results = {'task': 'strong', 'dataset': ds.name, 'scenario': config.scenario,
              'split_seed': config.split_seed, 'models': config.models,
              'forget_size': int(len(split.forget)), 'original_train_s': info['seconds'],
-             'methods': {}, 'per_example': {}}
+             'methods': {}, 'per_example': {}, 'hparams': config.resolved_hparams()}
   measured = {}
   for name in runs:
     if name == 'original':  # the floor: the originals, nothing unlearned

@@ -84,7 +84,7 @@ def test_tables_are_rendered_from_the_json_never_typed(tmp_path, monkeypatch):
 
 
 def test_resolve_run_refuses_what_is_not_a_run_command():
-  with pytest.raises(ValueError, match='not a `jaxunlearn run` command'):
-    resolve_run(['eval-strong', '--methods', 'ft'])
+  with pytest.raises(ValueError, match='not a `jaxunlearn run` or `eval-strong` command'):
+    resolve_run(['convert-dit', 'a', 'b'])
   with pytest.raises(ValueError, match='not a valid command'):
     resolve_run(['run', '--no-such-flag'])
