@@ -65,11 +65,12 @@ RESULTS = {
          'retrain,ga_l1,fisher,scissorhands', '--alignment-every', '0'),
         historical=BEFORE_PROVENANCE),
     'generation_digits': Result(
-        ('run', '--task', 'generation', '--scenario', 'class:3', '--seeds', '0'),
+        ('run', '--task', 'generation', '--scenario', 'class:3', '--seeds', '0,1,2',
+         '--check-every', '10'),
         table='generation', historical=BEFORE_PROVENANCE),
     'generation_digits_dit': Result(
         ('run', '--task', 'generation', '--model', 'dit', '--scenario', 'class:3',
-         '--methods', 'salun,sfron,lur,sa,ga', '--seeds', '0'),
+         '--methods', 'salun,sfron,lur,sa,ga', '--seeds', '0,1,2', '--check-every', '10'),
         table='generation', historical=BEFORE_PROVENANCE),
     'strong_class3': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'class:3', '--methods',

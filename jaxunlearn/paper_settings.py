@@ -217,6 +217,10 @@ def _ddpm() -> dict:
                'lr': Ref(2e-4, f'{train}:49'),
                'warmup': Ref(0, 'salun:DDPM/runners/diffusion.py:214', 'no warm-up: a '
                              'constant Adam rate from the first step'),
+               'lr_schedule': Ref('constant', 'salun:DDPM/runners/diffusion.py:201',
+                                  'no scheduler; the references sample with the EMA '
+                                  f'weights (ema_rate 0.9999, {train}:24), which we do not '
+                                  'keep: 800k steps at a constant rate settle without one'),
                'clip_norm': Ref(1.0, f'{train}:53'), 'schedule': Ref('linear', f'{train}:30'),
                'num_timesteps': Ref(1000, f'{train}:33'),
                'cond_drop_prob': Ref(0.1, f'{train}:27')},
@@ -249,6 +253,9 @@ def _ddpm() -> dict:
                 'gamma': Ref(1.0, f'{SFRON_DDPM_README}:52', 'generate_fisher_mask.py '
                              '--threshold 1.0'),
                 'mask': Ref(True, f'{SFRON_DDPM_README}:63', '--mask_path'),
+                'forget_cond_drop_prob': Ref(0.1, 'sfron:DDPM/functions/losses.py:57',
+                                             "adaptive_loss's default: the null class is "
+                                             'ascended too'),
                 'loss': Ref('ddpm', 'sfron:DDPM/functions/losses.py:37', 'the pixel sum'),
                 'forget_loss': Ref('adaptive', f'{SFRON_DDPM_README}:63', '--unlearn_loss adaga'),
                 'forget_schedule': Ref('cosine', f'{SFRON_RUNNER}:1077', '--decay_forget_alpha'),
@@ -302,6 +309,8 @@ def _dit() -> dict:
                 'gamma': Ref(1.0, 'ours', 'generate_mask.py writes masks at 0.5, 1, 3, 5, 10; '
                              'the README does not say which it used'),
                 'mask': Ref(True, f'{readme}:63', '--mask-path'),
+                'forget_cond_drop_prob': Ref(0.1, f'{forget}:258', 'model.train(): DiT\'s '
+                                             'label dropout on the forget loss too'),
                 'loss': Ref('hybrid', f'{forget}:271', 'diffusion.training_losses: MSE + VLB'),
                 'forget_loss': Ref('ga', f'{readme}:62', '--unlearn-loss ga'),
                 'forget_schedule': Ref('constant', f'{forget}:286', '--decay-forget-alpha is '

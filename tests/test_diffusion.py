@@ -1,5 +1,7 @@
 """Schedules, forward process, loss and samplers against diffusers' schedulers."""
 
+import dataclasses
+
 import diffusers
 import jax
 import jax.numpy as jnp
@@ -167,3 +169,17 @@ def test_ddpm_training_learns_and_resumes_bit_identical(tiny_unet, tmp_path):
                                control=again)
   assert again.resumed_from == 14
   jax.tree.map(np.testing.assert_array_equal, resumed, reference)
+
+
+def test_ddpm_learning_rate_warms_up_then_decays_to_zero_by_default():
+  from jaxunlearn.diffusion.train import DiffusionConfig
+  config = DiffusionConfig(steps=1000, lr=1e-3, warmup=100)
+  lr = config.optim().over(config.steps).learning_rate()
+  assert float(lr(0)) == 0.0 and float(lr(50)) == pytest.approx(5e-4)
+  assert float(lr(100)) == pytest.approx(1e-3)
+  assert float(lr(550)) == pytest.approx(5e-4, rel=1e-3)  # half-way through the cosine
+  assert float(lr(1000)) == pytest.approx(0.0, abs=1e-9)
+  constant = dataclasses.replace(config, lr_schedule='constant').optim().over(1000)
+  assert float(constant.learning_rate()(1000)) == pytest.approx(1e-3)
+  with pytest.raises(ValueError, match="lr_schedule must be 'constant' or 'cosine'"):
+    DiffusionConfig(lr_schedule='linear')

@@ -155,6 +155,27 @@ def test_sfron_raises_the_forget_denoising_loss_more_than_the_retain_one(task, n
   assert f_after - f_before > r_after - r_before
 
 
+@pytest.mark.parametrize('overrides, forget_drop', [({}, 0.1),
+                                                     ({'forget_cond_drop_prob': 0.0}, 0.0)])
+def test_sfron_drops_forget_labels_as_its_hyperparameter_says(task, monkeypatch, overrides,
+                                                              forget_drop):
+  """The forget loss drops labels to the null class at ``forget_cond_drop_prob`` (the
+  references' training-mode 0.1 by default), the retain loss at ``cond_drop_prob``."""
+  import jaxunlearn.diffusion.methods as methods
+  seen = {}
+
+  def capture(variables, forget, retain, **kw):
+    seen.update(forget=forget.objective.loss, retain=retain.objective.loss)
+    return variables, {}
+
+  monkeypatch.setattr(methods, 'fit_fast_slow', capture)
+  _run(task, 'sfron', mask=False, cond_drop_prob=0.2, **overrides)
+  assert isinstance(seen['forget'], AdaptiveDenoisingAscent)
+  assert seen['forget'].cond_drop_prob == forget_drop
+  assert seen['forget'].null_class == task.null_class == 10
+  assert seen['retain'].cond_drop_prob == 0.2
+
+
 def test_elbo_fisher_is_a_mean_of_per_image_squares(task):
   """The mean over images of the squared gradient of each image's ELBO estimate (``n``
   stratified timesteps scaled by T / n), image ``i`` drawing from ``fold_in(key, i)``:

@@ -30,6 +30,10 @@ class DiffusionConfig:
     batch_size: images per step.
     lr: Adam's learning rate (after a linear warm-up of ``warmup`` steps).
     warmup: warm-up steps.
+    lr_schedule: 'cosine' (decayed to 0 over the steps after the warm-up; the default) or
+      'constant'. The references train for hundreds of thousands of steps and sample with
+      EMA weights; a short run at a constant rate ends on noisy weights (the digits DDPM at
+      1e-3, seed 0: FID 68.6 and 75% of samples recognised, against 32.5 and 88% decayed).
     clip_norm: global-norm gradient clipping (0: none).
     schedule: 'linear' or 'cosine' noise schedule of ``num_timesteps`` steps.
     num_timesteps: T.
@@ -41,6 +45,7 @@ class DiffusionConfig:
   batch_size: int = 128
   lr: float = 1e-3
   warmup: int = 100
+  lr_schedule: str = 'cosine'
   clip_norm: float = 1.0
   schedule: str = 'linear'
   num_timesteps: int = 1000
@@ -49,6 +54,8 @@ class DiffusionConfig:
   def __post_init__(self):
     if self.schedule not in ('linear', 'cosine'):
       raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
+    if self.lr_schedule not in ('constant', 'cosine'):
+      raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
     if not 0 <= self.cond_drop_prob < 1:
       raise ValueError(f'cond_drop_prob must lie in [0, 1), got {self.cond_drop_prob}')
     if self.steps < 0 or self.batch_size < 1 or not self.lr > 0:
@@ -62,7 +69,7 @@ class DiffusionConfig:
     """The optimizer: clip, then Adam (PyTorch's defaults, no weight decay) after a linear
     warm-up from 0 (none with ``warmup=0``)."""
     return OptimSpec('adam', self.lr, momentum=0.9, weight_decay=0.0, warmup=self.warmup,
-                     clip_norm=self.clip_norm)
+                     schedule=self.lr_schedule, clip_norm=self.clip_norm)
 
 
 def init_unet(model, image_shape, seed: int = 0):
