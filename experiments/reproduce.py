@@ -30,7 +30,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,6 +164,14 @@ def staleness(results: dict) -> list[str]:
           + _differences(hparams, now['hparams'], 'hparams'))
 
 
+def _rendered_docs(name: str, results: dict, root: Path = ROOT):
+  """``(path, text now, text rendered)`` of each docs file holding result ``name``'s table."""
+  for doc in RESULTS[name].docs:
+    path = root / doc
+    text = path.read_text()
+    yield path, text, replace_block(text, name, render_block(name, results), doc)
+
+
 def check(names=None, base: Path = RESULTS_DIR, root: Path = ROOT) -> dict[str, list[str]]:
   """``{name: problems}`` of every result that has any: missing, stale, or a docs table that
   differs from its rendering. Historical results are only checked to exist."""
@@ -176,12 +183,11 @@ def check(names=None, base: Path = RESULTS_DIR, root: Path = ROOT) -> dict[str, 
                    f'--only {name}')
     elif not entry.historical:
       found += [f'stale: {d}' for d in staleness(results)]
-      for doc in entry.docs:
-        text = (root / doc).read_text()
-        want = replace_block(text, name, render_block(name, results), doc)
+      for path, text, want in _rendered_docs(name, results, root):
         if want != text:
-          found.append(f'{doc}: the table of {name} differs from its results.json (run '
-                       'python experiments/reproduce.py --render; tables are not typed)')
+          found.append(f'{path.relative_to(root)}: the table of {name} differs from its '
+                       'results.json (run python experiments/reproduce.py --render; tables '
+                       'are not typed)')
     if found:
       problems[name] = found
   return problems
@@ -195,22 +201,22 @@ def render(names=None) -> list[str]:
     entry, results = RESULTS[name], stored(name)
     if results is None or entry.historical:
       continue
-    for doc in entry.docs:
-      path = ROOT / doc
-      text = path.read_text()
-      new = replace_block(text, name, render_block(name, results), doc)
+    for path, text, new in _rendered_docs(name, results):
       if new != text:
         path.write_text(new)
-        changed.append(doc)
+        changed.append(str(path.relative_to(ROOT)))
   return changed
 
 
 def run(name: str, cache_dir: str | None = None) -> Path:
   """Runs result ``name``'s command into ``.NAME.partial/`` and, once finished, replaces
-  the stored result with it (COMMAND written beside); returns the result's folder."""
+  the stored result with it (COMMAND written beside); returns the result's folder. Without
+  ``cache_dir`` its originals go to ``.NAME.cache/``, empty at the first start, kept for a
+  rerun after a failure (which resumes there) and removed when the result is stored."""
   final, partial = result_dir(name), RESULTS_DIR / f'.{name}.partial'
+  own_cache = RESULTS_DIR / f'.{name}.cache'
   cmd = command_line(name, partial)
-  cache = cache_dir or tempfile.mkdtemp(prefix=f'reproduce-{name}-')
+  cache = cache_dir or str(own_cache)
   exe = shutil.which('jaxunlearn') or sys.exit('jaxunlearn is not installed: pip install -e .')
   print('$ ' + ' '.join(cmd), flush=True)
   done = subprocess.run([exe, *cmd[1:], '--cache-dir', cache])
@@ -221,6 +227,8 @@ def run(name: str, cache_dir: str | None = None) -> Path:
   if final.exists():
     shutil.rmtree(final)
   partial.rename(final)
+  if cache_dir is None:
+    shutil.rmtree(own_cache, ignore_errors=True)
   return final
 
 
@@ -231,8 +239,8 @@ def main(argv=None) -> int:
   p.add_argument('--list', action='store_true', help='list the results and their state')
   p.add_argument('--render', action='store_true', help='rewrite the docs tables from JSON')
   p.add_argument('--check', action='store_true', help='exit 1 if a result is stale')
-  p.add_argument('--cache-dir', help='cache of originals for the runs (default: a new '
-                 'empty one per result, so that each is made from nothing)')
+  p.add_argument('--cache-dir', help='cache of originals for the runs (default: one per '
+                 'result, empty at its first start, so that each is made from nothing)')
   args = p.parse_args(argv)
   if args.only:
     for name in args.only:

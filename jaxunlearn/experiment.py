@@ -113,6 +113,10 @@ class ExperimentConfig:
         d[key] = tuple(d[key])
     return cls(**d)
 
+  def train_config(self) -> TrainConfig:
+    """The original's training settings, ``--set train.*`` applied (cast and checked)."""
+    return self.train.replace(**self.overrides.get('train', {}))
+
   def resolved_hparams(self) -> dict:
     """``results.json``'s ``hparams`` as this config resolves them now (no compute): each
     method's and the original's training settings. With ``tune`` the learning rates are
@@ -121,7 +125,7 @@ class ExperimentConfig:
     for name in self.methods:
       hp = methods_lib.resolve_hparams(name, self.overrides.get(name)).to_dict()
       hparams[name] = {k: v for k, v in hp.items() if not (self.tune and k == 'lr')}
-    hparams['train'] = self.train.replace(**self.overrides.get('train', {})).to_dict()
+    hparams['train'] = self.train_config().to_dict()
     return hparams
 
   def validate(self):
@@ -164,8 +168,8 @@ class ExperimentConfig:
       methods_lib.resolve_hparams(name, hp)
     # ResNet-18 keeps about 26 activations of the first stage's size per example.
     check_before_loading(self.dataset, self.image_size, self.scenario, data_dir=self.data_dir,
-                         batch_size=self.train.replace(**self.overrides.get('train', {}))
-                         .batch_size, channels_per_pixel=26 * self.width)
+                         batch_size=self.train_config().batch_size,
+                         channels_per_pixel=26 * self.width)
 
 
   def devices(self) -> Parallel:
@@ -206,7 +210,7 @@ def _check_settings(keys, cls, what: str) -> None:
 
 
 def _setup(config: ExperimentConfig) -> _Setup:
-  train_cfg = config.train.replace(**config.overrides.get('train', {}))  # cast and checked
+  train_cfg = config.train_config()
   dataset = load_dataset(config.dataset, config.data_dir, config.image_size)
   model = make_model(config.model, dataset.num_classes, config.width)
   retrain_hp = methods_lib.resolve_hparams('retrain', config.overrides.get('retrain'))

@@ -96,8 +96,12 @@ class StrongConfig:
       if name != 'original':  # the originals scored as they are: no hyperparameters
         methods_lib.resolve_hparams(name, self.overrides.get(name))
     check_before_loading(self.dataset, self.image_size, self.scenario, data_dir=self.data_dir,
-                         batch_size=self.train.replace(**self.overrides.get('train', {}))
-                         .batch_size, channels_per_pixel=26 * self.width)
+                         batch_size=self.train_config().batch_size,
+                         channels_per_pixel=26 * self.width)
+
+  def train_config(self) -> TrainConfig:
+    """The originals' training settings, ``--set train.*`` applied (cast and checked)."""
+    return self.train.replace(**self.overrides.get('train', {}))
 
   def resolved_hparams(self) -> dict:
     """``results.json``'s ``hparams`` as this config resolves them now (no compute):
@@ -105,7 +109,7 @@ class StrongConfig:
     names = ['retrain', *[n for n in self.methods if n not in ('retrain', 'original')]]
     return {**{n: methods_lib.resolve_hparams(n, self.overrides.get(n)).to_dict()
                for n in names},
-            'train': self.train.replace(**self.overrides.get('train', {})).to_dict()}
+            'train': self.train_config().to_dict()}
 
   def chunk_size(self) -> int:
     if self.chunk is None:
@@ -157,7 +161,7 @@ def _model_metrics(model, variables, ds, split, num_models: int) -> dict:
 def run_strong(config: StrongConfig, out_dir: str | Path | None = None) -> dict:
   """Runs the job; writes ``results.json`` and ``strong.png`` to ``out_dir``."""
   config.validate()
-  train_cfg = config.train.replace(**config.overrides.get('train', {}))  # cast and checked
+  train_cfg = config.train_config()
   ds = load_dataset(config.dataset, config.data_dir, config.image_size)
   model = make_model(config.model, ds.num_classes, config.width)
   split = make_split(ds, config.scenario, config.split_seed)

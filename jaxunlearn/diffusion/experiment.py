@@ -184,19 +184,22 @@ class GenerationConfig:
         raise ValueError(f'--set names method {name!r}, which is not among --methods '
                          f'{",".join(self.methods)}'
                          f'{did_you_mean(name, [*self.methods, "ddpm", "classifier"])}')
-    for name in self.methods:
-      resolve_hparams(name, self.method_overrides(name), GENERATION_METHODS)
+    self.method_hparams()
     self.devices()  # raises for a mode or device count this host cannot run
     # A UNet keeps about 20 activations of its widest level per pixel and example.
     check_before_loading(self.dataset, self.image_size, self.scenario, data_dir=self.data_dir,
                          batch_size=self._replaced('ddpm').batch_size,
                          channels_per_pixel=20 * max(self.channels or (128,)))
 
+  def method_hparams(self) -> dict:
+    """``{method: its typed, checked hyperparameters}`` (recipe and overrides applied)."""
+    return {n: resolve_hparams(n, self.method_overrides(n), GENERATION_METHODS)
+            for n in self.methods}
+
   def resolved_hparams(self) -> dict:
     """``results.json``'s ``hparams`` as this config resolves them now (no compute): each
     method's, the DDPM's and the classifier's training settings."""
-    return {**{n: resolve_hparams(n, self.method_overrides(n), GENERATION_METHODS).to_dict()
-               for n in self.methods},
+    return {**{n: hp.to_dict() for n, hp in self.method_hparams().items()},
             'ddpm': dataclasses.asdict(self._replaced('ddpm')),
             'classifier': dataclasses.asdict(self._replaced('classifier'))}
 
@@ -394,8 +397,7 @@ class _Generation(Job):
     self.config, self.out_dir = config, None if out_dir is None else Path(out_dir)
     self.cls = int(parse_scenario(config.scenario).value)
     self.ddpm, self.clf_cfg = config._replaced('ddpm'), config._replaced('classifier')
-    self._resolved = {n: resolve_hparams(n, config.method_overrides(n), GENERATION_METHODS)
-                      for n in config.methods}  # checked before any compute
+    self._resolved = config.method_hparams()  # checked before any compute
     self._ready = False
 
   def hparams(self, progress) -> dict:
