@@ -176,6 +176,7 @@ def test_sfron_drops_forget_labels_as_its_hyperparameter_says(task, monkeypatch,
   assert seen['retain'].cond_drop_prob == 0.2
 
 
+@pytest.mark.slow
 def test_elbo_fisher_is_a_mean_of_per_image_squares(task):
   """The mean over images of the squared gradient of each image's ELBO estimate (``n``
   stratified timesteps scaled by T / n), image ``i`` drawing from ``fold_in(key, i)``:
@@ -250,6 +251,47 @@ def test_generation_config_takes_the_devices_and_checks_them():
     GenerationConfig(parallel='pmap', num_devices=9).validate()
 
 
+def test_fid_forget_tells_degenerate_samples_from_the_class_when_the_classifier_cannot():
+  """A classifier that calls everything a 3 scores UA 0 both for real 3s and for blobs;
+  FID_forget (the samples' distance to the real 3s) tells them apart, and each check of the
+  tracker records it beside UA."""
+  import flax.linen as nn
+
+  from jaxunlearn.diffusion.experiment import ForgetTracker, _Judge
+  from jaxunlearn.diffusion.methods import SFRon
+
+  class AlwaysThree(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      return jnp.zeros((x.shape[0], 10)).at[:, 3].set(1.0)
+
+  ds = load_digits(8, pixels='symmetric')
+  threes = ds.x_train[ds.y_train == 3]
+  flat = lambda x: np.asarray(x, np.float64).reshape(len(x), -1)  # noqa: E731
+  held_out = ds.x_test[ds.y_test == 3][:30]
+  blob = np.full_like(held_out, -1.0)
+  blob[:, 2:6, 2:6] = 1.0
+  blobs = blob + 0.05 * np.random.default_rng(0).normal(size=blob.shape).astype(np.float32)
+  config = GenerationConfig(forget_samples=30, parallel='none')
+  judge = _Judge(AlwaysThree(), {}, None, config, (8, 8, 1), flat, {3: flat(threes)},
+                 config.devices())
+  scores = {}
+  for name, images in (('threes', held_out), ('blobs', blobs)):
+    judge.sample = lambda unet, variables, labels, seed, images=images: images
+    scores[name] = judge.forget_scores(None, None, 3, 0)
+  assert scores['threes']['UA'] == scores['blobs']['UA'] == 0.0
+  assert scores['blobs']['FID_forget'] > 5 * scores['threes']['FID_forget'] > 0
+  tracker = ForgetTracker(judge, None, 3, 0, SFRon(), every=1)
+  tracker.start_at({'UA': 1.0, 'FID_forget': 2.0})
+  tracker(2, None)
+  curve = tracker.report()['curve']
+  assert curve['UA'] == [1.0, 0.0] and curve['FID_forget'][0] == 2.0
+  assert curve['FID_forget'][1] == pytest.approx(scores['blobs']['FID_forget'])
+  restored = ForgetTracker(judge, None, 3, 0, SFRon())
+  restored.load_state_dict(tracker.state_dict())
+  assert restored.report() == tracker.report()
+
+
 @pytest.mark.slow
 def test_generation_job_runs_every_method_and_writes_its_report(tmp_path):
   config = GenerationConfig(
@@ -269,7 +311,10 @@ def test_generation_job_runs_every_method_and_writes_its_report(tmp_path):
   for name in config.methods:
     row = saved['per_seed'][name][0]
     assert 0 <= row['UA'] <= 100 and row['FID'] >= 0 and row['rte_s'] > 0
+    assert row['FID_forget'] >= 0 and saved['original']['FID_forget']['mean'] >= 0
     assert row['curve']['iterations'][0] == 0 and row['curve']['iterations'][-1] == 3
+    assert len(row['curve']['FID_forget']) == len(row['curve']['UA'])
+    assert row['curve']['FID_forget'][0] == pytest.approx(saved['original']['FID_forget']['mean'])
   assert results['original']['FID']['mean'] >= 0
   for png in ('results.png', 'forgetting.png', 'samples.png'):
     assert (out / png).stat().st_size > 10_000

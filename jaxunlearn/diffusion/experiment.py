@@ -9,10 +9,14 @@ Per seed: the original DDPM (trained here on the images in [-1, 1], cached; or a
 diffusers UNet, ``unet_path``), a generation
 classifier (a ResNet trained on the real images, cached), then each method from the
 original. Reported (docs/architecture.md, evaluation): **UA** = 100 - the classifier's accuracy on
-``forget_samples`` samples of the forgotten class; **FID** of samples of the remaining
+``forget_samples`` samples of the forgotten class; **FID_forget**, the Frechet distance of
+those samples to the forgotten class's real images (high: the class is no longer drawn, even
+where the samples are noise or blobs the classifier still calls that class, which UA alone
+misses); **FID** of samples of the remaining
 classes against their real training images, in the classifier's feature space;
 **acc_remaining**, the classifier's accuracy on those samples; **steps_to_forget**, the
-first checked iteration with UA >= 95 (checks every ``check_every`` iterations, not timed);
+first checked iteration with UA >= 95 (UA and FID_forget checked every ``check_every``
+iterations, not timed);
 **rte_s**. Written: ``results.json``, ``results.png`` (bars), ``forgetting.png`` (UA over
 iterations) and ``samples.png`` (a grid of every class per model, the forgotten row boxed).
 """
@@ -58,7 +62,7 @@ REFERENCE_SAMPLING = {'sample_steps': 1000, 'sample_eta': 1.0, 'sample_clip': Fa
 FAST_SAMPLING = {'sample_steps': 50, 'sample_eta': 0.0, 'sample_clip': True, 'guidance': 2.0}
 MODELS = ('unet', 'ddpm-cifar10', 'ref-unet', 'ref-cifar10', 'dit')
 
-REPORTED = ('UA', 'FID', 'acc_remaining', 'steps_to_forget', 'rte_s', 'skipped_steps')
+REPORTED = ('UA', 'FID_forget', 'FID', 'acc_remaining', 'steps_to_forget', 'rte_s', 'skipped_steps')
 FORGOTTEN = 95.0  # UA (percent) at which a class counts as forgotten
 GRID_PER_CLASS = 8
 
@@ -300,9 +304,13 @@ class _Judge:
     logits = predict(self.model, self.variables, images, parallel=self.parallel)
     return float(np.mean(np.argmax(logits, -1) == labels) * 100)
 
-  def forget_ua(self, unet, variables, cls: int, seed: int) -> float:
+  def forget_scores(self, unet, variables, cls: int, seed: int) -> dict:
+    """UA and FID_forget of ``forget_samples`` samples of the forgotten class ``cls``: a
+    classifier can call noise or blobs a 3, their distance to the real 3s cannot hide it."""
     labels = np.full(self.config.forget_samples, cls, np.int32)
-    return 100.0 - self.accuracy(self.sample(unet, variables, labels, seed + 1), labels)
+    images = self.sample(unet, variables, labels, seed + 1)
+    return {'UA': 100.0 - self.accuracy(images, labels),
+            'FID_forget': fid_from_features(self.features(images), self.real[cls])}
 
   def score(self, unet, variables, cls: int, num_classes: int, seed: int) -> dict:
     others = [c for c in range(num_classes) if c != cls]
@@ -310,31 +318,41 @@ class _Judge:
     images = self.sample(unet, variables, labels, seed + 2)
     fake = self.features(images)
     real = np.concatenate([self.real[c] for c in others])
-    return {'UA': self.forget_ua(unet, variables, cls, seed),
+    return {**self.forget_scores(unet, variables, cls, seed),
             'FID': fid_from_features(fake, real),
             'acc_remaining': self.accuracy(images, labels)}
 
 
 class ForgetTracker:
-  """Callback: UA of the forgotten class every ``every`` updates (its time not counted in
-  the method's run time); resumable (``state_dict``)."""
+  """Callback: UA and FID_forget of the forgotten class every ``every`` updates (its time
+  not counted in the method's run time); resumable (``state_dict``)."""
 
   def __init__(self, judge: _Judge, unet, cls: int, seed: int, hp, every: int = 0):
     self.judge, self.unet, self.cls, self.seed, self.hp = judge, unet, cls, seed, hp
     self.every = every
-    self.iterations, self.ua, self.seconds = [], [], 0.0
+    self.iterations, self.ua, self.fid_forget, self.seconds = [], [], [], 0.0
+
+  def start_at(self, original: dict) -> None:
+    """The curve's first point: the original's scores at iteration 0."""
+    self.iterations, self.ua = [0], [original['UA']]
+    self.fid_forget = [original.get('FID_forget')]
 
   def __call__(self, updates: int, variables) -> None:
     start = time.perf_counter()
+    scores = self.judge.forget_scores(self.unet, variables, self.cls, self.seed)
     self.iterations.append(iterations_done(updates, fast_slow_every(self.hp)))
-    self.ua.append(self.judge.forget_ua(self.unet, variables, self.cls, self.seed))
+    self.ua.append(scores['UA'])
+    self.fid_forget.append(scores['FID_forget'])
     self.seconds += time.perf_counter() - start
 
   def state_dict(self) -> dict:
-    return {'iterations': self.iterations, 'ua': self.ua, 'seconds': self.seconds}
+    return {'iterations': self.iterations, 'ua': self.ua, 'fid_forget': self.fid_forget,
+            'seconds': self.seconds}
 
   def load_state_dict(self, state: dict) -> None:
     self.iterations, self.ua = list(state['iterations']), list(state['ua'])
+    # A run checkpointed before FID_forget was tracked: None where it was not measured.
+    self.fid_forget = list(state.get('fid_forget', [None] * len(self.ua)))
     self.seconds = state['seconds']
 
   def steps_to_forget(self):
@@ -343,7 +361,8 @@ class ForgetTracker:
   def report(self) -> dict:
     """The fields it adds to the method's row."""
     return {'steps_to_forget': self.steps_to_forget(),
-            'curve': {'iterations': list(self.iterations), 'UA': list(self.ua)}}
+            'curve': {'iterations': list(self.iterations), 'UA': list(self.ua),
+                      'FID_forget': list(self.fid_forget)}}
 
 
 def _updates_per(check_every: int, every: int | None) -> int:
@@ -378,7 +397,7 @@ class _SeedRun(SeedRun):
     tracker = ForgetTracker(self.job.judge, self.task.model, self.job.cls, self.seed, hp,
                             every=_updates_per(self.job.config.check_every,
                                                fast_slow_every(hp)))
-    tracker.iterations, tracker.ua = [0], [original['UA']]  # the curve's start
+    tracker.start_at(original)
     return tracker
 
   def score(self, name: str, variables) -> dict:
@@ -528,7 +547,9 @@ def _results(config, per_seed, originals, hparams, ddpm, clf_cfg, test_acc, clf_
                      'sample_clip': config.sample_clip, 'guidance': config.guidance,
                      'check_every': config.check_every, 'forgotten_at_UA': FORGOTTEN},
       'metrics_doc': 'UA: 100 - classifier accuracy (percent) on samples of the forgotten '
-                     'class; FID: Frechet distance between the fid_features (classifier or '
+                     'class; FID_forget: Frechet distance between the fid_features of those '
+                     'samples and of the real images of the forgotten class (higher: less '
+                     'like it); FID: Frechet distance between the fid_features (classifier or '
                      'Inception pool-3) of samples of the remaining classes and of their '
                      'real training images; '
                      'acc_remaining: classifier accuracy on those samples; steps_to_forget: '

@@ -9,7 +9,7 @@ import numpy as np
 from jaxunlearn.checkpoint import save_figure
 from jaxunlearn.report import _cell, text_table
 
-COLUMNS = (('UA', 'UA', 1), ('FID', 'FID', 2), ('acc_remaining', 'acc rest', 1),
+COLUMNS = (('UA', 'UA', 1), ('FID_forget', 'FID forget', 1), ('FID', 'FID', 2), ('acc_remaining', 'acc rest', 1),
            ('steps_to_forget', 'iters to UA>=95', 0), ('rte_s', 'RTE s', 1),
            ('skipped_steps', 'skipped', 0))
 
@@ -32,7 +32,8 @@ def format_generation_table(results: dict) -> str:
   features = results.get('evaluation', {}).get('fid_features', 'classifier')
   title = (f"{results['dataset']} DDPM  forget class {results['forget_class']}  seeds "
            f"{','.join(map(str, results['seeds']))}  (UA, acc: percent; FID on {features} "
-           'features of the remaining classes)')
+           'features of the remaining classes; FID forget: of the forgotten class\'s '
+           'samples to its real images, higher = less like it)')
   failed = [f'{name} failed on seed {seed}' for name, seeds in
             results.get('failures', {}).items() for seed in seeds]
   return text_table(title, header, body, failed)
@@ -83,25 +84,34 @@ def plot_generation(results: dict, path: str | Path) -> None:
 
 
 def plot_forgetting(results: dict, path: str | Path) -> None:
-  """UA of the forgotten class over unlearning iterations, one line per method and seed."""
+  """The forgotten class over unlearning iterations, one line per method and seed: UA (left)
+  and FID_forget, its samples' distance to its real images (right; a classifier can call
+  degenerate samples that class, this distance cannot)."""
   plt = _plt()
-  fig, ax = plt.subplots(figsize=(7.5, 4.2))
+  fig, (ax, ax_fid) = plt.subplots(1, 2, figsize=(12, 4.2))
   palette = plt.get_cmap('tab10')
   names = ['original'] + list(results['methods'])
   for name, rows in results['per_seed'].items():
     color = palette(names.index(name) % 10)
     for j, row in enumerate(r for r in rows if 'curve' in r):
-      it, ua = row['curve']['iterations'], row['curve']['UA']
+      curve = row['curve']
       steps = row.get('steps_to_forget')
       label = None if j else f"{name} ({'never' if steps is None else f'{steps} iters'})"
-      ax.plot(it, ua, marker='.', color=color, lw=1.4, label=label)
+      ax.plot(curve['iterations'], curve['UA'], marker='.', color=color, lw=1.4, label=label)
+      points = [(i, f) for i, f in zip(curve['iterations'], curve.get('FID_forget', []))
+                if f is not None]
+      if points:
+        ax_fid.plot(*zip(*points), marker='.', color=color, lw=1.4)
   ax.axhline(95, color='k', ls='--', lw=0.8)
-  ax.set_xscale('symlog', linthresh=10)
   ax.set_ylim(-2, 102)
-  ax.set_xlabel('unlearning iterations (SFR-on: one forget + one retain step each)')
   ax.set_ylabel(f"UA on class {results['forget_class']} (percent)")
   ax.set_title('How fast each method forgets · dashed = UA 95 (forgotten)', fontsize=10)
   ax.legend(fontsize=8, frameon=False)
+  ax_fid.set_ylabel(f"FID forget: class {results['forget_class']}'s samples to its real images")
+  ax_fid.set_title('Are its samples still like the class? (higher: less)', fontsize=10)
+  for a in (ax, ax_fid):
+    a.set_xscale('symlog', linthresh=10)
+    a.set_xlabel('unlearning iterations (SFR-on: one forget + one retain step each)')
   fig.tight_layout()
   save_figure(fig, path, dpi=130)
   plt.close(fig)
