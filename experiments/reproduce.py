@@ -71,6 +71,15 @@ RESULTS = {
         ('run', '--task', 'generation', '--model', 'dit', '--scenario', 'class:3',
          '--methods', 'salun,sfron,lur,sa,ga', '--seeds', '0,1,2', '--check-every', '10'),
         table='generation', historical=BEFORE_PROVENANCE),
+    'generation_digits_sfron': Result(
+        ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
+         '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10'),
+        docs=('docs/generation.md',), table='generation'),
+    'generation_digits_sfron_half_lr': Result(
+        ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
+         '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10', '--set',
+         'sfron.lr=5e-5'),
+        docs=('docs/generation.md',), table='generation'),
     'strong_class3': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'class:3', '--methods',
          'original,ft,ga,salun,sfron,lur', '--models', '8'),
@@ -253,7 +262,7 @@ def main(argv=None) -> int:
     for name, entry in RESULTS.items():
       state = ('historical: ' + entry.historical if entry.historical and name not in problems
                else '; '.join(problems.get(name, [])) or 'up to date')
-      print(f'{name:24s} {state}')
+      print(f'{name:32s} {state}')
   if args.check:
     for name, found in problems.items():
       for line in found:
