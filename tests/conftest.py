@@ -17,6 +17,15 @@ _flags = os.environ.get('XLA_FLAGS', '')
 os.environ['XLA_FLAGS'] = ' '.join(
     [_flags] + [f'{k}={v}' for k, v in CPU_TEST_FLAGS.items() if k not in _flags]).strip()
 
+# Compiled programs are kept on disk and shared by the test workers (and the `jaxunlearn`
+# processes some tests start): many tests compile the same small steps, and reading one back
+# is cheaper than compiling it again (the default suite on 2 cores: 8.5 -> 6.9 minutes in a
+# cold cache, 2026-12-04). A cached program is the program XLA compiled, so results are
+# unchanged. JAX_COMPILATION_CACHE_DIR set beforehand wins ('' turns it off).
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), '..', '.pytest_cache', 'jax-compilation'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+
 # Tests never touch the user's cache of trained models.
 os.environ.setdefault('JAXUNLEARN_CACHE', os.path.join(os.path.dirname(__file__), '..', '.pytest_cache', 'jaxunlearn'))
 

@@ -60,6 +60,7 @@ def test_callback_records_steps_and_time(setup):
     GradientAlignment(model, ds.x_train[:0], ds.y_train[:0], ds.x_train, ds.y_train)
 
 
+@pytest.mark.slow
 def test_run_logs_alignment_for_lur_salun_and_rl(tmp_path):
   from jaxunlearn.cli import main
   out = tmp_path / 'out'

@@ -139,6 +139,7 @@ def test_methods_command_lists_defaults(capsys):
   assert 'rl' in out and "'lr': 0.01" in out
 
 
+@pytest.mark.slow
 def test_tune_picks_a_learning_rate_on_separate_seeds(tmp_path, capsys):
   out = tmp_path / 'out'
   argv = ['run', '--scenario', 'class:3', '--methods', 'retrain,ga', '--seeds', '0',
@@ -157,6 +158,7 @@ def test_tune_picks_a_learning_rate_on_separate_seeds(tmp_path, capsys):
   assert 'also reported seeds' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sfron_methods_run_from_the_cli(tmp_path):
   out = tmp_path / 'out'
   argv = ['run', '--scenario', 'class:3', '--methods', 'retrain,sfron,sfron_hvp', '--out',

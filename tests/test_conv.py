@@ -121,6 +121,7 @@ def test_the_mode_comes_from_the_environment(monkeypatch):
     conv_lib.set_cpu_conv('fast')
 
 
+@pytest.mark.slow
 def test_resnet_is_the_same_network_either_way():
   """A ResNet-18 traced with 'auto' (products on its small maps) and with 'xla': the same
   parameters, logits, batch statistics and gradients up to float32 rounding."""

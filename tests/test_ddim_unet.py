@@ -46,7 +46,8 @@ def _torch_out(module, x, t, c, num_classes):
   return out.permute(0, 2, 3, 1).numpy()
 
 
-@pytest.mark.parametrize('name', sorted(CONFIGS))
+@pytest.mark.parametrize('name', [pytest.param(n, marks=() if n == 'digits' else pytest.mark.slow)
+                                  for n in sorted(CONFIGS)])
 def test_converted_reference_unet_matches_pytorch(name):
   kw = CONFIGS[name]
   module = randomize(RefUNet(**kw)).eval()
@@ -100,6 +101,7 @@ def test_reads_their_ckpt_list_raw_or_ema(tmp_path):
     load_reference_ddpm(tmp_path / 'missing.pth')
 
 
+@pytest.mark.slow
 def test_dropout_is_active_in_training_and_unlearning_not_in_statistics():
   model = digits_reference_unet()
   variables = init_unet(model, (8, 8, 1))

@@ -141,6 +141,7 @@ def test_remat_and_bfloat16_compute_the_same_function():
   assert low.dtype == jnp.float32 and _rel(low, model.apply({'params': params}, x, t, y)) < 0.05
 
 
+@pytest.mark.slow
 def test_scanned_blocks_compute_the_same_function_on_stacked_parameters():
   model = dit('tiny', in_channels=1, sample_size=8, num_embeds_ada_norm=10, zero_init=False)
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))

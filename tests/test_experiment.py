@@ -38,6 +38,7 @@ def test_validation_split_is_a_fixed_half_of_the_test_set(toy):
   np.testing.assert_array_equal(a.forget, split.forget)
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_same_numbers_twice():
   """Everything trained afresh both times (no cache): originals, Retrain, the methods."""
   from jaxunlearn.train import TrainConfig

@@ -77,6 +77,7 @@ def sigma_dit():
   return model, init_unet(model, (8, 8, 1))
 
 
+@pytest.mark.slow
 def test_hybrid_loss_trains_the_variance_only_through_its_variational_term(sigma_dit):
   model, variables = sigma_dit
   x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1)), jnp.float32)
@@ -159,6 +160,7 @@ def test_a_dit_runs_sfron_as_its_dit_code(monkeypatch, sigma_dit):
   assert seen['mask'][1:3] == (128, 1.0)
 
 
+@pytest.mark.slow
 def test_single_image_fisher_is_the_same_on_every_device_count(sigma_dit):
   """SFR-on's DiT code squares gradients of one-image batches: on 8 devices each device
   squares its own images' gradients (an 8-image batch would square their mean)."""

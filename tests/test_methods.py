@@ -48,7 +48,8 @@ def test_resolve_hparams_casts_and_rejects_unknown_keys():
     resolve_hparams('ft', {'epochs': 'ten'})
 
 
-@pytest.mark.parametrize('name', ALL)
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n == 'sfron_hvp' else n
+                                  for n in ALL])
 def test_every_method_returns_variables_of_the_same_structure(task, name):
   defaults = METHODS[name].defaults
   hp = resolve_hparams(name, FAST if 'epochs' in defaults else

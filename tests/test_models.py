@@ -29,7 +29,8 @@ def test_resnet18_cifar_stem_and_shapes():
   assert 'shortcut_conv' not in p['stage1_block1']
 
 
-@pytest.mark.parametrize('name, width, size', [('resnet18', 8, 16), ('resnet10', 8, 8),
+@pytest.mark.parametrize('name, width, size', [
+    pytest.param('resnet18', 8, 16, marks=pytest.mark.slow), ('resnet10', 8, 8),
                                                ('resnet1', None, 8)])
 def test_small_variants_forward(name, width, size):
   model = make_model(name, num_classes=7, width=width)

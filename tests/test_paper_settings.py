@@ -134,6 +134,7 @@ def test_ga_clips_each_gradient_before_sgd():
   np.testing.assert_allclose(norm(clipped), 0.1 * 1e-3, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_mixed_random_labels_loss_and_rl_mixed_pass():
   """``MixedRandomLabels``: random labels (the same draw as RL's) on forget rows, the true
   labels on retain rows; RL with ``passes='mixed'`` takes one shuffled pass over both sets

@@ -65,14 +65,19 @@ def test_every_registered_method_is_covered():
   assert set(TINY) == set(METHODS), 'add the new method to TINY'
 
 
-# pmap runs each method's own multi-device code paths, so every method is checked there.
-# Sharded jit runs the unchanged single-device step (XLA partitions it), so the default
-# suite checks one method per loop kind and the slow suite the rest.
-SHARD_DEFAULT = {'rl', 'salun_joint', 'sfron_hvp', 'lur', 'scrub'}
+# pmap runs each method's own multi-device code paths, and sharded jit the unchanged
+# single-device step (XLA partitions it): the slow suite runs every method both ways. The
+# default suite (10 minutes on 2 cores) checks under pmap one method per kind of
+# multi-device code (a mask or statistic reduced over the devices, the fast-slow and
+# look-ahead loops, a teacher model, relabelled data; SFR-on's HVP variant, 40 s, is slow)
+# and under shard one per loop kind; the other methods differ from these in their loss.
+PMAP_DEFAULT = {'rl', 'salun', 'sfron', 'lur', 'scrub', 'iu', 'fisher'}
+SHARD_DEFAULT = {'rl', 'lur', 'scrub'}
 
 
-@pytest.mark.parametrize('name, mode', [(n, 'pmap') for n in sorted(TINY)] + [
-    pytest.param(n, 'shard', marks=() if n in SHARD_DEFAULT else pytest.mark.slow)
+@pytest.mark.parametrize('name, mode', [
+    pytest.param(n, mode, marks=() if n in default else pytest.mark.slow)
+    for mode, default in (('pmap', PMAP_DEFAULT), ('shard', SHARD_DEFAULT))
     for n in sorted(TINY)])
 def test_method_on_8_devices_equals_1_device(task, name, mode):
   hp = _hparams(name)
@@ -191,7 +196,8 @@ def test_masks_fisher_and_evaluation_on_8_devices_equal_1_device(task, mode):
   assert evaluate(many, ds, split, one) == pytest.approx(evaluate(one, ds, split, one), abs=1e-6)
 
 
-@pytest.mark.parametrize('name', ['salun', 'sfron_hvp', 'lur'])
+@pytest.mark.parametrize('name', ['salun', pytest.param('sfron_hvp', marks=pytest.mark.slow),
+                                  pytest.param('lur', marks=pytest.mark.slow)])
 def test_sharded_params_give_the_same_result(task, name, monkeypatch):
   """FSDP-style: params and optimizer state split over the 8 devices, batch too."""
   from jaxunlearn.train import init_variables
@@ -229,16 +235,15 @@ GEN_TINY = {
 # chosen, not crossed: every method runs under 'pmap' (where our code splits keys, batches
 # and reductions over the devices), on the model where it has the most to get wrong; each
 # model also runs one method under 'shard' (XLA partitions the unchanged one-device step).
-# The default suite checks SalUn's joint steps on the UNet and GA on the DiT; the slow suite
-# the rest. A method and model's cases share a worker (xdist_group), so its single-device
-# run is made once.
+# They run in the slow suite (the cheapest, GA on the DiT, takes 35-60 s; the others 1-3
+# min); the default suite keeps test_denoising_draws_of_a_shard_are_the_global_batch_rows,
+# the per-shard draws these cases depend on. A method and model's cases share a worker
+# (xdist_group), so its single-device run is made once.
 GEN_CASES = [
-    ('ga', 'dit', 'pmap'),  # the default suite (the cheapest case; the others take 1-3 min)
-    ('salun', 'unet', 'pmap'), ('sfron', 'unet', 'pmap'), ('lur', 'unet', 'pmap'),
-    ('sa', 'unet', 'pmap'), ('sfron_hvp', 'dit', 'pmap'), ('salun', 'dit', 'shard'),
-    ('ga', 'unet', 'shard'),
+    ('ga', 'dit', 'pmap'), ('salun', 'unet', 'pmap'), ('sfron', 'unet', 'pmap'),
+    ('lur', 'unet', 'pmap'), ('sa', 'unet', 'pmap'), ('sfron_hvp', 'dit', 'pmap'),
+    ('salun', 'dit', 'shard'), ('ga', 'unet', 'shard'),
 ]
-GEN_DEFAULT = set(GEN_CASES[:1])
 
 
 @functools.lru_cache(maxsize=2)
@@ -276,8 +281,8 @@ def test_every_generation_method_is_covered():
 
 
 @pytest.mark.parametrize('name, model_name, mode', [
-    pytest.param(n, m, mode, marks=[pytest.mark.xdist_group(f'generation-{n}-{m}')]
-                 + ([] if (n, m, mode) in GEN_DEFAULT else [pytest.mark.slow]))
+    pytest.param(n, m, mode, marks=[pytest.mark.xdist_group(f'generation-{n}-{m}'),
+                                    pytest.mark.slow])
     for n, m, mode in GEN_CASES])
 def test_generation_method_on_8_devices_equals_1_device(name, model_name, mode):
   """Timesteps, noise, label dropout and random remapping are drawn for the global batch
@@ -298,7 +303,8 @@ def test_generation_method_on_8_devices_equals_1_device(name, model_name, mode):
   assert norm(diff) <= 0.05 * norm(moved), (norm(diff), norm(moved))
 
 
-@pytest.mark.parametrize('model_name', ['unet', pytest.param('dit', marks=pytest.mark.slow)])
+@pytest.mark.slow  # 40-70 s on 2 cores for the UNet
+@pytest.mark.parametrize('model_name', ['unet', 'dit'])
 def test_sampling_and_elbo_fisher_on_8_devices_equal_1_device(model_name):
   """Generation's statistics and evaluation are batched over the devices too: the images of
   ``generate`` (each image's noise drawn from its own index, so also the same in any batch

@@ -86,7 +86,8 @@ def test_interrupted_method_resumes_bit_identical(task, tmp_path, name, hp):
   _assert_trees_equal(resumed, reference)
 
 
-@pytest.mark.parametrize('name, mode', [('rl', 'pmap'), ('sfron', 'shard')])
+@pytest.mark.parametrize('name, mode', [pytest.param('rl', 'pmap', marks=pytest.mark.slow),
+                                        ('sfron', 'shard')])
 def test_interrupted_multi_device_run_resumes_bit_identical(task, tmp_path, name, mode):
   """The checkpoint holds one host copy of the state; it goes back onto the devices."""
   from jaxunlearn.parallel import Parallel
@@ -332,6 +333,7 @@ def _reference(tmp_path, args):
   return ref
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_results(tmp_path):
   """SIGKILL ``jaxunlearn run`` in SFR-on's loop (after RL finished), start it again."""
   args = TINY + ['--methods', 'retrain,rl,sfron', '--set', 'rl.epochs=2',
@@ -450,6 +452,7 @@ def re_search(pattern, text):
   return re.search(pattern, text, re.S) is not None
 
 
+@pytest.mark.slow
 def test_a_diverging_method_is_recorded_and_the_others_finish(tmp_path, capsys):
   from jaxunlearn.cli import main
   out = tmp_path / 'out'
