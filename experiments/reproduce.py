@@ -75,10 +75,15 @@ RESULTS = {
         ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
          '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10'),
         docs=('docs/generation.md',), table='generation'),
-    'generation_digits_sfron_half_lr': Result(
+    'generation_digits_sfron_lr5e-5': Result(
         ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
          '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10', '--set',
          'sfron.lr=5e-5'),
+        docs=('docs/generation.md',), table='generation'),
+    'generation_digits_sfron_lr7e-5': Result(
+        ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
+         '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10', '--set',
+         'sfron.lr=7e-5'),
         docs=('docs/generation.md',), table='generation'),
     'strong_class3': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'class:3', '--methods',
