@@ -17,8 +17,9 @@ classes against their real training images, in the classifier's feature space;
 **acc_remaining**, the classifier's accuracy on those samples; **steps_to_forget**, the
 first checked iteration with UA >= 95 (UA and FID_forget checked every ``check_every``
 iterations, not timed);
-**rte_s**. Written: ``results.json``, ``results.png`` (bars), ``forgetting.png`` (UA over
-iterations) and ``samples.png`` (a grid of every class per model, the forgotten row boxed).
+**rte_s**. Written: ``results.json``, ``results.png`` (bars), ``forgetting.png`` (UA and
+FID_forget over iterations) and ``samples.png`` (a grid of every class per model, the
+forgotten row boxed).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ REFERENCE_SAMPLING = {'sample_steps': 1000, 'sample_eta': 1.0, 'sample_clip': Fa
 FAST_SAMPLING = {'sample_steps': 50, 'sample_eta': 0.0, 'sample_clip': True, 'guidance': 2.0}
 MODELS = ('unet', 'ddpm-cifar10', 'ref-unet', 'ref-cifar10', 'dit')
 
-REPORTED = ('UA', 'FID_forget', 'FID', 'acc_remaining', 'steps_to_forget', 'rte_s', 'skipped_steps')
+REPORTED = ('UA', 'FID_forget', 'FID', 'acc_remaining', 'steps_to_forget', 'rte_s',
+            'skipped_steps')
 FORGOTTEN = 95.0  # UA (percent) at which a class counts as forgotten
 GRID_PER_CLASS = 8
 

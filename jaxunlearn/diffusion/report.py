@@ -9,7 +9,8 @@ import numpy as np
 from jaxunlearn.checkpoint import save_figure
 from jaxunlearn.report import _cell, text_table
 
-COLUMNS = (('UA', 'UA', 1), ('FID_forget', 'FID forget', 1), ('FID', 'FID', 2), ('acc_remaining', 'acc rest', 1),
+COLUMNS = (('UA', 'UA', 1), ('FID_forget', 'FID forget', 1), ('FID', 'FID', 2),
+           ('acc_remaining', 'acc rest', 1),
            ('steps_to_forget', 'iters to UA>=95', 0), ('rte_s', 'RTE s', 1),
            ('skipped_steps', 'skipped', 0))
 
