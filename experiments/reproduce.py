@@ -85,6 +85,10 @@ RESULTS = {
          '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10', '--set',
          'sfron.lr=7e-5'),
         docs=('docs/generation.md',), table='generation'),
+    'generation_digits_salun': Result(
+        ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
+         '--methods', 'salun', '--seeds', '0,1,2', '--check-every', '50'),
+        docs=('docs/generation.md',), table='generation'),
     'strong_class3': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'class:3', '--methods',
          'original,ft,ga,salun,sfron,lur', '--models', '8'),
