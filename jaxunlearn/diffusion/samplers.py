@@ -30,15 +30,21 @@ def timesteps(num_train: int, num_steps: int) -> np.ndarray:
   return (np.arange(num_steps) * (num_train // num_steps))[::-1].astype(np.int32)
 
 
-def guided_eps(eps_fn, x, t, labels, guidance_scale: float, null_class: int | None):
-  """The model's noise prediction at ``(x, t)``, guided toward ``labels``."""
+def guided_eps(eps_fn, x, t, labels, guidance_scale: float, null_class):
+  """The model's noise prediction at ``(x, t)``, guided toward ``labels``.
+
+  ``labels`` is the condition, one row per image: class ids, or the text encoder's states
+  ``[B, L, D]``; ``null_class`` the unconditional one: the null class id, or the states of
+  the empty prompt (``[L, D]`` or ``[1, L, D]``, the same for every image)."""
   t = jnp.broadcast_to(t, (x.shape[0],))
   if labels is None or guidance_scale == 1.0:
     return eps_fn(x, t, labels)
   if null_class is None:
-    raise ValueError('classifier-free guidance needs the null class id (null_class)')
+    raise ValueError('classifier-free guidance needs the unconditional condition '
+                     '(null_class: the null class id, or the empty prompt\'s states)')
+  null = jnp.broadcast_to(jnp.asarray(null_class, labels.dtype), labels.shape)
   both = eps_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                jnp.concatenate([labels, jnp.full_like(labels, null_class)]))
+                jnp.concatenate([labels, null]))
   cond, null = jnp.split(both, 2)
   return null + guidance_scale * (cond - null)
 
@@ -61,10 +67,13 @@ def ddpm_step(schedule: NoiseSchedule, x, eps, t, prev_t, noise, clip: bool = Tr
 
 
 def ddim_step(schedule: NoiseSchedule, x, eps, t, prev_t, noise, eta: float = 0.0,
-              clip: bool = True):
-  """One DDIM step ``x_t -> x_prev`` (deterministic for ``eta = 0``)."""
+              clip: bool = True, final_alpha_cumprod=1.0):
+  """One DDIM step ``x_t -> x_prev`` (deterministic for ``eta = 0``). Past the first
+  timestep ``alpha_bar`` is ``final_alpha_cumprod``: 1 (diffusers' ``set_alpha_to_one``)
+  or ``alphas_cumprod[0]`` (Stable Diffusion's scheduler config)."""
   abar = schedule.alphas_cumprod[t]
-  abar_prev = jnp.where(prev_t >= 0, schedule.alphas_cumprod[jnp.maximum(prev_t, 0)], 1.0)
+  abar_prev = jnp.where(prev_t >= 0, schedule.alphas_cumprod[jnp.maximum(prev_t, 0)],
+                        final_alpha_cumprod)
   x0 = _x0(x, eps, abar, clip)
   std = eta * jnp.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
   direction = jnp.sqrt(1 - abar_prev - std ** 2) * eps
@@ -83,15 +92,17 @@ def _normal(key, shape, index):
 
 def sample(eps_fn, schedule: NoiseSchedule, shape, key, labels=None, *, method: str = 'ddim',
            num_steps: int = 50, eta: float = 0.0, guidance_scale: float = 1.0,
-           null_class: int | None = None, clip: bool = True, unroll: int | bool = 1,
-           x_init=None, index=None):
+           null_class=None, clip: bool = True, unroll: int | bool = 1,
+           x_init=None, index=None, steps_offset: int = 0, set_alpha_to_one: bool = True):
   """Samples ``shape`` images from pure noise with ``num_steps`` reverse steps (traceable:
   call it under ``jax.jit``, or use :func:`make_sampler`).
 
   Args:
     eps_fn: ``eps_fn(x_t, t [B], labels or None) -> eps``.
     method: 'ddim' (``eta``: 0 deterministic, 1 DDPM-like) or 'ddpm' (ancestral).
-    guidance_scale, null_class: classifier-free guidance (see the module docstring).
+    labels: the condition per image (class ids, or text states ``[B, L, D]``).
+    guidance_scale, null_class: classifier-free guidance (see the module docstring and
+      :func:`guided_eps`).
     unroll: ``lax.scan``'s unroll; XLA:CPU runs convolutions inside a loop body much
       slower than unrolled, so on CPU a full unroll (True) is faster to run, slower to
       compile.
@@ -99,11 +110,14 @@ def sample(eps_fn, schedule: NoiseSchedule, shape, key, labels=None, *, method: 
     index: ``[B]`` ints, each image's own number: its starting and per-step noise are
       drawn from ``fold_in(key, index)``, the same in any batch and on any device
       (:func:`jaxunlearn.diffusion.unlearn.generate` numbers the images it makes).
+    steps_offset, set_alpha_to_one: diffusers' scheduler options of those names (Stable
+      Diffusion's DDIM config: 1 and False; DDPM-style models: 0 and True).
   """
   if method not in ('ddim', 'ddpm'):
     raise ValueError(f"method must be 'ddim' or 'ddpm', got {method!r}")
-  ts = timesteps(schedule.num_timesteps, num_steps)
+  ts = timesteps(schedule.num_timesteps, num_steps) + steps_offset
   gap = schedule.num_timesteps // num_steps
+  final = 1.0 if set_alpha_to_one else schedule.alphas_cumprod[0]
   init_key, loop_key = jax.random.split(key)
 
   def body(x, inputs):
@@ -112,7 +126,7 @@ def sample(eps_fn, schedule: NoiseSchedule, shape, key, labels=None, *, method: 
     noise = _normal(step_key, x.shape, index).astype(x.dtype)
     if method == 'ddpm':
       return ddpm_step(schedule, x, eps, t, t - gap, noise, clip), None
-    return ddim_step(schedule, x, eps, t, t - gap, noise, eta, clip), None
+    return ddim_step(schedule, x, eps, t, t - gap, noise, eta, clip, final), None
 
   x = _normal(init_key, shape, index) if x_init is None else x_init
   x, _ = jax.lax.scan(body, x, (jnp.asarray(ts), jax.random.split(loop_key, num_steps)),
@@ -126,6 +140,33 @@ def make_sampler(model, schedule: NoiseSchedule, shape, **options):
   def run(variables, key, labels):
     eps_fn = lambda x, t, y: model.apply(variables, x, t, y)
     return sample(eps_fn, schedule, shape, key, labels, **options)
+  return jax.jit(run)
+
+
+def make_text_to_image_sampler(unet, vae, schedule: NoiseSchedule, latent_shape, *,
+                               num_steps: int = 50, guidance_scale: float = 7.5,
+                               eta: float = 0.0, steps_offset: int = 1,
+                               set_alpha_to_one: bool = False, unroll: int | bool = 1):
+  """Stable Diffusion's text-to-image sampling as one compiled program:
+  ``sampler(unet_variables, vae_variables, states, null_states, key, latents=None) ->
+  images [B, H, W, 3] in [-1, 1]``.
+
+  DDIM over ``num_steps`` steps from ``latents`` (``latent_shape``, default: drawn from
+  ``key``) with classifier-free guidance toward the prompts' text states ``states``
+  (``[B, 77, D]``) against ``null_states``, the empty prompt's (``[1, 77, D]``), then the
+  VAE's decoder on ``latents / scaling_factor``: what diffusers' ``StableDiffusionPipeline``
+  with SD's ``DDIMScheduler`` config computes (``tests/test_stable_diffusion.py`` checks the
+  images against it). The defaults are that config's: scaled-linear betas (``schedule``),
+  ``steps_offset`` 1, ``set_alpha_to_one`` False, no clipping, guidance 7.5.
+  """
+  def run(unet_variables, vae_variables, states, null_states, key, latents=None):
+    eps_fn = lambda x, t, c: unet.apply(unet_variables, x, t, c)
+    z = sample(eps_fn, schedule, (states.shape[0], *latent_shape), key, states,
+               num_steps=num_steps, eta=eta, guidance_scale=guidance_scale,
+               null_class=null_states,
+               clip=False, unroll=unroll, x_init=latents, steps_offset=steps_offset,
+               set_alpha_to_one=set_alpha_to_one)
+    return vae.apply(vae_variables, z, method=vae.decode_latents)
   return jax.jit(run)
 
 

@@ -44,6 +44,16 @@ def linear_schedule(num_timesteps: int = 1000, beta_start: float = 1e-4,
   return _schedule(np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64))
 
 
+def scaled_linear_schedule(num_timesteps: int = 1000, beta_start: float = 0.00085,
+                           beta_end: float = 0.012) -> NoiseSchedule:
+  """Betas whose square roots are linear from ``sqrt(beta_start)`` to ``sqrt(beta_end)``
+  (diffusers' ``scaled_linear``: Stable Diffusion's schedule, its defaults)."""
+  if num_timesteps < 1:
+    raise ValueError(f'num_timesteps must be >= 1, got {num_timesteps}')
+  return _schedule(np.linspace(beta_start ** 0.5, beta_end ** 0.5, num_timesteps,
+                               dtype=np.float64) ** 2)
+
+
 def cosine_schedule(num_timesteps: int = 1000, s: float = 0.008,
                     max_beta: float = 0.999) -> NoiseSchedule:
   """``alpha_bar(t) = cos^2((t/T + s) / (1 + s) pi/2)``, betas capped at ``max_beta``."""
