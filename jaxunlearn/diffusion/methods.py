@@ -1,4 +1,5 @@
-"""Forgetting a class of a class-conditional DDPM: SalUn, SFR-on, LUR, SA, GA.
+"""Forgetting a class of a class-conditional DDPM (or a concept of a prompt-conditioned
+text-to-image model): SalUn, SFR-on, LUR, SA, GA, ESD.
 
 A registry like the classification one (:mod:`jaxunlearn.methods`): each method is
 ``fn(task: GenerationTask, hp) -> variables`` with its typed hyperparameters (a frozen
@@ -13,17 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 
-from jaxunlearn.diffusion.objectives import (AdaptiveDenoisingAscent, Denoising,
-                                             HybridDenoising, RemappedClass)
+from jaxunlearn.diffusion.objectives import (ESD_ORIGINAL, AdaptiveDenoisingAscent, Denoising,
+                                             ErasedStableDiffusion, HybridDenoising,
+                                             RemappedClass)
 from jaxunlearn.diffusion.unlearn import GenerationTask, elbo_fisher, generate
 from jaxunlearn.hparams import (Hyperparameters, at_least_one, fraction, hparam, non_negative,
                                 one_of, positive, probability)
 from jaxunlearn.methods import register
 from jaxunlearn.optim import OptimSpec
 from jaxunlearn.saliency import salun_mask, sfron_mask
-from jaxunlearn.train import fit, fit_fast_slow, fit_joint
+from jaxunlearn.train import Phase, fit, fit_fast_slow, fit_joint
 
 GENERATION_METHODS: dict = {}
 
@@ -294,3 +297,64 @@ def ga(task: GenerationTask, hp: GA):
   variables, _ = fit(task.variables, [task.forget_phase(loss)], steps=hp.steps,
                      optim=_adam(hp), **_loop(task, hp, 'ga'))
   return variables
+
+
+# ESD's parameter subsets (train-esd.py's train_method, on diffusers' names): 'xattn' the
+# cross-attention layers (attn2) only, for styles; 'noxattn' every layer but those, the
+# time embedding and the output layers (the LDM 'out.' ones), for objects and nudity (the
+# ESD-u that SalUn's nudity and class comparisons use); 'full' everything.
+ESD_SUBSETS = ('xattn', 'noxattn', 'full')
+
+
+def esd_mask(params, subset: str):
+  """The 0/1 tree of the weights ESD's ``subset`` trains (see :data:`ESD_SUBSETS`)."""
+  def keep(path, leaf):
+    name = '/'.join(str(getattr(p, 'key', p)) for p in path)
+    if subset == 'full':
+      on = True
+    elif subset == 'xattn':
+      on = 'attn2' in name
+    else:
+      on = not any(s in name for s in ('attn2', 'time_embedding', 'conv_norm_out', 'conv_out'))
+    return np.full(np.shape(leaf), on, np.float32)
+  mask = jax.tree_util.tree_map_with_path(keep, params)
+  if not any(np.any(m) for m in jax.tree.leaves(mask)):
+    raise ValueError(f"ESD's {subset!r} subset selects no weight of this model (no "
+                     "cross-attention layers?): use 'noxattn' or 'full'")
+  return mask
+
+
+@dataclasses.dataclass(frozen=True)
+class ESD(Hyperparameters):
+  lr: float = positive(1e-5, 'learning rate (Adam)')
+  steps: int = at_least_one(1000, 'steps (the reference\'s iterations)')
+  batch_size: int = at_least_one(1, 'concept samples per step (the reference: 1)')
+  negative_guidance: float = non_negative(1.0, 'eta: how far the target is pushed away from '
+                                          'the concept')
+  start_guidance: float = non_negative(3.0, 'guidance of the sampling that makes z')
+  ddim_steps: int = at_least_one(50, 'DDIM steps of that sampling')
+  train_method: str = one_of(ESD_SUBSETS, 'noxattn', 'the weights trained (ESD-u: noxattn)')
+  renamed = {'iterations': 'steps'}
+
+
+@register('esd', "ESD: the concept's prediction regressed onto the original's guidance away "
+          'from it, on latents the model samples itself', ESD, registry=GENERATION_METHODS)
+def esd(task: GenerationTask, hp: ESD):
+  """Erased Stable Diffusion (Gandikota et al. 2023; SalUn's ``SD/train-esd.py``): for
+  ``steps`` steps, ``z`` sampled by the current model toward the concept (forget
+  labels: its prompts or class) until a random DDIM step, the model's ``eps(z, t, c)``
+  regressed onto ``eps_0(z, t, ∅) - eta (eps_0(z, t, c) - eps_0(z, t, ∅))`` of the frozen
+  original (:class:`~jaxunlearn.diffusion.objectives.ErasedStableDiffusion`); Adam 1e-5 on
+  the ``train_method`` subset only (the others frozen bit for bit), no clipping. The
+  forget images are not used, only their shape and labels."""
+  objective = ErasedStableDiffusion(task.model, task.diffusion, task.null_class,
+                                    hp.negative_guidance, hp.start_guidance, hp.ddim_steps)
+  placeholders = np.zeros_like(task.forget_x)
+  start = {**task.variables, ESD_ORIGINAL: task.variables}
+  optim = OptimSpec('adam', hp.lr, momentum=0.9, weight_decay=0.0, clip_norm=0.0,
+                    saliency=True)
+  variables, _ = fit(start, [Phase(placeholders, task.forget_y, objective, 'esd')],
+                     steps=hp.steps, batch_size=hp.batch_size, optim=optim,
+                     mask=esd_mask(task.variables['params'], hp.train_method),
+                     **task.loop('esd'))
+  return {k: v for k, v in variables.items() if k != ESD_ORIGINAL}

@@ -198,3 +198,81 @@ class HybridDenoising:
       loss = loss + vlb_term(schedule, x0, x_t, t, jax.lax.stop_gradient(eps),
                              out[..., channels:])
     return self.scale * loss
+
+
+ESD_ORIGINAL = 'esd_original'  # the model-state collection holding the frozen original
+
+
+@dataclasses.dataclass(frozen=True)
+class ErasedStableDiffusion:
+  """ESD's objective (Gandikota et al. 2023, "Erasing Concepts from Diffusion Models"; the
+  ``train-esd.py`` of SalUn's ``SD/`` code): the model conditioned on the concept ``c`` is
+  regressed onto the frozen original's guidance *away* from it,
+  ``eps_0(z, t, ∅) - eta (eps_0(z, t, c) - eps_0(z, t, ∅))``, per-pixel MSE.
+
+  ``z`` is made by the model being trained itself (gradient stopped): DDIM (``ddim_steps``
+  steps, Stable Diffusion's spacing, no clipping, ``eta`` 0) from fresh noise toward ``c``
+  with guidance ``start_guidance``, stopped at a random step; ``t`` is drawn within that
+  step's stretch of the training timesteps. As the reference, one stopping step per batch
+  (its batch is one image), and ``z`` is one DDIM step less noisy than ``t`` says: the
+  reference's sampler stops after the step *from* index ``t_enc - 1`` while ``t`` is drawn
+  from ``[t_enc, t_enc + 1) * T / ddim_steps`` (kept: it is the recipe ESD and SalUn report).
+
+  The batch's images are placeholders (only their shape: the latent's); its labels are the
+  concept's condition ids (prompts, or classes). The original's variables ride in the model
+  state under :data:`ESD_ORIGINAL`, unchanged by the steps.
+  """
+
+  model: Any
+  diffusion: DiffusionConfig
+  null_class: int
+  negative_guidance: float = 1.0
+  start_guidance: float = 3.0
+  ddim_steps: int = 50
+
+  @property
+  def loss(self):
+    """What the steps weigh the examples by: nothing, the batch mean."""
+    return None
+
+  def __call__(self, params, model_state, x, y, key):
+    from jaxunlearn.diffusion.samplers import ddim_step, guided_eps, timesteps
+    schedule = self.diffusion.noise_schedule()
+    T, S = schedule.num_timesteps, self.ddim_steps
+    original = model_state[ESD_ORIGINAL]
+    current = {'params': jax.lax.stop_gradient(params),
+               **{k: v for k, v in model_state.items() if k != ESD_ORIGINAL}}
+    k_enc, k_code, k_t = split_key(key, 3)
+    base = k_enc.key if isinstance(k_enc, ShardKey) else k_enc
+    t_enc = jax.random.randint(base, (), 0, S)          # one per batch, on every device
+    z = draw(k_code, lambda k, s: jax.random.normal(k, s, x.dtype), x.shape)
+    eps_now = lambda xt, t, c: self.model.apply(current, xt, t, c)
+    gap = T // S
+    stop = jnp.maximum(t_enc - 1, 0)
+
+    def body(z, inputs):
+      index, t = inputs
+      def step(z):
+        eps = guided_eps(eps_now, z, t, y, self.start_guidance, self.null_class)
+        return ddim_step(schedule, z, eps, t, t - gap, 0.0, 0.0, False,
+                         schedule.alphas_cumprod[0])
+      return jax.lax.cond(index >= stop, step, lambda z: z, z), None
+
+    ts = jnp.asarray(timesteps(T, S) + 1)
+    z, _ = jax.lax.scan(body, z, (jnp.arange(S - 1, -1, -1), ts))
+    z = jax.lax.stop_gradient(z)
+    lo = jnp.round(t_enc / S * T).astype(jnp.int32)
+    hi = jnp.round((t_enc + 1) / S * T).astype(jnp.int32)
+    t = draw(k_t, lambda k, s: jax.random.randint(k, s, lo, hi), (x.shape[0],))
+    null = jnp.full_like(y, self.null_class)
+    both = self.model.apply(original, jnp.concatenate([z, z]), jnp.concatenate([t, t]),
+                            jnp.concatenate([null, y]))
+    e0, ep = jnp.split(jax.lax.stop_gradient(both), 2)
+    target = e0 - self.negative_guidance * (ep - e0)
+    pred = self.model.apply({**current, 'params': params}, z, t, y)
+    loss = jnp.mean((pred - target) ** 2, axis=tuple(range(1, x.ndim)))
+    return loss, model_state, {}
+
+  def on_axis(self, axis_name: str) -> ErasedStableDiffusion:
+    del axis_name
+    return self

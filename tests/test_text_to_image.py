@@ -1,0 +1,122 @@
+"""Text-to-image models on the diffusion core: prompt ids as conditions, the frozen-text
+form, the digits' captions, and ESD."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxunlearn.diffusion.objectives import ESD_ORIGINAL, ErasedStableDiffusion
+from jaxunlearn.diffusion.text import (TRAIN_TEMPLATES, WordTokenizer, digit_prompts,
+                                       digits_text_to_image_model, freeze_text)
+from jaxunlearn.diffusion.train import DiffusionConfig, init_unet
+from jaxunlearn.diffusion.unlearn import GenerationTask
+
+PROMPTS = digit_prompts()
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  """A randomly initialised digits text-to-image model (no training: the tests check
+  plumbing and algebra, not image quality), in both forms."""
+  model, tokenizer = digits_text_to_image_model(PROMPTS, channels=(16, 32), width=16, layers=1)
+  variables = init_unet(model, (8, 8, 1), seed=0)
+  frozen, frozen_vars = freeze_text(model, variables)
+  return model, variables, frozen, frozen_vars, tokenizer
+
+
+def test_prompts_are_template_major_so_the_next_id_names_the_next_digit():
+  k = TRAIN_TEMPLATES.index('a handwritten {word}')
+  assert PROMPTS[k * 10 + 3] == 'a handwritten three'
+  assert PROMPTS[(k * 10 + 3 + 1) % (len(PROMPTS) - 1)] == 'a handwritten four'  # SalUn's c+1
+  assert PROMPTS[TRAIN_TEMPLATES.index('the number {digit}') * 10 + 7] == 'the number 7'
+  assert PROMPTS[-1] == '' and len(PROMPTS) == 71
+
+
+def test_word_tokenizer_lays_tokens_out_as_clip_and_refuses_what_it_cannot_encode():
+  tok = WordTokenizer(['a handwritten three', 'the digit 3'], context_length=6)
+  ids = tok(['A handwritten three', ''])
+  v = tok.vocab
+  np.testing.assert_array_equal(ids[0], [0, v['a'], v['handwritten'], v['three'], 1, 1])
+  np.testing.assert_array_equal(ids[1], [0, 1, 1, 1, 1, 1])
+  with pytest.raises(ValueError, match=r"outside the vocabulary: \['four'\]"):
+    tok(['a handwritten four'])
+  with pytest.raises(ValueError, match='7 tokens .* more than the context of 6'):
+    tok(['the digit 3 the digit'])
+
+
+def test_frozen_text_is_the_same_function_with_only_the_unet_to_train(tiny):
+  model, variables, frozen, frozen_vars, _ = tiny
+  assert set(variables['params']) == {'unet', 'text_encoder'}
+  assert set(frozen_vars['params']) == {'unet'}
+  assert frozen_vars['prompts']['states'].shape == (71, 8, 16)
+  x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
+  ids = np.array([3, 13, 70, 45])
+  a = model.apply(variables, x, np.array([1, 200, 500, 999]), ids)
+  b = frozen.apply(frozen_vars, x, np.array([1, 200, 500, 999]), ids)
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert model.num_class_embeds == frozen.num_class_embeds == 71
+  with pytest.raises(ValueError, match='needs prompt ids'):
+    frozen.apply(frozen_vars, x, 0, None)
+
+
+def _task(frozen, frozen_vars, **kw):
+  rng = np.random.default_rng(1)
+  forget_y = np.array([k * 10 + 3 for k in range(len(TRAIN_TEMPLATES))] * 2, np.int32)
+  retain_y = np.array([k * 10 + d for k in range(len(TRAIN_TEMPLATES)) for d in (0, 5)],
+                      np.int32)
+  x = lambda n: np.clip(rng.normal(size=(n, 8, 8, 1)), -1, 1).astype(np.float32)
+  return GenerationTask(frozen, frozen_vars, x(len(forget_y)), forget_y, x(len(retain_y)),
+                        retain_y, num_classes=70, progress=False,
+                        diffusion=DiffusionConfig(num_timesteps=100), **kw)
+
+
+def _esd_loss(task, variables, key):
+  objective = ErasedStableDiffusion(task.model, task.diffusion, task.null_class, ddim_steps=5)
+  state = {k: v for k, v in variables.items() if k != 'params'}
+  state[ESD_ORIGINAL] = task.variables
+  loss, _, _ = jax.jit(objective)(variables['params'], state, task.forget_x[:4],
+                                  task.forget_y[:4], key)
+  return float(jnp.mean(loss))
+
+
+@pytest.mark.parametrize('subset,lr', [('xattn', 3e-3),
+                                       pytest.param('noxattn', 3e-4, marks=pytest.mark.slow)])
+def test_esd_trains_its_subset_only_and_lowers_its_loss(tiny, subset, lr):
+  from jaxunlearn.diffusion.methods import GENERATION_METHODS
+  from jaxunlearn.methods import resolve_hparams
+  _, _, frozen, frozen_vars, _ = tiny
+  task = _task(frozen, frozen_vars)
+  hp = resolve_hparams('esd', {'steps': 12, 'lr': lr, 'ddim_steps': 5,
+                               'train_method': subset, 'batch_size': 2}, GENERATION_METHODS)
+  out = GENERATION_METHODS['esd'].run(task, hp)
+  assert set(out) == {'params', 'prompts'}          # the original's copy is dropped
+  np.testing.assert_array_equal(out['prompts']['states'], frozen_vars['prompts']['states'])
+  changed = {'/'.join(str(p.key) for p in path)
+             for path, a in jax.tree_util.tree_leaves_with_path(out['params'])
+             if np.any(a != _at(frozen_vars['params'], path))}
+  assert changed
+  if subset == 'xattn':
+    assert all('attn2' in n for n in changed)
+  else:
+    assert not any(s in n for n in changed
+                   for s in ('attn2', 'time_embedding', 'conv_norm_out', 'conv_out'))
+  keys = [jax.random.key(i) for i in range(6)]
+  before = np.mean([_esd_loss(task, frozen_vars, k) for k in keys])
+  after = np.mean([_esd_loss(task, out, k) for k in keys])
+  assert after < 0.8 * before, (before, after)
+
+
+def _at(tree, path):
+  for p in path:
+    tree = tree[p.key]
+  return tree
+
+
+def test_esd_refuses_a_subset_the_model_lacks():
+  from jaxunlearn.diffusion.methods import esd_mask
+  from jaxunlearn.models import digits_unet
+  params = init_unet(digits_unet((16, 32)), (8, 8, 1))['params']
+  with pytest.raises(ValueError, match="'xattn' subset selects no weight"):
+    esd_mask(params, 'xattn')
+  assert any(np.any(m) for m in jax.tree.leaves(esd_mask(params, 'noxattn')))
