@@ -65,9 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='jaxunlearn', description=__doc__.split('\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
   run = sub.add_parser('run', help='train, unlearn, evaluate and report')
-  run.add_argument('--task', default='classification', choices=('classification', 'generation'),
-                   help='classification (ResNet, the default) or generation: forget a class '
-                        'of a class-conditional DDPM (UNet2D on the digits in [-1, 1])')
+  run.add_argument('--task', default='classification',
+                   choices=('classification', 'generation', 'text-to-image'),
+                   help='classification (ResNet, the default), generation: forget a class '
+                        'of a class-conditional DDPM (UNet2D on the digits in [-1, 1]), or '
+                        'text-to-image: erase a concept from a text-to-image model (the '
+                        'digits with captions; --model t2i of generation, methods '
+                        'esd,salun,sfron,lur by default)')
   run.add_argument('--dataset', default=None,
                    help="'digits' (embedded, default) or a TFDS name such as cifar10")
   run.add_argument('--data-dir', default=None, help='TFDS data_dir holding the prepared data')
@@ -235,13 +239,13 @@ def main(argv=None) -> int:
 def _run_task(args) -> int:
   unused = _flags_the_task_ignores(args)
   if unused:
-    other = 'classification' if args.task == 'generation' else 'generation'
+    other = 'classification' if _generative(args) else 'generation'
     print(f"jaxunlearn: error: {', '.join(unused)} {'is' if len(unused) == 1 else 'are'} for "
           f'--task {other}; --task {args.task} does not use '
           f"{'it' if len(unused) == 1 else 'them'}: drop {'it' if len(unused) == 1 else 'them'}",
           file=sys.stderr)
     return 2
-  if args.task == 'generation':
+  if _generative(args):
     return _run_generation(args)
 
   from jaxunlearn.experiment import run_experiment
@@ -266,13 +270,19 @@ def _classification_config(args):
 
 def _generation_config(args):
   from jaxunlearn.diffusion.experiment import (FAST_SAMPLING, REFERENCE_SAMPLING,
-                                               GenerationConfig)
+                                               T2I_METHODS, GenerationConfig)
   settings = _settings(args, _GENERATION_ONLY)
   sampling = settings.pop('sampling', None)
   if sampling is not None:
     settings.update(REFERENCE_SAMPLING if sampling == 'reference' else FAST_SAMPLING)
   if args.original is not None:
     settings['unet_path'] = args.original
+  if args.task == 'text-to-image':
+    if settings.get('model', 't2i') != 't2i':
+      raise ValueError(f"--task text-to-image runs the text-to-image model: drop --model "
+                       f"{settings['model']}")
+    settings['model'] = 't2i'
+    settings.setdefault('methods', T2I_METHODS)
   config = GenerationConfig(**settings)
   config.validate()
   return config
@@ -297,7 +307,7 @@ def resolve_run(argv) -> dict:
     raise ValueError(f'jaxunlearn {" ".join(argv)}: not a valid command') from None
   if args.command == 'eval-strong':
     config = _strong_config(args)
-  elif args.task == 'generation':
+  elif _generative(args):
     config = _generation_config(args)
   else:
     config = _classification_config(args)
@@ -357,9 +367,14 @@ def _field_default(module: str, cls: str, name: str):
   return field[name].default
 
 
+def _generative(args) -> bool:
+  """Whether the run is the generation job (class-conditional or text-to-image)."""
+  return args.task in ('generation', 'text-to-image')
+
+
 def _flags_the_task_ignores(args) -> list[str]:
   """The flags given (not left at their unset default) that ``args.task`` does not use."""
-  other = _CLASSIFICATION_ONLY if args.task == 'generation' else _GENERATION_ONLY
+  other = _CLASSIFICATION_ONLY if _generative(args) else _GENERATION_ONLY
   return [flag for name, flag in other.items()
           if name != 'original' and _given(getattr(args, name))]
 

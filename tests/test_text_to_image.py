@@ -120,3 +120,43 @@ def test_esd_refuses_a_subset_the_model_lacks():
   with pytest.raises(ValueError, match="'xattn' subset selects no weight"):
     esd_mask(params, 'xattn')
   assert any(np.any(m) for m in jax.tree.leaves(esd_mask(params, 'noxattn')))
+
+
+def test_text_to_image_job_is_the_generation_job_on_prompts():
+  """``--task text-to-image`` resolves to the generation job with the prompt model and
+  Stable Diffusion's erasers, before any compute; what it cannot run is refused."""
+  from jaxunlearn.cli import resolve_run
+  from jaxunlearn.diffusion.experiment import T2I_METHODS, GenerationConfig
+  run = resolve_run(['run', '--task', 'text-to-image', '--seeds', '0,1', '--parallel', 'none'])
+  assert run['config']['model'] == 't2i' and tuple(run['config']['methods']) == T2I_METHODS
+  assert set(run['hparams']) >= {'esd', 'salun', 'sfron', 'lur', 'ddpm'}
+  with pytest.raises(ValueError, match='--task text-to-image runs the text-to-image model'):
+    resolve_run(['run', '--task', 'text-to-image', '--model', 'unet'])
+  with pytest.raises(ValueError, match="Selective Amnesia \\('sa'\\) does not run on a "
+                                       'prompt-conditioned model'):
+    GenerationConfig(model='t2i', methods=('sa',)).validate()
+  with pytest.raises(ValueError, match='runs on the embedded digits'):
+    GenerationConfig(model='t2i', dataset='cifar10').validate()
+  if jax.device_count() > 1:  # ESD's batch of one image, on every device
+    with pytest.raises(ValueError, match=r'esd.batch_size=1 does not split over the \d+ '
+                                         r'devices .* --set esd.batch_size=\d+ or --parallel none'):
+      GenerationConfig(model='t2i', methods=('esd',), parallel='pmap').validate()
+
+
+@pytest.mark.slow  # ~4 min: a text-to-image model, a classifier, two methods, every score
+def test_text_to_image_job_end_to_end(tmp_path):
+  import json
+
+  from jaxunlearn.cli import main
+  out = tmp_path / 'out'
+  assert main(['run', '--task', 'text-to-image', '--methods', 'esd,salun', '--seeds', '0',
+               '--set', 'ddpm.steps=40', '--set', 'classifier.epochs=1',
+               '--set', 'esd.steps=4', '--set', 'salun.steps=4', '--check-every', '2',
+               '--parallel', 'none', '--no-cache', '--quiet', '--out', str(out)]) == 0
+  results = json.loads((out / 'results.json').read_text())
+  assert results['provenance']['config']['model'] == 't2i'
+  assert results['model']['name'].startswith('UNet2DCondition')
+  for name in ('esd', 'salun'):
+    row = results['per_seed'][name][0]
+    assert 0 <= row['UA'] <= 100 and row['curve']['iterations'] == [0, 2, 4]
+  assert (out / 'samples.png').is_file() and (out / 'forgetting.png').is_file()

@@ -61,7 +61,10 @@ REFERENCE_SAMPLING = {'sample_steps': 1000, 'sample_eta': 1.0, 'sample_clip': Fa
                       'guidance': 3.0}
 # Ours, fast enough for a CPU: 50 deterministic DDIM steps, x0 clipped, g 2.
 FAST_SAMPLING = {'sample_steps': 50, 'sample_eta': 0.0, 'sample_clip': True, 'guidance': 2.0}
-MODELS = ('unet', 'ddpm-cifar10', 'ref-unet', 'ref-cifar10', 'dit')
+MODELS = ('unet', 'ddpm-cifar10', 'ref-unet', 'ref-cifar10', 'dit', 't2i')
+# The text-to-image job's methods (--task text-to-image): Stable Diffusion's erasers. SA is
+# not among them: its ELBO Fisher does not take a prompt model yet.
+T2I_METHODS = ('esd', 'salun', 'sfron', 'lur')
 
 REPORTED = ('UA', 'FID_forget', 'FID', 'acc_remaining', 'steps_to_forget', 'rte_s',
             'skipped_steps')
@@ -84,8 +87,11 @@ class GenerationConfig:
       (:func:`jaxunlearn.models.ddim_unet.digits_reference_unet`: the references' DDPM
       UNet, class-embedding MLP, learned null vector, dropout 0.1, at the digits' scale),
       'ref-cifar10' (:func:`jaxunlearn.models.ddim_unet.reference_cifar10_unet`: theirs at
-      CIFAR-10 scale) or 'dit' (:func:`jaxunlearn.models.digits_dit`: a pixel-space DiT,
-      patch 2).
+      CIFAR-10 scale), 'dit' (:func:`jaxunlearn.models.digits_dit`: a pixel-space DiT,
+      patch 2) or 't2i' (``--task text-to-image``: the digits as a text-to-image dataset,
+      :func:`jaxunlearn.diffusion.text.digits_text_to_image_model` trained on captions of
+      :data:`~jaxunlearn.diffusion.text.TRAIN_TEMPLATES`, its text encoder frozen for
+      unlearning; the forgotten concept is judged on the held-out captions).
     unet_path: the original model, loaded instead of trained: a diffusers ``UNet2DModel``
       folder (class-conditional, the last class id the null class), or a checkpoint of the
       references' DDPM code (their ``ckpts/ckpt.pth``, or the run folder holding it;
@@ -163,6 +169,14 @@ class GenerationConfig:
     if not 0 <= self.sample_eta <= 1 or self.sample_steps < 1 or not self.guidance >= 0:
       raise ValueError('sample_steps must be >= 1, sample_eta in [0, 1] and guidance >= 0, '
                        f'got {self.sample_steps}, {self.sample_eta}, {self.guidance}')
+    if self.model == 't2i':
+      if self.dataset != 'digits' or self.unet_path is not None:
+        raise ValueError('the text-to-image job runs on the embedded digits (its own tiny '
+                         'model, trained here); Stable Diffusion folders are loaded with '
+                         'jaxunlearn.convert.stable_diffusion')
+      if 'sa' in self.methods:
+        raise ValueError("Selective Amnesia ('sa') does not run on a prompt-conditioned "
+                         f"model yet; text-to-image methods: {', '.join(T2I_METHODS)}, ga")
     if self.model == 'dit' and self.dit_size not in DIT_CONFIGS:
       raise ValueError(f'unknown DiT size {self.dit_size!r}; known: {", ".join(DIT_CONFIGS)}')
     if parse_scenario(self.scenario).kind != 'class':
@@ -190,8 +204,14 @@ class GenerationConfig:
         raise ValueError(f'--set names method {name!r}, which is not among --methods '
                          f'{",".join(self.methods)}'
                          f'{did_you_mean(name, [*self.methods, "ddpm", "classifier"])}')
-    self.method_hparams()
-    self.devices()  # raises for a mode or device count this host cannot run
+    hparams = self.method_hparams()
+    size = self.devices().size  # raises for a mode or device count this host cannot run
+    for name, hp in hparams.items():
+      batch = getattr(hp, 'batch_size', None)
+      if batch and batch % size:
+        raise ValueError(f'{name}.batch_size={batch} does not split over the {size} devices '
+                         f'the methods run on: --set {name}.batch_size={-(-batch // size) * size}'
+                         ' or --parallel none')
     # A UNet keeps about 20 activations of its widest level per pixel and example.
     check_before_loading(self.dataset, self.image_size, self.scenario, data_dir=self.data_dir,
                          batch_size=self._replaced('ddpm').batch_size,
@@ -246,6 +266,17 @@ class GenerationConfig:
       info = {'name': 'DiT', 'size': self.dit_size, 'time_freq_shift': model.time_freq_shift}
       return model, {'model': 'dit', 'size': self.dit_size,
                      'time_freq_shift': model.time_freq_shift}, info
+    if self.model == 't2i':
+      from jaxunlearn.diffusion.text import (HELD_OUT_TEMPLATES, TRAIN_TEMPLATES,
+                                             digit_prompts, digits_text_to_image_model)
+      model, _ = digits_text_to_image_model(digit_prompts(), tuple(self.channels),
+                                            in_channels=channels)
+      return model, {'model': 't2i', 'channels': list(self.channels),
+                     'templates': list(TRAIN_TEMPLATES),
+                     'held_out': list(HELD_OUT_TEMPLATES)}, {
+                         'name': 'UNet2DCondition + CLIPTextEncoder',
+                         'channels': list(self.channels), 'train_templates': list(TRAIN_TEMPLATES),
+                         'held_out_templates': list(HELD_OUT_TEMPLATES)}
     # The UNet's key is what it was before DiT existed, so cached DDPMs stay valid.
     return (digits_unet(tuple(self.channels), num_classes, channels),
             {'channels': list(self.channels)},
@@ -290,14 +321,25 @@ class _Judge:
   """Classifies generated images: UA, accuracy and FID features, compiled once."""
 
   def __init__(self, model, variables, diffusion, config: GenerationConfig, image_shape,
-               features, real_features, parallel: Parallel):
+               features, real_features, parallel: Parallel, prompts_of=None):
     self.model, self.variables, self.diffusion = model, variables, diffusion
     self.config, self.shape, self.parallel = config, image_shape, parallel
     self.features = features  # images in [-1, 1] -> [N, D] FID features
     self.real = real_features  # {class: features of its real training images}
+    # class -> the condition ids its samples are drawn with (a text-to-image model: the
+    # held-out captions naming it, in turn); None: the class id itself
+    self.prompts_of = prompts_of
+
+  def conditions(self, classes) -> np.ndarray:
+    classes = np.asarray(classes, np.int32)
+    if self.prompts_of is None:
+      return classes
+    ids = [self.prompts_of(int(c)) for c in classes]
+    return np.asarray([p[i % len(p)] for i, p in enumerate(ids)], np.int32)
 
   def sample(self, unet, variables, labels, seed):
-    return generate(unet, variables, self.diffusion, labels, self.shape, seed,
+    """Samples of the classes ``labels`` (drawn with their conditions)."""
+    return generate(unet, variables, self.diffusion, self.conditions(labels), self.shape, seed,
                     num_steps=self.config.sample_steps, guidance=self.config.guidance,
                     eta=self.config.sample_eta, clip=self.config.sample_clip,
                     parallel=self.parallel)
@@ -385,11 +427,11 @@ class _SeedRun(SeedRun):
     if self.seed == self.job.config.seeds[0] and self.job.out_dir is not None:
       self.job.out_dir.mkdir(parents=True, exist_ok=True)
       np.save(self.job.out_dir / f'grid-{name}.npy', _grid(
-          self.job.judge, self.task.model, variables, self.task.num_classes, self.seed))
+          self.job.judge, self.task.model, variables, self.job.ds.num_classes, self.seed))
 
   def _scores(self, variables) -> dict:
     return self.job.judge.score(self.task.model, variables, self.job.cls,
-                                self.task.num_classes, self.seed)
+                                self.job.ds.num_classes, self.seed)
 
   def original(self) -> dict:
     self._keep_grid('original', self.task.variables)
@@ -454,14 +496,31 @@ class _Generation(Job):
       features = lambda x: inception((x + 1) / 2)  # noqa: E731  [-1, 1] -> [0, 1]
     real = {c: features(ds.x_train[ds.y_train == c][:config.fid_real_per_class])
             for c in range(ds.num_classes)}
+    prompts_of = None
+    if config.model == 't2i':
+      from jaxunlearn.diffusion.text import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES
+      first = len(TRAIN_TEMPLATES)  # the held-out captions follow the training ones
+      prompts_of = lambda c: [(first + k) * ds.num_classes + c  # noqa: E731
+                              for k in range(len(HELD_OUT_TEMPLATES))]
     self.judge = _Judge(clf, clf_vars, self.ddpm, config, ds.image_shape, features, real,
-                        parallel)
+                        parallel, prompts_of)
     self._ready = True
 
   def seed(self, seed: int) -> _SeedRun:
     self._prepare()
     config, ds, unet = self.config, self.ds, self.unet
     split = make_split(ds, config.scenario, seed)
+    x_train, y_train = ds.x_train, ds.y_train
+    if config.model == 't2i':  # every image under every training caption of its digit
+      from jaxunlearn.diffusion.text import TRAIN_TEMPLATES
+      k = len(TRAIN_TEMPLATES)
+      x_train = np.concatenate([ds.x_train] * k)
+      y_train = np.concatenate([t * ds.num_classes + ds.y_train for t in range(k)]).astype(
+          np.int32)
+      n = len(ds.y_train)
+      split = dataclasses.replace(split, **{
+          part: np.concatenate([getattr(split, part) + t * n for t in range(k)])
+          for part in ('forget', 'retain')})
     if self.pretrained is not None:
       original, info = self.pretrained, {'seconds': 0.0}
     else:
@@ -470,13 +529,18 @@ class _Generation(Job):
           {**self.data_key, **self.model_key, 'train': dataclasses.asdict(self.ddpm),
            'seed': seed},
           lambda ckpt=None: train_diffusion(
-              unet, ds.x_train, ds.y_train, self.ddpm, seed,
+              unet, x_train, y_train, self.ddpm, seed,
               desc=f'{self.model_info["name"]} DDPM (seed {seed})', progress=config.progress,
               control=LoopControl(ckpt, config.max_nonfinite),
               parallel=config.devices())[0],
           checkpoint_every=config.checkpoint_every)
-    task = GenerationTask(unet, original, ds.x_train[split.forget], ds.y_train[split.forget],
-                          ds.x_train[split.retain], ds.y_train[split.retain], ds.num_classes,
+    num_conditions = ds.num_classes
+    if config.model == 't2i':  # unlearning changes the UNet alone, as on Stable Diffusion
+      from jaxunlearn.diffusion.text import freeze_text
+      unet, original = freeze_text(unet, original)
+      num_conditions = unet.num_prompts - 1
+    task = GenerationTask(unet, original, x_train[split.forget], y_train[split.forget],
+                          x_train[split.retain], y_train[split.retain], num_conditions,
                           self.ddpm, seed, config.progress, parallel=config.devices())
     return _SeedRun(self, seed, task, info['seconds'])
 

@@ -15,6 +15,13 @@ COLUMNS = (('UA', 'UA', 1), ('FID_forget', 'FID forget', 1), ('FID', 'FID', 2),
            ('skipped_steps', 'skipped', 0))
 
 
+def _kind(results) -> str:
+  """What the title calls the model: a text-to-image one (judged on held-out captions) or
+  a class-conditional DDPM."""
+  name = results.get('model', {}).get('name', '')
+  return 'text-to-image (held-out captions)' if name.startswith('UNet2DCondition') else 'DDPM'
+
+
 def format_generation_table(results: dict) -> str:
   """One row per model (the original first), mean ± std over seeds."""
   rows = [('original', results['original'])] + list(results['methods'].items())
@@ -31,8 +38,8 @@ def format_generation_table(results: dict) -> str:
       cells.append(cell)
     body.append(cells)
   features = results.get('evaluation', {}).get('fid_features', 'classifier')
-  title = (f"{results['dataset']} DDPM  forget class {results['forget_class']}  seeds "
-           f"{','.join(map(str, results['seeds']))}  (UA, acc: percent; FID on {features} "
+  title = (f"{results['dataset']} {_kind(results)}  forget class {results['forget_class']}"
+           f"  seeds {','.join(map(str, results['seeds']))}  (UA, acc: percent; FID on {features} "
            'features of the remaining classes; FID forget: of the forgotten class\'s '
            'samples to its real images, higher = less like it)')
   failed = [f'{name} failed on seed {seed}' for name, seeds in
@@ -69,8 +76,8 @@ def plot_generation(results: dict, path: str | Path) -> None:
   ax.set_ylabel('percent (classifier on samples)')
   ax.legend(fontsize=8, ncol=min(len(names), 6), loc='upper center',
             bbox_to_anchor=(0.5, -0.1), frameon=False)
-  ax.set_title(f"{results['dataset']} DDPM · forget class {results['forget_class']} · "
-               f"{len(results['seeds'])} seed(s) · dashed = UA 95")
+  ax.set_title(f"{results['dataset']} {_kind(results)} · forget class "
+               f"{results['forget_class']} · {len(results['seeds'])} seed(s) · dashed = UA 95")
   fids = [stats[n]['FID']['mean'] for n in names]
   ax_fid.barh(names, fids, xerr=[stats[n]['FID']['std'] for n in names], capsize=2,
               color=['0.3' if n == 'original' else palette(i % 10) for i, n in enumerate(names)])

@@ -80,7 +80,8 @@ class CLIPTextEncoder(nn.Module):
                  for p in ('q', 'k', 'v'))
       att = jax.nn.dot_product_attention(q, k, v, mask=mask).reshape(b, length, d)
       h = h + nn.Dense(d, name=f'{name}_self_attn_out_proj')(att)
-      x = act(nn.Dense(self.intermediate_size, name=f'{name}_mlp_fc1')(ln(f'{name}_layer_norm2')(h)))
+      x = ln(f'{name}_layer_norm2')(h)
+      x = act(nn.Dense(self.intermediate_size, name=f'{name}_mlp_fc1')(x))
       h = h + nn.Dense(d, name=f'{name}_mlp_fc2')(x)
     h = ln('final_layer_norm')(h)
     if self.eos_token_id == 2:

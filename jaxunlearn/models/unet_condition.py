@@ -194,7 +194,8 @@ class UNet2DCondition(nn.Module):
     if x.shape[1] % 2 ** (n - 1) or x.shape[2] % 2 ** (n - 1):
       raise ValueError(f'the latents are {x.shape[1]}x{x.shape[2]}: both sides must be '
                        f'divisible by {2 ** (n - 1)} for {n} UNet levels')
-    if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[-1] != self.cross_attention_dim:
+    states = encoder_hidden_states
+    if states.ndim != 3 or states.shape[-1] != self.cross_attention_dim:
       raise ValueError(f'encoder_hidden_states must be [batch, tokens, '
                        f'{self.cross_attention_dim}] (the text encoder\'s last hidden state), '
                        f'got {encoder_hidden_states.shape}')
