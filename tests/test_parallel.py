@@ -229,6 +229,7 @@ GEN_TINY = {
     'salun': dict(steps=2), 'sfron': dict(iterations=2), 'lur': dict(steps=2),
     'sfron_hvp': dict(iterations=2, solver_iters=2), 'ga': dict(steps=2),
     'sa': dict(steps=2, replay_per_class=2, sample_steps=2, fisher_timesteps=2),
+    'esd': dict(steps=2, ddim_steps=3),
 }
 # Each case compiles UNet or DiT steps twice (on 2 cores: SalUn on the UNet 36 s on one
 # device, 71 s under pmap; SFR-on with HVPs on the DiT 50 s and 97 s), so the cases are
@@ -243,19 +244,31 @@ GEN_CASES = [
     ('ga', 'dit', 'pmap'), ('salun', 'unet', 'pmap'), ('sfron', 'unet', 'pmap'),
     ('lur', 'unet', 'pmap'), ('sa', 'unet', 'pmap'), ('sfron_hvp', 'dit', 'pmap'),
     ('salun', 'dit', 'shard'), ('ga', 'unet', 'shard'),
+    # the text-to-image model (prompt ids over frozen text states: Stable Diffusion's step)
+    ('esd', 't2i', 'pmap'), ('salun', 't2i', 'shard'),
 ]
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=3)
 def _generation_task(model_name):
   from jaxunlearn.data.digits import load_digits
   from jaxunlearn.diffusion.train import DiffusionConfig, init_unet
   from jaxunlearn.diffusion.unlearn import GenerationTask
   from jaxunlearn.models import digits_dit, digits_unet
   ds = load_digits(8, pixels='symmetric')
-  model = digits_unet((8,)) if model_name == 'unet' else digits_dit()
   forget = np.flatnonzero(ds.y_train == 3)[:24]
   retain = np.flatnonzero(ds.y_train != 3)[:40]
+  if model_name == 't2i':  # labels: the prompts "a handwritten <digit>", "the digit <digit>"
+    from jaxunlearn.diffusion.text import (digit_prompts, digits_text_to_image_model,
+                                           freeze_text)
+    prompts = digit_prompts()
+    model, _ = digits_text_to_image_model(prompts, channels=(8, 16), width=8, layers=1)
+    model, variables = freeze_text(model, init_unet(model, (8, 8, 1)))
+    ids = lambda y: (y + 10 * (np.arange(len(y)) % 2)).astype(np.int32)  # noqa: E731
+    return GenerationTask(model, variables, ds.x_train[forget], ids(ds.y_train[forget]),
+                          ds.x_train[retain], ids(ds.y_train[retain]), len(prompts) - 1,
+                          DiffusionConfig(num_timesteps=50), progress=False)
+  model = digits_unet((8,)) if model_name == 'unet' else digits_dit()
   return GenerationTask(model, init_unet(model, (8, 8, 1)), ds.x_train[forget],
                         ds.y_train[forget], ds.x_train[retain], ds.y_train[retain], 10,
                         DiffusionConfig(num_timesteps=50), progress=False)
@@ -276,7 +289,7 @@ def test_every_generation_method_is_covered():
   assert set(GEN_TINY) == set(GENERATION_METHODS), 'add the new generation method to GEN_TINY'
   assert {n for n, _, mode in GEN_CASES if mode == 'pmap'} == set(GEN_TINY), \
       'run every generation method under pmap in GEN_CASES'
-  assert {(m, mode) for _, m, mode in GEN_CASES} == {(m, p) for m in ('unet', 'dit')
+  assert {(m, mode) for _, m, mode in GEN_CASES} == {(m, p) for m in ('unet', 'dit', 't2i')
                                                      for p in ('pmap', 'shard')}
 
 
