@@ -198,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
   convert.add_argument('--time-freq-shift', type=float, default=0.0,
                        help="timestep frequencies: 0 = the original DiT code's (default; the "
                             "released checkpoints were trained with it), 1 = diffusers'")
+  sd = sub.add_parser('convert-sd', help='a downloaded Stable Diffusion folder (diffusers '
+                      'layout) -> one orbax checkpoint of our Flax UNet, text encoder and VAE, '
+                      'with the tokenizer files and the scheduler config')
+  sd.add_argument('pipeline', help='folder with unet/, text_encoder/, vae/, tokenizer/ and '
+                  'scheduler/ as StableDiffusionPipeline.save_pretrained or a hub download '
+                  'writes it')
+  sd.add_argument('out', help='output folder (config.json, params/, tokenizer/, '
+                  'scheduler_config.json)')
   return parser
 
 
@@ -219,6 +227,8 @@ def main(argv=None) -> int:
     return _run_strong(args)
   if args.command == 'convert-dit':
     return _convert_dit(args)
+  if args.command == 'convert-sd':
+    return _convert_sd(args)
   try:
     _join_processes(args)
   except ValueError as e:
@@ -508,6 +518,26 @@ def _convert_dit(args) -> int:
   print(f'DiT ({count_params(params) / 1e6:.1f}M params'
         + (f', VAE {count_params(vae_params) / 1e6:.1f}M' if vae is not None else '')
         + f') written to {out}; load with jaxunlearn.convert.load_dit_checkpoint')
+  return 0
+
+
+def _convert_sd(args) -> int:
+  from pathlib import Path
+
+  from jaxunlearn.convert.stable_diffusion import check_sd_folder, convert_sd_folder
+  from jaxunlearn.models.dit import count_params
+  try:
+    check_sd_folder(args.pipeline)
+    _check_out(Path(args.out).absolute().parent)
+    out = convert_sd_folder(args.pipeline, args.out)
+  except (FileNotFoundError, ValueError) as e:
+    print(f'jaxunlearn: error: {e}', file=sys.stderr)
+    return 2
+  from jaxunlearn.checkpoint import load_variables
+  sizes = {k: count_params(v) / 1e6 for k, v in load_variables(out / 'params').items()}
+  print(f"Stable Diffusion (UNet {sizes['unet']:.1f}M, text encoder "
+        f"{sizes['text_encoder']:.1f}M, VAE {sizes['vae']:.1f}M params) written to {out}; load "
+        'with jaxunlearn.convert.stable_diffusion.load_sd_checkpoint')
   return 0
 
 

@@ -309,3 +309,37 @@ def test_text_to_image_sampling_matches_the_diffusers_pipeline(tmp_path):
   assert ours.shape == expected.shape == (2, 16, 16, 3)
   assert np.abs(expected - expected.mean()).max() > 0.05    # not a flat image
   np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_convert_sd_writes_one_checkpoint_that_loads_back(tmp_path):
+  """``jaxunlearn convert-sd``: a pipeline folder -> one orbax checkpoint plus the tokenizer
+  files and the scheduler config; the loaded models compute what the folder's do. A folder
+  that is not Stable Diffusion's layout is refused, naming what it lacks."""
+  from jaxunlearn.cli import main
+  from jaxunlearn.convert.stable_diffusion import load_clip_tokenizer, load_sd_checkpoint
+  from tests.test_dit import VAE
+  _tiny_clip_tokenizer_folder(tmp_path / 'sd' / 'tokenizer')
+  unet = _randomized(diffusers.UNet2DConditionModel(**TINY_UNET), 10)
+  unet.save_pretrained(tmp_path / 'sd' / 'unet')
+  _text_reference(TINY_TEXT, seed=11).save_pretrained(tmp_path / 'sd' / 'text_encoder')
+  _randomized(diffusers.AutoencoderKL(**{**VAE, 'sample_size': 16}), 12).save_pretrained(
+      tmp_path / 'sd' / 'vae')
+  diffusers.DDIMScheduler(steps_offset=1).save_pretrained(tmp_path / 'sd' / 'scheduler')
+  assert main(['convert-sd', str(tmp_path / 'sd'), str(tmp_path / 'flax')]) == 0
+  sd = load_sd_checkpoint(tmp_path / 'flax', remat=True)
+  assert sd['unet'].remat and sd['scheduler_config']['steps_offset'] == 1
+  tokens = load_clip_tokenizer(sd['tokenizer_dir'], max_length=16)(['three'])
+  states, _ = sd['text_encoder'].apply({'params': sd['text_params']}, tokens)
+  x = np.random.default_rng(4).normal(size=(1, 8, 8, 4)).astype(np.float32)
+  with torch.no_grad():
+    expected = unet(torch.from_numpy(x.transpose(0, 3, 1, 2)), 10,
+                    encoder_hidden_states=torch.from_numpy(np.array(states))).sample.numpy()
+  ours = np.asarray(sd['unet'].apply({'params': sd['unet_params']}, x, 10, states))
+  np.testing.assert_allclose(ours.transpose(0, 3, 1, 2), expected,
+                             atol=1e-4 * np.abs(expected).max())
+  (tmp_path / 'sd' / 'tokenizer' / 'merges.txt').unlink()
+  assert main(['convert-sd', str(tmp_path / 'sd'), str(tmp_path / 'again')]) == 2
+  assert not (tmp_path / 'again').exists()
+  from jaxunlearn.convert.stable_diffusion import check_sd_folder
+  with pytest.raises(FileNotFoundError, match='lacks unet/config.json, text_encoder/config.json'):
+    check_sd_folder(tmp_path / 'flax')

@@ -221,3 +221,88 @@ def load_clip_tokenizer(path: str | Path, max_length: int = 77) -> PromptTokeniz
                       "'jaxunlearn[sd]'") from e
   return PromptTokenizer(CLIPTokenizer.from_pretrained(str(folder), local_files_only=True),
                          max_length)
+
+
+# What a Stable Diffusion folder (diffusers layout) holds; convert-sd needs all of them.
+SD_PARTS = {'unet': 'config.json', 'text_encoder': 'config.json', 'vae': 'config.json',
+            'tokenizer': 'vocab.json', 'scheduler': 'scheduler_config.json'}
+_TOKENIZER_FILES = ('vocab.json', 'merges.txt', 'tokenizer_config.json',
+                    'special_tokens_map.json')
+
+
+def check_sd_folder(path: str | Path) -> Path:
+  """``path`` if it is a Stable Diffusion folder in diffusers' layout (``unet/``,
+  ``text_encoder/``, ``vae/``, ``tokenizer/``, ``scheduler/``), else an error naming what is
+  missing."""
+  path = Path(path)
+  if not path.is_dir():
+    raise FileNotFoundError(f'{path} is not a folder: give a Stable Diffusion folder '
+                            '(StableDiffusionPipeline.save_pretrained or a hub download)')
+  missing = [f'{part}/{file}' for part, file in SD_PARTS.items()
+             if not (path / part / file).is_file()]
+  if not (path / 'tokenizer' / 'merges.txt').is_file():
+    missing.append('tokenizer/merges.txt')
+  if missing:
+    raise FileNotFoundError(f'{path} is not a Stable Diffusion folder in diffusers\' layout: '
+                            f'it lacks {", ".join(missing)}')
+  return path
+
+
+def _module_config(module) -> dict:
+  keep = [f for f in module.__dataclass_fields__ if f not in ('parent', 'name', 'remat')]
+  return {f: (list(v) if isinstance(v := getattr(module, f), tuple) else v) for f in keep}
+
+
+def _module(cls, config: dict, **options):
+  return cls(**{f: tuple(v) if isinstance(v, list) else v for f, v in config.items()},
+             **options)
+
+
+def convert_sd_folder(path: str | Path, out_dir: str | Path) -> Path:
+  """``jaxunlearn convert-sd``: a Stable Diffusion folder -> ``out_dir`` holding one orbax
+  checkpoint of the UNet, text encoder and VAE params (``params/``), the three models'
+  configurations (``config.json``), the tokenizer's files (``tokenizer/``) and the
+  scheduler's configuration (``scheduler_config.json``); :func:`load_sd_checkpoint` reads
+  it back. Every tensor of the folder lands on one parameter or the conversion fails."""
+  import shutil
+
+  from jaxunlearn.checkpoint import save_variables, write_json_atomic
+  from jaxunlearn.convert.diffusers_dit import load_diffusers_vae
+  path = check_sd_folder(path)
+  unet, unet_params = load_diffusers_unet_condition(path)
+  text, text_params = load_clip_text_encoder(path)
+  vae, vae_params = load_diffusers_vae(path)
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / 'tokenizer').mkdir(exist_ok=True)
+  for name in _TOKENIZER_FILES:
+    if (path / 'tokenizer' / name).is_file():
+      shutil.copyfile(path / 'tokenizer' / name, out / 'tokenizer' / name)
+  shutil.copyfile(path / 'scheduler' / 'scheduler_config.json', out / 'scheduler_config.json')
+  save_variables(out / 'params', {'unet': unet_params, 'text_encoder': text_params,
+                                  'vae': vae_params})
+  write_json_atomic(out / 'config.json', {
+      'unet': _module_config(unet), 'text_encoder': _module_config(text),
+      'vae': _module_config(vae), 'source': str(path)})
+  return out
+
+
+def load_sd_checkpoint(path: str | Path, remat: bool = False) -> dict:
+  """What :func:`convert_sd_folder` wrote: ``{'unet', 'unet_params', 'text_encoder',
+  'text_params', 'vae', 'vae_params', 'scheduler_config', 'tokenizer_dir'}`` (the
+  tokenizer: ``load_clip_tokenizer(result['tokenizer_dir'])``)."""
+  from jaxunlearn.checkpoint import load_variables
+  from jaxunlearn.models.vae import AutoencoderKL
+  path = Path(path)
+  if not (path / 'config.json').is_file() or not (path / 'params').is_dir():
+    raise FileNotFoundError(f'{path} holds no converted Stable Diffusion: give a folder '
+                            'written by jaxunlearn convert-sd')
+  config = json.loads((path / 'config.json').read_text())
+  tree = load_variables(path / 'params')
+  return {'unet': _module(UNet2DCondition, config['unet'], remat=remat),
+          'unet_params': tree['unet'],
+          'text_encoder': _module(CLIPTextEncoder, config['text_encoder']),
+          'text_params': tree['text_encoder'],
+          'vae': _module(AutoencoderKL, config['vae']), 'vae_params': tree['vae'],
+          'scheduler_config': json.loads((path / 'scheduler_config.json').read_text()),
+          'tokenizer_dir': path / 'tokenizer'}
