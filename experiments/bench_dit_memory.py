@@ -115,23 +115,14 @@ def main():
       if hvp not in ('linearize', 'recompute'):
         parser.error(f"--hvp takes 'linearize' and/or 'recompute', got {hvp!r}")
       model, init, tx, fn, abstract = setting(args, remat, scan, dtype, hvp)
-      start = time.perf_counter()
-      compiled = fn.lower(*abstract).compile()
-      m = compiled.memory_analysis()
-      peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-              + m.temp_size_in_bytes)
       row = {'size': args.size, 'batch': args.batch, 'latent': args.latent, 'remat': remat,
              'scan': scan,
              'dtype': dtype, 'hvp': hvp, 'cg_iters': args.iters, 'unroll': args.unroll,
-             'params_M': count_params(abstract[0]) / 1e6,
-             'arguments_GiB': m.argument_size_in_bytes / GiB,
-             'temporaries_GiB': m.temp_size_in_bytes / GiB, 'peak_GiB': peak / GiB,
-             'compile_s': time.perf_counter() - start, 'backend': jax.default_backend()}
+             'params_M': count_params(abstract[0]) / 1e6, **compiled_memory(fn, abstract)}
       if args.run:
         row.update(_run(fn, init, tx, args))
       rows.append(row)
-      print(' '.join(f'{k}={v:.2f}' if isinstance(v, float) else f'{k}={v}'
-                     for k, v in row.items()), flush=True)
+      print_row(row)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(rows, f, indent=1)
@@ -144,14 +135,39 @@ def _run(fn, init, tx, args) -> dict:
   shape = (args.batch, args.latent, args.latent, 4)
   batch = (jax.random.normal(key, shape), jnp.arange(args.batch) % 1000,
            jnp.ones(args.batch))
+  return time_steps(lambda p, s: fn(p, s, batch, batch, key), params, opt_state)
+
+
+def compiled_memory(fn, abstract) -> dict:
+  """What XLA's compiled memory analysis of ``fn`` on ``abstract`` arguments says: the
+  arguments, the temporaries, the peak (``arguments + outputs - aliased + temporaries``),
+  in GiB, and the compile time."""
+  start = time.perf_counter()
+  m = fn.lower(*abstract).compile().memory_analysis()
+  peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+          + m.temp_size_in_bytes)
+  return {'arguments_GiB': m.argument_size_in_bytes / GiB,
+          'temporaries_GiB': m.temp_size_in_bytes / GiB, 'peak_GiB': peak / GiB,
+          'compile_s': time.perf_counter() - start, 'backend': jax.default_backend()}
+
+
+def print_row(row: dict) -> None:
+  print(' '.join(f'{k}={v:.2f}' if isinstance(v, float) else f'{k}={v}'
+                 for k, v in row.items()), flush=True)
+
+
+def time_steps(step, params, opt_state, repeats: int = 6) -> dict:
+  """``step(params, opt_state) -> (params, opt_state, loss)`` run ``repeats`` times (the
+  first compiles): the median time of the others and the device's peak memory (NaN where
+  the backend reports none)."""
   times = []
-  for _ in range(6):  # the first compiles
+  for _ in range(repeats):
     start = time.perf_counter()
-    params, opt_state, loss = fn(params, opt_state, batch, batch, key)
+    params, opt_state, loss = step(params, opt_state)
     jax.block_until_ready(loss)
     times.append(time.perf_counter() - start)
   stats = jax.devices()[0].memory_stats() or {}
-  return {'step_ms': 1000 * sorted(times[1:])[2],
+  return {'step_ms': 1000 * sorted(times[1:])[len(times[1:]) // 2],
           'device_peak_GiB': stats.get('peak_bytes_in_use', float('nan')) / GiB}
 
 

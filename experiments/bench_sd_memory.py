@@ -31,12 +31,12 @@ import argparse
 import functools
 import itertools
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from bench_dit_memory import compiled_memory, print_row, time_steps
 from jaxunlearn.diffusion.objectives import Denoiser, Denoising, RemappedClass
 from jaxunlearn.diffusion.text import PromptConditioned
 from jaxunlearn.diffusion.train import DiffusionConfig
@@ -44,7 +44,6 @@ from jaxunlearn.losses import reduce_loss
 from jaxunlearn.models.unet_condition import UNet2DCondition, sd_v1_unet
 from jaxunlearn.transforms import mask_by_saliency
 
-GiB = 2 ** 30
 PROMPTS = 4   # e.g. two concept prompts, one pseudo prompt, the empty prompt
 TINY = dict(block_out_channels=(32, 64), down_block_types=('CrossAttnDownBlock2D', 'DownBlock2D'),
             up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D'), layers_per_block=1,
@@ -104,21 +103,14 @@ def main():
   for batch, remat in itertools.product([int(b) for b in args.batch.split(',')],
                                         [bool(int(r)) for r in args.remat.split(',')]):
     init, tx, fn, abstract, shape = setting(args, batch, remat)
-    start = time.perf_counter()
-    m = fn.lower(*abstract).compile().memory_analysis()
-    peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-            + m.temp_size_in_bytes)
     params_m = sum(x.size for x in jax.tree.leaves(abstract[0])) / 1e6
     row = {'model': 'tiny' if args.tiny else 'SD v1.x UNet', 'batch': batch,
            'latent': shape[1], 'remat': remat, 'params_M': params_m,
-           'arguments_GiB': m.argument_size_in_bytes / GiB,
-           'temporaries_GiB': m.temp_size_in_bytes / GiB, 'peak_GiB': peak / GiB,
-           'compile_s': time.perf_counter() - start, 'backend': jax.default_backend()}
+           **compiled_memory(fn, abstract)}
     if args.run:
       row.update(_run(fn, init, tx, abstract, shape))
     rows.append(row)
-    print(' '.join(f'{k}={v:.2f}' if isinstance(v, float) else f'{k}={v}'
-                   for k, v in row.items()), flush=True)
+    print_row(row)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(rows, f, indent=1)
@@ -131,15 +123,7 @@ def _run(fn, init, tx, abstract, shape) -> dict:
   states = jax.random.normal(key, abstract[2].shape)
   batch = (jax.random.normal(key, shape), jnp.arange(shape[0]) % (PROMPTS - 1),
            jnp.ones(shape[0]))
-  times = []
-  for _ in range(6):  # the first compiles
-    start = time.perf_counter()
-    params, opt_state, loss = fn(params, opt_state, states, batch, batch, key)
-    jax.block_until_ready(loss)
-    times.append(time.perf_counter() - start)
-  stats = jax.devices()[0].memory_stats() or {}
-  return {'step_ms': 1000 * sorted(times[1:])[2],
-          'device_peak_GiB': stats.get('peak_bytes_in_use', float('nan')) / GiB}
+  return time_steps(lambda p, s: fn(p, s, states, batch, batch, key), params, opt_state)
 
 
 if __name__ == '__main__':

@@ -120,3 +120,15 @@ def config_kwargs(config: dict, copied, required: dict, ignored, kind: str) -> d
     elif key not in ignored and not key.startswith('_'):
       raise ValueError(f'unknown {kind} config key {key!r}')
   return out
+
+
+def convert_module_params(state_dict: dict, model, init_args, kind: str,
+                          name_of=lambda k: k.replace('.', '_')):
+  """The params of flax ``model`` (initialised on ``init_args``, shapes only) from a PyTorch
+  state dict whose keys are its submodule names with '.' for '_' (``name_of``); every tensor
+  must land on one param of its shape and every param be filled (ValueError otherwise)."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *init_args))['params']
+  targets = flax_targets(shapes)
+  params, unused, wrong = place_tensors(state_dict, targets, name_of, torch_to_flax)
+  check_placed(kind, unused, targets, wrong)
+  return params

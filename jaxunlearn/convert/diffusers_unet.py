@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 
-from jaxunlearn.convert._place import (check_placed, config_kwargs, flax_targets,
-                                        place_tensors, read_diffusers_folder, torch_to_flax)
+from jaxunlearn.convert._place import (config_kwargs, convert_module_params,
+                                        read_diffusers_folder)
 from jaxunlearn.models.unet import UNet2D
 
 # UNet2DModel config keys and what we do with them.
@@ -58,12 +57,7 @@ def convert_unet_params(state_dict: dict, model: UNet2D, image_size: int | None 
   args = (jnp.zeros((1, size, size, model.in_channels)), jnp.zeros((1,)))
   if model.num_class_embeds is not None:
     args += (jnp.zeros((1,), jnp.int32),)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))['params']
-  targets = flax_targets(shapes)
-  params, unused, wrong = place_tensors(state_dict, targets, lambda k: k.replace('.', '_'),
-                                        torch_to_flax)
-  check_placed('UNet2D', unused, targets, wrong)
-  return params
+  return convert_module_params(state_dict, model, args, 'UNet2D')
 
 
 def load_diffusers_unet(path: str | Path):

@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn.convert._place import (check_placed, config_kwargs, flax_targets,
-                                        place_tensors, read_diffusers_folder, torch_to_flax)
+from jaxunlearn.convert._place import (config_kwargs, convert_module_params,
+                                        read_diffusers_folder)
 from jaxunlearn.models.clip_text import CLIPTextEncoder
 from jaxunlearn.models.unet_condition import UNet2DCondition
 
@@ -88,12 +87,7 @@ def convert_unet_condition_params(state_dict: dict, model: UNet2DCondition,
   size = size if isinstance(size, int) else size[0]
   args = (jnp.zeros((1, size, size, model.in_channels)), jnp.zeros((1,)),
           jnp.zeros((1, 1, model.cross_attention_dim)))
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))['params']
-  targets = flax_targets(shapes)
-  params, unused, wrong = place_tensors(state_dict, targets, lambda k: k.replace('.', '_'),
-                                        torch_to_flax)
-  check_placed('UNet2DCondition', unused, targets, wrong)
-  return params
+  return convert_module_params(state_dict, model, args, 'UNet2DCondition')
 
 
 def load_diffusers_unet_condition(path: str | Path, **model_options):
@@ -134,16 +128,12 @@ def convert_clip_text_params(state_dict: dict, model: CLIPTextEncoder):
   Raises:
     ValueError: tensors left over, params missing, or shapes that differ (all listed).
   """
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))
-  targets = flax_targets(shapes['params'])
-
   def name_of(key):
     key = key.removeprefix('text_model.')
     return None if key == 'embeddings.position_ids' else key.replace('.', '_')
 
-  params, unused, wrong = place_tensors(state_dict, targets, name_of, torch_to_flax)
-  check_placed('CLIPTextEncoder', unused, targets, wrong)
-  return params
+  return convert_module_params(state_dict, model, (jnp.zeros((1, 2), jnp.int32),),
+                               'CLIPTextEncoder', name_of)
 
 
 def read_transformers_folder(path: str | Path, subfolder: str):

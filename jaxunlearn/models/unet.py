@@ -111,6 +111,19 @@ class SpatialAttention(nn.Module):
     return (out + x) / self.rescale_output_factor
 
 
+def check_blocks(unet, down_allowed, up_allowed) -> None:
+  """A UNet's levels agree in number and its block types are ones it implements."""
+  n = len(unet.block_out_channels)
+  if len(unet.down_block_types) != n or len(unet.up_block_types) != n:
+    raise ValueError(f'block_out_channels, down_block_types and up_block_types must have '
+                     f'the same length, got {n}, {len(unet.down_block_types)} and '
+                     f'{len(unet.up_block_types)}')
+  for kind, allowed in ((unet.down_block_types, down_allowed), (unet.up_block_types, up_allowed)):
+    bad = sorted({t for t in kind if t not in allowed})
+    if bad:
+      raise ValueError(f'unsupported block types {bad}; supported: {", ".join(allowed)}')
+
+
 class UNet2D(nn.Module):
   """``diffusers.UNet2DModel`` in Flax: ``model.apply(variables, x [B, H, W, C],
   timesteps [B] or scalar, class_labels [B] or None, train=False) -> [B, H, W, out]``.
@@ -145,15 +158,7 @@ class UNet2D(nn.Module):
   sample_size: Any = None
 
   def __post_init__(self):
-    n = len(self.block_out_channels)
-    if len(self.down_block_types) != n or len(self.up_block_types) != n:
-      raise ValueError(f'block_out_channels, down_block_types and up_block_types must have '
-                       f'the same length, got {n}, {len(self.down_block_types)} and '
-                       f'{len(self.up_block_types)}')
-    for kind, allowed in ((self.down_block_types, DOWN_BLOCKS), (self.up_block_types, UP_BLOCKS)):
-      bad = sorted({t for t in kind if t not in allowed})
-      if bad:
-        raise ValueError(f'unsupported block types {bad}; supported: {", ".join(allowed)}')
+    check_blocks(self, DOWN_BLOCKS, UP_BLOCKS)
     if self.resnet_time_scale_shift not in ('default', 'scale_shift'):
       raise ValueError("resnet_time_scale_shift must be 'default' or 'scale_shift', got "
                        f'{self.resnet_time_scale_shift!r}')

@@ -32,7 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxunlearn.models.unet import ResnetBlock2D, _conv, _group_norm, timestep_embedding
+from jaxunlearn.models.unet import (ResnetBlock2D, _conv, _group_norm, check_blocks,
+                                    timestep_embedding)
 
 DOWN_BLOCKS = ('DownBlock2D', 'CrossAttnDownBlock2D')
 UP_BLOCKS = ('UpBlock2D', 'CrossAttnUpBlock2D')
@@ -161,16 +162,9 @@ class UNet2DCondition(nn.Module):
   remat: bool = False
 
   def __post_init__(self):
-    n = len(self.block_out_channels)
-    if len(self.down_block_types) != n or len(self.up_block_types) != n:
-      raise ValueError(f'block_out_channels, down_block_types and up_block_types must have '
-                       f'the same length, got {n}, {len(self.down_block_types)} and '
-                       f'{len(self.up_block_types)}')
-    for kind, allowed in ((self.down_block_types, DOWN_BLOCKS), (self.up_block_types, UP_BLOCKS)):
-      bad = sorted({t for t in kind if t not in allowed})
-      if bad:
-        raise ValueError(f'unsupported block types {bad}; supported: {", ".join(allowed)}')
-    heads = _per_block(self.attention_head_dim, n, 'attention_head_dim')
+    check_blocks(self, DOWN_BLOCKS, UP_BLOCKS)
+    heads = _per_block(self.attention_head_dim, len(self.block_out_channels),
+                       'attention_head_dim')
     for channels, h in zip(self.block_out_channels, heads):
       if channels % h:
         raise ValueError(f'{channels} channels do not split into {h} attention heads')
