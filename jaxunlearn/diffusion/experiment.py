@@ -498,10 +498,10 @@ class _Generation(Job):
             for c in range(ds.num_classes)}
     prompts_of = None
     if config.model == 't2i':
-      from jaxunlearn.diffusion.text import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES
+      from jaxunlearn.diffusion.text import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, caption_ids
       first = len(TRAIN_TEMPLATES)  # the held-out captions follow the training ones
-      prompts_of = lambda c: [(first + k) * ds.num_classes + c  # noqa: E731
-                              for k in range(len(HELD_OUT_TEMPLATES))]
+      held_out = range(first, first + len(HELD_OUT_TEMPLATES))
+      prompts_of = lambda c: caption_ids([c], held_out, ds.num_classes)  # noqa: E731
     self.judge = _Judge(clf, clf_vars, self.ddpm, config, ds.image_shape, features, real,
                         parallel, prompts_of)
     self._ready = True
@@ -512,11 +512,10 @@ class _Generation(Job):
     split = make_split(ds, config.scenario, seed)
     x_train, y_train = ds.x_train, ds.y_train
     if config.model == 't2i':  # every image under every training caption of its digit
-      from jaxunlearn.diffusion.text import TRAIN_TEMPLATES
+      from jaxunlearn.diffusion.text import TRAIN_TEMPLATES, caption_ids
       k = len(TRAIN_TEMPLATES)
       x_train = np.concatenate([ds.x_train] * k)
-      y_train = np.concatenate([t * ds.num_classes + ds.y_train for t in range(k)]).astype(
-          np.int32)
+      y_train = caption_ids(ds.y_train, range(k), ds.num_classes)
       n = len(ds.y_train)
       split = dataclasses.replace(split, **{
           part: np.concatenate([getattr(split, part) + t * n for t in range(k)])

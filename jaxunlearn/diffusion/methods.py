@@ -302,7 +302,7 @@ def ga(task: GenerationTask, hp: GA):
 # ESD's parameter subsets (train-esd.py's train_method, on diffusers' names): 'xattn' the
 # cross-attention layers (attn2) only, for styles; 'noxattn' every layer but those, the
 # time embedding and the output layers (the LDM 'out.' ones), for objects and nudity (the
-# ESD-u that SalUn's nudity and class comparisons use); 'full' everything.
+# ESD paper's ESD-u); 'full' everything.
 ESD_SUBSETS = ('xattn', 'noxattn', 'full')
 
 

@@ -236,7 +236,7 @@ class ErasedStableDiffusion:
     return None
 
   def __call__(self, params, model_state, x, y, key):
-    from jaxunlearn.diffusion.samplers import ddim_step, guided_eps, timesteps
+    from jaxunlearn.diffusion.samplers import sample
     schedule = self.diffusion.noise_schedule()
     T, S = schedule.num_timesteps, self.ddim_steps
     original = model_state[ESD_ORIGINAL]
@@ -247,20 +247,10 @@ class ErasedStableDiffusion:
     t_enc = jax.random.randint(base, (), 0, S)          # one per batch, on every device
     z = draw(k_code, lambda k, s: jax.random.normal(k, s, x.dtype), x.shape)
     eps_now = lambda xt, t, c: self.model.apply(current, xt, t, c)
-    gap = T // S
-    stop = jnp.maximum(t_enc - 1, 0)
-
-    def body(z, inputs):
-      index, t = inputs
-      def step(z):
-        eps = guided_eps(eps_now, z, t, y, self.start_guidance, self.null_class)
-        return ddim_step(schedule, z, eps, t, t - gap, 0.0, 0.0, False,
-                         schedule.alphas_cumprod[0])
-      return jax.lax.cond(index >= stop, step, lambda z: z, z), None
-
-    ts = jnp.asarray(timesteps(T, S) + 1)
-    z, _ = jax.lax.scan(body, z, (jnp.arange(S - 1, -1, -1), ts))
-    z = jax.lax.stop_gradient(z)
+    z = jax.lax.stop_gradient(sample(
+        eps_now, schedule, x.shape, base, y, num_steps=S, guidance_scale=self.start_guidance,
+        null_class=self.null_class, clip=False, x_init=z, steps_offset=1,
+        set_alpha_to_one=False, stop_index=jnp.maximum(t_enc - 1, 0)))
     lo = jnp.round(t_enc / S * T).astype(jnp.int32)
     hi = jnp.round((t_enc + 1) / S * T).astype(jnp.int32)
     t = draw(k_t, lambda k, s: jax.random.randint(k, s, lo, hi), (x.shape[0],))

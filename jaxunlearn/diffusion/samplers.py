@@ -93,7 +93,8 @@ def _normal(key, shape, index):
 def sample(eps_fn, schedule: NoiseSchedule, shape, key, labels=None, *, method: str = 'ddim',
            num_steps: int = 50, eta: float = 0.0, guidance_scale: float = 1.0,
            null_class=None, clip: bool = True, unroll: int | bool = 1,
-           x_init=None, index=None, steps_offset: int = 0, set_alpha_to_one: bool = True):
+           x_init=None, index=None, steps_offset: int = 0, set_alpha_to_one: bool = True,
+           stop_index=None):
   """Samples ``shape`` images from pure noise with ``num_steps`` reverse steps (traceable:
   call it under ``jax.jit``, or use :func:`make_sampler`).
 
@@ -112,6 +113,9 @@ def sample(eps_fn, schedule: NoiseSchedule, shape, key, labels=None, *, method: 
       (:func:`jaxunlearn.diffusion.unlearn.generate` numbers the images it makes).
     steps_offset, set_alpha_to_one: diffusers' scheduler options of those names (Stable
       Diffusion's DDIM config: 1 and False; DDPM-style models: 0 and True).
+    stop_index: run only the steps of index ``>= stop_index`` (indices count down from
+      ``num_steps - 1`` to 0; a traced int is allowed): the images stay partway, as ESD's
+      ``quick_sample_till_t`` leaves them; the skipped steps cost nothing (``lax.cond``).
   """
   if method not in ('ddim', 'ddpm'):
     raise ValueError(f"method must be 'ddim' or 'ddpm', got {method!r}")
@@ -120,17 +124,23 @@ def sample(eps_fn, schedule: NoiseSchedule, shape, key, labels=None, *, method: 
   final = 1.0 if set_alpha_to_one else schedule.alphas_cumprod[0]
   init_key, loop_key = jax.random.split(key)
 
-  def body(x, inputs):
-    t, step_key = inputs
+  def update(x, t, step_key):
     eps = guided_eps(eps_fn, x, t, labels, guidance_scale, null_class)
     noise = _normal(step_key, x.shape, index).astype(x.dtype)
     if method == 'ddpm':
-      return ddpm_step(schedule, x, eps, t, t - gap, noise, clip), None
-    return ddim_step(schedule, x, eps, t, t - gap, noise, eta, clip, final), None
+      return ddpm_step(schedule, x, eps, t, t - gap, noise, clip)
+    return ddim_step(schedule, x, eps, t, t - gap, noise, eta, clip, final)
+
+  def body(x, inputs):
+    step_index, t, step_key = inputs
+    if stop_index is None:
+      return update(x, t, step_key), None
+    return jax.lax.cond(step_index >= stop_index, lambda x: update(x, t, step_key),
+                        lambda x: x, x), None
 
   x = _normal(init_key, shape, index) if x_init is None else x_init
-  x, _ = jax.lax.scan(body, x, (jnp.asarray(ts), jax.random.split(loop_key, num_steps)),
-                      unroll=unroll)
+  x, _ = jax.lax.scan(body, x, (jnp.arange(num_steps - 1, -1, -1), jnp.asarray(ts),
+                                jax.random.split(loop_key, num_steps)), unroll=unroll)
   return x
 
 

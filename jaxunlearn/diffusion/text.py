@@ -140,6 +140,13 @@ def digit_prompts(templates: Sequence[str] = TRAIN_TEMPLATES + HELD_OUT_TEMPLATE
           for d in range(num_classes)] + ['']
 
 
+def caption_ids(digits, templates, num_classes: int = 10) -> np.ndarray:
+  """The prompt ids of :func:`digit_prompts` naming each of ``digits`` under each template
+  index of ``templates``, template-major (``[len(templates) * len(digits)]``)."""
+  digits = np.asarray(digits, np.int32)
+  return np.concatenate([k * num_classes + digits for k in templates]).astype(np.int32)
+
+
 class WordTokenizer:
   """A word-level tokenizer for a closed set of prompts (the digits' captions): lower-cased
   words split on spaces, ``<start>`` ids ``<end>``, padded with ``<end>`` to
