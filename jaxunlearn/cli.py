@@ -206,6 +206,38 @@ def build_parser() -> argparse.ArgumentParser:
                   'writes it')
   sd.add_argument('out', help='output folder (config.json, params/, tokenizer/, '
                   'scheduler_config.json)')
+  ev = sub.add_parser('eval-prompts', help='judge a converted Stable Diffusion on prompt '
+                      'sets: generate per prompt, score with an ONNX model, report forget rate '
+                      '(UA) and retain accuracy with sample grids')
+  ev.add_argument('checkpoint', help='a folder written by jaxunlearn convert-sd')
+  ev.add_argument('--forget', action='append', default=[], metavar='CSV',
+                  help='a prompt set whose concept should be gone (repeatable)')
+  ev.add_argument('--retain', action='append', default=[], metavar='CSV',
+                  help='a prompt set whose images should keep their labels (repeatable)')
+  ev.add_argument('--unet', default=None, help='orbax params of an unlearned UNet to judge '
+                  'instead of the checkpoint\'s own')
+  ev.add_argument('--scorer', required=True, metavar='ONNX',
+                  help='an ONNX classifier (or detector with --threshold) run by onnxruntime')
+  ev.add_argument('--label-column', default='classidx',
+                  help='the CSV column of expected scorer labels (default classidx)')
+  ev.add_argument('--forget-label', type=int, default=None,
+                  help='the label of every forget prompt, for CSVs without a label column '
+                       '(a detector: 1 = concept present)')
+  ev.add_argument('--retain-label', type=int, default=None,
+                  help='the same for retain prompts (a detector: 0)')
+  ev.add_argument('--mean', type=_floats, default=(0.0, 0.0, 0.0),
+                  help='the scorer\'s input normalization: (pixel in [0,1] - mean) / std')
+  ev.add_argument('--std', type=_floats, default=(1.0, 1.0, 1.0))
+  ev.add_argument('--threshold', type=float, default=None,
+                  help='label 1 where the scorer\'s single output exceeds it')
+  ev.add_argument('--images-per-prompt', type=int, default=10)
+  ev.add_argument('--image-size', type=int, default=512)
+  ev.add_argument('--steps', type=int, default=50, help='DDIM steps')
+  ev.add_argument('--guidance', type=float, default=7.5)
+  ev.add_argument('--batch-size', type=int, default=4)
+  ev.add_argument('--save-images', action='store_true',
+                  help='also write every image as SET/{case_number}_{j}.png')
+  ev.add_argument('--out', default='prompt-eval')
   return parser
 
 
@@ -229,6 +261,8 @@ def main(argv=None) -> int:
     return _convert_dit(args)
   if args.command == 'convert-sd':
     return _convert_sd(args)
+  if args.command == 'eval-prompts':
+    return _eval_prompts(args)
   try:
     _join_processes(args)
   except ValueError as e:
@@ -538,6 +572,61 @@ def _convert_sd(args) -> int:
   print(f"Stable Diffusion (UNet {sizes['unet']:.1f}M, text encoder "
         f"{sizes['text_encoder']:.1f}M, VAE {sizes['vae']:.1f}M params) written to {out}; load "
         'with jaxunlearn.convert.stable_diffusion.load_sd_checkpoint')
+  return 0
+
+
+def _eval_prompts(args) -> int:
+  from pathlib import Path
+
+  from jaxunlearn.data.prompts import read_prompt_set
+  from jaxunlearn.evaluate import prompts as pe
+  try:
+    if not args.forget and not args.retain:
+      raise ValueError('give at least one prompt set: --forget CSV and/or --retain CSV')
+    if args.images_per_prompt < 1 or args.batch_size < 1 or args.steps < 1:
+      raise ValueError('--images-per-prompt, --batch-size and --steps must be >= 1')
+    sets = {}
+    for role, paths, label in (('forget', args.forget, args.forget_label),
+                               ('retain', args.retain, args.retain_label)):
+      for path in paths:
+        ps = read_prompt_set(path, label_column=args.label_column)
+        if label is not None:
+          ps = ps.with_label(label)
+        elif ps.labels is None:
+          raise ValueError(f'{path} has no {args.label_column!r} column: give '
+                           f'--label-column or --{role}-label')
+        name = ps.name if ps.name not in sets else f'{ps.name}_{len(sets)}'
+        sets[name] = (ps, role)
+    scorer = pe.onnx_scorer(args.scorer, mean=args.mean, std=args.std,
+                            threshold=args.threshold)
+    _check_out(Path(args.out).absolute().parent)
+    unet = None
+    if args.unet is not None:
+      from jaxunlearn.checkpoint import load_variables
+      unet = load_variables(args.unet)
+      unet = unet.get('params', unet)
+    generator = pe.StableDiffusionGenerator.from_checkpoint(
+        args.checkpoint, unet_params=unet, image_size=args.image_size, num_steps=args.steps,
+        guidance_scale=args.guidance)
+    for ps, _ in sets.values():
+      generator.check(ps.prompts)
+  except (FileNotFoundError, ValueError, ImportError) as e:
+    print(f'jaxunlearn: error: {e}', file=sys.stderr)
+    return 2
+  results, images = pe.evaluate_prompt_sets(generator, sets, scorer,
+                                            images_per_prompt=args.images_per_prompt,
+                                            batch_size=args.batch_size)
+  from jaxunlearn.provenance import provenance
+  settings = {k: v for k, v in vars(args).items() if k != 'command'}
+  out = pe.write_prompt_report(results, images, args.out,
+                               metadata={'provenance': provenance(settings)})
+  if args.save_images:
+    for name, prompt_images in images.items():
+      pe.save_image_folder(prompt_images, Path(args.out) / name)
+  for name, r in results.items():
+    score = f"UA {r['UA']:.1f}" if 'UA' in r else f"accuracy {r['accuracy']:.1f}"
+    print(f"{name} ({r['role']}, {r['images']} images): {score}")
+  print(f'results and grids written to {out}')
   return 0
 
 

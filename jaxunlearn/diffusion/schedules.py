@@ -54,6 +54,31 @@ def scaled_linear_schedule(num_timesteps: int = 1000, beta_start: float = 0.0008
                                dtype=np.float64) ** 2)
 
 
+def schedule_from_config(config: dict) -> tuple[NoiseSchedule, dict]:
+  """A diffusers scheduler config (``scheduler/scheduler_config.json``) as ``(schedule,
+  sampler options)``: the betas (``linear`` or ``scaled_linear``) and the options
+  ``steps_offset`` and ``set_alpha_to_one``. What our samplers cannot follow is an error
+  naming it: another beta schedule, a prediction type other than ``epsilon`` (SD 2.x's
+  768-pixel models predict ``v_prediction``), trained betas."""
+  kind = config.get('beta_schedule', 'linear')
+  if config.get('trained_betas') is not None:
+    raise ValueError('the scheduler config gives trained_betas, which our schedules do not take')
+  prediction = config.get('prediction_type', 'epsilon')
+  if prediction != 'epsilon':
+    raise ValueError(f'the scheduler config says prediction_type={prediction!r}; our samplers '
+                     'and objectives take epsilon-predicting models only')
+  n = int(config.get('num_train_timesteps', 1000))
+  start, end = float(config.get('beta_start', 1e-4)), float(config.get('beta_end', 0.02))
+  if kind == 'scaled_linear':
+    schedule = scaled_linear_schedule(n, start, end)
+  elif kind == 'linear':
+    schedule = linear_schedule(n, start, end)
+  else:
+    raise ValueError(f"beta_schedule {kind!r} is not one of 'linear', 'scaled_linear'")
+  return schedule, {'steps_offset': int(config.get('steps_offset', 0)),
+                    'set_alpha_to_one': bool(config.get('set_alpha_to_one', True))}
+
+
 def cosine_schedule(num_timesteps: int = 1000, s: float = 0.008,
                     max_beta: float = 0.999) -> NoiseSchedule:
   """``alpha_bar(t) = cos^2((t/T + s) / (1 + s) pi/2)``, betas capped at ``max_beta``."""
