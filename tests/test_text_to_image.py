@@ -122,6 +122,34 @@ def test_esd_refuses_a_subset_the_model_lacks():
   assert any(np.any(m) for m in jax.tree.leaves(esd_mask(params, 'noxattn')))
 
 
+def test_selective_amnesia_on_a_prompt_model(tiny, monkeypatch):
+  """SA's ELBO Fisher reads the prompt table (the frozen model's Fisher of the UNet is the
+  text-encoder form's), and SA replays the training captions only: never a held-out one."""
+  from jaxunlearn.diffusion import methods as gm
+  from jaxunlearn.diffusion.unlearn import elbo_fisher
+  model, variables, frozen, frozen_vars, _ = tiny
+  task = _task(frozen, frozen_vars)
+  x, y = task.retain_x[:3], task.retain_y[:3]
+  fisher = elbo_fisher(task, x, y, timesteps=2, batch_size=2)
+  joint = elbo_fisher(_task(model, variables), x, y, timesteps=2, batch_size=2)
+  assert set(fisher) == {'unet'}
+  for a, b in zip(jax.tree.leaves(fisher['unet']), jax.tree.leaves(joint['unet'])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-12 + 1e-5 * float(np.abs(b).max()))
+  replayed = []
+  real_generate = gm.generate
+  def spy(model, variables, diffusion, labels, *args, **kwargs):
+    replayed.append(np.asarray(labels))
+    return real_generate(model, variables, diffusion, labels, *args, num_steps=2,
+                         **{k: v for k, v in kwargs.items() if k != 'num_steps'})
+  monkeypatch.setattr(gm, 'generate', spy)
+  out = gm.GENERATION_METHODS['sa'].run(task, {'steps': 1, 'replay_per_class': 1,
+                                                'fisher_timesteps': 1, 'batch_size': 4})
+  trained = set(task.forget_y.tolist()) | set(task.retain_y.tolist())
+  assert set(replayed[0].tolist()) == trained          # no held-out caption (ids >= 50)
+  assert max(trained) < len(TRAIN_TEMPLATES) * 10
+  assert jax.tree.structure(out) == jax.tree.structure(frozen_vars)
+
+
 def test_text_to_image_job_is_the_generation_job_on_prompts():
   """``--task text-to-image`` resolves to the generation job with the prompt model and
   Stable Diffusion's erasers, before any compute; what it cannot run is refused."""
@@ -132,9 +160,7 @@ def test_text_to_image_job_is_the_generation_job_on_prompts():
   assert set(run['hparams']) >= {'esd', 'salun', 'sfron', 'lur', 'ddpm'}
   with pytest.raises(ValueError, match='--task text-to-image runs the text-to-image model'):
     resolve_run(['run', '--task', 'text-to-image', '--model', 'unet'])
-  with pytest.raises(ValueError, match="Selective Amnesia \\('sa'\\) does not run on a "
-                                       'prompt-conditioned model'):
-    GenerationConfig(model='t2i', methods=('sa',)).validate()
+  GenerationConfig(model='t2i', methods=('sa',)).validate()  # SA runs too (not by default)
   with pytest.raises(ValueError, match='runs on the embedded digits'):
     GenerationConfig(model='t2i', dataset='cifar10').validate()
   if jax.device_count() > 1:  # ESD's batch of one image, on every device

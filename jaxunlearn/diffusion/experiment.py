@@ -62,8 +62,8 @@ REFERENCE_SAMPLING = {'sample_steps': 1000, 'sample_eta': 1.0, 'sample_clip': Fa
 # Ours, fast enough for a CPU: 50 deterministic DDIM steps, x0 clipped, g 2.
 FAST_SAMPLING = {'sample_steps': 50, 'sample_eta': 0.0, 'sample_clip': True, 'guidance': 2.0}
 MODELS = ('unet', 'ddpm-cifar10', 'ref-unet', 'ref-cifar10', 'dit', 't2i')
-# The text-to-image job's methods (--task text-to-image): Stable Diffusion's erasers. SA is
-# not among them: its ELBO Fisher does not take a prompt model yet.
+# The text-to-image job's default methods (--task text-to-image): Stable Diffusion's erasers
+# (SA and GA also run on the prompt model when named).
 T2I_METHODS = ('esd', 'salun', 'sfron', 'lur')
 
 REPORTED = ('UA', 'FID_forget', 'FID', 'acc_remaining', 'steps_to_forget', 'rte_s',
@@ -174,9 +174,6 @@ class GenerationConfig:
         raise ValueError('the text-to-image job runs on the embedded digits (its own tiny '
                          'model, trained here); Stable Diffusion folders are loaded with '
                          'jaxunlearn.convert.stable_diffusion')
-      if 'sa' in self.methods:
-        raise ValueError("Selective Amnesia ('sa') does not run on a prompt-conditioned "
-                         f"model yet; text-to-image methods: {', '.join(T2I_METHODS)}, ga")
     if self.model == 'dit' and self.dit_size not in DIT_CONFIGS:
       raise ValueError(f'unknown DiT size {self.dit_size!r}; known: {", ".join(DIT_CONFIGS)}')
     if parse_scenario(self.scenario).kind != 'class':

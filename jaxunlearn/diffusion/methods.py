@@ -268,9 +268,15 @@ def sa(task: GenerationTask, hp: SA):
   the diagonal Fisher of the ELBO on them; then joint steps on ``L(noise images, c_f) +
   replay_weight L(replay of the other classes)`` plus ``strength * sum F (theta -
   theta0)^2`` (``add_elastic_penalty``), clipped, Adam. The reference replays 500 images
-  per class and trains 20000 steps; labels are never dropped (its ``cond_drop_prob=0``)."""
+  per class and trains 20000 steps; labels are never dropped (its ``cond_drop_prob=0``).
+
+  "Every class" is every condition the training sets hold: on a class-conditional model all
+  classes; on a prompt model its training captions, never a held-out caption (replaying the
+  original's images of a held-out caption of the forgotten digit would train the concept
+  back in where it is judged)."""
   shape = task.forget_x.shape[1:]
-  labels = np.repeat(np.arange(task.num_classes, dtype=np.int32), hp.replay_per_class)
+  trained = np.unique(np.concatenate([task.forget_y, task.retain_y])).astype(np.int32)
+  labels = np.repeat(trained, hp.replay_per_class)
   samples = generate(task.model, task.variables, task.diffusion, labels, shape, task.seed,
                      num_steps=hp.sample_steps, guidance=hp.guidance, parallel=task.parallel)
   fisher = elbo_fisher(task, samples, labels, hp.fisher_timesteps, seed=task.seed)

@@ -116,7 +116,7 @@ def _example_fisher(model, diffusion: DiffusionConfig, timesteps: int, parallel:
   schedule = diffusion.noise_schedule()
   T = schedule.num_timesteps
 
-  def one(params, x, y, key):
+  def one(params, rest, x, y, key):
     # Stratified timesteps: (T / n) sum_j l_{t_j} estimates the ELBO's sum over all T.
     k_t, k_n = jax.random.split(key)
     t = (jnp.arange(timesteps) * T // timesteps
@@ -125,19 +125,19 @@ def _example_fisher(model, diffusion: DiffusionConfig, timesteps: int, parallel:
     noise = jax.random.normal(k_n, xs.shape)
 
     def elbo(p):
-      eps_fn = lambda xt, tt, c: model.apply({'params': p}, xt, tt, c)
+      eps_fn = lambda xt, tt, c: model.apply({'params': p, **rest}, xt, tt, c)
       pred = eps_fn(q_sample(schedule, xs, t, noise), t, ys)
       return T / timesteps * jnp.sum((pred - noise) ** 2)
     return jax.tree.map(jnp.square, jax.grad(elbo)(params))
 
   def batch_sum(args, batch):  # sum over the (weighted) images of this device's rows
-    params, key = args
+    params, rest, key = args  # rest: the model's other collections (a prompt table)
     # One image at a time (lax.scan), not vmap: under a batch-sharded jit, XLA:CPU (jax
     # 0.10) returns zero for the per-example conv-kernel gradients of every device but the
     # first (tests/test_parallel.py checks this Fisher on 8 devices).
     def add(total, example):
       x, y, w, i = example
-      f = one(params, x, y, jax.random.fold_in(key, i))
+      f = one(params, rest, x, y, jax.random.fold_in(key, i))
       return jax.tree.map(lambda t, g: t + w * g, total, f), None
     zeros = jax.tree.map(jnp.zeros_like, params)
     total, _ = jax.lax.scan(add, zeros, batch)
@@ -159,9 +159,10 @@ def elbo_fisher(task: GenerationTask, x, y, timesteps: int = 20, batch_size: int
   size = task.parallel.size
   fn = _example_fisher(task.model, task.diffusion, timesteps, task.parallel)
   params, key, total = task.variables['params'], jax.random.key(seed), None
+  rest = {k: v for k, v in task.variables.items() if k != 'params'}
   for idx, w in epoch_batches(len(y), -(-batch_size // size) * size, 0, 0, shuffle=False,
                               multiple_of=size):
-    f = fn((params, key), (x[idx], y[idx], w, idx.astype(np.int32)))
+    f = fn((params, rest, key), (x[idx], y[idx], w, idx.astype(np.int32)))
     total = f if total is None else jax.tree.map(jnp.add, total, f)
   return jax.tree.map(lambda f: f / len(y), total)
 
