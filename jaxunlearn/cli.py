@@ -206,6 +206,30 @@ def build_parser() -> argparse.ArgumentParser:
                   'writes it')
   sd.add_argument('out', help='output folder (config.json, params/, tokenizer/, '
                   'scheduler_config.json)')
+  er = sub.add_parser('erase-sd', help='erase a concept from a converted Stable Diffusion '
+                      'with ESD, SalUn, SFR-on, LUR or GA (the UNet alone changes)')
+  er.add_argument('checkpoint', help='a folder written by jaxunlearn convert-sd')
+  er.add_argument('--forget', required=True, metavar='CSV', help='the concept\'s prompt set')
+  er.add_argument('--retain', required=True, metavar='CSV', help='the prompts to keep')
+  er.add_argument('--method', default='salun', help='esd, salun, sfron, lur or ga')
+  er.add_argument('--set', dest='overrides', action='append', default=[],
+                  metavar='METHOD.NAME=VALUE', help='a hyperparameter over the references\' '
+                  'Stable Diffusion settings')
+  er.add_argument('--epochs', type=int, default=5,
+                  help='passes over the forget images (the references: 5 for a class, 1 for '
+                       'nudity); sets the steps unless --set gives them')
+  er.add_argument('--images-per-prompt', type=int, default=None,
+                  help='images the original makes of each prompt (default: 800 per set)')
+  er.add_argument('--forget-images', default=None, metavar='DIR',
+                  help='a folder of forget images to use instead (png/jpg)')
+  er.add_argument('--retain-images', default=None, metavar='DIR')
+  er.add_argument('--image-size', type=int, default=512)
+  er.add_argument('--sample-steps', type=int, default=50, help='DDIM steps of the generation')
+  er.add_argument('--guidance', type=float, default=7.5)
+  er.add_argument('--batch-size', type=int, default=4, help='images per generation batch')
+  er.add_argument('--seed', type=int, default=0)
+  er.add_argument('--parallel', default='auto', choices=('auto', 'none', 'pmap', 'shard'))
+  er.add_argument('--out', default='erased')
   ev = sub.add_parser('eval-prompts', help='judge a converted Stable Diffusion on prompt '
                       'sets: generate per prompt, score with an ONNX model, report forget rate '
                       '(UA) and retain accuracy with sample grids')
@@ -263,6 +287,8 @@ def main(argv=None) -> int:
     return _convert_sd(args)
   if args.command == 'eval-prompts':
     return _eval_prompts(args)
+  if args.command == 'erase-sd':
+    return _erase_sd(args)
   try:
     _join_processes(args)
   except ValueError as e:
@@ -572,6 +598,44 @@ def _convert_sd(args) -> int:
   print(f"Stable Diffusion (UNet {sizes['unet']:.1f}M, text encoder "
         f"{sizes['text_encoder']:.1f}M, VAE {sizes['vae']:.1f}M params) written to {out}; load "
         'with jaxunlearn.convert.stable_diffusion.load_sd_checkpoint')
+  return 0
+
+
+def _erase_sd(args) -> int:
+  from pathlib import Path
+
+  from jaxunlearn.data.prompts import read_prompt_set
+  from jaxunlearn.diffusion import stable_diffusion as sdx
+  from jaxunlearn.evaluate.prompts import load_image_folder
+  from jaxunlearn.parallel import Parallel
+  try:
+    overrides = parse_overrides(args.overrides)
+    unknown = set(overrides) - {args.method}
+    if unknown:
+      raise ValueError(f'--set names {sorted(unknown)}, but the method is {args.method!r}')
+    forget = read_prompt_set(args.forget, label_column=None)
+    retain = read_prompt_set(args.retain, label_column=None)
+    images = {}
+    for name, folder in (('forget', args.forget_images), ('retain', args.retain_images)):
+      if folder is not None:
+        images[name] = load_image_folder(folder, args.image_size)[0]
+    _check_out(Path(args.out).absolute().parent)
+    erasure = sdx.erase_concept(
+        args.checkpoint, forget, retain, args.method, overrides.get(args.method),
+        epochs=args.epochs, images_per_prompt=args.images_per_prompt,
+        forget_images=images.get('forget'), retain_images=images.get('retain'),
+        image_size=args.image_size, sample_steps=args.sample_steps,
+        guidance_scale=args.guidance, batch_size=args.batch_size, seed=args.seed,
+        parallel=Parallel.from_setting(args.parallel))
+  except (FileNotFoundError, ValueError, ImportError) as e:
+    print(f'jaxunlearn: error: {e}', file=sys.stderr)
+    return 2
+  from jaxunlearn.provenance import provenance
+  settings = {k: v for k, v in vars(args).items() if k != 'command'}
+  out = sdx.save_erasure(erasure, args.out, {'provenance': provenance(settings)})
+  print(f'{args.method}: {erasure.forget_images} forget and {erasure.retain_images} retain '
+        f'images, {erasure.seconds:.0f} s; the UNet written to {out / "unet"} (judge it with '
+        f'jaxunlearn eval-prompts {args.checkpoint} --unet {out / "unet"} ...)')
   return 0
 
 

@@ -300,14 +300,11 @@ def test_schedule_from_a_diffusers_scheduler_config():
     schedule_from_config({'beta_schedule': 'squaredcos_cap_v2'})
 
 
-def test_eval_prompts_on_a_converted_stable_diffusion(tmp_path, capsys):
-  """``jaxunlearn eval-prompts``: a converted (tiny, random) Stable Diffusion judged on a
-  forget and a retain CSV with an ONNX scorer; its images are the pipeline's from each
-  prompt's seeded noise; bad input is refused before anything is generated."""
-  pytest.importorskip('onnxruntime')
+def tiny_sd_checkpoint(tmp_path):
+  """A tiny Stable Diffusion (random weights, SD's scheduler config, a BPE tokenizer that
+  knows 'three') saved as a diffusers folder and converted: ``tmp_path / 'flax'``."""
   import diffusers
   from jaxunlearn.cli import main
-  from jaxunlearn.diffusion import make_text_to_image_sampler, scaled_linear_schedule
   from tests.test_dit import VAE
   from tests.test_stable_diffusion import (TINY_TEXT, TINY_UNET, _randomized, _text_reference,
                                            _tiny_clip_tokenizer_folder)
@@ -322,6 +319,17 @@ def test_eval_prompts_on_a_converted_stable_diffusion(tmp_path, capsys):
                           clip_sample=False, set_alpha_to_one=False,
                           steps_offset=1).save_pretrained(sd / 'scheduler')
   assert main(['convert-sd', str(sd), str(tmp_path / 'flax')]) == 0
+  return tmp_path / 'flax'
+
+
+def test_eval_prompts_on_a_converted_stable_diffusion(tmp_path, capsys):
+  """``jaxunlearn eval-prompts``: a converted (tiny, random) Stable Diffusion judged on a
+  forget and a retain CSV with an ONNX scorer; its images are the pipeline's from each
+  prompt's seeded noise; bad input is refused before anything is generated."""
+  pytest.importorskip('onnxruntime')
+  from jaxunlearn.cli import main
+  from jaxunlearn.diffusion import make_text_to_image_sampler, scaled_linear_schedule
+  tiny_sd_checkpoint(tmp_path)
   rng = np.random.default_rng(3)
   scorer = _onnx_linear(tmp_path / 's.onnx', rng.normal(size=(48, 3)).astype(np.float32),
                         np.zeros(3, np.float32), 'NCHW')

@@ -42,6 +42,8 @@ class GenerationTask(TaskSets):
     retain_x, retain_y: the remaining training images and labels.
     num_classes: real classes (the null class excluded).
     diffusion: the noise schedule the model was trained with.
+    latents: the images are a VAE's latents (any finite values), not pixels in [-1, 1]
+      (a latent diffusion model such as Stable Diffusion).
     seed, progress, callback, callback_every, parallel, control: as
       :class:`jaxunlearn.methods.UnlearnTask` (``parallel``: the steps, masks and Fisher
       statistics run on its devices; 'vmap' ensembles are not supported here).
@@ -61,6 +63,7 @@ class GenerationTask(TaskSets):
   callback_every: int = 0
   parallel: Parallel = SINGLE
   control: LoopControl | None = None
+  latents: bool = False
 
   def __post_init__(self):
     check_sets(self)
@@ -68,7 +71,10 @@ class GenerationTask(TaskSets):
       raise ValueError("diffusion unlearning runs one model: parallel mode 'vmap' (an "
                        "ensemble) is for classification; use 'none', 'pmap' or 'shard'")
     for what, x in (('forget', self.forget_x), ('retain', self.retain_x)):
-      if np.min(x) < -1.001 or np.max(x) > 1.001:
+      if self.latents:
+        if not np.isfinite(x).all():
+          raise ValueError(f'{what} latents contain NaN or inf')
+      elif np.min(x) < -1.001 or np.max(x) > 1.001:
         raise ValueError(f'{what} images span {np.min(x):.3g}..{np.max(x):.3g}; a diffusion '
                          'model takes pixels in [-1, 1] (load_digits(pixels="symmetric"))')
     embeds = getattr(self.model, 'num_class_embeds', None)
