@@ -16,13 +16,22 @@ collection, :mod:`jaxunlearn.diffusion.text`), on 512x512 images' 64x64x4 latent
 encodes once, beforehand, and the text encoder is frozen: neither is in the step). The
 forget and retain batches are ``--batch`` examples each.
 
-Without running anything, XLA's compiled memory analysis gives the bytes the step needs
-on the backend it is compiled for: arguments (params, Adam moments, mask, batches), outputs
-and temporaries (the activations kept for the backward pass); printed is the peak,
-``arguments + outputs - aliased + temporaries``. Compiled on a CPU the program is the CPU's
-(fusion and layouts differ from a GPU's: an estimate there); ``--run`` executes and times
-the step on the default device and adds the device's own peak (``memory_stats``) where the
-backend reports one.
+Without running anything, two measures:
+
+- ``residuals_GiB``: what reverse-mode autodiff keeps from the forward pass for the
+  backward one (JAX's saved residuals of the loss, as ``jax.ad_checkpoint.
+  print_saved_residuals`` lists them). It is a property of the program, the same on every
+  backend, and it is what remat shrinks; ``estimate_GiB`` adds the step's arguments
+  (params, Adam's two moments, the mask, the batches) and one gradient: the memory an
+  accelerator needs at least.
+- XLA's compiled memory analysis on the backend the script runs on: arguments, outputs
+  and temporaries, and the peak ``arguments + outputs - aliased + temporaries``. On a CPU
+  this is the CPU program's buffer assignment, which does not realise remat's savings (a
+  chain of 16 checkpointed tanh layers: 264 MiB of temporaries without remat, 384 MiB
+  with it), so there it is an upper bound, not a GPU's figure.
+
+``--run`` executes and times the step on the default device and adds the device's own peak
+(``memory_stats``) where the backend reports one: the measured number on a GPU or TPU.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bench_dit_memory import compiled_memory, print_row, time_steps
+from bench_dit_memory import GiB, compiled_memory, print_row, time_steps
 from jaxunlearn.diffusion.objectives import Denoiser, Denoising, RemappedClass
 from jaxunlearn.diffusion.text import PromptConditioned
 from jaxunlearn.diffusion.train import DiffusionConfig
@@ -61,12 +70,16 @@ def objective(model, loss, batch, key):
   return fn
 
 
-def step(params, opt_state, states, forget, retain, key, *, model, tx, alpha):
-  """One SalUn step; params and optimizer state are donated."""
+def total_loss(model, states, forget, retain, key, alpha):
+  """``params ->`` SalUn's loss on Stable Diffusion: forget remapped + alpha * retain."""
   forget_loss = objective(model, RemappedClass(PROMPTS - 1), forget, key)
   retain_loss = objective(model, Denoising(reduction='mean'), retain, jax.random.fold_in(key, 1))
-  loss, grads = jax.value_and_grad(
-      lambda p: forget_loss(p, states) + alpha * retain_loss(p, states))(params)
+  return lambda p: forget_loss(p, states) + alpha * retain_loss(p, states)
+
+
+def step(params, opt_state, states, forget, retain, key, *, model, tx, alpha):
+  """One SalUn step; params and optimizer state are donated."""
+  loss, grads = jax.value_and_grad(total_loss(model, states, forget, retain, key, alpha))(params)
   updates, opt_state = tx.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state, loss
 
@@ -86,7 +99,20 @@ def setting(args, batch: int, remat: bool):
           jax.ShapeDtypeStruct((batch,), jnp.float32))
   fn = jax.jit(functools.partial(step, model=model, tx=tx, alpha=args.alpha),
                donate_argnums=(0, 1))
-  return init, tx, fn, (params, opt_state, states, data, data, jax.random.key(0)), shape
+  residuals = functools.partial(residual_bytes, model, args.alpha)
+  return (init, tx, fn, (params, opt_state, states, data, data, jax.random.key(0)), shape,
+          residuals)
+
+
+def residual_bytes(model, alpha, params, states, forget, retain, key) -> int:
+  """Bytes of what reverse-mode autodiff keeps from the forward pass for the backward one
+  (``jax``'s saved residuals, arguments excluded): a property of the program, not of a
+  backend's buffer assignment, so it shows what remat saves on any device."""
+  from jax._src.ad_checkpoint import saved_residuals   # what print_saved_residuals lists
+  loss = lambda p, st, f, r, k: total_loss(model, st, f, r, k, alpha)(p)
+  return sum(a.size * a.dtype.itemsize
+             for a, where in saved_residuals(loss, params, states, forget, retain, key)
+             if 'from the argument' not in where)
 
 
 def main():
@@ -102,11 +128,15 @@ def main():
   rows = []
   for batch, remat in itertools.product([int(b) for b in args.batch.split(',')],
                                         [bool(int(r)) for r in args.remat.split(',')]):
-    init, tx, fn, abstract, shape = setting(args, batch, remat)
+    init, tx, fn, abstract, shape, residuals = setting(args, batch, remat)
     params_m = sum(x.size for x in jax.tree.leaves(abstract[0])) / 1e6
+    kept = residuals(abstract[0], *abstract[2:])
     row = {'model': 'tiny' if args.tiny else 'SD v1.x UNet', 'batch': batch,
            'latent': shape[1], 'remat': remat, 'params_M': params_m,
-           **compiled_memory(fn, abstract)}
+           'residuals_GiB': kept / GiB, **compiled_memory(fn, abstract)}
+    # the estimate: the step's arguments (params, Adam's moments, the mask, the batches),
+    # one gradient the size of the params, the residuals kept for the backward pass
+    row['estimate_GiB'] = row['arguments_GiB'] + 4 * params_m * 1e6 / GiB + row['residuals_GiB']
     if args.run:
       row.update(_run(fn, init, tx, abstract, shape))
     rows.append(row)

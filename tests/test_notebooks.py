@@ -7,9 +7,9 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).parent.parent / 'colab').glob('*.ipynb'))
 
 
-def test_the_three_notebooks_exist():
+def test_the_notebooks_exist():
   assert {p.name for p in NOTEBOOKS} >= {'quickstart.ipynb', 'classification.ipynb',
-                                         'diffusion.ipynb'}
+                                         'diffusion.ipynb', 'stable_diffusion.ipynb'}
 
 
 @pytest.mark.slow
@@ -29,6 +29,41 @@ def test_notebook_executes_without_error(path, tmp_path, monkeypatch):
   images = [o for cell in notebook.cells if cell.cell_type == 'code'
             for o in cell.get('outputs', []) if 'image/png' in o.get('data', {})]
   assert images, 'every notebook shows at least one plot'
+
+
+def _execute(path, tmp_path):
+  import nbclient
+  import nbformat
+  notebook = nbformat.read(path, as_version=4)
+  nbclient.NotebookClient(notebook, timeout=900, kernel_name='python3',
+                          resources={'metadata': {'path': str(tmp_path)}}).execute()
+  errors = [o for cell in notebook.cells if cell.cell_type == 'code'
+            for o in cell.get('outputs', []) if o.get('output_type') == 'error']
+  assert not errors
+  return notebook
+
+
+@pytest.mark.slow
+def test_stable_diffusion_notebook_erases_with_a_folder(tmp_path, monkeypatch):
+  """The Stable Diffusion branch of ``stable_diffusion.ipynb`` (what a GPU/TPU user with a
+  folder runs), on a tiny random-weight folder at tiny sizes: convert, erase, grids."""
+  pytest.importorskip('nbclient')
+  from tests.test_prompt_sets import tiny_sd_checkpoint
+  tiny_sd_checkpoint(tmp_path / 'model')
+  monkeypatch.setenv('JAXUNLEARN_SMALL', '1')
+  monkeypatch.setenv('XLA_FLAGS', '')
+  for name, value in (('SD_FOLDER', tmp_path / 'model' / 'sd'), ('SD_IMAGE_SIZE', 16),
+                      ('SD_STEPS', 2), ('SD_IMAGES', 2), ('SD_SHOW', 2),
+                      ('SD_CONCEPT', 'prompt:a three|three three')):
+    monkeypatch.setenv(name, str(value))
+  notebook = _execute(Path(__file__).parent.parent / 'colab' / 'stable_diffusion.ipynb',
+                      tmp_path)
+  text = ''.join(o.get('text', '') for cell in notebook.cells if cell.cell_type == 'code'
+                 for o in cell.get('outputs', []))
+  assert 'salun: 2 forget / 2 retain images' in text
+  assert (tmp_path / 'sd-flax' / 'config.json').is_file()
+  assert any('image/png' in o.get('data', {}) for cell in notebook.cells
+             if cell.cell_type == 'code' for o in cell.get('outputs', []))
 
 
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.stem)

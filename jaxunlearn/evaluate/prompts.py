@@ -79,16 +79,21 @@ class StableDiffusionGenerator:
 
   @classmethod
   def from_checkpoint(cls, path, *, unet_params=None, **options) -> 'StableDiffusionGenerator':
-    """The model ``jaxunlearn convert-sd`` wrote to ``path``, sampled with its scheduler
-    config's betas and options."""
-    from jaxunlearn.convert.stable_diffusion import load_clip_tokenizer, load_sd_checkpoint
+    """The model ``jaxunlearn convert-sd`` wrote to ``path`` (see :meth:`from_sd`)."""
+    from jaxunlearn.convert.stable_diffusion import load_sd_checkpoint
+    return cls.from_sd(load_sd_checkpoint(path), unet_params=unet_params, **options)
+
+  @classmethod
+  def from_sd(cls, sd: dict, *, unet_params=None, **options) -> 'StableDiffusionGenerator':
+    """The model of ``load_sd_checkpoint``'s dict ``sd``, sampled with its scheduler
+    config's betas and options; ``unet_params`` replaces the UNet's weights."""
+    from jaxunlearn.convert.stable_diffusion import load_clip_tokenizer
     from jaxunlearn.diffusion.schedules import schedule_from_config
-    sd = load_sd_checkpoint(path)
     schedule, sampler_options = schedule_from_config(sd['scheduler_config'])
+    tokenizer = load_clip_tokenizer(sd['tokenizer_dir'],
+                                    max_length=sd['text_encoder'].max_position_embeddings)
     return cls(sd['unet'], unet_params if unet_params is not None else sd['unet_params'],
-               sd['text_encoder'], sd['text_params'], load_clip_tokenizer(sd['tokenizer_dir'],
-                                   max_length=sd['text_encoder'].max_position_embeddings),
-               sd['vae'], sd['vae_params'],
+               sd['text_encoder'], sd['text_params'], tokenizer, sd['vae'], sd['vae_params'],
                **{'schedule': schedule, **sampler_options, **options})
 
   def check(self, prompts: Sequence[str]) -> None:
