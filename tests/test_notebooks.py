@@ -66,6 +66,50 @@ def test_stable_diffusion_notebook_erases_with_a_folder(tmp_path, monkeypatch):
              if cell.cell_type == 'code' for o in cell.get('outputs', []))
 
 
+def _code_cells(path):
+  import json
+  return [''.join(c['source']) for c in json.loads(path.read_text())['cells']
+          if c['cell_type'] == 'code']
+
+
+@pytest.mark.slow
+def test_classification_notebook_full_cells_read_tfds_and_your_checkpoint(tmp_path,
+                                                                          monkeypatch):
+  """The accelerator branch of ``classification.ipynb`` at toy sizes on a CPU: CIFAR-10
+  through TFDS (its mock data), the papers' settings shrunk, started from a user's orbax
+  checkpoint and a user's forget indices; the cells run as they are, in this process
+  (TFDS's mock lives here)."""
+  import json
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  tfds = pytest.importorskip('tensorflow_datasets')
+  from jaxunlearn.checkpoint import save_variables
+  from jaxunlearn.models import make_model
+  model = make_model('resnet18', 10, width=8)
+  save_variables(tmp_path / 'mine', model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)),
+                                               train=False))
+  np.save(tmp_path / 'forget.npy', np.arange(0, 48, 8))
+  for name, value in (('JAXUNLEARN_TINY', '1'), ('ORIGINAL', tmp_path / 'mine'),
+                      ('FORGET_INDICES', tmp_path / 'forget.npy'),
+                      ('DATA_DIR', tmp_path / 'tfds'), ('ALLOW_DUPLICATES', '1'),
+                      ('JAXUNLEARN_CACHE', tmp_path / 'cache')):
+    monkeypatch.setenv(name, str(value))
+  (tmp_path / 'tfds').mkdir()
+  monkeypatch.chdir(tmp_path)
+  namespace = {}
+  with tfds.testing.mock_data(num_examples=48):
+    for source in _code_cells(Path(__file__).parent.parent / 'colab' / 'classification.ipynb'):
+      exec(compile(source, 'classification.ipynb', 'exec'), namespace)
+  results = json.loads((tmp_path / 'results_classification' / 'results.json').read_text())
+  assert results['dataset'] == 'cifar10' and results['scenario'].startswith('indices:')
+  assert set(results['methods']) == {'retrain', 'salun', 'sfron', 'lur'}
+  assert results['model']['original']['path'] == str(tmp_path / 'mine')
+  assert results['hparams']['salun']['lr'] == 0.013      # the paper's value, kept
+  assert results['hparams']['salun']['epochs'] == 1      # the toy size
+
+
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.stem)
 def test_install_cell_asks_for_a_source_and_installs_from_it(path, monkeypatch):
   """On a machine without jaxunlearn the install cell stops with what to set (it names no
