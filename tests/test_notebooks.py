@@ -110,6 +110,36 @@ def test_classification_notebook_full_cells_read_tfds_and_your_checkpoint(tmp_pa
   assert results['hparams']['salun']['epochs'] == 1      # the toy size
 
 
+@pytest.mark.slow
+def test_diffusion_notebook_full_cells_read_tfds_and_your_ddpm(tmp_path, monkeypatch):
+  """The accelerator branch of ``diffusion.ipynb`` at toy sizes on a CPU: CIFAR-10 through
+  TFDS's mock data, the papers' DDPM setting shrunk, the original a user's diffusers
+  ``UNet2DModel`` folder (class-conditional, written here with random weights)."""
+  import json
+  diffusers = pytest.importorskip('diffusers')
+  tfds = pytest.importorskip('tensorflow_datasets')
+  diffusers.UNet2DModel(
+      sample_size=32, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+      down_block_types=('DownBlock2D', 'DownBlock2D'), up_block_types=('UpBlock2D', 'UpBlock2D'),
+      layers_per_block=1, norm_num_groups=8, num_class_embeds=11).save_pretrained(
+          tmp_path / 'ddpm')
+  for name, value in (('JAXUNLEARN_TINY', '1'), ('UNET', tmp_path / 'ddpm'),
+                      ('DATA_DIR', tmp_path / 'tfds'), ('JAXUNLEARN_CACHE', tmp_path / 'cache')):
+    monkeypatch.setenv(name, str(value))
+  (tmp_path / 'tfds').mkdir()
+  monkeypatch.chdir(tmp_path)
+  namespace = {}
+  with tfds.testing.mock_data(num_examples=40):
+    for source in _code_cells(Path(__file__).parent.parent / 'colab' / 'diffusion.ipynb'):
+      exec(compile(source, 'diffusion.ipynb', 'exec'), namespace)
+  results = json.loads((tmp_path / 'results_generation' / 'results.json').read_text())
+  assert results['dataset'] == 'cifar10' and results['forget_class'] == 0
+  assert results['model']['pretrained'] == str(tmp_path / 'ddpm')
+  assert set(results['methods']) == {'salun', 'sfron'}
+  assert results['hparams']['salun']['lr'] == 1e-4 and results['hparams']['salun']['steps'] == 2
+  assert results['evaluation']['sample_eta'] == 1.0      # the references' sampler, kept
+
+
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.stem)
 def test_install_cell_asks_for_a_source_and_installs_from_it(path, monkeypatch):
   """On a machine without jaxunlearn the install cell stops with what to set (it names no
