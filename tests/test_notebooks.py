@@ -66,10 +66,25 @@ def test_stable_diffusion_notebook_erases_with_a_folder(tmp_path, monkeypatch):
              if cell.cell_type == 'code' for o in cell.get('outputs', []))
 
 
-def _code_cells(path):
+def _run_full_cells_on_tfds_mock(name, tmp_path, monkeypatch, examples, **env):
+  """Runs notebook ``name``'s code cells as they are, in this process (where TFDS's mock
+  data lives), in its full setting at toy sizes (``JAXUNLEARN_TINY``), TFDS datasets
+  replaced by ``examples`` random examples per split, ``env`` set."""
   import json
-  return [''.join(c['source']) for c in json.loads(path.read_text())['cells']
-          if c['cell_type'] == 'code']
+  tfds = pytest.importorskip('tensorflow_datasets')
+  env = {'JAXUNLEARN_TINY': '1', 'DATA_DIR': tmp_path / 'tfds',
+         'JAXUNLEARN_CACHE': tmp_path / 'cache', **env}
+  for key, value in env.items():
+    monkeypatch.setenv(key, str(value))
+  (tmp_path / 'tfds').mkdir()
+  monkeypatch.chdir(tmp_path)
+  cells = [''.join(c['source']) for c in json.loads(
+      (Path(__file__).parent.parent / 'colab' / name).read_text())['cells']
+           if c['cell_type'] == 'code']
+  namespace = {}
+  with tfds.testing.mock_data(num_examples=examples):
+    for source in cells:
+      exec(compile(source, name, 'exec'), namespace)
 
 
 @pytest.mark.slow
@@ -84,24 +99,15 @@ def test_classification_notebook_full_cells_read_tfds_and_your_checkpoint(tmp_pa
   import jax
   import jax.numpy as jnp
   import numpy as np
-  tfds = pytest.importorskip('tensorflow_datasets')
   from jaxunlearn.checkpoint import save_variables
   from jaxunlearn.models import make_model
   model = make_model('resnet18', 10, width=8)
   save_variables(tmp_path / 'mine', model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)),
                                                train=False))
   np.save(tmp_path / 'forget.npy', np.arange(0, 48, 8))
-  for name, value in (('JAXUNLEARN_TINY', '1'), ('ORIGINAL', tmp_path / 'mine'),
-                      ('FORGET_INDICES', tmp_path / 'forget.npy'),
-                      ('DATA_DIR', tmp_path / 'tfds'), ('ALLOW_DUPLICATES', '1'),
-                      ('JAXUNLEARN_CACHE', tmp_path / 'cache')):
-    monkeypatch.setenv(name, str(value))
-  (tmp_path / 'tfds').mkdir()
-  monkeypatch.chdir(tmp_path)
-  namespace = {}
-  with tfds.testing.mock_data(num_examples=48):
-    for source in _code_cells(Path(__file__).parent.parent / 'colab' / 'classification.ipynb'):
-      exec(compile(source, 'classification.ipynb', 'exec'), namespace)
+  _run_full_cells_on_tfds_mock('classification.ipynb', tmp_path, monkeypatch, 48,
+                               ORIGINAL=tmp_path / 'mine', ALLOW_DUPLICATES='1',
+                               FORGET_INDICES=tmp_path / 'forget.npy')
   results = json.loads((tmp_path / 'results_classification' / 'results.json').read_text())
   assert results['dataset'] == 'cifar10' and results['scenario'].startswith('indices:')
   assert set(results['methods']) == {'retrain', 'salun', 'sfron', 'lur'}
@@ -117,21 +123,13 @@ def test_diffusion_notebook_full_cells_read_tfds_and_your_ddpm(tmp_path, monkeyp
   ``UNet2DModel`` folder (class-conditional, written here with random weights)."""
   import json
   diffusers = pytest.importorskip('diffusers')
-  tfds = pytest.importorskip('tensorflow_datasets')
   diffusers.UNet2DModel(
       sample_size=32, in_channels=3, out_channels=3, block_out_channels=(16, 32),
       down_block_types=('DownBlock2D', 'DownBlock2D'), up_block_types=('UpBlock2D', 'UpBlock2D'),
       layers_per_block=1, norm_num_groups=8, num_class_embeds=11).save_pretrained(
           tmp_path / 'ddpm')
-  for name, value in (('JAXUNLEARN_TINY', '1'), ('UNET', tmp_path / 'ddpm'),
-                      ('DATA_DIR', tmp_path / 'tfds'), ('JAXUNLEARN_CACHE', tmp_path / 'cache')):
-    monkeypatch.setenv(name, str(value))
-  (tmp_path / 'tfds').mkdir()
-  monkeypatch.chdir(tmp_path)
-  namespace = {}
-  with tfds.testing.mock_data(num_examples=40):
-    for source in _code_cells(Path(__file__).parent.parent / 'colab' / 'diffusion.ipynb'):
-      exec(compile(source, 'diffusion.ipynb', 'exec'), namespace)
+  _run_full_cells_on_tfds_mock('diffusion.ipynb', tmp_path, monkeypatch, 40,
+                               UNET=tmp_path / 'ddpm')
   results = json.loads((tmp_path / 'results_generation' / 'results.json').read_text())
   assert results['dataset'] == 'cifar10' and results['forget_class'] == 0
   assert results['model']['pretrained'] == str(tmp_path / 'ddpm')

@@ -30,7 +30,7 @@ def test_prompts_are_template_major_so_the_next_id_names_the_next_digit():
   assert PROMPTS[k * 10 + 3] == 'a handwritten three'
   assert PROMPTS[(k * 10 + 3 + 1) % (len(PROMPTS) - 1)] == 'a handwritten four'  # SalUn's c+1
   assert PROMPTS[TRAIN_TEMPLATES.index('the number {digit}') * 10 + 7] == 'the number 7'
-  assert PROMPTS[-1] == '' and len(PROMPTS) == 71
+  assert PROMPTS[-1] == '' and len(PROMPTS) == 121
 
 
 def test_word_tokenizer_lays_tokens_out_as_clip_and_refuses_what_it_cannot_encode():
@@ -49,13 +49,13 @@ def test_frozen_text_is_the_same_function_with_only_the_unet_to_train(tiny):
   model, variables, frozen, frozen_vars, _ = tiny
   assert set(variables['params']) == {'unet', 'text_encoder'}
   assert set(frozen_vars['params']) == {'unet'}
-  assert frozen_vars['prompts']['states'].shape == (71, 8, 16)
+  assert frozen_vars['prompts']['states'].shape == (121, 8, 16)
   x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
   ids = np.array([3, 13, 70, 45])
   a = model.apply(variables, x, np.array([1, 200, 500, 999]), ids)
   b = frozen.apply(frozen_vars, x, np.array([1, 200, 500, 999]), ids)
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  assert model.num_class_embeds == frozen.num_class_embeds == 71
+  assert model.num_class_embeds == frozen.num_class_embeds == 121
   with pytest.raises(ValueError, match='needs prompt ids'):
     frozen.apply(frozen_vars, x, 0, None)
 
@@ -67,7 +67,7 @@ def _task(frozen, frozen_vars, **kw):
                       np.int32)
   x = lambda n: np.clip(rng.normal(size=(n, 8, 8, 1)), -1, 1).astype(np.float32)
   return GenerationTask(frozen, frozen_vars, x(len(forget_y)), forget_y, x(len(retain_y)),
-                        retain_y, num_classes=70, progress=False,
+                        retain_y, num_classes=len(PROMPTS) - 1, progress=False,
                         diffusion=DiffusionConfig(num_timesteps=100), **kw)
 
 

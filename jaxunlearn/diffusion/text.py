@@ -126,9 +126,12 @@ def sd_prompt_model(unet: UNet2DCondition, unet_params, states) -> tuple[PromptC
 DIGIT_WORDS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
 # Captions the original model is trained on, and phrasings it never sees (made of the same
 # words): forgetting is judged on the held-out ones, so it must reach the concept, not one
-# wording of it.
-TRAIN_TEMPLATES = ('a handwritten {word}', 'the digit {word}', 'the number {digit}',
-                   'a drawing of the digit {word}', '{word}')
+# wording of it. Each training phrasing names the digit both ways, as a word and as a
+# numeral: trained on five phrasings with mostly words, the model drew the right digit for
+# "the handwritten digit 3" 27% of the time; with both forms, 63% (seed 0, 2026-12-05).
+TRAIN_TEMPLATES = tuple(t.format(name=name) for t in (
+    'a handwritten {name}', 'the digit {name}', 'the number {name}',
+    'a drawing of the digit {name}', '{name}') for name in ('{word}', '{digit}'))
 HELD_OUT_TEMPLATES = ('a drawing of the number {word}', 'the handwritten digit {digit}')
 
 
