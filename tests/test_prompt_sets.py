@@ -3,6 +3,7 @@ classifiers, ONNX models through onnxruntime) and the forget-rate / retain-accur
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -248,9 +249,16 @@ def test_onnx_detector_with_threshold(tmp_path):
     pe.onnx_scorer(tmp_path / 'missing.onnx')
 
 
+class _TinyClassifier(nn.Module):
+  """A classifier with our models' call signature (``train``), cheap to compile."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(10)(nn.relu(nn.Conv(4, (3, 3))(x)).reshape(len(x), -1))
+
+
 def test_classifier_scorer_is_the_argmax_of_our_classifier():
-  from jaxunlearn.models import make_model
-  model = make_model('resnet18', num_classes=10, width=4)
+  model = _TinyClassifier()
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
   images = np.random.default_rng(2).uniform(-1, 1, size=(6, 16, 16, 3)).astype(np.float32)
   x = jax.image.resize(images.mean(-1, keepdims=True), (6, 8, 8, 1), 'linear')
@@ -260,6 +268,7 @@ def test_classifier_scorer_is_the_argmax_of_our_classifier():
   np.testing.assert_array_equal(labels, expected)
 
 
+@pytest.mark.slow
 def test_prompt_model_generator_draws_each_prompt_with_its_condition():
   """A prompt-conditioned model's images follow their prompt: a model whose output depends
   on the prompt gives different images per prompt, and the same for the same seed."""

@@ -31,6 +31,7 @@ def test_prompts_in_case_order_so_the_pseudo_prompt_is_the_next_case():
     sdx.concept_prompts(FORGET, make_prompt_set(['a three'], first_case=5))
 
 
+@pytest.mark.slow
 def test_salun_erases_through_the_shared_core_and_eval_prompts_reads_the_unet(checkpoint,
                                                                               tmp_path):
   from jaxunlearn.checkpoint import load_variables
@@ -64,6 +65,7 @@ def test_salun_erases_through_the_shared_core_and_eval_prompts_reads_the_unet(ch
   assert 'UA' in json.loads((tmp_path / 'eval' / 'results.json').read_text())['sets']['forget']
 
 
+@pytest.mark.slow
 def test_esd_needs_no_images_and_given_images_replace_generated_ones(checkpoint):
   from jaxunlearn.convert.stable_diffusion import load_sd_checkpoint
   sd = load_sd_checkpoint(checkpoint)

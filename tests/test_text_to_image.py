@@ -122,6 +122,7 @@ def test_esd_refuses_a_subset_the_model_lacks():
   assert any(np.any(m) for m in jax.tree.leaves(esd_mask(params, 'noxattn')))
 
 
+@pytest.mark.slow
 def test_selective_amnesia_on_a_prompt_model(tiny, monkeypatch):
   """SA's ELBO Fisher reads the prompt table (the frozen model's Fisher of the UNet is the
   text-encoder form's), and SA replays the training captions only: never a held-out one."""
