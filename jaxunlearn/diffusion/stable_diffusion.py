@@ -108,9 +108,8 @@ def erase_concept(sd, forget: PromptSet, retain: PromptSet, method: str = 'salun
       per set, the images of prompt ``i % len(set)`` at row ``i``) replace them.
     image_size, sample_steps, guidance_scale, batch_size: the generation's.
   """
-  from jaxunlearn.convert.stable_diffusion import load_clip_tokenizer, load_sd_checkpoint
+  from jaxunlearn.convert.stable_diffusion import load_sd_checkpoint
   from jaxunlearn.diffusion.methods import GENERATION_METHODS
-  from jaxunlearn.diffusion.schedules import schedule_from_config
   from jaxunlearn.diffusion.text import prompt_states, sd_prompt_model
   from jaxunlearn.diffusion.train import DiffusionConfig
   from jaxunlearn.diffusion.unlearn import GenerationTask
@@ -123,16 +122,17 @@ def erase_concept(sd, forget: PromptSet, retain: PromptSet, method: str = 'salun
   start = time.perf_counter()
   if not isinstance(sd, dict):
     sd = load_sd_checkpoint(sd, remat=True)
+  # the original's sampler (its scheduler config read, what we cannot follow refused) and
+  # tokenizer; nothing compiles until it generates
+  generator = StableDiffusionGenerator.from_sd(sd, image_size=image_size, num_steps=sample_steps,
+                                               guidance_scale=guidance_scale)
   config = sd['scheduler_config']
-  schedule, sampler_options = schedule_from_config(config)   # refuses what we cannot follow
   if config.get('beta_schedule') != 'scaled_linear' or (
       config.get('beta_start'), config.get('beta_end')) != (0.00085, 0.012):
     raise ValueError('the scheduler config is not Stable Diffusion\'s scaled-linear betas '
                      '0.00085..0.012, the only betas the unlearning objectives take here')
   prompts, ids = concept_prompts(forget, retain)
-  text = sd['text_encoder']
-  tokenizer = load_clip_tokenizer(sd['tokenizer_dir'], max_length=text.max_position_embeddings)
-  tokens = tokenizer(prompts)          # a prompt past the context: an error, before compute
+  tokens = generator.tokenizer(prompts)   # a prompt past the context: an error, before compute
   overrides = dict(overrides or {})
   hp_values = {**SD_SETTINGS[method], **overrides}
   hp_values = resolve_hparams(method, hp_values, GENERATION_METHODS).to_dict()  # checked now
@@ -148,19 +148,9 @@ def erase_concept(sd, forget: PromptSet, retain: PromptSet, method: str = 'salun
       return given, np.asarray([ids[ps.prompts[r]] for r in rows], np.int32)
     if method == 'esd':   # ESD needs no images: only the concept's ids and the latent shape
       return None, np.asarray([ids[p] for p in ps.prompts], np.int32)
-    made = generate_prompt_images(generator(), ps, n_per_prompt, batch_size=batch_size,
+    made = generate_prompt_images(generator, ps, n_per_prompt, batch_size=batch_size,
                                   progress=progress)
     return made.images, np.asarray([ids[ps.prompts[r]] for r in made.rows], np.int32)
-
-  cache = {}
-
-  def generator():
-    if 'g' not in cache:
-      cache['g'] = StableDiffusionGenerator(
-          sd['unet'], sd['unet_params'], text, sd['text_params'], tokenizer, sd['vae'],
-          sd['vae_params'], image_size=image_size, num_steps=sample_steps,
-          guidance_scale=guidance_scale, schedule=schedule, **sampler_options)
-    return cache['g']
 
   n_forget = images_per_prompt or math.ceil(800 / len(forget))
   n_retain = images_per_prompt or max(1, math.ceil(800 / len(retain)))
@@ -178,7 +168,7 @@ def erase_concept(sd, forget: PromptSet, retain: PromptSet, method: str = 'salun
       latent = encode_images(sd['vae'], sd['vae_params'], images, jax.random.fold_in(key, i))
     sets.append((latent, labels))
   (fx, fy), (rx, ry) = sets
-  states = prompt_states(text, sd['text_params'], tokens)
+  states = prompt_states(sd['text_encoder'], sd['text_params'], tokens)
   model, variables = sd_prompt_model(sd['unet'], sd['unet_params'], states)
   task = GenerationTask(model, variables, fx, fy, rx, ry, len(prompts) - 1,
                         DiffusionConfig(schedule='scaled_linear',
