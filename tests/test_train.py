@@ -211,3 +211,18 @@ def test_init_variables_compiled_once_equals_flax_init_op_by_op():
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('name', ['unet', 'dit'])
+def test_generative_init_at_o1_equals_flax_init(name):
+  """init_unet compiles the initialiser with LLVM's -O1 on the CPU (jit_run_once): the values
+  are flax's init compiled at the default level, bit for bit, for a UNet and a DiT."""
+  from jaxunlearn.diffusion.train import init_unet
+  from jaxunlearn.models import digits_dit, digits_unet
+  model = digits_unet((8, 16)) if name == 'unet' else digits_dit()
+  got = init_unet(model, (8, 8, 1), 5)
+  want = jax.jit(model.init)(jax.random.key(5), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)),
+                             jnp.zeros((1,), jnp.int32))
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)

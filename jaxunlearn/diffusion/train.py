@@ -19,7 +19,7 @@ from jaxunlearn.diffusion.schedules import (NoiseSchedule, cosine_schedule, line
                                             scaled_linear_schedule)
 from jaxunlearn.optim import OptimSpec
 from jaxunlearn.parallel import SINGLE, Parallel
-from jaxunlearn.train import LoopControl, Phase, fit
+from jaxunlearn.train import LoopControl, Phase, fit, jit_run_once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +80,9 @@ def init_unet(model, image_shape, seed: int = 0):
   """Flax variables of a class-conditional UNet2D or DiT for images of ``image_shape``
   (H, W, C)."""
   labels = None if model.num_class_embeds is None else jnp.zeros((1,), jnp.int32)
-  return jax.device_get(jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, *image_shape)),
-                                            jnp.zeros((1,)), labels))
+  return jax.device_get(jit_run_once(model.init)(jax.random.key(seed),
+                                                 jnp.zeros((1, *image_shape)), jnp.zeros((1,)),
+                                                 labels))
 
 
 def train_diffusion(model, x, y, config: DiffusionConfig, seed: int = 0, variables=None,
