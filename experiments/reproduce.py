@@ -30,6 +30,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +64,11 @@ RESULTS = {
         ('run', '--scenario', 'random:10', '--seeds', '0,1,2', '--methods',
          'retrain,ga_l1,fisher,scissorhands', '--alignment-every', '0'),
         historical=BEFORE_PROVENANCE),
+    # the default run (README's first command) and its two scenarios over three seeds
+    'default_run': Result(('run',), docs=('docs/running.md',)),
+    'digits_class3': Result(('run', '--seeds', '0,1,2'), docs=('docs/running.md',)),
+    'digits_random10': Result(('run', '--scenario', 'random:10', '--seeds', '0,1,2'),
+                              docs=('docs/running.md',)),
     'generation_digits': Result(
         ('run', '--task', 'generation', '--scenario', 'class:3', '--seeds', '0,1,2',
          '--check-every', '10'),
@@ -127,9 +133,28 @@ def _markers(name: str) -> tuple[str, str]:
   return f'<!-- result:{name} -->', f'<!-- /result:{name} -->'
 
 
+def provenance_line(results: dict) -> str:
+  """One line under a table saying what made it: when, which commit, on what, and (for a
+  run stored by :func:`run` from an empty cache in one go) its wall time."""
+  record = results.get('provenance') or {}
+  parts = []
+  if record.get('finished'):
+    parts.append(f"measured {record['finished'][:10]}")
+  git = record.get('git') or {}
+  if git.get('commit'):
+    parts.append(f"commit {git['commit'][:7]}" + (' + local changes' if git.get('dirty') else ''))
+  devices = record.get('devices') or {}
+  if devices.get('kind'):
+    parts.append(f"{devices.get('count', 1)} x {devices['kind']}")
+  if record.get('wall_s') is not None:
+    parts.append(f"{record['wall_s']:.0f} s wall time from an empty cache")
+  return f"({'; '.join(parts)})" if parts else '(no provenance recorded)'
+
+
 def render_block(name: str, results: dict) -> str:
   begin, end = _markers(name)
-  return f'{begin}\n```text\n{render_table(name, results)}\n```\n{end}'
+  return (f'{begin}\n```text\n{render_table(name, results)}\n{provenance_line(results)}\n```\n'
+          f'{end}')
 
 
 def replace_block(text: str, name: str, block: str, where: str = 'the text') -> str:
@@ -237,10 +262,18 @@ def run(name: str, cache_dir: str | None = None) -> Path:
   cache = cache_dir or str(own_cache)
   exe = shutil.which('jaxunlearn') or sys.exit('jaxunlearn is not installed: pip install -e .')
   print('$ ' + ' '.join(cmd), flush=True)
+  # wall time only when nothing was there to resume and the cache was empty
+  fresh = not partial.exists() and not any(Path(cache).glob('*'))
+  start = time.perf_counter()
   done = subprocess.run([exe, *cmd[1:], '--cache-dir', cache])
   if done.returncode != 0:
     sys.exit(f'{name}: the command failed (exit {done.returncode}); what it finished is kept '
              f'in {partial}: run the same reproduce command again to resume it')
+  if fresh:
+    path = partial / 'results.json'
+    results = json.loads(path.read_text())
+    results['provenance']['wall_s'] = round(time.perf_counter() - start, 1)
+    path.write_text(json.dumps(results, indent=1))
   (partial / 'COMMAND').write_text(' '.join(command_line(name, final)) + '\n')
   if final.exists():
     shutil.rmtree(final)

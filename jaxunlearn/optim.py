@@ -15,6 +15,11 @@ Retrain, DDPM training, every unlearning method of both tasks); two functions bu
                 chain(add_decayed_weights(weight_decay),
                       sgd(lr_t, momentum) | adam(lr_t, b1=momentum)))[)])
 
+  With a constant or cosine schedule and no warm-up (:attr:`OptimSpec.numbers_in_state`)
+  the last part is built under ``optax.inject_hyperparams``: the learning rate and the
+  cosine's horizon are arrays of the optimizer state, and one compiled step serves every
+  value of them (:meth:`OptimSpec.program` keys the compiled steps).
+
 * :func:`fast_slow_pair` ``(spec, axis_name)``: SFR-on's two chains over one optimizer
   state (``every > 0``; see :mod:`jaxunlearn.transforms.fast_slow`)::
 
@@ -45,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
 import optax
 
 _CHOICES = {'optimizer': ('sgd', 'adam'), 'schedule': ('constant', 'cosine', 'step'),
@@ -184,6 +190,24 @@ class OptimSpec:
     """Whether a pair's forget step needs the remain loss (the preconditioner's HVPs)."""
     return self.fast_slow and self.precondition != 'none'
 
+  @property
+  def numbers_in_state(self) -> bool:
+    """Whether the learning rate and the schedule's horizon are numbers of the optimizer
+    state (``optax.inject_hyperparams``) rather than constants of the compiled step: single
+    chains with a constant or cosine schedule and no warm-up. One compiled step then serves
+    every learning rate and horizon (:meth:`program`)."""
+    return not self.fast_slow and self.schedule in ('constant', 'cosine') and not self.warmup
+
+  def program(self) -> OptimSpec:
+    """The spec that keys compiled steps (:mod:`jaxunlearn.step`): with
+    :attr:`numbers_in_state`, this spec with ``lr`` and ``total_steps`` set to 1, so that
+    loops that differ only in them (the original model and Retrain; FT and RL's retain
+    pass) run one program; otherwise the spec itself. A step built from it reads the
+    numbers from the state that ``init_state(variables, spec())`` made."""
+    if not self.numbers_in_state:
+      return self
+    return dataclasses.replace(self, lr=1.0, total_steps=1)
+
   def over(self, total_steps: int) -> OptimSpec:
     """The spec with its schedules spanning ``total_steps`` (what loops call)."""
     return dataclasses.replace(self, total_steps=max(int(total_steps), 1))
@@ -212,9 +236,33 @@ class OptimSpec:
 
 
 def _optimizer(spec: OptimSpec, lr) -> optax.GradientTransformation:
-  opt = (optax.adam(lr, b1=spec.momentum) if spec.optimizer == 'adam' else
-         optax.sgd(lr, momentum=spec.momentum or None))
-  return optax.chain(optax.add_decayed_weights(spec.weight_decay), opt)
+  return _base_optimizer(lr, optimizer=spec.optimizer, momentum=spec.momentum,
+                         weight_decay=spec.weight_decay)
+
+
+def _base_optimizer(learning_rate, *, optimizer, momentum, weight_decay):
+  opt = (optax.adam(learning_rate, b1=momentum) if optimizer == 'adam' else
+         optax.sgd(learning_rate, momentum=momentum or None))
+  return optax.chain(optax.add_decayed_weights(weight_decay), opt)
+
+
+def _cosine_decay(peak, horizon):
+  """``optax.cosine_decay_schedule(peak, horizon)`` (alpha 0, exponent 1) with ``peak`` and
+  ``horizon`` possibly traced: the same operations in the same order, so the same float32
+  values bit for bit (``tests/test_optim.py``)."""
+  def schedule(count):
+    count = jnp.minimum(count, horizon)
+    return (jnp.cos(count * (jnp.float32(jnp.pi) * (1 / horizon))) + 1) * (0.5 * peak)
+  return schedule
+
+
+def _base_with_numbers(learning_rate, horizon, *, schedule, optimizer, momentum, weight_decay):
+  """The base optimizer of a :attr:`OptimSpec.numbers_in_state` spec, a factory for
+  ``optax.inject_hyperparams``: ``learning_rate`` and ``horizon`` (a float, as optax's
+  schedule makes it) arrive as state arrays, the rest are static."""
+  lr = _cosine_decay(learning_rate, horizon) if schedule == 'cosine' else learning_rate
+  return _base_optimizer(lr, optimizer=optimizer, momentum=momentum,
+                         weight_decay=weight_decay)
 
 
 def make_tx(spec: OptimSpec, axis_name: str | None = None
@@ -245,7 +293,14 @@ def make_tx(spec: OptimSpec, axis_name: str | None = None
     head.append(transforms.add_l1_penalty(
         optax.linear_schedule(spec.l1, 0.0, spec.l1_decay_steps) if spec.l1_decay_steps
         else spec.l1))
-  opt = _optimizer(spec, spec.learning_rate())
+  if spec.numbers_in_state:
+    opt = optax.inject_hyperparams(
+        _base_with_numbers, static_args=('schedule', 'optimizer', 'momentum', 'weight_decay'))(
+            learning_rate=spec.lr, horizon=float(max(spec.total_steps, 1)),
+            schedule=spec.schedule, optimizer=spec.optimizer, momentum=spec.momentum,
+            weight_decay=spec.weight_decay)
+  else:
+    opt = _optimizer(spec, spec.learning_rate())
   if spec.saliency:
     opt = transforms.mask_by_saliency(freeze=True, inner=opt)
   return optax.chain(*head, opt)

@@ -264,16 +264,26 @@ def forget_step(state: TrainState, forget_batch, retain_batch, base_key, *, forg
                      **guard}
 
 
-@functools.lru_cache(maxsize=32)
+def _program(tx_factory):
+  """The factory that keys a compiled step: ``OptimSpec.program()`` (one program for every
+  learning rate and horizon that the spec keeps in the optimizer state), else itself."""
+  program = getattr(tx_factory, 'program', None)
+  return program() if callable(program) else tx_factory
+
+
 def compiled_forget_step(forget, retain, tx_factory: Callable[..., Any],
                          parallel: Parallel = SINGLE):
   """:func:`forget_step` compiled for ``parallel``, cached like :func:`compiled_train_step`."""
+  return _compiled_forget_step(forget, retain, _program(tx_factory), parallel)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_forget_step(forget, retain, tx_factory, parallel):
   return parallel.compile(functools.partial(
       forget_step, forget=parallel.objective(forget), retain=parallel.objective(retain),
       tx=parallel.tx(tx_factory), axis_name=parallel.axis_name), 2)
 
 
-@functools.lru_cache(maxsize=64)
 def compiled_forget_retain_step(forget, retain, spec, parallel: Parallel = SINGLE):
   """:func:`forget_retain_step` compiled for ``parallel``, cached like
   :func:`compiled_train_step`, its chain ``make_tx(spec)``
@@ -286,13 +296,17 @@ def compiled_forget_retain_step(forget, retain, spec, parallel: Parallel = SINGL
   if not isinstance(spec, OptimSpec) or not spec.joint:
     raise ValueError('a joint step needs an OptimSpec with forget_weight (and every=0), '
                      f'got {spec!r}')
+  return _compiled_forget_retain_step(forget, retain, spec.program(), parallel)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_forget_retain_step(forget, retain, spec, parallel):
   return parallel.compile(functools.partial(
       forget_retain_step, forget=parallel.objective(forget), retain=parallel.objective(retain),
       tx=parallel.tx(spec), forget_grads_at_params=spec.forget_grads_at_params,
       axis_name=parallel.axis_name), 2)
 
 
-@functools.lru_cache(maxsize=128)
 def compiled_train_step(objective, tx_factory: Callable[..., Any],
                         parallel: Parallel = SINGLE):
   """:func:`train_step` compiled for ``parallel`` (default: ``jax.jit`` on one device),
@@ -303,8 +317,15 @@ def compiled_train_step(objective, tx_factory: Callable[..., Any],
   frozen dataclass whose call builds the optax transformation (e.g.
   :class:`jaxunlearn.optim.OptimSpec`; under ``pmap`` it is called with ``axis_name``).
   The compiled step takes ``(state, x, y, w, key)`` with a state placed by
-  ``parallel.put`` and donates it.
+  ``parallel.put`` and donates it. Factories with a ``program()`` (an
+  :class:`~jaxunlearn.optim.OptimSpec`) are keyed by it: specs that keep their learning
+  rate and horizon in the optimizer state share one compiled step.
   """
+  return _compiled_train_step(objective, _program(tx_factory), parallel)
+
+
+@functools.lru_cache(maxsize=128)
+def _compiled_train_step(objective, tx_factory, parallel):
   def step(state, batch, key):
     return train_step(state, *batch, key, objective=parallel.objective(objective),
                       tx=parallel.tx(tx_factory), axis_name=parallel.axis_name)

@@ -88,3 +88,17 @@ def test_resolve_run_refuses_what_is_not_a_run_command():
     resolve_run(['convert-dit', 'a', 'b'])
   with pytest.raises(ValueError, match='not a valid command'):
     resolve_run(['run', '--no-such-flag'])
+
+
+def test_each_table_says_under_it_what_made_it():
+  rp = _reproduce()
+  results = {'provenance': {'finished': '2026-12-05T06:00:00+00:00',
+                            'git': {'commit': 'abcdef0123456789', 'dirty': False},
+                            'devices': {'count': 1, 'kind': 'cpu'}, 'wall_s': 99.6}}
+  assert rp.provenance_line(results) == ('(measured 2026-12-05; commit abcdef0; 1 x cpu; '
+                                         '100 s wall time from an empty cache)')
+  results['provenance']['git']['dirty'] = True
+  del results['provenance']['wall_s']  # resumed, or from a cache: no wall time
+  assert rp.provenance_line(results) == ('(measured 2026-12-05; commit abcdef0 + local '
+                                         'changes; 1 x cpu)')
+  assert rp.provenance_line({}) == '(no provenance recorded)'

@@ -1,0 +1,84 @@
+"""The optimizer spec's chains: the learning rate and the cosine's horizon as numbers of the
+optimizer state, so one compiled step serves every value of them, with the trajectory of
+the chain that holds them as constants, bit for bit."""
+
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxunlearn import losses
+from jaxunlearn.models import make_model
+from jaxunlearn.objectives import Classifier
+from jaxunlearn.optim import OptimSpec, _cosine_decay, _optimizer
+from jaxunlearn.step import compiled_train_step, init_state, train_step
+from jaxunlearn.train import init_variables
+
+
+@pytest.mark.parametrize('peak, horizon', [(0.1, 40), (0.1, 120), (0.013, 1000), (1e-4, 7),
+                                           (0.05, 1)])
+def test_cosine_with_numbers_as_arrays_is_optax_schedule_bit_for_bit(peak, horizon):
+  """XLA folds optax's constants (pi / horizon, 0.5 * peak) into the compiled schedule; ours
+  takes them as arrays and computes the same float32 operations, so the same values."""
+  theirs = jax.jit(optax.cosine_decay_schedule(peak, horizon))
+  ours = jax.jit(lambda count, p, h: _cosine_decay(p, h)(count))
+  counts = np.arange(horizon + 3, dtype=np.int32)
+  want = np.array([theirs(jnp.int32(c)) for c in counts])
+  got = np.array([ours(jnp.int32(c), jnp.float32(peak), jnp.float32(horizon)) for c in counts])
+  np.testing.assert_array_equal(got, want)
+  vectorised = jax.jit(jax.vmap(ours, in_axes=(0, None, None)))
+  np.testing.assert_array_equal(vectorised(counts, jnp.float32(peak), jnp.float32(horizon)),
+                                jax.jit(jax.vmap(optax.cosine_decay_schedule(peak, horizon)))(
+                                    counts))
+
+
+class _Compiles(logging.Handler):
+  def __init__(self):
+    super().__init__()
+    self.steps = 0
+
+  def emit(self, record):
+    self.steps += 'Finished XLA compilation of jit(step)' in record.getMessage()
+
+
+def test_specs_differing_in_lr_and_horizon_share_one_compiled_step_with_their_own_numbers():
+  model = make_model('resnet1', 10, 4)
+  variables = init_variables(model, (8, 8, 1), 0)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(16, 8, 8, 1)).astype(np.float32)
+  y, w = rng.integers(0, 10, 16).astype(np.int32), np.ones(16, np.float32)
+  key = jax.random.key(0)
+  objective = Classifier(model, losses.cross_entropy)
+  a = OptimSpec(lr=0.1, schedule='cosine', total_steps=5)
+  b = OptimSpec(lr=0.02, schedule='cosine', total_steps=50)
+  c = OptimSpec(lr=0.03)
+  assert a.numbers_in_state and b.numbers_in_state and c.numbers_in_state
+  assert compiled_train_step(objective, a) is compiled_train_step(objective, b)
+  assert compiled_train_step(objective, a) is not compiled_train_step(objective, c)  # constant
+  warm = OptimSpec(lr=0.1, schedule='cosine', total_steps=5, warmup=2)
+  assert not warm.numbers_in_state and warm.program() is warm
+
+  counter = _Compiles()
+  logger = logging.getLogger('jax._src.dispatch')
+  logger.addHandler(counter)
+  try:
+    with jax.log_compiles():
+      for spec in (a, b, c):
+        shared = compiled_train_step(objective, spec)
+        state = init_state(variables, spec())
+        constants = _optimizer(spec, spec.learning_rate())  # the numbers as constants
+        ref_state = init_state(variables, constants)
+        ref = jax.jit(functools.partial(train_step, objective=objective, tx=constants))
+        for _ in range(7):  # past a's horizon
+          state, _ = shared(state, x, y, w, key)
+          ref_state, _ = ref(ref_state, x, y, w, key)
+        for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+          np.testing.assert_array_equal(got, want)
+  finally:
+    logger.removeHandler(counter)
+  # one program for a and b, one for c (the references compile as jit(train_step))
+  assert counter.steps == 2
