@@ -49,6 +49,19 @@ def test_same_loss_on_same_batch_is_aligned_and_ascent_is_opposed(setup):
   np.testing.assert_allclose(ascent.cosine(variables), -1.0, atol=1e-5)
 
 
+def test_one_gradient_program_equals_two(setup):
+  """The probe's one program (a flag picks the loss) against the two-gradient program it
+  keeps for losses that weight their examples: lam=0 is plain gradient ascent."""
+  model, variables, ds = setup
+  x, y = ds.x_train, ds.y_train
+  fx, fy, rx, ry = x[:30], y[:30], x[30:], y[30:]
+  one = GradientAlignment(model, fx, fy, rx, ry, forget_loss=losses.gradient_ascent, seed=1)
+  two = GradientAlignment(model, fx, fy, rx, ry, seed=1,
+                          forget_loss=losses.AdaptiveGradientAscent(lam=0.0))
+  assert abs(one.cosine(variables)) > 0.05  # a cosine that tells the losses apart
+  np.testing.assert_allclose(one.cosine(variables), two.cosine(variables), rtol=1e-5)
+
+
 def test_callback_records_steps_and_time(setup):
   model, variables, ds = setup
   probe = GradientAlignment(model, ds.x_train[:20], ds.y_train[:20], ds.x_train, ds.y_train)

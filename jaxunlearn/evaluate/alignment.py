@@ -26,18 +26,40 @@ from jaxunlearn.objectives import Classifier
 from jaxunlearn.step import batch_objective, tree_cosine
 
 
+def _batch_grad(model, model_state, params, batch, loss_fn):
+  objective = batch_objective(Classifier(model, loss_fn), model_state, batch,
+                              jax.random.key(0))  # the key: unused by the default losses
+  return jax.grad(lambda p: objective(p)[0])(params)
+
+
 @functools.lru_cache(maxsize=16)
 def _compiled_cosine(model, forget_loss, retain_loss):
-  def cosine(variables, forget_batch, retain_batch):
+  """``(variables, forget_batch, retain_batch) -> cosine``.
+
+  When neither loss weights its examples (``example_weights``), both gradients come from
+  one compiled program, called twice with a flag that picks the loss per call (the loss not
+  picked gets a zero cotangent, so the gradient is the picked loss's): one compile instead
+  of two. Otherwise, one program computes both."""
+  if hasattr(forget_loss, 'example_weights') or hasattr(retain_loss, 'example_weights'):
+    def cosine(variables, forget_batch, retain_batch):
+      model_state = {k: v for k, v in variables.items() if k != 'params'}
+      params = variables['params']
+      return tree_cosine(_batch_grad(model, model_state, params, forget_batch, forget_loss),
+                         _batch_grad(model, model_state, params, retain_batch, retain_loss))
+    return jax.jit(cosine)
+
+  @jax.jit
+  def grad(variables, batch, is_forget):
+    def loss(logits, y, key):
+      return jnp.where(is_forget, forget_loss(logits, y, key), retain_loss(logits, y, key))
     model_state = {k: v for k, v in variables.items() if k != 'params'}
-    key = jax.random.key(0)  # unused by the default losses; fixed for the others
+    return _batch_grad(model, model_state, variables['params'], batch, loss)
 
-    def grad(batch, loss_fn):
-      objective = batch_objective(Classifier(model, loss_fn), model_state, batch, key)
-      return jax.grad(lambda p: objective(p)[0])(variables['params'])
+  pair_cosine = jax.jit(tree_cosine)
 
-    return tree_cosine(grad(forget_batch, forget_loss), grad(retain_batch, retain_loss))
-  return jax.jit(cosine)
+  def cosine(variables, forget_batch, retain_batch):
+    return pair_cosine(grad(variables, forget_batch, True), grad(variables, retain_batch, False))
+  return cosine
 
 
 class GradientAlignment:
