@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from jaxunlearn.hparams import (Hyperparameters, at_least_one, hparam, non_negative, one_of,
                                 positive, probability)
-from jaxunlearn.parallel import SINGLE, Parallel
+from jaxunlearn.parallel import SINGLE, Parallel, jit_run_once
 from jaxunlearn.losses import cross_entropy
 from jaxunlearn.objectives import Classifier, labels_of
 from jaxunlearn.optim import OptimSpec, PairHalf
@@ -551,21 +551,6 @@ class TrainConfig(Hyperparameters):
     return OptimSpec(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
                      schedule=self.schedule,
                      drop_at=tuple(e / self.epochs for e in self.drop_epochs))
-
-
-def jit_run_once(fn):
-  """``jax.jit(fn)`` for a program that runs once or a few times (a model's initialiser):
-  on the CPU compiled with LLVM's -O1 instead of -O2. Its compile is what such a program
-  costs: a ResNet-18's initialiser (random draws for ~60 tensors) compiled in 4.5 s at -O2
-  and 1.7 s at -O1, with the same values bit for bit (integer random bits and the same float
-  operations; ``tests/test_train.py`` compares them with flax's init op by op). Training
-  steps keep XLA's default level (their run time is what counts)."""
-  if jax.default_backend() != 'cpu':
-    return jax.jit(fn)
-  try:
-    return jax.jit(fn, compiler_options={'xla_backend_optimization_level': 1})
-  except TypeError:  # a jax whose jit has no compiler_options: the default level
-    return jax.jit(fn)
 
 
 @functools.lru_cache(maxsize=16)

@@ -226,3 +226,20 @@ def test_generative_init_at_o1_equals_flax_init(name):
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_array_equal(a, b)
+
+
+
+def test_evaluation_at_o1_equals_the_default_level():
+  """predict (one device) compiles the eval-mode forward pass with LLVM's -O1 on the CPU
+  (jit_run_once): the same logits, bit for bit, as the forward pass compiled at the default
+  level, padded last batch included."""
+  from jaxunlearn.step import predict
+  from jaxunlearn.train import init_variables
+  model = make_model('resnet18', 10, 8)
+  variables = init_variables(model, (8, 8, 1), 0)
+  x = np.random.default_rng(0).normal(size=(37, 8, 8, 1)).astype(np.float32)
+  got = predict(model, variables, x, batch_size=16)
+  padded = np.concatenate([x, np.zeros((48 - 37, 8, 8, 1), np.float32)])
+  want = jax.jit(lambda v, b: model.apply(v, b, train=False))
+  want = np.concatenate([np.asarray(want(variables, padded[i:i + 16])) for i in (0, 16, 32)])
+  np.testing.assert_array_equal(got, want[:37])

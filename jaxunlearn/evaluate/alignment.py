@@ -55,11 +55,19 @@ def _compiled_cosine(model, forget_loss, retain_loss):
     model_state = {k: v for k, v in variables.items() if k != 'params'}
     return _batch_grad(model, model_state, variables['params'], batch, loss)
 
-  pair_cosine = jax.jit(tree_cosine)
-
   def cosine(variables, forget_batch, retain_batch):
-    return pair_cosine(grad(variables, forget_batch, True), grad(variables, retain_batch, False))
+    return _host_cosine(grad(variables, forget_batch, True), grad(variables, retain_batch, False))
   return cosine
+
+
+def _host_cosine(a, b) -> float:
+  """:func:`tree_cosine` on the host in float64: a ResNet-18's ~60 gradient tensors as one
+  vector, without compiling a program of ~60 reductions for it (0.7 s)."""
+  flat = lambda tree: np.concatenate([np.ravel(np.asarray(x, np.float64))
+                                      for x in jax.tree.leaves(tree)])
+  a, b = flat(a), flat(b)
+  norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+  return float(a @ b) / norm if norm > 0 else 0.0
 
 
 class GradientAlignment:
