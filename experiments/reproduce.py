@@ -47,23 +47,26 @@ class Result:
   docs: tuple = ()               # docs files holding its <!-- result:NAME --> table
   table: str = 'classification'  # its table: 'classification', 'generation' or 'strong'
   historical: str = ''           # non-empty: why it is not checked against today's defaults
+  measured: str = ''             # a historical result: when and under what it was measured
 
 
 RESULTS = {
     'fidelity_class3': Result(
         ('run', '--scenario', 'class:3', '--seeds', '0,1,2', '--methods', FIDELITY),
-        historical=BEFORE_PROVENANCE),
+        docs=('docs/results-classification.md',), historical=BEFORE_PROVENANCE,
+        measured='measured 2026-12-01, cache version 2, after the ResNet padding fix'),
     'fidelity_random10': Result(
         ('run', '--scenario', 'random:10', '--seeds', '0,1,2', '--methods', FIDELITY),
-        historical=BEFORE_PROVENANCE),
+        docs=('docs/results-classification.md',), historical=BEFORE_PROVENANCE,
+        measured='measured 2026-12-01, cache version 2, after the ResNet padding fix'),
     'baselines_class3': Result(
         ('run', '--scenario', 'class:3', '--seeds', '0,1,2', '--methods',
          'retrain,ga_l1,fisher,scissorhands', '--alignment-every', '0'),
-        historical=BEFORE_PROVENANCE),
+        docs=('docs/baselines.md',), historical=BEFORE_PROVENANCE, measured='measured 2026-12-03'),
     'baselines_random10': Result(
         ('run', '--scenario', 'random:10', '--seeds', '0,1,2', '--methods',
          'retrain,ga_l1,fisher,scissorhands', '--alignment-every', '0'),
-        historical=BEFORE_PROVENANCE),
+        docs=('docs/baselines.md',), historical=BEFORE_PROVENANCE, measured='measured 2026-12-03'),
     # the default run (README's first command) and its two scenarios over three seeds
     'default_run': Result(('run',), docs=('docs/running.md',)),
     'digits_class3': Result(('run', '--seeds', '0,1,2'), docs=('docs/running.md',)),
@@ -72,11 +75,15 @@ RESULTS = {
     'generation_digits': Result(
         ('run', '--task', 'generation', '--scenario', 'class:3', '--seeds', '0,1,2',
          '--check-every', '10'),
-        table='generation', historical=BEFORE_PROVENANCE),
+        docs=('docs/generation.md',), table='generation', historical=BEFORE_PROVENANCE,
+        measured='measured 2026-11-24 with seed 0 and the defaults of then (the DDPM kept a '
+                 'constant rate), before the ResNet padding fix'),
     'generation_digits_dit': Result(
         ('run', '--task', 'generation', '--model', 'dit', '--scenario', 'class:3',
          '--methods', 'salun,sfron,lur,sa,ga', '--seeds', '0,1,2', '--check-every', '10'),
-        table='generation', historical=BEFORE_PROVENANCE),
+        docs=('docs/generation.md',), table='generation', historical=BEFORE_PROVENANCE,
+        measured="measured 2026-11-24 with seed 0, the DiT with diffusers' timestep "
+                 'frequencies and the DDPM recipe for sfron'),
     'generation_digits_sfron': Result(
         ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
          '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10'),
@@ -98,11 +105,14 @@ RESULTS = {
     'strong_class3': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'class:3', '--methods',
          'original,ft,ga,salun,sfron,lur', '--models', '8'),
-        table='strong', historical=BEFORE_PROVENANCE),
+        docs=('docs/strong-evaluation.md',), table='strong', historical=BEFORE_PROVENANCE,
+        measured='measured 2026-11-24, the CPU shared with compile jobs until SalUn'),
     'strong_random10': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'random:10', '--methods',
          'original,ft,ga,salun,sfron,lur', '--models', '8'),
-        table='strong', historical=BEFORE_PROVENANCE),
+        docs=('docs/strong-evaluation.md',), table='strong', historical=BEFORE_PROVENANCE,
+        measured='measured 2026-11-24, before the ResNet padding fix, without the '
+                 "original's row"),
 }
 
 
@@ -151,10 +161,18 @@ def provenance_line(results: dict) -> str:
   return f"({'; '.join(parts)})" if parts else '(no provenance recorded)'
 
 
+def historical_line(entry: Result) -> str:
+  """The line under a historical result's table: what is known of how it was made, and why
+  it is not checked against today's code."""
+  return (f"(historical: {entry.measured + '; ' if entry.measured else ''}{entry.historical};"
+          " not checked against today's defaults)")
+
+
 def render_block(name: str, results: dict) -> str:
   begin, end = _markers(name)
-  return (f'{begin}\n```text\n{render_table(name, results)}\n{provenance_line(results)}\n```\n'
-          f'{end}')
+  entry = RESULTS[name]
+  line = historical_line(entry) if entry.historical else provenance_line(results)
+  return f'{begin}\n```text\n{render_table(name, results)}\n{line}\n```\n{end}'
 
 
 def replace_block(text: str, name: str, block: str, where: str = 'the text') -> str:
@@ -217,15 +235,17 @@ def _rendered_docs(name: str, results: dict, root: Path = ROOT):
 
 def check(names=None, base: Path = RESULTS_DIR, root: Path = ROOT) -> dict[str, list[str]]:
   """``{name: problems}`` of every result that has any: missing, stale, or a docs table that
-  differs from its rendering. Historical results are only checked to exist."""
+  differs from its rendering. Historical results are not checked for staleness; their
+  tables, too, must be their JSON's rendering."""
   problems = {}
   for name in names or RESULTS:
     entry, results, found = RESULTS[name], stored(name, base), []
     if results is None:
       found.append(f'{base / name}/results.json is missing: python experiments/reproduce.py '
                    f'--only {name}')
-    elif not entry.historical:
-      found += [f'stale: {d}' for d in staleness(results)]
+    else:
+      if not entry.historical:
+        found += [f'stale: {d}' for d in staleness(results)]
       for path, text, want in _rendered_docs(name, results, root):
         if want != text:
           found.append(f'{path.relative_to(root)}: the table of {name} differs from its '
@@ -237,12 +257,12 @@ def check(names=None, base: Path = RESULTS_DIR, root: Path = ROOT) -> dict[str, 
 
 
 def render(names=None) -> list[str]:
-  """Rewrites the docs tables of ``names`` (default: every checked result) from their JSON;
-  returns the files changed."""
+  """Rewrites the docs tables of ``names`` (default: every result) from their JSON; returns
+  the files changed."""
   changed = []
   for name in names or RESULTS:
-    entry, results = RESULTS[name], stored(name)
-    if results is None or entry.historical:
+    results = stored(name)
+    if results is None:
       continue
     for path, text, new in _rendered_docs(name, results):
       if new != text:

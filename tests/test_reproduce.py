@@ -102,3 +102,25 @@ def test_each_table_says_under_it_what_made_it():
   assert rp.provenance_line(results) == ('(measured 2026-12-05; commit abcdef0 + local '
                                          'changes; 1 x cpu)')
   assert rp.provenance_line({}) == '(no provenance recorded)'
+
+
+def test_historical_tables_are_rendered_too_and_say_why_they_are_not_checked(tmp_path,
+                                                                             monkeypatch):
+  rp = _reproduce()
+  argv = ('run', '--methods', 'ft', '--seeds', '0')
+  entry = rp.Result(argv, docs=('doc.md',), historical='measured before X',
+                    measured='measured 2026-11-24')
+  monkeypatch.setitem(rp.RESULTS, 'fake', entry)
+  results = _fake_result(tmp_path, list(argv))
+  del results['provenance']  # as historical results are: not checked for staleness
+  results['methods'] = {'ft': {'UA': {'mean': 1.5, 'std': 0.0}}}
+  (tmp_path / 'fake' / 'results.json').write_text(json.dumps(results))
+  block = rp.render_block('fake', results)
+  assert block.splitlines()[-3] == ('(historical: measured 2026-11-24; measured before X; not '
+                                    "checked against today's defaults)")
+  doc = tmp_path / 'doc.md'
+  doc.write_text(f'{block}\n')
+  assert rp.check(['fake'], base=tmp_path, root=tmp_path) == {}
+  doc.write_text(f'{block.replace("1.50", "1.60")}\n')  # typed by hand
+  assert 'differs from its results.json' in rp.check(['fake'], base=tmp_path,
+                                                     root=tmp_path)['fake'][0]

@@ -16,10 +16,12 @@ COLUMNS = (('UA', 'UA', 1), ('FID_forget', 'FID forget', 1), ('FID', 'FID', 2),
 
 
 def _kind(results) -> str:
-  """What the title calls the model: a text-to-image one (judged on held-out captions) or
-  a class-conditional DDPM."""
+  """What the title calls the model: a text-to-image one (judged on held-out captions), a
+  class-conditional DiT, or a class-conditional DDPM (UNet)."""
   name = results.get('model', {}).get('name', '')
-  return 'text-to-image (held-out captions)' if name.startswith('UNet2DCondition') else 'DDPM'
+  if name.startswith('UNet2DCondition'):
+    return 'text-to-image (held-out captions)'
+  return 'DiT' if name.startswith('DiT') else 'DDPM'
 
 
 def format_generation_table(results: dict) -> str:
