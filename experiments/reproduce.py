@@ -48,6 +48,7 @@ class Result:
   table: str = 'classification'  # its table: 'classification', 'generation' or 'strong'
   historical: str = ''           # non-empty: why it is not checked against today's defaults
   measured: str = ''             # a historical result: when and under what it was measured
+  pending: str = ''              # non-empty: registered, not measured yet (why it is listed)
 
 
 RESULTS = {
@@ -67,6 +68,29 @@ RESULTS = {
         ('run', '--scenario', 'random:10', '--seeds', '0,1,2', '--methods',
          'retrain,ga_l1,fisher,scissorhands', '--alignment-every', '0'),
         docs=('docs/baselines.md',), historical=BEFORE_PROVENANCE, measured='measured 2026-12-03'),
+    'lur_class3': Result(
+        ('run', '--methods', 'retrain,rl,salun,lur', '--seeds', '0,1,2', '--alignment-every',
+         '1'),
+        docs=('docs/results-classification.md',), historical=BEFORE_PROVENANCE,
+        measured='measured 2026-11-23, before the ResNet padding fix (cache version 1), '
+                 'beside the random:10 run on the same two cores'),
+    'lur_random10': Result(
+        ('run', '--scenario', 'random:10', '--methods', 'retrain,rl,salun,lur', '--seeds',
+         '0,1,2', '--alignment-every', '1'),
+        docs=('docs/results-classification.md',), historical=BEFORE_PROVENANCE,
+        measured='measured 2026-11-23, before the ResNet padding fix (cache version 1), '
+                 'beside the class:3 run on the same two cores'),
+    # replacing tables measured before the ResNet padding fix whose JSON was not kept
+    'tuned_random10': Result(
+        ('run', '--scenario', 'random:10', '--methods', 'retrain,ft,ga,rl,salun', '--seeds',
+         '0,1,2', '--tune', '--tune-grid', '0.1,0.25,0.5,1,2,4'),
+        docs=('docs/results-classification.md',),
+        pending='its table, measured before the ResNet padding fix, was removed'),
+    'tuned_class3': Result(
+        ('run', '--methods', 'retrain,iu,bs,be,scrub,ga', '--seeds', '0,1,2', '--tune',
+         '--tune-grid', '0.01,0.1,0.25,1,4,10'),
+        docs=('docs/results-classification.md',),
+        pending='its table, measured before the ResNet padding fix, was removed'),
     # the default run (README's first command) and its two scenarios over three seeds
     'default_run': Result(('run',), docs=('docs/running.md',)),
     'digits_class3': Result(('run', '--seeds', '0,1,2'), docs=('docs/running.md',)),
@@ -168,9 +192,14 @@ def historical_line(entry: Result) -> str:
           " not checked against today's defaults)")
 
 
-def render_block(name: str, results: dict) -> str:
+def render_block(name: str, results: dict | None) -> str:
+  """The docs block of result ``name``: its table and provenance line, or, for a pending
+  result not measured yet (``results`` None), a line saying so and how to measure it."""
   begin, end = _markers(name)
   entry = RESULTS[name]
+  if results is None:
+    return (f'{begin}\n```text\n(not measured yet on today\'s code: {entry.pending}; python '
+            f'experiments/reproduce.py --only {name})\n```\n{end}')
   line = historical_line(entry) if entry.historical else provenance_line(results)
   return f'{begin}\n```text\n{render_table(name, results)}\n{line}\n```\n{end}'
 
@@ -240,11 +269,11 @@ def check(names=None, base: Path = RESULTS_DIR, root: Path = ROOT) -> dict[str, 
   problems = {}
   for name in names or RESULTS:
     entry, results, found = RESULTS[name], stored(name, base), []
-    if results is None:
+    if results is None and not entry.pending:
       found.append(f'{base / name}/results.json is missing: python experiments/reproduce.py '
                    f'--only {name}')
     else:
-      if not entry.historical:
+      if results is not None and not entry.historical:
         found += [f'stale: {d}' for d in staleness(results)]
       for path, text, want in _rendered_docs(name, results, root):
         if want != text:
@@ -262,7 +291,7 @@ def render(names=None) -> list[str]:
   changed = []
   for name in names or RESULTS:
     results = stored(name)
-    if results is None:
+    if results is None and not RESULTS[name].pending:
       continue
     for path, text, new in _rendered_docs(name, results):
       if new != text:
@@ -322,8 +351,12 @@ def main(argv=None) -> int:
   problems = check() if (args.check or args.list or not (args.only or args.render)) else {}
   if args.list or not (args.only or args.render or args.check):
     for name, entry in RESULTS.items():
-      state = ('historical: ' + entry.historical if entry.historical and name not in problems
-               else '; '.join(problems.get(name, [])) or 'up to date')
+      if name in problems:
+        state = '; '.join(problems[name])
+      elif entry.pending and stored(name) is None:
+        state = 'pending, not measured yet: ' + entry.pending
+      else:
+        state = 'historical: ' + entry.historical if entry.historical else 'up to date'
       print(f'{name:32s} {state}')
   if args.check:
     for name, found in problems.items():
