@@ -80,6 +80,40 @@ RESULTS = {
         docs=('docs/results-classification.md',), historical=BEFORE_PROVENANCE,
         measured='measured 2026-11-23, before the ResNet padding fix (cache version 1), '
                  'beside the class:3 run on the same two cores'),
+    # LUR's variants (docs/lur.md: one summary table, SUMMARIES below)
+    **{f'lur_{variant}_{scenario}': Result(
+        ('run', '--scenario', scenario.replace('class3', 'class:3').replace('random10',
+                                                                            'random:10'),
+         '--methods', 'retrain,lur', '--seeds', '0,1,2', '--alignment-every', '0',
+         *(('--set', 'lur.forget_loss=ga') if variant.startswith('ga') else ()),
+         *(('--set', 'lur.reinit=true') if variant.endswith('re') else ())),
+        historical=BEFORE_PROVENANCE, measured='measured 2026-12-03')
+       for variant in ('rl', 'ga', 'rlre', 'gare') for scenario in ('class3', 'random10')},
+    # steps to forget under the references' own recipes (docs/reference-ddpm.md), seed 0
+    'ref_dit_sfron150_salun': Result(
+        ('run', '--task', 'generation', '--model', 'dit', '--methods', 'sfron,salun', '--seeds',
+         '0', '--check-every', '10', '--set', 'sfron.iterations=150'),
+        docs=('docs/reference-ddpm.md',), table='generation', historical=BEFORE_PROVENANCE,
+        measured='measured 2026-12-03 on a CPU shared with other jobs'),
+    'ref_dit_sfron600': Result(
+        ('run', '--task', 'generation', '--model', 'dit', '--methods', 'sfron', '--seeds', '0',
+         '--check-every', '10'),
+        docs=('docs/reference-ddpm.md',), table='generation', historical=BEFORE_PROVENANCE,
+        measured='measured 2026-12-03 on a CPU shared with other jobs'),
+    'ref_dit_sfron_ddpm_recipe': Result(
+        ('run', '--task', 'generation', '--model', 'dit', '--methods', 'sfron', '--seeds', '0',
+         '--check-every', '10', '--set', 'sfron.iterations=150', '--set', 'sfron.loss=ddpm',
+         '--set', 'sfron.forget_loss=adaptive', '--set', 'sfron.forget_weight=10', '--set',
+         'sfron.forget_schedule=cosine', '--set', 'sfron.retain_clip=true', '--set',
+         'sfron.fisher_batch_size=0', '--set', 'sfron.fisher_clip=true', '--set',
+         'sfron.fisher_examples=0'),
+        docs=('docs/reference-ddpm.md',), table='generation', historical=BEFORE_PROVENANCE,
+        measured='measured 2026-12-03 on a CPU shared with other jobs'),
+    'ref_unet_sfron_salun': Result(
+        ('run', '--task', 'generation', '--model', 'ref-unet', '--methods', 'sfron,salun',
+         '--seeds', '0', '--check-every', '10'),
+        docs=('docs/reference-ddpm.md',), table='generation', historical=BEFORE_PROVENANCE,
+        measured='measured 2026-12-03 on a CPU shared with other jobs'),
     # replacing tables measured before the ResNet padding fix whose JSON was not kept
     'tuned_random10': Result(
         ('run', '--scenario', 'random:10', '--methods', 'retrain,ft,ga,rl,salun', '--seeds',
@@ -91,6 +125,11 @@ RESULTS = {
          '--tune-grid', '0.01,0.1,0.25,1,4,10'),
         docs=('docs/results-classification.md',),
         pending='its table, measured before the ResNet padding fix, was removed'),
+    'lur_light_random10': Result(
+        ('run', '--scenario', 'random:10', '--methods', 'retrain,rl,salun,lur', '--seeds',
+         '0,1,2', '--set', 'lur.forget_weight=0.05'),
+        docs=('docs/results-classification.md',),
+        pending='measured before the ResNet padding fix only, that run not kept'),
     # the default run (README's first command) and its two scenarios over three seeds
     'default_run': Result(('run',), docs=('docs/running.md',)),
     'digits_class3': Result(('run', '--seeds', '0,1,2'), docs=('docs/running.md',)),
@@ -138,6 +177,60 @@ RESULTS = {
         measured='measured 2026-11-24, before the ResNet padding fix, without the '
                  "original's row"),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  """A docs table that puts one method's numbers from several results side by side: a
+  markdown table, one cell per (row, column) result, rendered from their JSON like any
+  result's table (between ``<!-- result:NAME -->`` markers)."""
+  method: str                    # whose numbers each cell shows
+  columns: tuple                 # column titles (after the row title's)
+  rows: tuple                    # (row title, (result name per column, ...)), ...
+  docs: tuple = ()
+  corner: str = ''               # the row titles' column title
+
+
+def _variant_cell(stats: dict) -> str:
+  mean = lambda key: f"{stats[key]['mean']:.2f}"
+  return (f"{mean('UA')} / {mean('RA')} / {mean('TA')} / **{mean('avg_gap')}** ± "
+          f"{stats['avg_gap']['std']:.2f}")
+
+
+SUMMARIES = {
+    'lur_variants': Summary(
+        'lur', ('class:3 UA / RA / TA / Avg. Gap', 'random:10 UA / RA / TA / Avg. Gap'),
+        (('random labels (default)', ('lur_rl_class3', 'lur_rl_random10')),
+         ('gradient ascent (`forget_loss=ga`)', ('lur_ga_class3', 'lur_ga_random10')),
+         ('random labels + SNIP re-init (`reinit=true`)', ('lur_rlre_class3',
+                                                          'lur_rlre_random10')),
+         ('gradient ascent + SNIP re-init', ('lur_gare_class3', 'lur_gare_random10'))),
+        docs=('docs/lur.md',), corner='variant'),
+}
+
+
+def render_summary(name: str, base: Path = RESULTS_DIR) -> str:
+  """The docs block of summary ``name``, from its results' JSON, with the line under it
+  that each of them would have."""
+  summary = SUMMARIES[name]
+  lines = [f"| {summary.corner} | {' | '.join(summary.columns)} |",
+           '|' + '---|' * (len(summary.columns) + 1)]
+  notes = []
+  for title, names in summary.rows:
+    cells = []
+    for result in names:
+      results = stored(result, base)
+      if results is None:
+        raise ValueError(f'summary {name}: {base / result}/results.json is missing: python '
+                         f'experiments/reproduce.py --only {result}')
+      cells.append(_variant_cell(results['methods'][summary.method]))
+      entry = RESULTS[result]
+      note = historical_line(entry) if entry.historical else provenance_line(results)
+      if note not in notes:
+        notes.append(note)
+    lines.append(f"| {title} | {' | '.join(cells)} |")
+  begin, end = _markers(name)
+  return '\n'.join([begin, *lines, '', *notes, end])
 
 
 def result_dir(name: str) -> Path:
@@ -282,6 +375,18 @@ def check(names=None, base: Path = RESULTS_DIR, root: Path = ROOT) -> dict[str, 
                        'are not typed)')
     if found:
       problems[name] = found
+  for name, summary in ({} if names else SUMMARIES).items():
+    try:
+      want = render_summary(name, base)
+    except ValueError as e:
+      problems[name] = [str(e)]
+      continue
+    for doc in summary.docs:
+      text = (root / doc).read_text()
+      if replace_block(text, name, want, doc) != text:
+        problems.setdefault(name, []).append(
+            f'{doc}: the summary table {name} differs from its results (run python '
+            'experiments/reproduce.py --render; tables are not typed)')
   return problems
 
 
@@ -297,6 +402,15 @@ def render(names=None) -> list[str]:
       if new != text:
         path.write_text(new)
         changed.append(str(path.relative_to(ROOT)))
+  for name, summary in ({} if names else SUMMARIES).items():
+    block = render_summary(name)
+    for doc in summary.docs:
+      path = ROOT / doc
+      text = path.read_text()
+      new = replace_block(text, name, block, doc)
+      if new != text:
+        path.write_text(new)
+        changed.append(doc)
   return changed
 
 

@@ -149,3 +149,29 @@ def test_a_pending_result_says_so_in_its_block_until_it_is_measured(tmp_path, mo
   monkeypatch.setitem(rp.RESULTS, 'fake', rp.Result(argv, docs=('doc.md',)))  # measured
   doc.write_text(rp.render_block('fake', results) + '\n')
   assert rp.check(['fake'], base=tmp_path, root=tmp_path) == {}
+
+
+def test_a_summary_puts_one_methods_numbers_from_several_results_side_by_side(tmp_path,
+                                                                             monkeypatch):
+  rp = _reproduce()
+  argv = ('run', '--methods', 'lur', '--seeds', '0')
+  stats = lambda gap: {k: {'mean': v, 'std': 0.5} for k, v in
+                       (('UA', 100.0), ('RA', 99.0), ('TA', 98.0), ('avg_gap', gap))}
+  for name, gap in (('a', 0.12), ('b', 19.1)):
+    monkeypatch.setitem(rp.RESULTS, name, rp.Result(argv, historical='old', measured='then'))
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'results.json').write_text(json.dumps({'methods': {'lur': stats(gap)}}))
+  monkeypatch.setattr(rp, 'SUMMARIES', {'s': rp.Summary(
+      'lur', ('class:3', 'random:10'), (('default', ('a', 'b')),), docs=('doc.md',),
+      corner='variant')})
+  block = rp.render_summary('s', tmp_path)
+  assert block.splitlines()[1:4] == [
+      '| variant | class:3 | random:10 |', '|---|---|---|',
+      '| default | 100.00 / 99.00 / 98.00 / **0.12** ± 0.50 | 100.00 / 99.00 / 98.00 / '
+      '**19.10** ± 0.50 |']
+  assert "(historical: then; old; not checked against today's defaults)" in block
+  (tmp_path / 'doc.md').write_text(block + '\n')
+  monkeypatch.setattr(rp, 'RESULTS', {n: rp.RESULTS[n] for n in 'ab'})  # the summary's own
+  assert rp.check(base=tmp_path, root=tmp_path) == {}
+  (tmp_path / 'doc.md').write_text(block.replace('19.10', '19.00') + '\n')  # typed by hand
+  assert 'differs from its results' in rp.check(base=tmp_path, root=tmp_path)['s'][0]
