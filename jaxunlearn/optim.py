@@ -18,7 +18,8 @@ Retrain, DDPM training, every unlearning method of both tasks); two functions bu
   With a constant or cosine schedule and no warm-up (:attr:`OptimSpec.numbers_in_state`)
   the last part is built under ``optax.inject_hyperparams``: the learning rate and the
   cosine's horizon are arrays of the optimizer state, and one compiled step serves every
-  value of them (:meth:`OptimSpec.program` keys the compiled steps).
+  value of them (:meth:`OptimSpec.program` keys the compiled steps); a constant rate is the
+  cosine over an infinite horizon, the same rate bit for bit, so it shares that step.
 
 * :func:`fast_slow_pair` ``(spec, axis_name)``: SFR-on's two chains over one optimizer
   state (``every > 0``; see :mod:`jaxunlearn.transforms.fast_slow`)::
@@ -49,6 +50,7 @@ horizon of the schedules (steps; a fast-slow pair's: iterations).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax.numpy as jnp
 import optax
@@ -195,7 +197,10 @@ class OptimSpec:
     """Whether the learning rate and the schedule's horizon are numbers of the optimizer
     state (``optax.inject_hyperparams``) rather than constants of the compiled step: single
     chains with a constant or cosine schedule and no warm-up. One compiled step then serves
-    every learning rate and horizon (:meth:`program`)."""
+    every learning rate and horizon (:meth:`program`), and constant and cosine schedules
+    alike: a constant rate is the cosine over an infinite horizon (``cos(count * pi / inf)``
+    is ``cos(0) = 1`` exactly, so the rate is ``(1 + 1) * (0.5 * lr) = lr`` bit for bit), so
+    the original, Retrain, FT and RL's retain pass share one compiled step."""
     return not self.fast_slow and self.schedule in ('constant', 'cosine') and not self.warmup
 
   def program(self) -> OptimSpec:
@@ -206,7 +211,8 @@ class OptimSpec:
     numbers from the state that ``init_state(variables, spec())`` made."""
     if not self.numbers_in_state:
       return self
-    return dataclasses.replace(self, lr=1.0, total_steps=1)
+    # a constant rate runs as a cosine over an infinite horizon (make_tx): one program
+    return dataclasses.replace(self, lr=1.0, total_steps=1, schedule='cosine')
 
   def over(self, total_steps: int) -> OptimSpec:
     """The spec with its schedules spanning ``total_steps`` (what loops call)."""
@@ -293,12 +299,12 @@ def make_tx(spec: OptimSpec, axis_name: str | None = None
     head.append(transforms.add_l1_penalty(
         optax.linear_schedule(spec.l1, 0.0, spec.l1_decay_steps) if spec.l1_decay_steps
         else spec.l1))
-  if spec.numbers_in_state:
+  if spec.numbers_in_state:  # a constant rate: the cosine over an infinite horizon
+    horizon = float(max(spec.total_steps, 1)) if spec.schedule == 'cosine' else math.inf
     opt = optax.inject_hyperparams(
         _base_with_numbers, static_args=('schedule', 'optimizer', 'momentum', 'weight_decay'))(
-            learning_rate=spec.lr, horizon=float(max(spec.total_steps, 1)),
-            schedule=spec.schedule, optimizer=spec.optimizer, momentum=spec.momentum,
-            weight_decay=spec.weight_decay)
+            learning_rate=spec.lr, horizon=horizon, schedule='cosine', optimizer=spec.optimizer,
+            momentum=spec.momentum, weight_decay=spec.weight_decay)
   else:
     opt = _optimizer(spec, spec.learning_rate())
   if spec.saliency:
