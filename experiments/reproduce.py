@@ -165,6 +165,12 @@ RESULTS = {
         ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
          '--methods', 'salun', '--seeds', '0,1,2', '--check-every', '50'),
         docs=('docs/generation.md',), table='generation'),
+    # the digits text-to-image job (docs/stable-diffusion.md), its methods' defaults
+    'text_to_image_digits': Result(
+        ('run', '--task', 'text-to-image', '--scenario', 'class:3', '--seeds', '0,1,2',
+         '--check-every', '10'),
+        docs=('README.md', 'docs/stable-diffusion.md'), table='generation',
+        pending='three originals and twelve method runs, hours on two cores; under way'),
     'strong_class3': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'class:3', '--methods',
          'original,ft,ga,salun,sfron,lur', '--models', '8'),

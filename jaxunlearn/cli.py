@@ -338,7 +338,7 @@ def _classification_config(args):
   return config
 
 
-def _generation_config(args):
+def _generation_config(args, devices: bool = True):
   from jaxunlearn.diffusion.experiment import (FAST_SAMPLING, REFERENCE_SAMPLING,
                                                T2I_METHODS, GenerationConfig)
   settings = _settings(args, _GENERATION_ONLY)
@@ -354,7 +354,7 @@ def _generation_config(args):
     settings['model'] = 't2i'
     settings.setdefault('methods', T2I_METHODS)
   config = GenerationConfig(**settings)
-  config.validate()
+  config.validate(devices)
   return config
 
 
@@ -378,7 +378,7 @@ def resolve_run(argv) -> dict:
   if args.command == 'eval-strong':
     config = _strong_config(args)
   elif _generative(args):
-    config = _generation_config(args)
+    config = _generation_config(args, devices=False)  # this host's devices do not matter
   else:
     config = _classification_config(args)
   hparams = config.resolved_hparams()

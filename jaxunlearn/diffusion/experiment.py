@@ -158,8 +158,10 @@ class GenerationConfig:
   num_devices: int | None = None
   shard_params: bool = False
 
-  def validate(self) -> None:
-    """Checks names, scenario and overrides before any compute (ValueError says what)."""
+  def validate(self, devices: bool = True) -> None:
+    """Checks names, scenario and overrides before any compute (ValueError says what);
+    ``devices=False`` skips what depends on this host's devices (batches that must split
+    over them)."""
     if self.model not in MODELS:
       raise ValueError(f"generation models: {', '.join(MODELS)} (unet the default), got "
                        f'{self.model!r}')
@@ -202,7 +204,9 @@ class GenerationConfig:
                          f'{",".join(self.methods)}'
                          f'{did_you_mean(name, [*self.methods, "ddpm", "classifier"])}')
     hparams = self.method_hparams()
-    size = self.devices().size  # raises for a mode or device count this host cannot run
+    # raises for a mode or device count this host cannot run; without ``devices`` (what a
+    # published result's command resolves to anywhere: reproduce.py) one device is assumed
+    size = self.devices().size if devices else 1
     for name, hp in hparams.items():
       batch = getattr(hp, 'batch_size', None)
       if batch and batch % size:
