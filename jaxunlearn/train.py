@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from tqdm.auto import tqdm
 
 from jaxunlearn.hparams import (Hyperparameters, at_least_one, hparam, non_negative, one_of,
@@ -253,6 +254,20 @@ class LoopControl:
     self._origin = time.perf_counter() - seconds
 
 
+_INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+
+
+def _numbers_of_the_spec(fresh, restored):
+  """``restored`` with the learning rate and horizon that the optimizer spec puts in the
+  state (``optax.inject_hyperparams``; :attr:`~jaxunlearn.optim.OptimSpec.numbers_in_state`)
+  taken from ``fresh``, the state the spec made now: they are the spec's constants, not
+  something the run learned, so a checkpoint written when they were stored differently
+  (a constant rate's horizon before it became infinite) resumes with the spec's."""
+  def take(new, old):
+    return old._replace(hyperparams=new.hyperparams) if isinstance(old, _INJECTED) else old
+  return jax.tree.map(take, fresh, restored, is_leaf=lambda x: isinstance(x, _INJECTED))
+
+
 def run_updates(state, plan, total: int, *, parallel: Parallel, control: LoopControl | None,
            callback, callback_every: int, desc: str, progress: bool, history: Sequence[str]):
   """Runs a loop's updates: resume, guard against non-finite steps, checkpoint, report
@@ -272,10 +287,11 @@ def run_updates(state, plan, total: int, *, parallel: Parallel, control: LoopCon
   fresh = {k: [] for k in history}  # device scalars of the steps since
   if ckpt is not None:
     start = time.perf_counter()
-    restored = ckpt.restore(parallel.get(state))
+    made_now = parallel.get(state)
+    restored = ckpt.restore(made_now)
     if restored is not None:
       done, host_state, record = restored
-      state = parallel.put(host_state)
+      state = parallel.put(_numbers_of_the_spec(made_now, host_state))
       saved = {k: list(record['history'].get(k, [])) for k in history}
       if callback is not None and hasattr(callback, 'load_state_dict') and 'callback' in record:
         callback.load_state_dict(record['callback'])

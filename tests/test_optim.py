@@ -85,3 +85,31 @@ def test_specs_differing_in_lr_horizon_and_schedule_share_one_step_with_their_ow
     logger.removeHandler(counter)
   # one program for a, b and c (the references compile as jit(train_step))
   assert counter.steps == 1
+
+
+def test_a_resumed_state_takes_the_specs_numbers_and_keeps_what_it_learned():
+  """The learning rate and horizon in the state are the spec's constants: a checkpoint that
+  stored them otherwise (a constant rate's finite horizon, before it became infinite)
+  resumes with the spec's; parameters and momentum stay the checkpoint's."""
+  from jaxunlearn.train import _INJECTED, _numbers_of_the_spec
+  model = make_model('resnet1', 10, 4)
+  variables = init_variables(model, (8, 8, 1), 0)
+  spec = OptimSpec(lr=0.03, total_steps=20)
+  made_now = jax.device_get(init_state(variables, spec()))
+  is_injected = lambda x: isinstance(x, _INJECTED)
+  injected = lambda s: [x for x in jax.tree.leaves(s.opt_state, is_leaf=is_injected)
+                        if is_injected(x)][0]
+  assert float(injected(made_now).hyperparams['horizon']) == np.inf
+  # a checkpoint of some steps later, written when the horizon was the loop's length
+  old = jax.tree.map(lambda x: np.asarray(x) + 1, made_now)
+  old = old._replace(opt_state=jax.tree.map(
+      lambda x: x._replace(hyperparams={**x.hyperparams, 'horizon': np.float32(20)})
+      if is_injected(x) else x, old.opt_state, is_leaf=is_injected))
+  got = _numbers_of_the_spec(made_now, old)
+  assert float(injected(got).hyperparams['horizon']) == np.inf
+  assert float(injected(got).hyperparams['learning_rate']) == np.float32(0.03)
+  for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(old.params)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(injected(got).inner_state),
+                  jax.tree.leaves(injected(old).inner_state)):
+    np.testing.assert_array_equal(a, b)
