@@ -81,7 +81,8 @@ def jit_run_once(fn):
   operations; ``tests/test_train.py`` compares them with flax's init op by op); its
   eval-mode forward pass of 512 digits in 1.5 s instead of 1.9, the same logits bit for bit
   and as fast (120 against 126 ms). Training steps keep XLA's default level (their run time
-  is what counts, and a SalUn step rounds differently at -O1)."""
+  is what counts, and a SalUn step rounds differently at -O1), and so do the other batched
+  programs (samplers, FID features: ``Parallel.batched(run_once=False)``)."""
   if jax.default_backend() != 'cpu':
     return jax.jit(fn)
   try:
@@ -289,13 +290,16 @@ class Parallel:
       return self._await(compiled['step'](state, *[self.split(b) for b in batches], key))
     return call
 
-  def batched(self, fn: Callable, per_example: bool = False) -> Callable:
+  def batched(self, fn: Callable, per_example: bool = False,
+              run_once: bool = False) -> Callable:
     """``fn(args, batch)`` compiled for these devices: ``args`` replicated, ``batch``
     split. With ``per_example`` the output's rows follow the batch's (e.g. logits);
     otherwise it is one value, which under ``pmap`` ``fn`` must average itself
-    (``lax.pmean`` over :data:`AXIS`, e.g. a batch gradient)."""
-    if self.mode == 'none':  # an evaluation's forward pass: compiled at -O1 on the CPU
-      return jit_run_once(fn) if per_example else jax.jit(fn)
+    (``lax.pmean`` over :data:`AXIS`, e.g. a batch gradient). ``run_once``: a program whose
+    compile outweighs its runs (an evaluation's forward pass), compiled by
+    :func:`jit_run_once` on one device."""
+    if self.mode == 'none':
+      return jit_run_once(fn) if run_once else jax.jit(fn)
     if self.mode == 'vmap':  # args per model, one batch for all: outputs [models, ...]
       return jax.jit(jax.vmap(fn, in_axes=(0, None)))
     if self.mode == 'pmap':
