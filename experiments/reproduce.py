@@ -230,8 +230,7 @@ def render_summary(name: str, base: Path = RESULTS_DIR) -> str:
         raise ValueError(f'summary {name}: {base / result}/results.json is missing: python '
                          f'experiments/reproduce.py --only {result}')
       cells.append(_variant_cell(results['methods'][summary.method]))
-      entry = RESULTS[result]
-      note = historical_line(entry) if entry.historical else provenance_line(results)
+      note = _line_under(result, results)
       if note not in notes:
         notes.append(note)
     lines.append(f"| {title} | {' | '.join(cells)} |")
@@ -291,6 +290,11 @@ def historical_line(entry: Result) -> str:
           " not checked against today's defaults)")
 
 
+def _line_under(name: str, results: dict) -> str:
+  entry = RESULTS[name]
+  return historical_line(entry) if entry.historical else provenance_line(results)
+
+
 def render_block(name: str, results: dict | None) -> str:
   """The docs block of result ``name``: its table and provenance line, or, for a pending
   result not measured yet (``results`` None), a line saying so and how to measure it."""
@@ -299,8 +303,8 @@ def render_block(name: str, results: dict | None) -> str:
   if results is None:
     return (f'{begin}\n```text\n(not measured yet on today\'s code: {entry.pending}; python '
             f'experiments/reproduce.py --only {name})\n```\n{end}')
-  line = historical_line(entry) if entry.historical else provenance_line(results)
-  return f'{begin}\n```text\n{render_table(name, results)}\n{line}\n```\n{end}'
+  return (f'{begin}\n```text\n{render_table(name, results)}\n{_line_under(name, results)}\n'
+          f'```\n{end}')
 
 
 def replace_block(text: str, name: str, block: str, where: str = 'the text') -> str:
@@ -353,12 +357,27 @@ def staleness(results: dict) -> list[str]:
           + _differences(hparams, now['hparams'], 'hparams'))
 
 
-def _rendered_docs(name: str, results: dict, root: Path = ROOT):
-  """``(path, text now, text rendered)`` of each docs file holding result ``name``'s table."""
-  for doc in RESULTS[name].docs:
+def _rendered_docs(name: str, docs: tuple, block: str, root: Path = ROOT):
+  """``(path, text now, text rendered)`` of each of ``docs`` holding block ``name``."""
+  for doc in docs:
     path = root / doc
     text = path.read_text()
-    yield path, text, replace_block(text, name, render_block(name, results), doc)
+    yield path, text, replace_block(text, name, block, doc)
+
+
+def _blocks(names, base: Path = RESULTS_DIR):
+  """``(name, docs files, block)`` of each result of ``names`` (default: every result and
+  every summary) that has a block to render: not a missing result, nor a summary of one
+  (:func:`check` names what is missing)."""
+  for name in names or RESULTS:
+    if not RESULTS[name].docs:  # shown only through a summary
+      continue
+    results = stored(name, base)
+    if results is not None or RESULTS[name].pending:
+      yield name, RESULTS[name].docs, render_block(name, results)
+  for name, summary in ({} if names else SUMMARIES).items():
+    if all(stored(r, base) is not None for _, row in summary.rows for r in row):
+      yield name, summary.docs, render_summary(name, base)
 
 
 def check(names=None, base: Path = RESULTS_DIR, root: Path = ROOT) -> dict[str, list[str]]:
@@ -371,28 +390,16 @@ def check(names=None, base: Path = RESULTS_DIR, root: Path = ROOT) -> dict[str, 
     if results is None and not entry.pending:
       found.append(f'{base / name}/results.json is missing: python experiments/reproduce.py '
                    f'--only {name}')
-    else:
-      if results is not None and not entry.historical:
-        found += [f'stale: {d}' for d in staleness(results)]
-      for path, text, want in _rendered_docs(name, results, root):
-        if want != text:
-          found.append(f'{path.relative_to(root)}: the table of {name} differs from its '
-                       'results.json (run python experiments/reproduce.py --render; tables '
-                       'are not typed)')
+    elif results is not None and not entry.historical:
+      found += [f'stale: {d}' for d in staleness(results)]
     if found:
       problems[name] = found
-  for name, summary in ({} if names else SUMMARIES).items():
-    try:
-      want = render_summary(name, base)
-    except ValueError as e:
-      problems[name] = [str(e)]
-      continue
-    for doc in summary.docs:
-      text = (root / doc).read_text()
-      if replace_block(text, name, want, doc) != text:
+  for name, docs, block in _blocks(names, base):
+    for path, text, want in _rendered_docs(name, docs, block, root):
+      if want != text:
         problems.setdefault(name, []).append(
-            f'{doc}: the summary table {name} differs from its results (run python '
-            'experiments/reproduce.py --render; tables are not typed)')
+            f'{path.relative_to(root)}: the table of {name} differs from its results.json '
+            '(run python experiments/reproduce.py --render; tables are not typed)')
   return problems
 
 
@@ -400,23 +407,11 @@ def render(names=None) -> list[str]:
   """Rewrites the docs tables of ``names`` (default: every result) from their JSON; returns
   the files changed."""
   changed = []
-  for name in names or RESULTS:
-    results = stored(name)
-    if results is None and not RESULTS[name].pending:
-      continue
-    for path, text, new in _rendered_docs(name, results):
+  for name, docs, block in _blocks(names):
+    for path, text, new in _rendered_docs(name, docs, block):
       if new != text:
         path.write_text(new)
         changed.append(str(path.relative_to(ROOT)))
-  for name, summary in ({} if names else SUMMARIES).items():
-    block = render_summary(name)
-    for doc in summary.docs:
-      path = ROOT / doc
-      text = path.read_text()
-      new = replace_block(text, name, block, doc)
-      if new != text:
-        path.write_text(new)
-        changed.append(doc)
   return changed
 
 
