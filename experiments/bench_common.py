@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxunlearn.data import load_dataset, make_split
 from jaxunlearn.models import make_model
+from jaxunlearn.provenance import provenance
 from jaxunlearn.train import init_variables
 
 
@@ -75,4 +76,4 @@ def report(args, ms: dict, ratios: dict | None = None) -> None:
   if args.json:
     with open(args.json, 'w') as f:
       json.dump({'config': vars(args), 'platform': jax.devices()[0].platform, 'ms': ms,
-                 'ratios': ratios or {}}, f, indent=1)
+                 'ratios': ratios or {}, 'provenance': provenance(vars(args))}, f, indent=1)

@@ -51,6 +51,7 @@ from jaxunlearn.diffusion.text import PromptConditioned
 from jaxunlearn.diffusion.train import DiffusionConfig
 from jaxunlearn.losses import reduce_loss
 from jaxunlearn.models.unet_condition import UNet2DCondition, sd_v1_unet
+from jaxunlearn.provenance import provenance
 from jaxunlearn.transforms import mask_by_saliency
 
 PROMPTS = 4   # e.g. two concept prompts, one pseudo prompt, the empty prompt
@@ -143,7 +144,7 @@ def main():
     print_row(row)
   if args.json:
     with open(args.json, 'w') as f:
-      json.dump(rows, f, indent=1)
+      json.dump({'rows': rows, 'provenance': provenance(vars(args))}, f, indent=1)
 
 
 def _run(fn, init, tx, abstract, shape) -> dict:

@@ -32,6 +32,7 @@ from jaxunlearn import losses  # noqa: E402
 from jaxunlearn.models import make_model  # noqa: E402
 from jaxunlearn.objectives import Classifier  # noqa: E402
 from jaxunlearn.parallel import AXIS, Parallel  # noqa: E402
+from jaxunlearn.provenance import provenance  # noqa: E402
 from jaxunlearn.step import forget_retain_step, init_state, train_step  # noqa: E402
 from jaxunlearn.transforms import combine_forget_retain  # noqa: E402
 
@@ -143,7 +144,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--models', default='resnet18,dit-xl2',
                       help='resnet18 (batch 256) and/or dit-xl2 (batch 32)')
-  parser.add_argument('--out', default='experiments/results/collectives.json')
+  parser.add_argument('--json', default=None, help='also write the collectives here')
   args = parser.parse_args()
   results = []
   for name in args.models.split(','):
@@ -165,9 +166,9 @@ def main():
     results.append({'model': name, 'batch': batch, 'devices': 8, 'params': params,
                     'rows': rows, **({'extrapolated_from_blocks': [1, 2, 3]}
                                      if name == 'dit-xl2' else {})})
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, 'w') as f:
-    json.dump(results, f, indent=1)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'models': results, 'provenance': provenance(vars(args))}, f, indent=1)
 
 
 if __name__ == '__main__':

@@ -13,6 +13,12 @@ written from the JSON, never typed. A run goes into ``experiments/results/.NAME.
 first and replaces the stored result only when it has finished (the same command started
 again after a kill resumes it there).
 
+A **benchmark** (``Result.script``: step times, memory, collectives) is one script of
+``experiments/`` writing ``--json NAME/results.json`` with its provenance; its table is a
+markdown table rendered the same way. Its numbers are this host's times and sizes, so it is
+not resolved against today's defaults; ``--check`` checks that it was made by the
+registered command (arguments and environment).
+
 ``--check`` (and ``tests/test_reproduce.py``) says which results no longer match the code:
 for each, the command recorded in its provenance is resolved with today's code
 (:func:`jaxunlearn.cli.resolve_run`: the full config and every method's hyperparameters,
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -39,6 +46,7 @@ RESULTS_DIR = ROOT / 'experiments' / 'results'
 FIDELITY = ('retrain,ft,ga,rl,salun,salun_joint,l1_sparse,iu,bs,be,scrub,bad_teacher,sfron,'
             'sfron_hvp,lur')
 BEFORE_PROVENANCE = 'measured before results.json recorded its provenance (2026-12-04)'
+BENCH_BEFORE = 'measured before the benchmark scripts recorded their provenance (2026-12-05)'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +57,11 @@ class Result:
   historical: str = ''           # non-empty: why it is not checked against today's defaults
   measured: str = ''             # a historical result: when and under what it was measured
   pending: str = ''              # non-empty: registered, not measured yet (why it is listed)
+  # a benchmark: this script of experiments/ runs argv and writes --json results.json
+  script: str = ''
+  env: tuple = ()                # (NAME, VALUE), ...: the environment the script runs in
+  label: str = ''                # its column title where another benchmark's table shows it
+  beside: tuple = ()             # benchmarks whose columns its table shows before its own
 
 
 RESULTS = {
@@ -171,6 +184,23 @@ RESULTS = {
          '--check-every', '10'),
         docs=('README.md', 'docs/stable-diffusion.md'), table='generation',
         pending='three originals and twelve method runs, hours on two cores; under way'),
+    # benchmarks (markdown tables; the times and sizes of the host that ran them)
+    'bench_cpu_xla_conv': Result(
+        ('--no-diffusion',), script='bench.py', env=(('JAXUNLEARN_CPU_CONV', 'xla'),),
+        label='xla', table='steps', historical=BENCH_BEFORE,
+        measured="measured 2026-12-04 on this project's 2-core CPU"),
+    'bench_cpu': Result(
+        ('--no-diffusion',), script='bench.py', label='auto', beside=('bench_cpu_xla_conv',),
+        docs=('docs/results-classification.md',), table='steps', historical=BENCH_BEFORE,
+        measured="measured 2026-12-04 on this project's 2-core CPU"),
+    'bench_sd_memory': Result(
+        (), script='bench_sd_memory.py', docs=('docs/stable-diffusion.md',), table='sd_memory',
+        historical=BENCH_BEFORE, measured="measured 2026-12-05 on this project's CPU"),
+    'collectives': Result(
+        (), script='collectives.py', env=(('XLA_FLAGS',
+                                           '--xla_force_host_platform_device_count=8'),),
+        docs=('docs/running.md',), table='collectives', historical=BENCH_BEFORE,
+        measured="measured 2026-12-04 on this project's CPU, 8 fake devices"),
     'strong_class3': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'class:3', '--methods',
          'original,ft,ga,salun,sfron,lur', '--models', '8'),
@@ -243,12 +273,122 @@ def result_dir(name: str) -> Path:
 
 
 def command_line(name: str, out: Path) -> list[str]:
-  return ['jaxunlearn', *RESULTS[name].argv, '--out', str(out)]
+  """The command that makes result ``name`` in folder ``out``."""
+  entry = RESULTS[name]
+  if entry.script:
+    return [*(f'{k}={v}' for k, v in entry.env), 'python', f'experiments/{entry.script}',
+            *entry.argv, '--json', str(out / 'results.json')]
+  return ['jaxunlearn', *entry.argv, '--out', str(out)]
 
 
-def render_table(name: str, results: dict) -> str:
-  """The text table of a stored result, as the docs show it."""
-  kind = RESULTS[name].table
+# the benchmarks' row and column titles
+STEP_TITLES = {'plain': 'plain (FT)', 'salun': 'salun (masked RL)',
+               'sfron': 'sfron (forget + retain step)', 'sfron_hvp': 'sfron_hvp (5 CG products)',
+               'lur': 'lur (second-order look-ahead)'}
+PROGRAM_TITLES = {
+    'plain step': 'plain step (FT, RL, GA, Retrain)',
+    'joint forget/retain step': "joint forget/retain step (SalUn's, SFR-on's: two gradients)",
+    'Hessian-vector product': "one remain-Hessian product (SFR-on's HVP, LUR's second-order "
+                              'term)'}
+MODEL_TITLES = {'resnet18': 'ResNet-18', 'dit-xl2': 'DiT-XL/2'}
+
+
+def _md(header, rows) -> list[str]:
+  return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header),
+          *('| ' + ' | '.join(row) + ' |' for row in rows)]
+
+
+def steps_table(runs) -> list[str]:
+  """``bench.py``'s runs ``[(label, results), ...]`` side by side: each step's milliseconds
+  per run, its ratio to the plain step (the last run's), XLA's compiled peak memory and the
+  PyTorch reference steps' milliseconds (each run's own), then JAX / PyTorch per run."""
+  labels = [label for label, _ in runs]
+  last = runs[-1][1]
+  both = lambda title: title + (f" ({' / '.join(labels)})" if len(runs) > 1 else '')
+  header = ['step', *(f'ms, {label}' if label else 'ms' for label in labels),
+            f'/ plain ({labels[-1]})' if len(runs) > 1 else '/ plain', both('peak MiB'),
+            both('PyTorch ms')]
+  rows = []
+  for step in (k for k in last['ms'] if not k.startswith('torch_')):
+    base = 'ddpm_plain' if step.startswith('ddpm') else 'plain'
+    ratio = 1.0 if step == base else last['ratios'][f'{step} / {base}']
+    memory = [r.get('peak_memory_mib', {}).get(step) for _, r in runs]
+    torch = [r['ms'].get(f'torch_{step}') for _, r in runs]
+    rows.append([STEP_TITLES.get(step, step),
+                 *(f"{r['ms'][step]:.2f}" if step in r['ms'] else '' for _, r in runs),
+                 f'{ratio:.2f}', ' / '.join('' if m is None else f'{m:.1f}' for m in memory),
+                 '' if all(t is None for t in torch) else
+                 ' / '.join('' if t is None else f'{t:.2f}' for t in torch)])
+  lines = _md(header, rows)
+  versus = [f"{label + ': ' if label else ''}" + ', '.join(
+      f"{step} {r['ratios'][f'{step}: jax / torch']:.2f}" for step in ('plain', 'salun', 'sfron')
+      if f'{step}: jax / torch' in r['ratios']) for label, r in runs]
+  if any(v.split(': ')[-1] for v in versus):
+    lines += ['', 'JAX / PyTorch: ' + '; '.join(versus) + '.']
+  return lines
+
+
+def sd_memory_table(results: dict) -> list[str]:
+  """``bench_sd_memory.py``'s rows: the step's saved residuals, the estimate (bold with
+  remat), the backend's compiled peak, and, run with ``--run``, the step's time and the
+  device's measured peak."""
+  rows = results['rows']
+  ran = any('step_ms' in row for row in rows)
+  backend = rows[0]['backend'].upper() if rows else ''
+  header = ['batch', 'remat', 'saved residuals', 'estimate', f'XLA:{backend} compiled peak',
+            *(('step ms', 'measured peak') if ran else ())]
+  gib = lambda v: f'{v:.1f} GiB'
+  body = [[str(r['batch']), 'yes' if r['remat'] else 'no', gib(r['residuals_GiB']),
+           f"**{gib(r['estimate_GiB'])}**" if r['remat'] else gib(r['estimate_GiB']),
+           gib(r['peak_GiB']),
+           *((f"{r.get('step_ms', float('nan')):.0f}",
+              gib(r.get('device_peak_GiB', float('nan')))) if ran else ())] for r in rows]
+  return _md(header, body)
+
+
+def _collectives_cell(ops: dict) -> str:
+  def size(n):
+    mib = n / 2**20
+    return f'{mib:.1f} MiB' if mib < 1000 else f'{mib:.0f} MiB'
+  return ' + '.join(f"{op} ×{v['count']} {size(v['bytes'])}" for op, v in sorted(ops.items()))
+
+
+def collectives_table(results: dict) -> list[str]:
+  """``collectives.py``'s programs (rows) per model and parameter placement (columns)."""
+  columns = [(m, shard) for m in results['models'] for shard in (False, True)]
+  header = ['program', *(f"{MODEL_TITLES.get(m['model'], m['model'])}, "
+                         + ('`--shard-params`' if shard else 'params replicated')
+                         for m, shard in columns)]
+  programs = list(dict.fromkeys(r['program'] for m in results['models'] for r in m['rows']))
+  body = []
+  for program in programs:
+    cells = []
+    for m, shard in columns:
+      found = [r['collectives'] for r in m['rows']
+               if r['program'] == program and r['shard_params'] == shard]
+      cells.append(_collectives_cell(found[0]) if found else '')
+    body.append([PROGRAM_TITLES.get(program, program), *cells])
+  return _md(header, body)
+
+
+def render_table(name: str, results: dict, base: Path = RESULTS_DIR) -> str:
+  """The table of a stored result, as the docs show it (a benchmark's in markdown)."""
+  entry = RESULTS[name]
+  kind = entry.table
+  if kind == 'steps':
+    runs = []
+    for other in (*entry.beside, name):
+      found = results if other == name else stored(other, base)
+      if found is None:
+        raise ValueError(f'{name}: its table shows {other} beside it, and {base / other}/'
+                         f'results.json is missing: python experiments/reproduce.py --only '
+                         f'{other}')
+      runs.append((RESULTS[other].label, found))
+    return '\n'.join(steps_table(runs))
+  if kind == 'sd_memory':
+    return '\n'.join(sd_memory_table(results))
+  if kind == 'collectives':
+    return '\n'.join(collectives_table(results))
   if kind == 'generation':
     from jaxunlearn.diffusion.report import format_generation_table
     return format_generation_table(results)
@@ -295,16 +435,25 @@ def _line_under(name: str, results: dict) -> str:
   return historical_line(entry) if entry.historical else provenance_line(results)
 
 
-def render_block(name: str, results: dict | None) -> str:
+def render_block(name: str, results: dict | None, base: Path = RESULTS_DIR) -> str:
   """The docs block of result ``name``: its table and provenance line, or, for a pending
-  result not measured yet (``results`` None), a line saying so and how to measure it."""
+  result not measured yet (``results`` None), a line saying so and how to measure it. A
+  benchmark's table is markdown, with the line and its command under it."""
   begin, end = _markers(name)
   entry = RESULTS[name]
   if results is None:
     return (f'{begin}\n```text\n(not measured yet on today\'s code: {entry.pending}; python '
             f'experiments/reproduce.py --only {name})\n```\n{end}')
-  return (f'{begin}\n```text\n{render_table(name, results)}\n{_line_under(name, results)}\n'
-          f'```\n{end}')
+  table = render_table(name, results, base)
+  if entry.script:
+    lines = []
+    for other in (*entry.beside, name):
+      found = results if other == name else stored(other, base)
+      made = ' '.join(command_line(other, Path('experiments/results') / other))
+      label = f'{RESULTS[other].label}: ' if entry.beside else ''
+      lines.append(f'{label}{_line_under(other, found)} `{made}`')
+    return f'{begin}\n{table}\n\n' + '\n'.join(lines) + f'\n{end}'
+  return f'{begin}\n```text\n{table}\n{_line_under(name, results)}\n```\n{end}'
 
 
 def replace_block(text: str, name: str, block: str, where: str = 'the text') -> str:
@@ -357,6 +506,27 @@ def staleness(results: dict) -> list[str]:
           + _differences(hparams, now['hparams'], 'hparams'))
 
 
+def benchmark_staleness(name: str, results: dict) -> list[str]:
+  """What says a stored benchmark was not made by its registered command: other arguments
+  or another environment (the ``--json`` path aside)."""
+  entry, record = RESULTS[name], results.get('provenance')
+  if not record or 'argv' not in record:
+    return ['no provenance: re-measure it (it predates results.json recording what made it)']
+  argv, made = list(record['argv']), []
+  while argv:
+    arg = argv.pop(0)
+    if arg == '--json':
+      argv = argv[1:]
+    elif not arg.startswith('--json='):
+      made.append(arg)
+  found = [] if made == list(entry.argv) else [
+      f'made by the arguments {made}, registered {list(entry.argv)}']
+  environment = record.get('environment', {})
+  found += [f'made with {k}={environment.get(k)!r}, registered {v!r}' for k, v in entry.env
+            if environment.get(k) != v]
+  return found
+
+
 def _rendered_docs(name: str, docs: tuple, block: str, root: Path = ROOT):
   """``(path, text now, text rendered)`` of each of ``docs`` holding block ``name``."""
   for doc in docs:
@@ -374,7 +544,7 @@ def _blocks(names, base: Path = RESULTS_DIR):
       continue
     results = stored(name, base)
     if results is not None or RESULTS[name].pending:
-      yield name, RESULTS[name].docs, render_block(name, results)
+      yield name, RESULTS[name].docs, render_block(name, results, base)
   for name, summary in ({} if names else SUMMARIES).items():
     if all(stored(r, base) is not None for _, row in summary.rows for r in row):
       yield name, summary.docs, render_summary(name, base)
@@ -391,7 +561,8 @@ def check(names=None, base: Path = RESULTS_DIR, root: Path = ROOT) -> dict[str, 
       found.append(f'{base / name}/results.json is missing: python experiments/reproduce.py '
                    f'--only {name}')
     elif results is not None and not entry.historical:
-      found += [f'stale: {d}' for d in staleness(results)]
+      found += [f'stale: {d}' for d in (benchmark_staleness(name, results) if entry.script
+                                         else staleness(results))]
     if found:
       problems[name] = found
   for name, docs, block in _blocks(names, base):
@@ -423,9 +594,11 @@ def run(name: str, cache_dir: str | None = None) -> Path:
   final, partial = result_dir(name), RESULTS_DIR / f'.{name}.partial'
   own_cache = RESULTS_DIR / f'.{name}.cache'
   cmd = command_line(name, partial)
+  print('$ ' + ' '.join(cmd), flush=True)
+  if RESULTS[name].script:
+    return _run_benchmark(name, cmd, partial, final)
   cache = cache_dir or str(own_cache)
   exe = shutil.which('jaxunlearn') or sys.exit('jaxunlearn is not installed: pip install -e .')
-  print('$ ' + ' '.join(cmd), flush=True)
   # wall time only when nothing was there to resume and the cache was empty
   fresh = not partial.exists() and not any(Path(cache).glob('*'))
   start = time.perf_counter()
@@ -438,12 +611,29 @@ def run(name: str, cache_dir: str | None = None) -> Path:
     results = json.loads(path.read_text())
     results['provenance']['wall_s'] = round(time.perf_counter() - start, 1)
     path.write_text(json.dumps(results, indent=1))
+  _store(name, partial, final)
+  if cache_dir is None:
+    shutil.rmtree(own_cache, ignore_errors=True)
+  return final
+
+
+def _store(name: str, partial: Path, final: Path) -> None:
   (partial / 'COMMAND').write_text(' '.join(command_line(name, final)) + '\n')
   if final.exists():
     shutil.rmtree(final)
   partial.rename(final)
-  if cache_dir is None:
-    shutil.rmtree(own_cache, ignore_errors=True)
+
+
+def _run_benchmark(name: str, cmd: list[str], partial: Path, final: Path) -> Path:
+  entry = RESULTS[name]
+  partial.mkdir(parents=True, exist_ok=True)
+  script = cmd.index('python')
+  done = subprocess.run([sys.executable, str(ROOT / cmd[script + 1]), *cmd[script + 2:]],
+                        env={**os.environ, **dict(entry.env)}, cwd=ROOT)
+  if done.returncode != 0 or not (partial / 'results.json').is_file():
+    sys.exit(f'{name}: the benchmark failed (exit {done.returncode}); the stored result is '
+             'unchanged')
+  _store(name, partial, final)
   return final
 
 

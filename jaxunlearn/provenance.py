@@ -13,6 +13,8 @@ checked or reproduced. :func:`provenance` collects them when a run writes its re
 - ``config``: the run's full resolved configuration (every field of its config
   dataclass, defaults included); the resolved hyperparameters of each method are in the
   results' own ``hparams``;
+- ``environment``: the variables that change what runs (``JAXUNLEARN_*`` but the cache's
+  path, ``XLA_FLAGS``), those set;
 - ``finished``: the UTC time the results were written.
 
 Comparisons between runs (resumed against uninterrupted, one device against eight) leave
@@ -25,6 +27,7 @@ import dataclasses
 import datetime
 import importlib.metadata
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -64,6 +67,17 @@ def git_state(path: str | Path | None = None) -> dict | None:
           'dirty': status.returncode != 0 or bool(status.stdout.strip())}
 
 
+# where files go, not what runs
+_NOT_RECORDED = ('JAXUNLEARN_CACHE',)
+
+
+def environment() -> dict:
+  """The environment variables that change a run: ``JAXUNLEARN_*`` (the CPU convolution
+  lowering, ...) but the cache's path, and ``XLA_FLAGS``."""
+  return {k: v for k, v in sorted(os.environ.items())
+          if (k.startswith('JAXUNLEARN_') and k not in _NOT_RECORDED) or k == 'XLA_FLAGS'}
+
+
 def _jsonable(value):
   return json.loads(json.dumps(value, default=str))
 
@@ -87,5 +101,6 @@ def provenance(config=None) -> dict:
       'command': ' '.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
       'argv': list(sys.argv[1:]),
       'config': None if config is None else _jsonable(config),
+      'environment': environment(),
       'finished': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
   }

@@ -149,6 +149,8 @@ def test_results_record_their_provenance(tmp_path, monkeypatch):
   import jaxunlearn
   from jaxunlearn import provenance as P
   monkeypatch.setattr(sys, 'argv', ['jaxunlearn', 'run', '--seeds', '0'])
+  monkeypatch.setenv('JAXUNLEARN_CPU_CONV', 'xla')
+  monkeypatch.setenv('JAXUNLEARN_CACHE', str(tmp_path / 'cache'))
   registry = {'good': Method(_good)}
   run_job(ToyJob(registry, Config(seeds=(0,), methods=('good',))), tmp_path / 'out')
   record = json.loads((tmp_path / 'out' / 'results.json').read_text())['provenance']
@@ -158,6 +160,9 @@ def test_results_record_their_provenance(tmp_path, monkeypatch):
   assert record['config'] == {'seeds': [0], 'methods': ['good'], 'max_nonfinite': 3,
                               'checkpoint_every': 0, 'progress': False}
   assert record['command'] == 'jaxunlearn run --seeds 0'
+  # what changes a run is recorded, where files go is not
+  assert record['environment']['JAXUNLEARN_CPU_CONV'] == 'xla'
+  assert 'JAXUNLEARN_CACHE' not in record['environment']
   assert record['backend'] == 'cpu' and record['devices']['count'] >= 1
   repo = Path(jaxunlearn.__file__).resolve().parent.parent
   head = subprocess.run(['git', '-C', str(repo), 'rev-parse', 'HEAD'], capture_output=True,

@@ -23,10 +23,15 @@ def _reproduce():
 
 def test_every_published_result_resolves_and_is_current_or_marked_historical():
   rp = _reproduce()
+  shown_beside = {b for entry in rp.RESULTS.values() for b in entry.beside}
   for name, entry in rp.RESULTS.items():
-    resolve_run(entry.argv)  # a command today's CLI accepts
+    if entry.script:  # a benchmark: its script exists, with the --json it is run with
+      assert '--json' in (ROOT / 'experiments' / entry.script).read_text(), name
+    else:
+      resolve_run(entry.argv)  # a command today's CLI accepts
     assert entry.pending or (rp.RESULTS_DIR / name / 'results.json').is_file(), name
-    assert entry.historical or entry.docs, f'{name}: its table belongs in some docs file'
+    assert entry.historical or entry.docs or name in shown_beside, (
+        f'{name}: its table belongs in some docs file')
   assert rp.check() == {}
 
 
@@ -175,3 +180,77 @@ def test_a_summary_puts_one_methods_numbers_from_several_results_side_by_side(tm
   assert rp.check(base=tmp_path, root=tmp_path) == {}
   (tmp_path / 'doc.md').write_text(block.replace('19.10', '19.00') + '\n')  # typed by hand
   assert 'differs from its results' in rp.check(base=tmp_path, root=tmp_path)['s'][0]
+
+
+def _bench(tmp_path, name, plain, salun, argv, environment):
+  """A stored ``bench.py`` result as the script writes it (with its provenance)."""
+  results = {'ms': {'plain': plain, 'salun': salun, 'torch_plain': 50.0},
+             'ratios': {'salun / plain': salun / plain, 'plain: jax / torch': plain / 50.0},
+             'peak_memory_mib': {'plain': 64.0, 'salun': 70.25},
+             'provenance': {'argv': argv, 'environment': environment,
+                            'finished': '2026-12-05T12:00:00+00:00',
+                            'devices': {'count': 1, 'kind': 'cpu'}}}
+  (tmp_path / name).mkdir(parents=True)
+  (tmp_path / name / 'results.json').write_text(json.dumps(results))
+  return results
+
+
+def test_a_benchmark_table_is_rendered_from_its_runs_and_checked_against_its_command(
+    tmp_path, monkeypatch):
+  rp = _reproduce()
+  monkeypatch.setattr(rp, 'RESULTS', {
+      'old': rp.Result(('--no-diffusion',), script='bench.py', table='steps', label='xla',
+                       env=(('JAXUNLEARN_CPU_CONV', 'xla'),)),
+      'new': rp.Result(('--no-diffusion',), script='bench.py', table='steps', label='auto',
+                       beside=('old',), docs=('doc.md',))})
+  old = _bench(tmp_path, 'old', 160.0, 170.0, ['--no-diffusion', '--json', 'x.json'],
+               {'JAXUNLEARN_CPU_CONV': 'xla'})
+  new = _bench(tmp_path, 'new', 110.0, 121.0, ['--no-diffusion', '--json=y.json'], {})
+  block = rp.render_block('new', new, tmp_path)
+  lines = block.splitlines()
+  assert lines[1:5] == [
+      '| step | ms, xla | ms, auto | / plain (auto) | peak MiB (xla / auto) | PyTorch ms '
+      '(xla / auto) |', '|---|---|---|---|---|---|',
+      '| plain (FT) | 160.00 | 110.00 | 1.00 | 64.0 / 64.0 | 50.00 / 50.00 |',
+      '| salun (masked RL) | 170.00 | 121.00 | 1.10 | 70.2 / 70.2 |  |']
+  assert 'JAX / PyTorch: xla: plain 3.20; auto: plain 2.20.' in lines
+  assert ('xla: (measured 2026-12-05; 1 x cpu) `JAXUNLEARN_CPU_CONV=xla python '
+          'experiments/bench.py --no-diffusion --json experiments/results/old/results.json`'
+          in lines)
+  (tmp_path / 'doc.md').write_text(block + '\n')
+  assert rp.check(base=tmp_path, root=tmp_path) == {}
+  # made under another environment or with other arguments than registered: stale
+  old['provenance']['environment'] = {}
+  (tmp_path / 'old' / 'results.json').write_text(json.dumps(old))
+  assert rp.check(base=tmp_path, root=tmp_path) == {'old': [
+      "stale: made with JAXUNLEARN_CPU_CONV=None, registered 'xla'"]}
+  new['provenance']['argv'] = ['--json', 'y.json', '--width', '64']
+  (tmp_path / 'new' / 'results.json').write_text(json.dumps(new))
+  assert rp.check(['new'], base=tmp_path, root=tmp_path)['new'][0] == (
+      "stale: made by the arguments ['--width', '64'], registered ['--no-diffusion']")
+  # and the table follows its JSON, not the hand
+  (tmp_path / 'doc.md').write_text(block.replace('121.00', '120.00') + '\n')
+  assert any('differs from its results.json' in p
+             for p in rp.check(['new'], base=tmp_path, root=tmp_path)['new'])
+
+
+def test_the_memory_and_collectives_tables_read_their_scripts_json():
+  rp = _reproduce()
+  rows = [{'batch': b, 'remat': r, 'residuals_GiB': 1.0 + b, 'estimate_GiB': 10.0 * b,
+           'peak_GiB': 3.0, 'backend': 'gpu', **({'step_ms': 812.4, 'device_peak_GiB': 16.5}
+                                                if r else {})}
+          for b in (1, 4) for r in (False, True)]
+  table = rp.sd_memory_table({'rows': rows})
+  assert table[0] == ('| batch | remat | saved residuals | estimate | XLA:GPU compiled peak | '
+                      'step ms | measured peak |')
+  assert table[3] == '| 1 | yes | 2.0 GiB | **10.0 GiB** | 3.0 GiB | 812 | 16.5 GiB |'
+  assert table[4] == '| 4 | no | 5.0 GiB | 40.0 GiB | 3.0 GiB | nan | nan GiB |'
+  ops = lambda n: {'all-reduce': {'count': n, 'bytes': n * 2**20},
+                   'all-gather': {'count': 2, 'bytes': 3 * 2**30}}
+  models = [{'model': 'resnet18', 'rows': [
+      {'program': 'plain step', 'shard_params': s, 'collectives': ops(35 + s)}
+      for s in (False, True)]}]
+  table = rp.collectives_table({'models': models})
+  assert table[0] == ('| program | ResNet-18, params replicated | ResNet-18, `--shard-params` |')
+  assert table[2] == ('| plain step (FT, RL, GA, Retrain) | all-gather ×2 3072 MiB + all-reduce '
+                      '×35 35.0 MiB | all-gather ×2 3072 MiB + all-reduce ×36 36.0 MiB |')
