@@ -107,6 +107,32 @@ def test_esd_trains_its_subset_only_and_lowers_its_loss(tiny, subset, lr, steps)
   assert after < 0.8 * before, (before, after)
 
 
+def test_esd_is_given_the_prompts_that_name_the_concept_alone(tiny, monkeypatch):
+  """ESD's prompt is the concept ("three", "3", as train-esd.py's ``--prompt 'nudity'``),
+  not every caption of the forget images: the digits job passes those ids as
+  ``concept_y``; without them ESD falls back on the forget labels."""
+  from jaxunlearn.diffusion import methods as M
+  from jaxunlearn.diffusion.text import caption_ids, concept_templates
+  from jaxunlearn.methods import resolve_hparams
+  _, _, frozen, frozen_vars, _ = tiny
+  seen = []
+  real = M.Phase
+  monkeypatch.setattr(M, 'Phase', lambda x, y, *a, **k: (seen.append(np.asarray(y)),
+                                                         real(x, y, *a, **k))[1])
+  concept = caption_ids([3], concept_templates())
+  assert [PROMPTS[i] for i in concept] == ['three', '3']
+  hp = resolve_hparams('esd', {'steps': 1, 'ddim_steps': 2, 'train_method': 'xattn'},
+                       M.GENERATION_METHODS)
+  M.GENERATION_METHODS['esd'].run(_task(frozen, frozen_vars, concept_y=concept), hp)
+  M.GENERATION_METHODS['esd'].run(_task(frozen, frozen_vars), hp)
+  np.testing.assert_array_equal(seen[0], concept)
+  np.testing.assert_array_equal(seen[1], _task(frozen, frozen_vars).forget_y)
+  for bad, match in ((np.array([], np.int32), 'non-empty'), (np.array([3.0]), 'prompt ids'),
+                     (np.array([500]), 'outside 0..119')):
+    with pytest.raises(ValueError, match=match):
+      _task(frozen, frozen_vars, concept_y=bad)
+
+
 def _at(tree, path):
   for p in path:
     tree = tree[p.key]

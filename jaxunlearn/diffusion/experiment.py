@@ -534,14 +534,17 @@ class _Generation(Job):
               control=LoopControl(ckpt, config.max_nonfinite),
               parallel=config.devices())[0],
           checkpoint_every=config.checkpoint_every)
-    num_conditions = ds.num_classes
+    num_conditions, concept = ds.num_classes, None
     if config.model == 't2i':  # unlearning changes the UNet alone, as on Stable Diffusion
-      from jaxunlearn.diffusion.text import freeze_text
+      from jaxunlearn.diffusion.text import concept_templates, freeze_text
       unet, original = freeze_text(unet, original)
       num_conditions = unet.num_prompts - 1
+      # ESD's prompt is the concept alone ("three", "3"), not a caption around it
+      concept = caption_ids([self.cls], concept_templates(), ds.num_classes)
     task = GenerationTask(unet, original, x_train[split.forget], y_train[split.forget],
                           x_train[split.retain], y_train[split.retain], num_conditions,
-                          self.ddpm, seed, config.progress, parallel=config.devices())
+                          self.ddpm, seed, config.progress, parallel=config.devices(),
+                          concept_y=concept)
     return _SeedRun(self, seed, task, info['seconds'])
 
   def results(self, per_seed: dict, originals: list, hparams: dict) -> dict:

@@ -347,19 +347,20 @@ class ESD(Hyperparameters):
           'from it, on latents the model samples itself', ESD, registry=GENERATION_METHODS)
 def esd(task: GenerationTask, hp: ESD):
   """Erased Stable Diffusion (Gandikota et al. 2023; SalUn's ``SD/train-esd.py``): for
-  ``steps`` steps, ``z`` sampled by the current model toward the concept (forget
-  labels: its prompts or class) until a random DDIM step, the model's ``eps(z, t, c)``
+  ``steps`` steps, ``z`` sampled by the current model toward the concept (the prompts
+  naming it alone, ``task.concept_y``, else the forget labels) until a random DDIM step, the model's ``eps(z, t, c)``
   regressed onto ``eps_0(z, t, ∅) - eta (eps_0(z, t, c) - eps_0(z, t, ∅))`` of the frozen
   original (:class:`~jaxunlearn.diffusion.objectives.ErasedStableDiffusion`); Adam 1e-5 on
   the ``train_method`` subset only (the others frozen bit for bit), no clipping. The
   forget images are not used, only their shape and labels."""
   objective = ErasedStableDiffusion(task.model, task.diffusion, task.null_class,
                                     hp.negative_guidance, hp.start_guidance, hp.ddim_steps)
-  placeholders = np.zeros_like(task.forget_x)
+  concept = task.concept_labels
+  placeholders = np.zeros((len(concept), *task.forget_x.shape[1:]), task.forget_x.dtype)
   start = {**task.variables, ESD_ORIGINAL: task.variables}
   optim = OptimSpec('adam', hp.lr, momentum=0.9, weight_decay=0.0, clip_norm=0.0,
                     saliency=True)
-  variables, _ = fit(start, [Phase(placeholders, task.forget_y, objective, 'esd')],
+  variables, _ = fit(start, [Phase(placeholders, concept, objective, 'esd')],
                      steps=hp.steps, batch_size=hp.batch_size, optim=optim,
                      mask=esd_mask(task.variables['params'], hp.train_method),
                      **task.loop('esd'))

@@ -135,6 +135,12 @@ TRAIN_TEMPLATES = tuple(t.format(name=name) for t in (
 HELD_OUT_TEMPLATES = ('a drawing of the number {word}', 'the handwritten digit {digit}')
 
 
+def concept_templates(templates: Sequence[str] = TRAIN_TEMPLATES) -> list[int]:
+  """The indices of ``templates`` that name the digit and nothing else (``'{word}'``,
+  ``'{digit}'``): the concept alone, as ESD's prompt names it."""
+  return [k for k, t in enumerate(templates) if t in ('{word}', '{digit}')]
+
+
 def digit_prompts(templates: Sequence[str] = TRAIN_TEMPLATES + HELD_OUT_TEMPLATES,
                   num_classes: int = 10) -> list[str]:
   """Every template filled with every digit, template-major (prompt ``k * num_classes +

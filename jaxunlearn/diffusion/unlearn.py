@@ -44,6 +44,9 @@ class GenerationTask(TaskSets):
     diffusion: the noise schedule the model was trained with.
     latents: the images are a VAE's latents (any finite values), not pixels in [-1, 1]
       (a latent diffusion model such as Stable Diffusion).
+    concept_y: the ids of the prompts that name the concept alone ("three", "3"; what
+      ESD is given, as ``train-esd.py``'s ``--prompt 'nudity'``); ``None``: the forget
+      labels.
     seed, progress, callback, callback_every, parallel, control: as
       :class:`jaxunlearn.methods.UnlearnTask` (``parallel``: the steps, masks and Fisher
       statistics run on its devices; 'vmap' ensembles are not supported here).
@@ -64,9 +67,18 @@ class GenerationTask(TaskSets):
   parallel: Parallel = SINGLE
   control: LoopControl | None = None
   latents: bool = False
+  concept_y: np.ndarray | None = None
 
   def __post_init__(self):
     check_sets(self)
+    if self.concept_y is not None:
+      concept = np.asarray(self.concept_y)
+      if concept.ndim != 1 or len(concept) == 0 or not np.issubdtype(concept.dtype, np.integer):
+        raise ValueError(f'concept_y must be a non-empty 1-D array of prompt ids, got '
+                         f'{concept.dtype} {concept.shape}')
+      if concept.min() < 0 or concept.max() >= self.num_classes:
+        raise ValueError(f'concept_y holds ids outside 0..{self.num_classes - 1}: '
+                         f'{concept.min()}..{concept.max()}')
     if self.parallel.is_ensemble:
       raise ValueError("diffusion unlearning runs one model: parallel mode 'vmap' (an "
                        "ensemble) is for classification; use 'none', 'pmap' or 'shard'")
@@ -86,6 +98,11 @@ class GenerationTask(TaskSets):
   @property
   def null_class(self) -> int:
     return self.num_classes
+
+  @property
+  def concept_labels(self) -> np.ndarray:
+    """The prompts naming the concept alone (``concept_y``), else the forget labels."""
+    return np.asarray(self.forget_y if self.concept_y is None else self.concept_y, np.int32)
 
   def validate(self) -> None:
     """Checks that cost a pass over the data (no forget image in the retain set) and that
