@@ -36,7 +36,7 @@ from jaxunlearn import checkpoint
 from jaxunlearn.data import check_before_loading, make_split, parse_scenario
 from jaxunlearn.data.digits import load_digits
 from jaxunlearn.data.tfds import load_tfds
-from jaxunlearn.diffusion.methods import DIT_RECIPE, GENERATION_METHODS
+from jaxunlearn.diffusion.methods import DIT_RECIPE, GENERATION_METHODS, T2I_RECIPE
 from jaxunlearn.diffusion.train import DiffusionConfig, train_diffusion
 from jaxunlearn.diffusion.unlearn import GenerationTask, generate
 from jaxunlearn.evaluate import summarize
@@ -232,8 +232,9 @@ class GenerationConfig:
 
   def method_overrides(self, name: str) -> dict:
     """A method's hyperparameter overrides: the model's recipe (a DiT's ``sfron`` is SFR-on's
-    DiT code, :data:`jaxunlearn.diffusion.methods.DIT_RECIPE`), then ``overrides``."""
-    recipe = DIT_RECIPE.get(name, {}) if self.model == 'dit' else {}
+    DiT code, :data:`jaxunlearn.diffusion.methods.DIT_RECIPE`; the digits text-to-image
+    model's ESD, :data:`~jaxunlearn.diffusion.methods.T2I_RECIPE`), then ``overrides``."""
+    recipe = {'dit': DIT_RECIPE, 't2i': T2I_RECIPE}.get(self.model, {}).get(name, {})
     return {**recipe, **self.overrides.get(name, {})}
 
   def devices(self) -> Parallel:
