@@ -46,6 +46,10 @@ RESULTS_DIR = ROOT / 'experiments' / 'results'
 FIDELITY = ('retrain,ft,ga,rl,salun,salun_joint,l1_sparse,iu,bs,be,scrub,bad_teacher,sfron,'
             'sfron_hvp,lur')
 BEFORE_PROVENANCE = 'measured before results.json recorded its provenance (2026-12-04)'
+T2I_BEFORE = ("measured before ESD was given the concept alone ('three', '3'): it was given "
+              'every caption of the digit; 1000 iterations were the default')
+T2I_RECIPE_BEFORE = ('measured when 1000 iterations were the default (before T2I_RECIPE), '
+                     'so recorded without the --set of the steps')
 BENCH_BEFORE = 'measured before the benchmark scripts recorded their provenance (2026-12-05)'
 
 
@@ -184,6 +188,20 @@ RESULTS = {
          '--check-every', '10'),
         docs=('README.md', 'docs/stable-diffusion.md'), table='generation',
         pending='three originals and twelve method runs, hours on two cores; under way'),
+    # ESD's settings on the digits text-to-image model, seed 0 (a summary in
+    # docs/stable-diffusion.md)
+    **{f'esd_t2i_{name}': Result(
+        ('run', '--task', 'text-to-image', '--scenario', 'class:3', '--methods', 'esd',
+         '--seeds', '0', '--check-every', '50', *sets), table='generation', historical=why,
+        measured='measured 2026-12-05' if why else '')
+       for name, sets, why in (
+           ('xattn', ('--set', 'esd.train_method=xattn', '--set', 'esd.steps=1000'), T2I_BEFORE),
+           ('xattn_lr1e-4', ('--set', 'esd.train_method=xattn', '--set', 'esd.lr=1e-4', '--set',
+                             'esd.steps=1000'), T2I_BEFORE),
+           ('concept_1000', ('--set', 'esd.steps=1000'), T2I_RECIPE_BEFORE),
+           ('concept_lr5e-6', ('--set', 'esd.lr=5e-6', '--set', 'esd.steps=1000'),
+            T2I_RECIPE_BEFORE),
+           ('concept_600', ('--set', 'esd.steps=600'), ''))},
     # benchmarks (markdown tables; the times and sizes of the host that ran them)
     'bench_cpu_xla_conv': Result(
         ('--no-diffusion',), script='bench.py', env=(('JAXUNLEARN_CPU_CONV', 'xla'),),
@@ -225,12 +243,26 @@ class Summary:
   rows: tuple                    # (row title, (result name per column, ...)), ...
   docs: tuple = ()
   corner: str = ''               # the row titles' column title
+  cell: str = 'variant'          # what a result's numbers fill its cell(s) with (CELLS)
 
 
 def _variant_cell(stats: dict) -> str:
   mean = lambda key: f"{stats[key]['mean']:.2f}"
   return (f"{mean('UA')} / {mean('RA')} / {mean('TA')} / **{mean('avg_gap')}** ± "
           f"{stats['avg_gap']['std']:.2f}")
+
+
+def _forgetting_cells(stats: dict) -> str:
+  """A generation result's UA, iterations to forget, acc_remaining and FID: four cells."""
+  steps = stats.get('steps_to_forget')
+  return ' | '.join([f"{stats['UA']['mean']:.1f}",
+                     'never' if steps is None else f"{steps['mean']:.0f}",
+                     f"{stats['acc_remaining']['mean']:.1f}", f"{stats['FID']['mean']:.1f}"])
+
+
+# a summary's cells: classification's 'UA / RA / TA / Avg. Gap' in one cell; a generation
+# run's UA | forgotten at | acc_remaining | FID in four
+CELLS = {'variant': _variant_cell, 'forgetting': _forgetting_cells}
 
 
 SUMMARIES = {
@@ -242,6 +274,14 @@ SUMMARIES = {
                                                           'lur_rlre_random10')),
          ('gradient ascent + SNIP re-init', ('lur_gare_class3', 'lur_gare_random10'))),
         docs=('docs/lur.md',), corner='variant'),
+    'esd_digits_t2i': Summary(
+        'esd', ('UA (held-out)', 'forgotten at', 'acc_remaining', 'FID'),
+        (('every caption, `xattn`, 1000 iterations', ('esd_t2i_xattn',)),
+         ('every caption, `xattn`, lr 1e-4, 1000', ('esd_t2i_xattn_lr1e-4',)),
+         ('"three" and "3", 1000 iterations', ('esd_t2i_concept_1000',)),
+         ('"three" and "3", lr 5e-6, 1000', ('esd_t2i_concept_lr5e-6',)),
+         ('**"three" and "3", 600 iterations (the default)**', ('esd_t2i_concept_600',))),
+        docs=('docs/stable-diffusion.md',), corner='ESD (seed 0)', cell='forgetting'),
 }
 
 
@@ -259,7 +299,7 @@ def render_summary(name: str, base: Path = RESULTS_DIR) -> str:
       if results is None:
         raise ValueError(f'summary {name}: {base / result}/results.json is missing: python '
                          f'experiments/reproduce.py --only {result}')
-      cells.append(_variant_cell(results['methods'][summary.method]))
+      cells.append(CELLS[summary.cell](results['methods'][summary.method]))
       note = _line_under(result, results)
       if note not in notes:
         notes.append(note)

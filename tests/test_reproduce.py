@@ -23,7 +23,9 @@ def _reproduce():
 
 def test_every_published_result_resolves_and_is_current_or_marked_historical():
   rp = _reproduce()
-  shown_beside = {b for entry in rp.RESULTS.values() for b in entry.beside}
+  shown_beside = ({b for entry in rp.RESULTS.values() for b in entry.beside}
+                  | {r for summary in rp.SUMMARIES.values() for _, row in summary.rows
+                     for r in row})
   for name, entry in rp.RESULTS.items():
     if entry.script:  # a benchmark: its script exists, with the --json it is run with
       assert '--json' in (ROOT / 'experiments' / entry.script).read_text(), name
@@ -254,3 +256,13 @@ def test_the_memory_and_collectives_tables_read_their_scripts_json():
   assert table[0] == ('| program | ResNet-18, params replicated | ResNet-18, `--shard-params` |')
   assert table[2] == ('| plain step (FT, RL, GA, Retrain) | all-gather ×2 3072 MiB + all-reduce '
                       '×35 35.0 MiB | all-gather ×2 3072 MiB + all-reduce ×36 36.0 MiB |')
+
+
+def test_a_generation_summary_shows_ua_iterations_to_forget_accuracy_and_fid():
+  rp = _reproduce()
+  stat = lambda v: {'mean': v, 'std': 0.0}
+  stats = {'UA': stat(98.0), 'steps_to_forget': stat(550.0), 'acc_remaining': stat(64.22),
+           'FID': stat(27.904)}
+  assert rp.CELLS['forgetting'](stats) == '98.0 | 550 | 64.2 | 27.9'
+  stats['steps_to_forget'] = None  # not forgotten on any seed
+  assert rp.CELLS['forgetting'](stats) == '98.0 | never | 64.2 | 27.9'
