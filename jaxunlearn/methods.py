@@ -361,10 +361,12 @@ class GA(SGD):
 
 @register('ga', 'Gradient ascent: -CE on D_f', GA)
 def ga(task: UnlearnTask, hp: GA):
-  """``clip_norm`` clips each gradient before SGD's weight decay and momentum, as
-  ``clip_grad_norm`` before ``SGD.step`` (SFR-on's code: 0.1 on CIFAR-10)."""
-  return _fit(task, hp, [task.forget_phase(losses.gradient_ascent)], 'ga',
-              clip_norm=hp.clip_norm)
+  """SGD ascending CE on D_f (``ascent``: the gradient of CE with its sign flipped, the
+  gradient of -CE bit for bit, in the plain step's compiled program). ``clip_norm`` clips
+  each gradient before SGD's weight decay and momentum, as ``clip_grad_norm`` before
+  ``SGD.step`` (SFR-on's code: 0.1 on CIFAR-10)."""
+  return _fit(task, hp, [task.forget_phase(losses.cross_entropy)], 'ga',
+              clip_norm=hp.clip_norm, ascent=True)
 
 
 def _salun_mask(task: UnlearnTask, hp):

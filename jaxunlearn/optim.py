@@ -52,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -79,6 +80,12 @@ class OptimSpec:
     total_steps: the horizon of the schedules; loops set it (steps; a pair: iterations).
     clip_norm: global-norm clip of the gradient the optimizer receives (0: none).
     saliency: install the saliency mask (``set_saliency_mask`` after init).
+    ascent: ascend the objective: the loop descends ``-objective`` (GA on cross-entropy),
+      bit for bit. With :attr:`numbers_in_state` the sign is a number of the optimizer
+      state like the learning rate (:func:`gradient_sign`), which the library's training
+      step (:func:`jaxunlearn.step.train_step`) multiplies its loss by, so GA's step is the
+      plain step's compiled program (a loop of your own reads it the same way); otherwise
+      the chain negates the gradient itself. Single chains without penalties only.
 
   The forget gradient (joint steps and fast-slow pairs):
     forget_weight: its weight; None: a single-objective chain.
@@ -132,6 +139,7 @@ class OptimSpec:
   l1_decay_steps: int = 1
   elastic: float = 0.0
   every: int = 0
+  ascent: bool = False
 
   def __post_init__(self):
     for name, allowed in _CHOICES.items():
@@ -166,6 +174,11 @@ class OptimSpec:
     if self.project_every and (self.forget_weight is None or self.every):
       raise ValueError('the forget-memory projection (project_every > 0) acts on joint steps: '
                        'it needs forget_weight and every=0')
+    if self.ascent and (self.every or self.forget_weight is not None or self.l1
+                        or self.elastic):
+      raise ValueError('ascent flips the sign of one objective\'s gradient: it is for single '
+                       'chains without penalties (no forget_weight, every, l1 or elastic, '
+                       'whose terms it would flip too); put the sign in the loss instead')
     if self.lookahead_lr > 0 and self.forget_weight is None:
       raise ValueError('the look-ahead (lookahead_lr > 0) combines forget and retain '
                        'gradients: it needs forget_weight')
@@ -212,7 +225,7 @@ class OptimSpec:
     if not self.numbers_in_state:
       return self
     # a constant rate runs as a cosine over an infinite horizon (make_tx): one program
-    return dataclasses.replace(self, lr=1.0, total_steps=1, schedule='cosine')
+    return dataclasses.replace(self, lr=1.0, total_steps=1, schedule='cosine', ascent=False)
 
   def over(self, total_steps: int) -> OptimSpec:
     """The spec with its schedules spanning ``total_steps`` (what loops call)."""
@@ -243,13 +256,16 @@ class OptimSpec:
 
 def _optimizer(spec: OptimSpec, lr) -> optax.GradientTransformation:
   return _base_optimizer(lr, optimizer=spec.optimizer, momentum=spec.momentum,
-                         weight_decay=spec.weight_decay)
+                         weight_decay=spec.weight_decay, sign=-1.0 if spec.ascent else None)
 
 
-def _base_optimizer(learning_rate, *, optimizer, momentum, weight_decay):
+def _base_optimizer(learning_rate, *, optimizer, momentum, weight_decay, sign=None):
+  """Weight decay and the optimizer; ``sign`` (a number, possibly traced) multiplies the
+  gradient first (:attr:`OptimSpec.ascent`)."""
   opt = (optax.adam(learning_rate, b1=momentum) if optimizer == 'adam' else
          optax.sgd(learning_rate, momentum=momentum or None))
-  return optax.chain(optax.add_decayed_weights(weight_decay), opt)
+  flip = [] if sign is None else [optax.scale(sign)]
+  return optax.chain(*flip, optax.add_decayed_weights(weight_decay), opt)
 
 
 def _cosine_decay(peak, horizon):
@@ -262,13 +278,30 @@ def _cosine_decay(peak, horizon):
   return schedule
 
 
-def _base_with_numbers(learning_rate, horizon, *, schedule, optimizer, momentum, weight_decay):
+def _base_with_numbers(learning_rate, horizon, gradient_sign, *, schedule, optimizer, momentum,
+                       weight_decay):
   """The base optimizer of a :attr:`OptimSpec.numbers_in_state` spec, a factory for
-  ``optax.inject_hyperparams``: ``learning_rate`` and ``horizon`` (a float, as optax's
-  schedule makes it) arrive as state arrays, the rest are static."""
+  ``optax.inject_hyperparams``: ``learning_rate``, ``horizon`` (a float, as optax's
+  schedule makes it) and ``gradient_sign`` (1, or -1 to ascend: exact either way) arrive
+  as state arrays, the rest are static."""
+  del gradient_sign  # read by the step, which flips the loss (gradient_sign below)
   lr = _cosine_decay(learning_rate, horizon) if schedule == 'cosine' else learning_rate
   return _base_optimizer(lr, optimizer=optimizer, momentum=momentum,
                          weight_decay=weight_decay)
+
+
+def gradient_sign(opt_state):
+  """The ``gradient_sign`` number of an optimizer state that holds one (a
+  :attr:`OptimSpec.numbers_in_state` chain), else ``None``. The training step multiplies
+  the loss it differentiates by it: the backward pass then starts from -1 instead of 1, so
+  every gradient is exactly negated, and nothing else in the step changes (a sign applied
+  to the gradient inside the chain let XLA fuse the weight decay's multiply-add
+  differently, and every plain step's float32 rounding moved with it)."""
+  injected = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+  found = [s.hyperparams['gradient_sign'] for s in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, injected))
+           if isinstance(s, injected) and 'gradient_sign' in s.hyperparams]
+  return found[0] if found else None
 
 
 def make_tx(spec: OptimSpec, axis_name: str | None = None
@@ -303,7 +336,8 @@ def make_tx(spec: OptimSpec, axis_name: str | None = None
     horizon = float(max(spec.total_steps, 1)) if spec.schedule == 'cosine' else math.inf
     opt = optax.inject_hyperparams(
         _base_with_numbers, static_args=('schedule', 'optimizer', 'momentum', 'weight_decay'))(
-            learning_rate=spec.lr, horizon=horizon, schedule='cosine', optimizer=spec.optimizer,
+            learning_rate=spec.lr, horizon=horizon, gradient_sign=-1.0 if spec.ascent else 1.0,
+            schedule='cosine', optimizer=spec.optimizer,
             momentum=spec.momentum, weight_decay=spec.weight_decay)
   else:
     opt = _optimizer(spec, spec.learning_rate())

@@ -142,10 +142,13 @@ def _pmean(tree, axis_name):
   return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
-def _loss_and_grads(params, model_state, batch, key, objective, axis_name=None):
+def _loss_and_grads(params, model_state, batch, key, objective, axis_name=None, sign=None):
   """Global-batch loss, metrics and gradient (averaged over devices under ``pmap``), and
-  the new model state."""
+  the new model state; ``sign`` (a number) multiplies the loss first."""
   fn = batch_objective(objective, model_state, batch, key, axis_name)
+  if sign is not None:
+    unsigned = fn
+    fn = lambda p: (lambda out: (out[0] * sign, out[1]))(unsigned(p))  # noqa: E731
   (loss, (new_model_state, metrics)), grads = jax.value_and_grad(fn, has_aux=True)(params)
   loss, metrics, grads = _pmean((loss, metrics, grads), axis_name)
   return loss, metrics, grads, new_model_state
@@ -172,9 +175,11 @@ def train_step(state: TrainState, x, y, w, base_key, *, objective,
     finite is not applied (``skipped``; ``nonfinite`` counts such steps in a row, see
     :func:`finish_step`).
   """
+  from jaxunlearn.optim import gradient_sign
   key = jax.random.fold_in(base_key, state.step)
   loss, metrics, grads, model_state = _loss_and_grads(
-      state.params, state.model_state, (x, y, w), key, objective, axis_name)
+      state.params, state.model_state, (x, y, w), key, objective, axis_name,
+      gradient_sign(state.opt_state))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state, guard = finish_step(state, updates, opt_state, model_state, loss)
   return new_state, {'loss': loss, **metrics, **guard}

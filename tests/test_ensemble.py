@@ -55,11 +55,12 @@ def test_ensemble_training_equals_one_model_at_a_time(setup):
   assert not np.allclose(jax.tree.leaves(singles[0])[0], jax.tree.leaves(singles[1])[0])
 
 
-@pytest.mark.slow  # three methods compiled twice each: ~110 s on 2 cores
+@pytest.mark.slow  # four methods compiled twice each: ~130 s on 2 cores
 @pytest.mark.parametrize('name,hp', [
     ('salun', {'epochs': 1, 'batch_size': 64}),            # per-model masks, then fit
     ('sfron', {'iterations': 3, 'batch_size': 64}),         # the fast-slow loop
-    ('lur', {'epochs': 1, 'batch_size': 64})])              # joint look-ahead steps
+    ('lur', {'epochs': 1, 'batch_size': 64}),               # joint look-ahead steps
+    ('ga', {'epochs': 1, 'batch_size': 64})])               # the sign in each model's state
 def test_ensemble_unlearning_equals_one_model_at_a_time(setup, name, hp):
   ds, model, split, singles, stacked = setup
   f, r = split.forget[:40], split.retain[:128]

@@ -87,6 +87,44 @@ def test_specs_differing_in_lr_horizon_and_schedule_share_one_step_with_their_ow
   assert counter.steps == 1
 
 
+@pytest.mark.parametrize('clip_norm', [0.0, 0.5])
+def test_ascent_is_descent_on_the_negated_loss_bit_for_bit_in_the_plain_program(clip_norm):
+  """GA as ``ascent`` on CE (the gradient's sign a number of the state) takes the steps of
+  descent on -CE exactly, and runs the plain CE step's compiled program."""
+  model = make_model('resnet1', 10, 4)
+  variables = init_variables(model, (8, 8, 1), 0)
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(16, 8, 8, 1)).astype(np.float32)
+  y, w = rng.integers(0, 10, 16).astype(np.int32), np.ones(16, np.float32)
+  key = jax.random.key(0)
+  ce = Classifier(model, losses.cross_entropy)
+  up = OptimSpec(lr=0.05, schedule='cosine', total_steps=9, clip_norm=clip_norm, ascent=True)
+  assert compiled_train_step(ce, up) is compiled_train_step(
+      ce, OptimSpec(lr=0.1, clip_norm=clip_norm))  # the plain step's program
+  down = OptimSpec(lr=0.05, schedule='cosine', total_steps=9, clip_norm=clip_norm)
+  neg = Classifier(model, losses.gradient_ascent)
+  runs = []
+  for objective, spec in ((ce, up), (neg, down)):
+    step, state = compiled_train_step(objective, spec), init_state(variables, spec())
+    for _ in range(6):
+      state, _ = step(state, x, y, w, key)
+    runs.append(state)
+  for got, want in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(runs[1].params)):
+    np.testing.assert_array_equal(got, want)
+  moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(runs[0].params),
+                                                jax.tree.leaves(variables['params']))]
+  assert max(moved) > 1e-3
+  # the constant chain (no numbers in the state) flips the sign as a constant
+  for a, b in zip(jax.tree.leaves(_optimizer(up, 0.1).update(variables['params'],
+                                                             _optimizer(up, 0.1).init(
+                                                                 variables['params']),
+                                                             variables['params'])[0]),
+                  jax.tree.leaves(variables['params'])):
+    np.testing.assert_allclose(a, 0.1 * (1 - 5e-4) * b, rtol=1e-6)
+  with pytest.raises(ValueError, match='ascent flips the sign'):
+    OptimSpec(ascent=True, l1=0.1)
+
+
 def test_a_resumed_state_takes_the_specs_numbers_and_keeps_what_it_learned():
   """The learning rate and horizon in the state are the spec's constants: a checkpoint that
   stored them otherwise (a constant rate's finite horizon, before it became infinite)
