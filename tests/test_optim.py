@@ -45,13 +45,18 @@ class _Compiles(logging.Handler):
     self.steps += 'Finished XLA compilation of jit(step)' in record.getMessage()
 
 
-def test_specs_differing_in_lr_horizon_and_schedule_share_one_step_with_their_own_numbers():
+def _toy(seed):
+  """A tiny ResNet, its variables and one batch ``(x, y, w)`` with a key."""
   model = make_model('resnet1', 10, 4)
   variables = init_variables(model, (8, 8, 1), 0)
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   x = rng.normal(size=(16, 8, 8, 1)).astype(np.float32)
   y, w = rng.integers(0, 10, 16).astype(np.int32), np.ones(16, np.float32)
-  key = jax.random.key(0)
+  return model, variables, x, y, w, jax.random.key(0)
+
+
+def test_specs_differing_in_lr_horizon_and_schedule_share_one_step_with_their_own_numbers():
+  model, variables, x, y, w, key = _toy(0)
   objective = Classifier(model, losses.cross_entropy)
   a = OptimSpec(lr=0.1, schedule='cosine', total_steps=5)
   b = OptimSpec(lr=0.02, schedule='cosine', total_steps=50)
@@ -91,12 +96,7 @@ def test_specs_differing_in_lr_horizon_and_schedule_share_one_step_with_their_ow
 def test_ascent_is_descent_on_the_negated_loss_bit_for_bit_in_the_plain_program(clip_norm):
   """GA as ``ascent`` on CE (the gradient's sign a number of the state) takes the steps of
   descent on -CE exactly, and runs the plain CE step's compiled program."""
-  model = make_model('resnet1', 10, 4)
-  variables = init_variables(model, (8, 8, 1), 0)
-  rng = np.random.default_rng(1)
-  x = rng.normal(size=(16, 8, 8, 1)).astype(np.float32)
-  y, w = rng.integers(0, 10, 16).astype(np.int32), np.ones(16, np.float32)
-  key = jax.random.key(0)
+  model, variables, x, y, w, key = _toy(1)
   ce = Classifier(model, losses.cross_entropy)
   up = OptimSpec(lr=0.05, schedule='cosine', total_steps=9, clip_norm=clip_norm, ascent=True)
   assert compiled_train_step(ce, up) is compiled_train_step(
