@@ -11,6 +11,7 @@ forget + retain step (:func:`forget_retain_step`) and a step along the forget gr
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -326,7 +327,26 @@ def compiled_train_step(objective, tx_factory: Callable[..., Any],
   :class:`~jaxunlearn.optim.OptimSpec`) are keyed by it: specs that keep their learning
   rate and horizon in the optimizer state share one compiled step.
   """
+  relabel = _relabelled(objective, parallel)
+  if relabel is not None:  # PROTOTYPE: random labels drawn outside, the step a CE step
+    from jaxunlearn import losses
+    plain = _compiled_train_step(dataclasses.replace(objective, loss=losses.cross_entropy),
+                                 _program(tx_factory), parallel)
+    return lambda state, x, y, w, key: plain(state, x, relabel(key, state.step, y), w, key)
   return _compiled_train_step(objective, _program(tx_factory), parallel)
+
+
+@functools.lru_cache(maxsize=32)
+def _relabelled(objective, parallel):
+  from jaxunlearn import losses
+  exclude = {losses.random_label_cross_entropy: True,
+             losses.random_label_cross_entropy_with_true: False}.get(
+                 getattr(objective, 'loss', None))
+  if exclude is None or parallel.mode != 'none':
+    return None
+  classes = objective.model.num_classes
+  return jax.jit(lambda key, step, y: losses.random_labels(
+      jax.random.fold_in(key, step), y, classes, exclude))
 
 
 @functools.lru_cache(maxsize=128)
