@@ -328,7 +328,7 @@ def compiled_train_step(objective, tx_factory: Callable[..., Any],
   rate and horizon in the optimizer state share one compiled step.
   """
   relabel = _relabelled(objective, parallel)
-  if relabel is not None:  # PROTOTYPE: random labels drawn outside, the step a CE step
+  if relabel is not None:  # random labels drawn beside the step: the step is a CE step
     from jaxunlearn import losses
     plain = _compiled_train_step(dataclasses.replace(objective, loss=losses.cross_entropy),
                                  _program(tx_factory), parallel)
@@ -338,15 +338,23 @@ def compiled_train_step(objective, tx_factory: Callable[..., Any],
 
 @functools.lru_cache(maxsize=32)
 def _relabelled(objective, parallel):
+  """For an objective whose loss is CE on random labels (RL's, SalUn's forget loss), the
+  compiled draw of those labels: the same draw the step would make
+  (``random_labels(fold_in(key, step), y)``, per model in an ensemble), made beside the
+  step, so that the step is the plain CE step's compiled program (the same numbers bit for
+  bit; the step's ``accuracy`` metric is then against the drawn labels). ``None`` for other
+  losses and over several devices (``pmap``, ``shard``: the step draws them itself, its
+  batch split as it arrives)."""
   from jaxunlearn import losses
   exclude = {losses.random_label_cross_entropy: True,
              losses.random_label_cross_entropy_with_true: False}.get(
                  getattr(objective, 'loss', None))
-  if exclude is None or parallel.mode != 'none':
+  classes = getattr(getattr(objective, 'model', None), 'num_classes', None)
+  if exclude is None or classes is None or parallel.mode not in ('none', 'vmap'):
     return None
-  classes = objective.model.num_classes
-  return jax.jit(lambda key, step, y: losses.random_labels(
-      jax.random.fold_in(key, step), y, classes, exclude))
+  def one(key, step, y):
+    return losses.random_labels(jax.random.fold_in(key, step), y, classes, exclude)
+  return jax.jit(jax.vmap(one) if parallel.mode == 'vmap' else one)
 
 
 @functools.lru_cache(maxsize=128)

@@ -151,3 +151,33 @@ def test_a_resumed_state_takes_the_specs_numbers_and_keeps_what_it_learned():
   for a, b in zip(jax.tree.leaves(injected(got).inner_state),
                   jax.tree.leaves(injected(old).inner_state)):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('loss', [losses.random_label_cross_entropy,
+                                  losses.random_label_cross_entropy_with_true])
+def test_random_labels_drawn_beside_the_step_give_the_same_steps_in_the_plain_program(loss):
+  """RL's forget pass: the labels drawn beside the compiled step (the same key, the same
+  draw) make it the plain CE step's program, with the steps of the in-step draw bit for
+  bit."""
+  model, variables, x, y, w, key = _toy(2)
+  spec = OptimSpec(lr=0.05)
+  rl = Classifier(model, loss)
+  beside = compiled_train_step(rl, spec)
+  assert compiled_train_step(Classifier(model, losses.cross_entropy), spec) is not beside
+  inside = jax.jit(functools.partial(train_step, objective=rl, tx=spec()))
+  a, b = init_state(variables, spec()), init_state(variables, spec())
+  for _ in range(5):
+    a, _ = beside(a, x, y, w, key)
+    b, _ = inside(b, x, y, w, key)
+  for got, want in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(got, want)
+  counter = _Compiles()
+  logger = logging.getLogger('jax._src.dispatch')
+  logger.addHandler(counter)
+  try:
+    with jax.log_compiles():
+      plain = compiled_train_step(Classifier(model, losses.cross_entropy), spec)
+      plain(init_state(variables, spec()), x, y, w, key)
+  finally:
+    logger.removeHandler(counter)
+  assert counter.steps == 0  # the plain step is the program RL's pass compiled
