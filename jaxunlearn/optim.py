@@ -290,6 +290,17 @@ def _base_with_numbers(learning_rate, horizon, gradient_sign, *, schedule, optim
                          weight_decay=weight_decay)
 
 
+INJECTED_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+"""The state classes of ``optax.inject_hyperparams`` (stateless and stateful schedules):
+where a :attr:`OptimSpec.numbers_in_state` chain keeps its numbers."""
+
+
+def injected_states(opt_state) -> list:
+  """The :data:`INJECTED_STATES` inside an optimizer state, outermost first."""
+  is_injected = lambda x: isinstance(x, INJECTED_STATES)  # noqa: E731
+  return [s for s in jax.tree.leaves(opt_state, is_leaf=is_injected) if is_injected(s)]
+
+
 def gradient_sign(opt_state):
   """The ``gradient_sign`` number of an optimizer state that holds one (a
   :attr:`OptimSpec.numbers_in_state` chain), else ``None``. The training step multiplies
@@ -297,10 +308,8 @@ def gradient_sign(opt_state):
   every gradient is exactly negated, and nothing else in the step changes (a sign applied
   to the gradient inside the chain let XLA fuse the weight decay's multiply-add
   differently, and every plain step's float32 rounding moved with it)."""
-  injected = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
-  found = [s.hyperparams['gradient_sign'] for s in jax.tree.leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, injected))
-           if isinstance(s, injected) and 'gradient_sign' in s.hyperparams]
+  found = [s.hyperparams['gradient_sign'] for s in injected_states(opt_state)
+           if 'gradient_sign' in s.hyperparams]
   return found[0] if found else None
 
 

@@ -143,13 +143,18 @@ def _pmean(tree, axis_name):
   return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
+def _signed(fn, sign, params):
+  """``fn(params)`` = ``(loss, aux)`` with the loss multiplied by ``sign``."""
+  loss, aux = fn(params)
+  return loss * sign, aux
+
+
 def _loss_and_grads(params, model_state, batch, key, objective, axis_name=None, sign=None):
   """Global-batch loss, metrics and gradient (averaged over devices under ``pmap``), and
   the new model state; ``sign`` (a number) multiplies the loss first."""
   fn = batch_objective(objective, model_state, batch, key, axis_name)
   if sign is not None:
-    unsigned = fn
-    fn = lambda p: (lambda out: (out[0] * sign, out[1]))(unsigned(p))  # noqa: E731
+    fn = functools.partial(_signed, fn, sign)
   (loss, (new_model_state, metrics)), grads = jax.value_and_grad(fn, has_aux=True)(params)
   loss, metrics, grads = _pmean((loss, metrics, grads), axis_name)
   return loss, metrics, grads, new_model_state

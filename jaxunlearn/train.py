@@ -32,7 +32,7 @@ from jaxunlearn.hparams import (Hyperparameters, at_least_one, hparam, non_negat
 from jaxunlearn.parallel import SINGLE, Parallel, jit_run_once
 from jaxunlearn.losses import cross_entropy
 from jaxunlearn.objectives import Classifier, labels_of
-from jaxunlearn.optim import OptimSpec, PairHalf
+from jaxunlearn.optim import INJECTED_STATES, OptimSpec, PairHalf
 from jaxunlearn.step import (compiled_forget_retain_step, compiled_forget_step,
                              compiled_train_step, init_state)
 
@@ -254,9 +254,6 @@ class LoopControl:
     self._origin = time.perf_counter() - seconds
 
 
-_INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
-
-
 def _numbers_of_the_spec(fresh, restored):
   """``restored`` with the learning rate and horizon that the optimizer spec puts in the
   state (``optax.inject_hyperparams``; :attr:`~jaxunlearn.optim.OptimSpec.numbers_in_state`)
@@ -264,8 +261,9 @@ def _numbers_of_the_spec(fresh, restored):
   something the run learned, so a checkpoint written when they were stored differently
   (a constant rate's horizon before it became infinite) resumes with the spec's."""
   def take(new, old):
-    return old._replace(hyperparams=new.hyperparams) if isinstance(old, _INJECTED) else old
-  return jax.tree.map(take, fresh, restored, is_leaf=lambda x: isinstance(x, _INJECTED))
+    return old._replace(hyperparams=new.hyperparams) if isinstance(old, INJECTED_STATES) else old
+  return jax.tree.map(take, fresh, restored,
+                      is_leaf=lambda x: isinstance(x, INJECTED_STATES))
 
 
 def run_updates(state, plan, total: int, *, parallel: Parallel, control: LoopControl | None,

@@ -129,14 +129,14 @@ def test_a_resumed_state_takes_the_specs_numbers_and_keeps_what_it_learned():
   """The learning rate and horizon in the state are the spec's constants: a checkpoint that
   stored them otherwise (a constant rate's finite horizon, before it became infinite)
   resumes with the spec's; parameters and momentum stay the checkpoint's."""
-  from jaxunlearn.train import _INJECTED, _numbers_of_the_spec
+  from jaxunlearn.optim import INJECTED_STATES, injected_states
+  from jaxunlearn.train import _numbers_of_the_spec
   model = make_model('resnet1', 10, 4)
   variables = init_variables(model, (8, 8, 1), 0)
   spec = OptimSpec(lr=0.03, total_steps=20)
   made_now = jax.device_get(init_state(variables, spec()))
-  is_injected = lambda x: isinstance(x, _INJECTED)
-  injected = lambda s: [x for x in jax.tree.leaves(s.opt_state, is_leaf=is_injected)
-                        if is_injected(x)][0]
+  is_injected = lambda x: isinstance(x, INJECTED_STATES)
+  injected = lambda s: injected_states(s.opt_state)[0]
   assert float(injected(made_now).hyperparams['horizon']) == np.inf
   # a checkpoint of some steps later, written when the horizon was the loop's length
   old = jax.tree.map(lambda x: np.asarray(x) + 1, made_now)
