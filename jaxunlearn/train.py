@@ -24,7 +24,6 @@ from typing import Any, ClassVar, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
 from jaxunlearn.hparams import (Hyperparameters, at_least_one, hparam, non_negative, one_of,
