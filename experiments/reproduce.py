@@ -205,12 +205,10 @@ RESULTS = {
     # benchmarks (markdown tables; the times and sizes of the host that ran them)
     'bench_cpu_xla_conv': Result(
         ('--no-diffusion',), script='bench.py', env=(('JAXUNLEARN_CPU_CONV', 'xla'),),
-        label='xla', table='steps', historical=BENCH_BEFORE,
-        measured="measured 2026-12-04 on this project's 2-core CPU"),
+        label='xla', table='steps'),
     'bench_cpu': Result(
         ('--no-diffusion',), script='bench.py', label='auto', beside=('bench_cpu_xla_conv',),
-        docs=('docs/results-classification.md',), table='steps', historical=BENCH_BEFORE,
-        measured="measured 2026-12-04 on this project's 2-core CPU"),
+        docs=('docs/results-classification.md',), table='steps'),
     'bench_sd_memory': Result(
         (), script='bench_sd_memory.py', docs=('docs/stable-diffusion.md',), table='sd_memory',
         historical=BENCH_BEFORE, measured="measured 2026-12-05 on this project's CPU"),
