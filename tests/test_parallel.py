@@ -18,6 +18,7 @@ from conftest import synthetic_dataset
 from jaxunlearn import losses
 from jaxunlearn.methods import METHODS, UnlearnTask, get_method, resolve_hparams
 from jaxunlearn.models import make_model
+from jaxunlearn.objectives import Classifier
 from jaxunlearn.parallel import AXIS, Parallel, ShardKey, host_shard
 from jaxunlearn.train import TrainConfig, epoch_batches, train_classifier
 
@@ -222,6 +223,36 @@ def test_sharded_params_give_the_same_result(task, name, monkeypatch):
   with pytest.raises(ValueError, match="needs parallel mode 'shard'"):
     Parallel('pmap', shard_params=True)
 
+
+
+def test_the_non_finite_guard_gathers_no_sharded_update():
+  """Under shard_params a step gathers each split weight for its forward and backward
+  pass, and nothing more: the guard against non-finite steps checks split updates where
+  they are (it concatenated them, and the whole update was gathered on every device once
+  more; this fails so)."""
+  import re
+  from jaxunlearn.optim import OptimSpec
+  from jaxunlearn.step import init_state, train_step
+  from jaxunlearn.train import init_variables
+  model = make_model('resnet1', 10, 64)  # kernels [3, 3, 64, 64]: 36,864 entries, split
+  variables = init_variables(model, (8, 8, 3), 0)
+  par = Parallel('shard', DEVICES, shard_params=True)
+  spec = OptimSpec(lr=0.01)
+  state = par.put(init_state(variables, spec()))
+  split = sum(a.nbytes for a in jax.tree.leaves(state.params)
+              if not a.sharding.is_fully_replicated)
+  assert split > 0.9 * sum(a.nbytes for a in jax.tree.leaves(state.params))
+  batch = par.split((np.zeros((16, 8, 8, 3), np.float32), np.zeros(16, np.int32),
+                     np.ones(16, np.float32)))
+  step = jax.jit(functools.partial(train_step, objective=Classifier(model, losses.cross_entropy),
+                                   tx=spec()))
+  hlo = step.lower(state, *batch, jax.random.key(0)).compile().as_text()
+  gathered = 0
+  for line in hlo.splitlines():
+    found = re.search(r'= f32\[([\d,]*)\]\S* all-gather(?:-start)?\(', line)
+    if found:
+      gathered += 4 * int(np.prod([int(d) for d in found.group(1).split(',') if d]))
+  assert 0 < gathered <= 2 * split
 
 # ---- diffusion: every generation method, on the UNet and the DiT, on 8 devices as on 1
 
