@@ -50,7 +50,6 @@ T2I_BEFORE = ("measured before ESD was given the concept alone ('three', '3'): i
               'every caption of the digit; 1000 iterations were the default')
 T2I_RECIPE_BEFORE = ('measured when 1000 iterations were the default (before T2I_RECIPE), '
                      'so recorded without the --set of the steps')
-BENCH_BEFORE = 'measured before the benchmark scripts recorded their provenance (2026-12-05)'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,13 +209,11 @@ RESULTS = {
         ('--no-diffusion',), script='bench.py', label='auto', beside=('bench_cpu_xla_conv',),
         docs=('docs/results-classification.md',), table='steps'),
     'bench_sd_memory': Result(
-        (), script='bench_sd_memory.py', docs=('docs/stable-diffusion.md',), table='sd_memory',
-        historical=BENCH_BEFORE, measured="measured 2026-12-05 on this project's CPU"),
+        (), script='bench_sd_memory.py', docs=('docs/stable-diffusion.md',), table='sd_memory'),
     'collectives': Result(
         (), script='collectives.py', env=(('XLA_FLAGS',
                                            '--xla_force_host_platform_device_count=8'),),
-        docs=('docs/running.md',), table='collectives', historical=BENCH_BEFORE,
-        measured="measured 2026-12-04 on this project's CPU, 8 fake devices"),
+        docs=('docs/running.md',), table='collectives'),
     'strong_class3': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'class:3', '--methods',
          'original,ft,ga,salun,sfron,lur', '--models', '8'),
