@@ -70,8 +70,7 @@ class Result:
 RESULTS = {
     'fidelity_class3': Result(
         ('run', '--scenario', 'class:3', '--seeds', '0,1,2', '--methods', FIDELITY),
-        docs=('docs/results-classification.md',), historical=BEFORE_PROVENANCE,
-        measured='measured 2026-12-01, cache version 2, after the ResNet padding fix'),
+        docs=('docs/results-classification.md',)),
     'fidelity_random10': Result(
         ('run', '--scenario', 'random:10', '--seeds', '0,1,2', '--methods', FIDELITY),
         docs=('docs/results-classification.md',), historical=BEFORE_PROVENANCE,
@@ -654,6 +653,7 @@ def run(name: str, cache_dir: str | None = None) -> Path:
 
 def _store(name: str, partial: Path, final: Path) -> None:
   (partial / 'COMMAND').write_text(' '.join(command_line(name, final)) + '\n')
+  (partial / '.jaxunlearn.lock').unlink(missing_ok=True)  # the finished run's, released
   if final.exists():
     shutil.rmtree(final)
   partial.rename(final)
