@@ -73,8 +73,7 @@ RESULTS = {
         docs=('docs/results-classification.md',)),
     'fidelity_random10': Result(
         ('run', '--scenario', 'random:10', '--seeds', '0,1,2', '--methods', FIDELITY),
-        docs=('docs/results-classification.md',), historical=BEFORE_PROVENANCE,
-        measured='measured 2026-12-01, cache version 2, after the ResNet padding fix'),
+        docs=('docs/results-classification.md',)),
     'baselines_class3': Result(
         ('run', '--scenario', 'class:3', '--seeds', '0,1,2', '--methods',
          'retrain,ga_l1,fisher,scissorhands', '--alignment-every', '0'),
