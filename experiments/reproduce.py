@@ -77,11 +77,11 @@ RESULTS = {
     'baselines_class3': Result(
         ('run', '--scenario', 'class:3', '--seeds', '0,1,2', '--methods',
          'retrain,ga_l1,fisher,scissorhands', '--alignment-every', '0'),
-        docs=('docs/baselines.md',), historical=BEFORE_PROVENANCE, measured='measured 2026-12-03'),
+        docs=('docs/baselines.md',)),
     'baselines_random10': Result(
         ('run', '--scenario', 'random:10', '--seeds', '0,1,2', '--methods',
          'retrain,ga_l1,fisher,scissorhands', '--alignment-every', '0'),
-        docs=('docs/baselines.md',), historical=BEFORE_PROVENANCE, measured='measured 2026-12-03'),
+        docs=('docs/baselines.md',)),
     'lur_class3': Result(
         ('run', '--methods', 'retrain,rl,salun,lur', '--seeds', '0,1,2', '--alignment-every',
          '1'),
