@@ -50,6 +50,9 @@ T2I_BEFORE = ("measured before ESD was given the concept alone ('three', '3'): i
               'every caption of the digit; 1000 iterations were the default')
 T2I_RECIPE_BEFORE = ('measured when 1000 iterations were the default (before T2I_RECIPE), '
                      'so recorded without the --set of the steps')
+SFRON_T2I_ASCENT = ("measured with SFR-on's DDPM losses (gradient ascent), the job's default "
+                    "before it took SFR-on's Stable Diffusion code's; recorded without "
+                    '--set of them')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +202,24 @@ RESULTS = {
            ('concept_lr5e-6', ('--set', 'esd.lr=5e-6', '--set', 'esd.steps=1000'),
             T2I_RECIPE_BEFORE),
            ('concept_600', ('--set', 'esd.steps=600'), ''))},
+    # SFR-on's settings on the digits text-to-image model, seed 0 (docs/stable-diffusion.md)
+    **{f'sfron_t2i_{name}': Result(
+        ('run', '--task', 'text-to-image', '--scenario', 'class:3', '--methods', 'sfron',
+         '--seeds', '0', '--check-every', '10', *sets), table='generation', historical=why,
+         measured='measured 2026-12-05' if why else '')
+       for name, sets, why in (
+           ('sd', ('--set', 'sfron.forget_loss=remap', '--set', 'sfron.loss=mean', '--set',
+                   'sfron.forget_weight=1', '--set', 'sfron.forget_schedule=constant'), ''),
+           *((name, sets, SFRON_T2I_ASCENT) for name, sets in (
+               ('150', ()),
+               ('150_lr2e-5', ('--set', 'sfron.lr=2e-5')),
+               ('150_every3', ('--set', 'sfron.every=3')),
+               ('80', ('--set', 'sfron.iterations=80')),
+               ('80_fw1', ('--set', 'sfron.iterations=80', '--set', 'sfron.forget_weight=1')),
+               ('80_nodrop', ('--set', 'sfron.iterations=80', '--set',
+                              'sfron.forget_cond_drop_prob=0')),
+               ('80_lr5e-5', ('--set', 'sfron.iterations=80', '--set', 'sfron.lr=5e-5')),
+               ('40', ('--set', 'sfron.iterations=40')))))},
     # benchmarks (markdown tables; the times and sizes of the host that ran them)
     'bench_cpu_xla_conv': Result(
         ('--no-diffusion',), script='bench.py', env=(('JAXUNLEARN_CPU_CONV', 'xla'),),
@@ -275,6 +296,19 @@ SUMMARIES = {
          ('"three" and "3", lr 5e-6, 1000', ('esd_t2i_concept_lr5e-6',)),
          ('**"three" and "3", 600 iterations (the default)**', ('esd_t2i_concept_600',))),
         docs=('docs/stable-diffusion.md',), corner='ESD (seed 0)', cell='forgetting'),
+    'sfron_digits_t2i': Summary(
+        'sfron', ('UA (held-out)', 'forgotten at', 'acc_remaining', 'FID'),
+        (('ascent (DDPM code), 150 iterations', ('sfron_t2i_150',)),
+         ('ascent, 150, lr 2e-5', ('sfron_t2i_150_lr2e-5',)),
+         ('ascent, 150, a forget step every 3rd iteration (K = 3)',
+          ('sfron_t2i_150_every3',)),
+         ('ascent, 80 iterations', ('sfron_t2i_80',)),
+         ('ascent, 80, forget weight 1 (not 10)', ('sfron_t2i_80_fw1',)),
+         ('ascent, 80, no prompt dropout in the forget loss', ('sfron_t2i_80_nodrop',)),
+         ('ascent, 80, lr 5e-5', ('sfron_t2i_80_lr5e-5',)),
+         ('ascent, 40 iterations', ('sfron_t2i_40',)),
+         ('**pseudo prompt (SD code), 80 iterations (the default)**', ('sfron_t2i_sd',))),
+        docs=('docs/stable-diffusion.md',), corner='SFR-on (seed 0)', cell='forgetting'),
 }
 
 

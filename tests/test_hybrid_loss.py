@@ -160,6 +160,41 @@ def test_a_dit_runs_sfron_as_its_dit_code(monkeypatch, sigma_dit):
   assert seen['mask'][1:3] == (128, 1.0)
 
 
+def test_stable_diffusion_runs_sfron_as_its_sd_code(monkeypatch, sigma_dit):
+  """SFR-on's Stable Diffusion script (erase-sd's SD_SETTINGS, the digits text-to-image
+  job's T2I_RECIPE): no ascent; the forget step is SalUn's pseudo-prompt loss, masked, the
+  retain step the pixel-mean denoising loss, both weights 1 and constant."""
+  from jaxunlearn.diffusion.methods import T2I_RECIPE
+  from jaxunlearn.diffusion.objectives import RemappedClass
+  from jaxunlearn.diffusion.stable_diffusion import SD_SETTINGS
+  seen = {}
+
+  def fake_fit(variables, forget, retain, iterations, optim, mask, **loop):
+    seen['fit'] = (forget.objective.loss, retain.objective.loss, optim, mask is not None)
+    return variables, None
+  monkeypatch.setattr(gen_methods, 'sfron_mask', lambda objective, variables, *a, **k:
+                      jax.tree.map(jnp.ones_like, variables['params']))
+  monkeypatch.setattr(gen_methods, 'fit_fast_slow', fake_fit)
+  model, variables = sigma_dit
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (30, 8, 8, 1)).astype(np.float32)
+  y = np.arange(30) % 10
+  task = GenerationTask(model, variables, x[y == 3], y[y == 3], x[y != 3], y[y != 3], 10,
+                        progress=False)
+  t2i = GenerationConfig(model='t2i').method_overrides('sfron')
+  assert {k: t2i[k] for k in ('forget_loss', 'loss')} == {'forget_loss': 'remap',
+                                                          'loss': 'mean'}
+  for settings, clip in ((SD_SETTINGS['sfron'], 0.0), (T2I_RECIPE['sfron'], 1.0)):
+    GENERATION_METHODS['sfron'].run(task, resolve_hparams('sfron', settings,
+                                                          GENERATION_METHODS))
+    forget, retain, optim, masked = seen['fit']
+    assert isinstance(forget, RemappedClass) and forget.num_classes == 10 and masked
+    assert isinstance(retain, Denoising) and retain.reduction == 'mean'
+    assert retain.scale == 1.0
+    assert (optim.forget_schedule, optim.forget_weight, optim.clip_norm) == (
+        'constant', 1.0, clip)
+
+
 @pytest.mark.slow
 def test_single_image_fisher_is_the_same_on_every_device_count(sigma_dit):
   """SFR-on's DiT code squares gradients of one-image batches: on 8 devices each device

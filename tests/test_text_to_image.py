@@ -185,12 +185,17 @@ def test_text_to_image_job_is_the_generation_job_on_prompts():
   run = resolve_run(['run', '--task', 'text-to-image', '--seeds', '0,1', '--parallel', 'none'])
   assert run['config']['model'] == 't2i' and tuple(run['config']['methods']) == T2I_METHODS
   assert set(run['hparams']) >= {'esd', 'salun', 'sfron', 'lur', 'ddpm'}
-  # the digits model's ESD recipe (T2I_RECIPE), and --set over it
+  # the digits model's recipe (T2I_RECIPE), and --set over it
   assert run['hparams']['esd']['steps'] == 600 and run['hparams']['esd']['lr'] == 1e-5
+  assert run['hparams']['salun']['steps'] == run['hparams']['lur']['steps'] == 100
+  assert run['hparams']['sfron']['forget_loss'] == 'remap'  # SFR-on's SD code
+  assert run['hparams']['sfron']['iterations'] == 80
   assert resolve_run(['run', '--task', 'text-to-image', '--set', 'esd.steps=1000', '--parallel',
                       'none'])['hparams']['esd']['steps'] == 1000
   assert resolve_run(['run', '--task', 'generation', '--methods', 'esd', '--parallel',
                       'none'])['hparams']['esd']['steps'] == 1000  # the reference's elsewhere
+  assert resolve_run(['run', '--task', 'generation', '--methods', 'salun,lur', '--parallel',
+                      'none'])['hparams']['salun']['steps'] == 1000  # the DDPM's
   with pytest.raises(ValueError, match='--task text-to-image runs the text-to-image model'):
     resolve_run(['run', '--task', 'text-to-image', '--model', 'unet'])
   GenerationConfig(model='t2i', methods=('sa',)).validate()  # SA runs too (not by default)

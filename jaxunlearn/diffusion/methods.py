@@ -112,11 +112,15 @@ class SFRon(Adam):
       0.1, 'label dropout of the forget loss: the share of forget examples ascended as the '
       "null class, on the unconditional model every class's guidance uses (the references' "
       'training default)')
-  # What SFR-on's DDPM and DiT codes do differently (DIT_RECIPE sets the DiT code's):
-  loss: str = one_of(('ddpm', 'hybrid'), 'ddpm', "denoising loss: the DDPM code's pixel "
-                     "sum, or DiT's hybrid loss (pixel mean + variational term)")
-  forget_loss: str = one_of(('adaptive', 'ga'), 'adaptive', 'forget loss: the adaptive '
-                            'weighting (lam; DDPM code) or plain ascent on the mean (DiT code)')
+  # What SFR-on's DDPM, DiT and Stable Diffusion codes do differently (DIT_RECIPE sets the
+  # DiT code's; SD_SETTINGS and T2I_RECIPE the SD code's):
+  loss: str = one_of(('ddpm', 'hybrid', 'mean'), 'ddpm', "denoising loss: the DDPM code's "
+                     "pixel sum, DiT's hybrid loss (pixel mean + variational term), or the "
+                     "pixel mean (the SD code's latent diffusion loss)")
+  forget_loss: str = one_of(('adaptive', 'ga', 'remap'), 'adaptive', 'forget loss: the '
+                            'adaptive weighting (lam; DDPM code), plain ascent on the mean '
+                            "(DiT code), or no ascent: SalUn's pseudo-prompt loss, the "
+                            'concept denoised like the next prompt (SD code)')
   forget_schedule: str = one_of(('cosine', 'constant'), 'cosine',
                                 'forget_weight over the iterations (the DiT code: constant)')
   retain_clip: bool = hparam(True, doc='clip the retain update to clip_norm as well (DDPM '
@@ -144,13 +148,21 @@ DIT_RECIPE = {'sfron': {'iterations': 600, 'loss': 'hybrid', 'forget_loss': 'ga'
                         'fisher_examples': 2000}}
 
 
-# The digits text-to-image job's ESD (--task text-to-image): train-esd.py's 1000 iterations
-# are an 860M-parameter Stable Diffusion's; the digits model has forgotten "three" by about
-# iteration 550, and each iteration after that costs the other digits: seed 0, 2026-12-05,
-# UA 98 / acc_remaining 64.2 (original 66.7) after 600 iterations, UA 100 / 53.1 after 1000
-# (lr 5e-6 for 1000: UA 95 / 70.4). The job stops at 600; --set esd.steps=1000 is the
-# reference's count.
-T2I_RECIPE = {'esd': {'steps': 600}}
+# The digits text-to-image job's recipe (--task text-to-image; --set overrides it). ESD:
+# train-esd.py's 1000 iterations are an 860M-parameter Stable Diffusion's; the digits model
+# has forgotten "three" by about iteration 550, and each iteration after that costs the other
+# digits (seed 0, 2026-12-05: UA 98 / acc_remaining 64.2 after 600 iterations, UA 100 / 53.1
+# after 1000, original 66.7). SalUn and LUR: the DDPM's 1000 joint steps are ten times what
+# the digits model needs; seed 0 has forgotten by step 50 (SalUn) and 40 (LUR) and keeps the
+# other digits at 100 steps (2026-12-05, original 70.9: SalUn UA 99 / 69.1, LUR 100 / 66.4;
+# SalUn after 1000 steps: 54.2), so both stop at 100. SFR-on: its Stable Diffusion code's
+# losses (SD_SETTINGS in stable_diffusion.py: SalUn's pseudo-prompt loss instead of ascent,
+# pixel means, weights 1, constant), 80 iterations: seed 0 UA 100 / acc_remaining 71.3,
+# forgotten at 30; its DDPM code's ascent costs the other digits 14-20 points whatever the
+# iterations, rate or weight (docs/stable-diffusion.md).
+T2I_RECIPE = {'esd': {'steps': 600}, 'salun': {'steps': 100}, 'lur': {'steps': 100},
+              'sfron': {'iterations': 80, 'forget_loss': 'remap', 'loss': 'mean',
+                        'forget_weight': 1.0, 'forget_schedule': 'constant'}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +178,9 @@ def sfron(task: GenerationTask, hp: SFRonFastSlow):
   Fisher-ratio mask from the denoising loss; each iteration an ascent step on the adaptive
   weighted loss (``lam``) scaled by the cosine-decayed ``forget_weight``, masked, clipped,
   then a descent step on ``retain_weight`` L_diff(D_r), clipped; one Adam state for both.
-  On a DiT, the job's defaults are its DiT code's (:data:`DIT_RECIPE`)."""
+  On a DiT, the job's defaults are its DiT code's (:data:`DIT_RECIPE`); on a text-to-image
+  model its Stable Diffusion code's (``forget_loss='remap'``: SalUn's pseudo-prompt loss
+  instead of ascent, :data:`T2I_RECIPE`)."""
   return _sfron(task, hp, 'sfron')
 
 
@@ -178,7 +192,7 @@ def _fisher_subset(x, y, n: int, seed: int):
 
 
 def _sfron(task: GenerationTask, hp: SFRon, desc: str, **precondition):
-  hybrid = hp.loss == 'hybrid'
+  hybrid, reduction = hp.loss == 'hybrid', 'mean' if hp.loss == 'mean' else 'sum'
   mask = None
   if hp.mask:  # the references' generate_fisher: eval mode, conditional loss
     forget = _fisher_subset(task.forget_x, task.forget_y, hp.fisher_examples, task.seed)
@@ -195,11 +209,13 @@ def _sfron(task: GenerationTask, hp: SFRon, desc: str, **precondition):
   forget_drop = dict(drop, cond_drop_prob=hp.forget_cond_drop_prob)
   if hp.forget_loss == 'adaptive':
     forget = AdaptiveDenoisingAscent(hp.lam, hybrid=hybrid, **forget_drop)
+  elif hp.forget_loss == 'remap':  # SD/train-scripts/nsfw_removal.py's forget stage
+    forget = RemappedClass(task.num_classes)
   else:
     forget = (HybridDenoising(-1.0, **forget_drop) if hybrid
-              else Denoising(-1.0, **forget_drop))
+              else Denoising(-1.0, **forget_drop, reduction=reduction))
   retain = (HybridDenoising(hp.retain_weight, **drop) if hybrid
-            else _retain_loss(task, hp, scale=hp.retain_weight))
+            else _retain_loss(task, hp, scale=hp.retain_weight, reduction=reduction))
   variables, _ = fit_fast_slow(
       task.variables, task.forget_phase(forget), task.retain_phase(retain),
       iterations=hp.iterations, optim=optim, mask=mask, **_loop(task, hp, desc))

@@ -34,12 +34,18 @@ from jaxunlearn.parallel import SINGLE, Parallel
 SD_METHODS = ('esd', 'salun', 'sfron', 'lur', 'ga')
 # The references' settings on Stable Diffusion (SalUn's SD/train-scripts: Adam 1e-5, batches
 # of 8, no clipping, no prompt dropout, alpha 0.5 for Imagenette classes; ESD's own defaults
-# are train-esd.py's already). SFR-on and LUR have no Stable Diffusion script in the
-# references: they get the same optimizer settings. The user's overrides go on top.
+# are train-esd.py's already). SFR-on's SD code (its SD/train-scripts/nsfw_removal.py)
+# alternates a forget step on SalUn's pseudo-prompt loss (no ascent), masked by the Fisher
+# ratio, with a retain step on the latent diffusion loss (both pixel means, forget_alpha and
+# remain_alpha 1, constant, unclipped, one Adam at 1e-5; its README: batches of 2, 1000
+# iterations; we keep batches of 8 as the others). LUR has no Stable Diffusion script in
+# the references: it gets SalUn's settings. The user's overrides go on top.
 SD_SETTINGS = {
     'salun': {'lr': 1e-5, 'batch_size': 8, 'clip_norm': 0.0, 'cond_drop_prob': 0.0,
               'retain_weight': 0.5},
-    'sfron': {'lr': 1e-5, 'batch_size': 8, 'clip_norm': 0.0, 'cond_drop_prob': 0.0},
+    'sfron': {'lr': 1e-5, 'batch_size': 8, 'clip_norm': 0.0, 'cond_drop_prob': 0.0,
+              'forget_cond_drop_prob': 0.0, 'forget_loss': 'remap', 'loss': 'mean',
+              'forget_weight': 1.0, 'retain_weight': 1.0, 'forget_schedule': 'constant'},
     'lur': {'lr': 1e-5, 'batch_size': 8, 'clip_norm': 0.0, 'cond_drop_prob': 0.0,
             'retain_weight': 0.5},
     'ga': {'lr': 1e-5, 'batch_size': 8, 'clip_norm': 0.0, 'cond_drop_prob': 0.0},
