@@ -80,6 +80,13 @@ def test_esd_needs_no_images_and_given_images_replace_generated_ones(checkpoint)
                               forget_images=images, retain_images=images[::-1] * 0.5,
                               image_size=16, progress=False)
   assert erasure.forget_images == 3 and erasure.retain_images == 3
+  # SFR-on as its SD script: the pseudo-prompt forget step, masked by the Fisher ratio
+  erasure = sdx.erase_concept(sd, FORGET, RETAIN, 'sfron', {'iterations': 2, 'batch_size': 2},
+                              forget_images=images, retain_images=images[::-1] * 0.5,
+                              image_size=16, progress=False)
+  assert erasure.hparams['forget_loss'] == 'remap' and erasure.hparams['loss'] == 'mean'
+  leaves = zip(jax.tree.leaves(erasure.unet_params), jax.tree.leaves(sd['unet_params']))
+  assert any(np.any(np.asarray(a) != np.asarray(b)) for a, b in leaves)
 
 
 def test_bad_input_is_refused_before_compute(checkpoint, tmp_path, capsys):
