@@ -115,6 +115,15 @@ def test_hybrid_loss_trains_the_variance_only_through_its_variational_term(sigma
   assert adaptive.full_output and not AdaptiveDenoisingAscent().full_output
 
 
+def _class3_task(model, variables) -> GenerationTask:
+  """Random 8x8 images of ten classes, class 3 to forget."""
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (30, 8, 8, 1)).astype(np.float32)
+  y = np.arange(30) % 10
+  return GenerationTask(model, variables, x[y == 3], y[y == 3], x[y != 3], y[y != 3], 10,
+                        progress=False)
+
+
 def test_a_dit_runs_sfron_as_its_dit_code(monkeypatch, sigma_dit):
   config = GenerationConfig(model='dit')
   assert config.method_overrides('sfron') == DIT_RECIPE['sfron']
@@ -135,12 +144,7 @@ def test_a_dit_runs_sfron_as_its_dit_code(monkeypatch, sigma_dit):
     return variables, None
   monkeypatch.setattr(gen_methods, 'sfron_mask', fake_mask)
   monkeypatch.setattr(gen_methods, 'fit_fast_slow', fake_fit)
-  model, variables = sigma_dit
-  rng = np.random.default_rng(0)
-  x = rng.uniform(-1, 1, (30, 8, 8, 1)).astype(np.float32)
-  y = np.arange(30) % 10
-  task = GenerationTask(model, variables, x[y == 3], y[y == 3], x[y != 3], y[y != 3], 10,
-                        progress=False)
+  task = _class3_task(*sigma_dit)
   GENERATION_METHODS['sfron'].run(task, dataclasses.replace(hp, fisher_examples=20))
   loss, batch, clip, n_f, n_r, train = seen['mask']
   assert isinstance(loss, HybridDenoising) and loss.scale == 1.0
@@ -175,12 +179,7 @@ def test_stable_diffusion_runs_sfron_as_its_sd_code(monkeypatch, sigma_dit):
   monkeypatch.setattr(gen_methods, 'sfron_mask', lambda objective, variables, *a, **k:
                       jax.tree.map(jnp.ones_like, variables['params']))
   monkeypatch.setattr(gen_methods, 'fit_fast_slow', fake_fit)
-  model, variables = sigma_dit
-  rng = np.random.default_rng(0)
-  x = rng.uniform(-1, 1, (30, 8, 8, 1)).astype(np.float32)
-  y = np.arange(30) % 10
-  task = GenerationTask(model, variables, x[y == 3], y[y == 3], x[y != 3], y[y != 3], 10,
-                        progress=False)
+  task = _class3_task(*sigma_dit)
   t2i = GenerationConfig(model='t2i').method_overrides('sfron')
   assert {k: t2i[k] for k in ('forget_loss', 'loss')} == {'forget_loss': 'remap',
                                                           'loss': 'mean'}
