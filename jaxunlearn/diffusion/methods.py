@@ -111,7 +111,7 @@ class SFRon(Adam):
   forget_cond_drop_prob: float = probability(
       0.1, 'label dropout of the forget loss: the share of forget examples ascended as the '
       "null class, on the unconditional model every class's guidance uses (the references' "
-      'training default)')
+      "training default; forget_loss='remap' drops no label)")
   # What SFR-on's DDPM, DiT and Stable Diffusion codes do differently (DIT_RECIPE sets the
   # DiT code's; SD_SETTINGS and T2I_RECIPE the SD code's):
   loss: str = one_of(('ddpm', 'hybrid', 'mean'), 'ddpm', "denoising loss: the DDPM code's "
