@@ -186,8 +186,7 @@ RESULTS = {
     'text_to_image_digits': Result(
         ('run', '--task', 'text-to-image', '--scenario', 'class:3', '--seeds', '0,1,2',
          '--check-every', '10'),
-        docs=('README.md', 'docs/stable-diffusion.md'), table='generation',
-        pending='three originals and twelve method runs, hours on two cores; under way'),
+        docs=('README.md', 'docs/stable-diffusion.md'), table='generation'),
     # ESD's settings on the digits text-to-image model, seed 0 (a summary in
     # docs/stable-diffusion.md)
     **{f'esd_t2i_{name}': Result(

@@ -316,6 +316,8 @@ def test_generation_job_runs_every_method_and_writes_its_report(tmp_path):
     assert len(row['curve']['FID_forget']) == len(row['curve']['UA'])
     assert row['curve']['FID_forget'][0] == pytest.approx(saved['original']['FID_forget']['mean'])
   assert results['original']['FID']['mean'] >= 0
+  (original,) = saved['original_per_seed']  # each seed's original, not only their mean
+  assert original['UA'] == pytest.approx(saved['original']['UA']['mean'])
   for png in ('results.png', 'forgetting.png', 'samples.png'):
     assert (out / png).stat().st_size > 10_000
   assert not list(out.glob('grid-*.npy')) and not (out / 'progress.json').exists()

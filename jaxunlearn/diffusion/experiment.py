@@ -604,6 +604,7 @@ def _results(config, per_seed, originals, hparams, ddpm, clf_cfg, test_acc, clf_
       'model': {**model_info, 'image_shape': list(image_shape)},
       'methods': {n: summary(rows) for n, rows in per_seed.items()},
       'original': summary(originals),
+      'original_per_seed': originals,
       'per_seed': per_seed,
       'hparams': {**{n: hp.to_dict() for n, hp in hparams.items()}, 'ddpm': dataclasses.asdict(ddpm),
                   'classifier': dataclasses.asdict(clf_cfg)},
