@@ -148,6 +148,13 @@ DIT_RECIPE = {'sfron': {'iterations': 600, 'loss': 'hybrid', 'forget_loss': 'ga'
                         'fisher_examples': 2000}}
 
 
+# SFR-on's Stable Diffusion code (its SD/train-scripts/nsfw_removal.py): SalUn's
+# pseudo-prompt loss instead of ascent, pixel means, forget_alpha 1, constant. erase-sd
+# (SD_SETTINGS) and the digits text-to-image job (T2I_RECIPE) run SFR-on with these.
+SFRON_SD_LOSSES = {'forget_loss': 'remap', 'loss': 'mean', 'forget_weight': 1.0,
+                   'forget_schedule': 'constant'}
+
+
 # The digits text-to-image job's recipe (--task text-to-image; --set overrides it). ESD:
 # train-esd.py's 1000 iterations are an 860M-parameter Stable Diffusion's; the digits model
 # has forgotten "three" by about iteration 550, and each iteration after that costs the other
@@ -161,8 +168,7 @@ DIT_RECIPE = {'sfron': {'iterations': 600, 'loss': 'hybrid', 'forget_loss': 'ga'
 # forgotten at 30; its DDPM code's ascent costs the other digits 14-20 points whatever the
 # iterations, rate or weight (docs/stable-diffusion.md).
 T2I_RECIPE = {'esd': {'steps': 600}, 'salun': {'steps': 100}, 'lur': {'steps': 100},
-              'sfron': {'iterations': 80, 'forget_loss': 'remap', 'loss': 'mean',
-                        'forget_weight': 1.0, 'forget_schedule': 'constant'}}
+              'sfron': {'iterations': 80, **SFRON_SD_LOSSES}}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxunlearn.data.prompts import PromptSet
+from jaxunlearn.diffusion.methods import SFRON_SD_LOSSES
 from jaxunlearn.parallel import SINGLE, Parallel
 
 SD_METHODS = ('esd', 'salun', 'sfron', 'lur', 'ga')
@@ -44,8 +45,7 @@ SD_SETTINGS = {
     'salun': {'lr': 1e-5, 'batch_size': 8, 'clip_norm': 0.0, 'cond_drop_prob': 0.0,
               'retain_weight': 0.5},
     'sfron': {'lr': 1e-5, 'batch_size': 8, 'clip_norm': 0.0, 'cond_drop_prob': 0.0,
-              'forget_cond_drop_prob': 0.0, 'forget_loss': 'remap', 'loss': 'mean',
-              'forget_weight': 1.0, 'retain_weight': 1.0, 'forget_schedule': 'constant'},
+              'forget_cond_drop_prob': 0.0, 'retain_weight': 1.0, **SFRON_SD_LOSSES},
     'lur': {'lr': 1e-5, 'batch_size': 8, 'clip_norm': 0.0, 'cond_drop_prob': 0.0,
             'retain_weight': 0.5},
     'ga': {'lr': 1e-5, 'batch_size': 8, 'clip_norm': 0.0, 'cond_drop_prob': 0.0},
