@@ -201,6 +201,13 @@ RESULTS = {
            ('concept_lr5e-6', ('--set', 'esd.lr=5e-6', '--set', 'esd.steps=1000'),
             T2I_RECIPE_BEFORE),
            ('concept_600', ('--set', 'esd.steps=600'), ''))},
+    # ESD at half the rate for twice the iterations, three seeds (docs/stable-diffusion.md:
+    # per seed in the summary text_to_image_digits_seeds)
+    'esd_t2i_seeds_lr5e-6_1200': Result(
+        ('run', '--task', 'text-to-image', '--scenario', 'class:3', '--methods', 'esd',
+         '--seeds', '0,1,2', '--check-every', '100', '--set', 'esd.lr=5e-6', '--set',
+         'esd.steps=1200'),
+        docs=('docs/stable-diffusion.md',), table='generation'),
     # SFR-on's settings on the digits text-to-image model, seed 0 (docs/stable-diffusion.md)
     **{f'sfron_t2i_{name}': Result(
         ('run', '--task', 'text-to-image', '--scenario', 'class:3', '--methods', 'sfron',
@@ -253,29 +260,50 @@ class Summary:
   result's table (between ``<!-- result:NAME -->`` markers)."""
   method: str                    # whose numbers each cell shows
   columns: tuple                 # column titles (after the row title's)
-  rows: tuple                    # (row title, (result name per column, ...)), ...
+  # (row title, (result per column, ...)), ...; a result is its name, or (name, method) for
+  # another method's numbers than ``method``'s ('original': the original's)
+  rows: tuple
   docs: tuple = ()
   corner: str = ''               # the row titles' column title
   cell: str = 'variant'          # what a result's numbers fill its cell(s) with (CELLS)
 
+  def results(self) -> list[str]:
+    """The names of the results it shows."""
+    return [r if isinstance(r, str) else r[0] for _, row in self.rows for r in row]
 
-def _variant_cell(stats: dict) -> str:
+
+def _variant_cell(results: dict, method: str) -> str:
+  stats = results['methods'][method]
   mean = lambda key: f"{stats[key]['mean']:.2f}"
   return (f"{mean('UA')} / {mean('RA')} / {mean('TA')} / **{mean('avg_gap')}** ± "
           f"{stats['avg_gap']['std']:.2f}")
 
 
-def _forgetting_cells(stats: dict) -> str:
+def _forgetting_cells(results: dict, method: str) -> str:
   """A generation result's UA, iterations to forget, acc_remaining and FID: four cells."""
+  stats = results['methods'][method]
   steps = stats.get('steps_to_forget')
   return ' | '.join([f"{stats['UA']['mean']:.1f}",
                      'never' if steps is None else f"{steps['mean']:.0f}",
                      f"{stats['acc_remaining']['mean']:.1f}", f"{stats['FID']['mean']:.1f}"])
 
 
+def _seed_cells(results: dict, method: str) -> str:
+  """A generation result's UA / acc_remaining at the end, one cell per seed (the original's
+  from ``original_per_seed``, which runs record since 2026-12-05)."""
+  if method == 'original':
+    if 'original_per_seed' not in results:
+      raise ValueError("a per-seed row of the original needs a result that recorded "
+                       "'original_per_seed' (measured since 2026-12-05)")
+    rows = results['original_per_seed']
+  else:
+    rows = results['per_seed'][method]
+  return ' | '.join(f"{r['UA']:.0f} / {r['acc_remaining']:.1f}" for r in rows)
+
+
 # a summary's cells: classification's 'UA / RA / TA / Avg. Gap' in one cell; a generation
-# run's UA | forgotten at | acc_remaining | FID in four
-CELLS = {'variant': _variant_cell, 'forgetting': _forgetting_cells}
+# run's UA | forgotten at | acc_remaining | FID in four; or its UA / acc_remaining per seed
+CELLS = {'variant': _variant_cell, 'forgetting': _forgetting_cells, 'seeds': _seed_cells}
 
 
 SUMMARIES = {
@@ -308,6 +336,17 @@ SUMMARIES = {
          ('ascent, 40 iterations', ('sfron_t2i_40',)),
          ('**pseudo prompt (SD code), 80 iterations (the default)**', ('sfron_t2i_sd',))),
         docs=('docs/stable-diffusion.md',), corner='SFR-on (seed 0)', cell='forgetting'),
+    # UA / acc_remaining of each seed of the text-to-image job (its run recorded only the
+    # originals' mean; the ESD run after it, from the same cached originals, each of them)
+    'text_to_image_digits_seeds': Summary(
+        '', ('seed 0', 'seed 1', 'seed 2'),
+        (('original', (('esd_t2i_seeds_lr5e-6_1200', 'original'),)),
+         ('ESD (600 iterations, lr 1e-5: the default)', (('text_to_image_digits', 'esd'),)),
+         ('ESD, 1200 iterations, lr 5e-6', (('esd_t2i_seeds_lr5e-6_1200', 'esd'),)),
+         ('SalUn', (('text_to_image_digits', 'salun'),)),
+         ('SFR-on', (('text_to_image_digits', 'sfron'),)),
+         ('LUR', (('text_to_image_digits', 'lur'),))),
+        docs=('docs/stable-diffusion.md',), corner='UA / acc_remaining', cell='seeds'),
 }
 
 
@@ -321,11 +360,12 @@ def render_summary(name: str, base: Path = RESULTS_DIR) -> str:
   for title, names in summary.rows:
     cells = []
     for result in names:
+      result, method = (result, summary.method) if isinstance(result, str) else result
       results = stored(result, base)
       if results is None:
         raise ValueError(f'summary {name}: {base / result}/results.json is missing: python '
                          f'experiments/reproduce.py --only {result}')
-      cells.append(CELLS[summary.cell](results['methods'][summary.method]))
+      cells.append(CELLS[summary.cell](results, method))
       note = _line_under(result, results)
       if note not in notes:
         notes.append(note)
@@ -612,7 +652,7 @@ def _blocks(names, base: Path = RESULTS_DIR):
     if results is not None or RESULTS[name].pending:
       yield name, RESULTS[name].docs, render_block(name, results, base)
   for name, summary in ({} if names else SUMMARIES).items():
-    if all(stored(r, base) is not None for _, row in summary.rows for r in row):
+    if all(stored(r, base) is not None for r in summary.results()):
       yield name, summary.docs, render_summary(name, base)
 
 

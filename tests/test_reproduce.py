@@ -24,8 +24,7 @@ def _reproduce():
 def test_every_published_result_resolves_and_is_current_or_marked_historical():
   rp = _reproduce()
   shown_beside = ({b for entry in rp.RESULTS.values() for b in entry.beside}
-                  | {r for summary in rp.SUMMARIES.values() for _, row in summary.rows
-                     for r in row})
+                  | {r for summary in rp.SUMMARIES.values() for r in summary.results()})
   for name, entry in rp.RESULTS.items():
     if entry.script:  # a benchmark: its script exists, with the --json it is run with
       assert '--json' in (ROOT / 'experiments' / entry.script).read_text(), name
@@ -184,6 +183,33 @@ def test_a_summary_puts_one_methods_numbers_from_several_results_side_by_side(tm
   assert 'differs from its results' in rp.check(base=tmp_path, root=tmp_path)['s'][0]
 
 
+def test_a_per_seed_summary_shows_each_seed_of_each_named_method(tmp_path, monkeypatch):
+  rp = _reproduce()
+  argv = ('run', '--task', 'generation', '--methods', 'esd,salun', '--seeds', '0,1')
+  seed = lambda ua, acc: {'UA': ua, 'acc_remaining': acc}
+  runs = {'a': {'per_seed': {'esd': [seed(99.0, 65.56), seed(91.0, 64.0)],
+                             'salun': [seed(100.0, 70.0), seed(97.0, 71.3)]}},
+          'b': {'per_seed': {'esd': [seed(98.0, 60.0), seed(95.0, 62.2)]},
+                'original_per_seed': [seed(20.0, 70.9), seed(53.0, 64.7)]}}
+  for name, results in runs.items():
+    monkeypatch.setitem(rp.RESULTS, name, rp.Result(argv, historical='old', measured='then'))
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'results.json').write_text(json.dumps(results))
+  rows = (('original', (('b', 'original'),)), ('ESD', (('a', 'esd'),)),
+          ('ESD, other', (('b', 'esd'),)), ('SalUn', (('a', 'salun'),)))
+  monkeypatch.setattr(rp, 'SUMMARIES', {'s': rp.Summary(
+      '', ('seed 0', 'seed 1'), rows, corner='UA / acc', cell='seeds')})
+  assert rp.SUMMARIES['s'].results() == ['b', 'a', 'b', 'a']
+  assert rp.render_summary('s', tmp_path).splitlines()[1:7] == [
+      '| UA / acc | seed 0 | seed 1 |', '|---|---|---|', '| original | 20 / 70.9 | 53 / 64.7 |',
+      '| ESD | 99 / 65.6 | 91 / 64.0 |', '| ESD, other | 98 / 60.0 | 95 / 62.2 |',
+      '| SalUn | 100 / 70.0 | 97 / 71.3 |']
+  monkeypatch.setattr(rp, 'SUMMARIES', {'s': rp.Summary(  # a run without its originals' seeds
+      '', ('seed 0', 'seed 1'), (('original', (('a', 'original'),)),), cell='seeds')})
+  with pytest.raises(ValueError, match='original_per_seed'):
+    rp.render_summary('s', tmp_path)
+
+
 def _bench(tmp_path, name, plain, salun, argv, environment):
   """A stored ``bench.py`` result as the script writes it (with its provenance)."""
   results = {'ms': {'plain': plain, 'salun': salun, 'torch_plain': 50.0},
@@ -263,6 +289,6 @@ def test_a_generation_summary_shows_ua_iterations_to_forget_accuracy_and_fid():
   stat = lambda v: {'mean': v, 'std': 0.0}
   stats = {'UA': stat(98.0), 'steps_to_forget': stat(550.0), 'acc_remaining': stat(64.22),
            'FID': stat(27.904)}
-  assert rp.CELLS['forgetting'](stats) == '98.0 | 550 | 64.2 | 27.9'
+  assert rp.CELLS['forgetting']({'methods': {'esd': stats}}, 'esd') == '98.0 | 550 | 64.2 | 27.9'
   stats['steps_to_forget'] = None  # not forgotten on any seed
-  assert rp.CELLS['forgetting'](stats) == '98.0 | never | 64.2 | 27.9'
+  assert rp.CELLS['forgetting']({'methods': {'esd': stats}}, 'esd') == '98.0 | never | 64.2 | 27.9'
