@@ -95,8 +95,10 @@ def convert_dit_params(state_dict: dict, model: DiT):
   s = model.sample_size
   targets = flax_targets(_shapes(model, jnp.zeros((1, s, s, model.in_channels)),
                                  jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)))
-  name_of = lambda k: k.replace('.', '_')
-  if not model.per_block_embedding:
+  if model.per_block_embedding:
+    def name_of(key):
+      return key.replace('.', '_')
+  else:
     if not embedders_tied(state_dict):
       raise ValueError('the blocks of this checkpoint have different timestep/class '
                        'embedders (transformer_blocks.i.norm1.emb): convert it into a '
