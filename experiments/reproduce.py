@@ -88,15 +88,11 @@ RESULTS = {
     'lur_class3': Result(
         ('run', '--methods', 'retrain,rl,salun,lur', '--seeds', '0,1,2', '--alignment-every',
          '1'),
-        docs=('docs/results-classification.md',), historical=BEFORE_PROVENANCE,
-        measured='measured 2026-11-23, before the ResNet padding fix (cache version 1), '
-                 'beside the random:10 run on the same two cores'),
+        docs=('docs/results-classification.md',)),
     'lur_random10': Result(
         ('run', '--scenario', 'random:10', '--methods', 'retrain,rl,salun,lur', '--seeds',
          '0,1,2', '--alignment-every', '1'),
-        docs=('docs/results-classification.md',), historical=BEFORE_PROVENANCE,
-        measured='measured 2026-11-23, before the ResNet padding fix (cache version 1), '
-                 'beside the class:3 run on the same two cores'),
+        docs=('docs/results-classification.md',)),
     # LUR's variants (docs/lur.md: one summary table, SUMMARIES below)
     **{f'lur_{variant}_{scenario}': Result(
         ('run', '--scenario', scenario.replace('class3', 'class:3').replace('random10',
