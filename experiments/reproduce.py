@@ -141,8 +141,7 @@ RESULTS = {
     'lur_light_random10': Result(
         ('run', '--scenario', 'random:10', '--methods', 'retrain,rl,salun,lur', '--seeds',
          '0,1,2', '--set', 'lur.forget_weight=0.05'),
-        docs=('docs/results-classification.md',),
-        pending='measured before the ResNet padding fix only, that run not kept'),
+        docs=('docs/results-classification.md',)),
     # the default run (README's first command) and its two scenarios over three seeds
     'default_run': Result(('run',), docs=('docs/running.md',)),
     'digits_class3': Result(('run', '--seeds', '0,1,2'), docs=('docs/running.md',)),

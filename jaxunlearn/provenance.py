@@ -49,9 +49,15 @@ def package_versions(names=PACKAGES) -> dict:
   return out
 
 
+# what a run writes or shows, not what makes its numbers: a change there leaves the code clean
+_NOT_CODE = ('experiments/results', 'docs', 'README.md')
+
+
 def git_state(path: str | Path | None = None) -> dict | None:
   """``{'commit', 'dirty'}`` of the git checkout holding ``path`` (default: this package),
-  or ``None`` where there is none (an installed wheel) or git is missing."""
+  or ``None`` where there is none (an installed wheel) or git is missing. ``dirty``: a
+  tracked file differs from the commit, other than stored results and the docs
+  (:data:`_NOT_CODE`; re-measuring one result after another in a checkout rewrites those)."""
   where = Path(path) if path is not None else Path(__file__).resolve().parent
   def git(*args):
     return subprocess.run(['git', '-C', str(where), *args], capture_output=True, text=True,
@@ -60,7 +66,8 @@ def git_state(path: str | Path | None = None) -> dict | None:
     head = git('rev-parse', 'HEAD')
     if head.returncode != 0:
       return None
-    status = git('status', '--porcelain', '--untracked-files=no')
+    status = git('status', '--porcelain', '--untracked-files=no', '--', ':(top)',
+                 *(f':(top,exclude){p}' for p in _NOT_CODE))
   except (OSError, subprocess.SubprocessError):
     return None
   return {'commit': head.stdout.strip(),

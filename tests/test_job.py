@@ -171,3 +171,31 @@ def test_results_record_their_provenance(tmp_path, monkeypatch):
     assert record['git']['commit'] == head.stdout.strip()
   assert P.git_state(tmp_path) is None  # no repository there: no commit claimed
   assert P.package_versions(('no-such-distribution-xyz',)) == {'no-such-distribution-xyz': None}
+
+
+def test_only_a_change_of_code_makes_a_checkout_dirty(tmp_path):
+  """Re-measuring results in a checkout rewrites experiments/results and the docs; a run
+  measured after that is still of the commit's code, one after a code change is not."""
+  import shutil
+  import subprocess
+
+  from jaxunlearn import provenance as P
+  if shutil.which('git') is None:
+    pytest.skip('git is not installed')
+  git = lambda *a: subprocess.run(['git', '-C', str(tmp_path), *a], check=True,
+                                  capture_output=True)
+  git('init', '-q')
+  files = ('pkg/code.py', 'experiments/results/r/results.json', 'docs/a.md', 'README.md')
+  for name in files:
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text('1\n')
+  git('add', '.')
+  git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'c')
+  pkg = tmp_path / 'pkg'
+  assert P.git_state(pkg)['dirty'] is False
+  for name in files[1:]:
+    (tmp_path / name).write_text('2\n')
+  (tmp_path / 'untracked.py').write_text('x\n')
+  assert P.git_state(pkg)['dirty'] is False
+  (tmp_path / 'pkg/code.py').write_text('2\n')
+  assert P.git_state(pkg)['dirty'] is True
