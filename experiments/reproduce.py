@@ -347,11 +347,11 @@ SUMMARIES = {
 
 def render_summary(name: str, base: Path = RESULTS_DIR) -> str:
   """The docs block of summary ``name``, from its results' JSON, with the line under it
-  that each of them would have."""
+  that each of them would have, after the names of the results it is under."""
   summary = SUMMARIES[name]
   lines = [f"| {summary.corner} | {' | '.join(summary.columns)} |",
            '|' + '---|' * (len(summary.columns) + 1)]
-  notes = []
+  notes = {}  # line under -> the results it is under
   for title, names in summary.rows:
     cells = []
     for result in names:
@@ -361,11 +361,12 @@ def render_summary(name: str, base: Path = RESULTS_DIR) -> str:
         raise ValueError(f'summary {name}: {base / result}/results.json is missing: python '
                          f'experiments/reproduce.py --only {result}')
       cells.append(CELLS[summary.cell](results, method))
-      note = _line_under(result, results)
-      if note not in notes:
-        notes.append(note)
+      under = notes.setdefault(_line_under(result, results), [])
+      if result not in under:
+        under.append(result)
     lines.append(f"| {title} | {' | '.join(cells)} |")
   begin, end = _markers(name)
+  notes = [f"{', '.join(results)}: {note}" for note, results in notes.items()]
   return '\n'.join([begin, *lines, '', *notes, end])
 
 

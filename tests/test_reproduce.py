@@ -175,7 +175,7 @@ def test_a_summary_puts_one_methods_numbers_from_several_results_side_by_side(tm
       '| variant | class:3 | random:10 |', '|---|---|---|',
       '| default | 100.00 / 99.00 / 98.00 / **0.12** ± 0.50 | 100.00 / 99.00 / 98.00 / '
       '**19.10** ± 0.50 |']
-  assert "(historical: then; old; not checked against today's defaults)" in block
+  assert "a, b: (historical: then; old; not checked against today's defaults)" in block
   (tmp_path / 'doc.md').write_text(block + '\n')
   monkeypatch.setattr(rp, 'RESULTS', {n: rp.RESULTS[n] for n in 'ab'})  # the summary's own
   assert rp.check(base=tmp_path, root=tmp_path) == {}
