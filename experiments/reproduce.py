@@ -99,8 +99,7 @@ RESULTS = {
                                                                             'random:10'),
          '--methods', 'retrain,lur', '--seeds', '0,1,2', '--alignment-every', '0',
          *(('--set', 'lur.forget_loss=ga') if variant.startswith('ga') else ()),
-         *(('--set', 'lur.reinit=true') if variant.endswith('re') else ())),
-        historical=BEFORE_PROVENANCE, measured='measured 2026-12-03')
+         *(('--set', 'lur.reinit=true') if variant.endswith('re') else ())))
        for variant in ('rl', 'ga', 'rlre', 'gare') for scenario in ('class3', 'random10')},
     # steps to forget under the references' own recipes (docs/reference-ddpm.md), seed 0
     'ref_dit_sfron150_salun': Result(
