@@ -23,7 +23,11 @@ registered command (arguments and environment).
 for each, the command recorded in its provenance is resolved with today's code
 (:func:`jaxunlearn.cli.resolve_run`: the full config and every method's hyperparameters,
 no compute) and compared with what the result records; a changed default names the
-setting, its stored and its current value. A result measured before results recorded their
+setting, its stored and its current value. A change of code can also move a trained
+original while every setting stays: results record each original's settings key and a
+fingerprint of its weights (``original_models``), and a result whose original differs from
+that of a later result with the same key and seed is stale too. A result measured before
+results recorded their
 provenance, or under settings kept on purpose, is marked ``historical`` with the reason, and
 is listed as such, not checked.
 """
@@ -651,11 +655,40 @@ def _blocks(names, base: Path = RESULTS_DIR):
       yield name, summary.docs, render_summary(name, base)
 
 
-def check(names=None, base: Path = RESULTS_DIR, root: Path = ROOT) -> dict[str, list[str]]:
-  """``{name: problems}`` of every result that has any: missing, stale, or a docs table that
-  differs from its rendering. Historical results are not checked for staleness; their
-  tables, too, must be their JSON's rendering."""
+def original_conflicts(base: Path = RESULTS_DIR) -> dict[str, list[str]]:
+  """``{name: problems}`` of the results measured on another original than a later result
+  of the same settings and seed: the same key in ``original_models`` (the settings that
+  train it), another fingerprint (its weights). The settings check cannot see this: a change
+  of code that moves the trained original leaves every setting as it was. Historical
+  results, and results made before ``original_models`` was recorded, are left out."""
+  seen = {}  # (key, seed) -> {fingerprint: [(finished, name)]}
+  for name, entry in RESULTS.items():
+    results = None if entry.historical else stored(name, base)
+    for seed, model in ((results or {}).get('original_models') or {}).items():
+      if model.get('key'):
+        finished = (results.get('provenance') or {}).get('finished', '')
+        seen.setdefault((model['key'], seed), {}).setdefault(
+            model['fingerprint'], []).append((finished, name))
   problems = {}
+  for (key, seed), by_print in seen.items():
+    latest = max(by_print, key=lambda fp: max(by_print[fp]))
+    later = ', '.join(sorted(name for _, name in by_print[latest]))
+    for fp, made in by_print.items():
+      for _, name in made if fp != latest else ():
+        problems.setdefault(name, []).append(
+            f'measured on another original of seed {seed} ({key}, fingerprint {fp}) than '
+            f'{later} ({latest}), measured later with the same settings: the code that trains '
+            f'it changed since; re-measure it (python experiments/reproduce.py --only {name})')
+  return problems
+
+
+def check(names=None, base: Path = RESULTS_DIR, root: Path = ROOT) -> dict[str, list[str]]:
+  """``{name: problems}`` of every result that has any: missing, stale (its settings, or
+  its original: :func:`original_conflicts`), or a docs table that differs from its
+  rendering. Historical results are not checked for staleness; their tables, too, must be
+  their JSON's rendering."""
+  problems = {name: found for name, found in original_conflicts(base).items()
+              if names is None or name in names}
   for name in names or RESULTS:
     entry, results, found = RESULTS[name], stored(name, base), []
     if results is None and not entry.pending:
@@ -665,7 +698,7 @@ def check(names=None, base: Path = RESULTS_DIR, root: Path = ROOT) -> dict[str, 
       found += [f'stale: {d}' for d in (benchmark_staleness(name, results) if entry.script
                                          else staleness(results))]
     if found:
-      problems[name] = found
+      problems[name] = found + problems.get(name, [])
   for name, docs, block in _blocks(names, base):
     for path, text, want in _rendered_docs(name, docs, block, root):
       if want != text:

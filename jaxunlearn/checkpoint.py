@@ -362,12 +362,30 @@ def config_hash(config: dict) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def fingerprint(variables) -> str:
+  """A short hash of a pytree of arrays: the names, dtypes and shapes of its leaves and every
+  byte of every value. Two models with the same fingerprint hold the same numbers; one bit
+  changed in one weight changes it. A job records its originals' (``original_models`` in
+  ``results.json``), so that two results made with the same settings show whether they
+  started from the same model."""
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(variables))[0]:
+    # the key names only: a dict and a FrozenDict of the same arrays agree
+    name = '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+                    for k in path)
+    value = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f'{name}|{value.dtype.str}|{value.shape}|'.encode())
+    h.update(value.tobytes())
+  return h.hexdigest()[:16]
+
+
 def cached(cache_dir: str | os.PathLike | None, kind: str, config: dict,
            compute: Callable[..., Any], like=None, checkpoint_every: int = 0):
   """Returns ``(variables, info)``: loaded from the cache, or computed and stored there.
 
-  ``info`` is ``{'hit': bool, 'seconds': float}``, ``seconds`` being the wall time of the
-  original computation (recorded in the entry, so a cache hit still reports it).
+  ``info`` is ``{'hit': bool, 'seconds': float, 'key': str}``, ``seconds`` being the wall
+  time of the original computation (recorded in the entry, so a cache hit still reports
+  it), ``key`` the entry's name, ``KIND-HASH`` of ``config`` (with or without a cache).
   ``cache_dir=None`` disables caching. The config is written beside the checkpoint as
   ``config.json`` so that a cache entry says what it holds.
 
@@ -375,15 +393,18 @@ def cached(cache_dir: str | os.PathLike | None, kind: str, config: dict,
   gets a :class:`LoopCheckpoint` in the entry's ``partial/`` directory (None without a
   cache), so a computation killed midway resumes there; otherwise ``compute()``.
   """
-  entry = None if cache_dir is None else Path(cache_dir) / f'{kind}-{config_hash(config)}'
+  key = f'{kind}-{config_hash(config)}'
+  entry = None if cache_dir is None else Path(cache_dir) / key
   if entry is None or not is_primary():  # (the others compute with process 0, write nothing)
-    return _cached(entry, kind, config, compute, like, checkpoint_every)
+    variables, info = _cached(entry, kind, config, compute, like, checkpoint_every)
+    return variables, {**info, 'key': key}
   # One process trains an entry; another that needs it waits, then loads what it wrote.
   lock = FileLock(entry.parent / '.locks' / f'{entry.name}.lock').acquire(
       wait=True, notice=lambda pid: print(f'waiting for process {pid}, which is computing the '
                                           f'same {kind} ({entry})', file=sys.stderr))
   try:
-    return _cached(entry, kind, config, compute, like, checkpoint_every)
+    variables, info = _cached(entry, kind, config, compute, like, checkpoint_every)
+    return variables, {**info, 'key': key}
   finally:
     lock.release()
 

@@ -263,6 +263,7 @@ class _Seed:
   reference: Any
   ref_metrics: dict
   retrain_seconds: float
+  original_key: str | None = None  # the original's cache key (None: given ready-made)
 
 
 def _checked_split(s: _Setup, seed: int):
@@ -291,9 +292,9 @@ def _prepare_seed(s: _Setup, seed: int, split=None) -> _Seed:
                                  ds.num_classes, seed, config.progress,
                                  parallel=config.devices())
   control = lambda ckpt: LoopControl(ckpt, config.max_nonfinite)
-  original = s.original
+  original, original_key = s.original, None
   if original is None:
-    original, _ = checkpoint.cached(
+    original, made = checkpoint.cached(
         config.cache_dir, 'original',
         {**s.cache_key, 'train': s.train_cfg.cache_dict(), 'seed': seed},
         lambda ckpt=None: train_classifier(model, ds.x_train, ds.y_train, s.train_cfg, seed,
@@ -301,6 +302,7 @@ def _prepare_seed(s: _Setup, seed: int, split=None) -> _Seed:
                                            progress=config.progress, parallel=task.parallel,
                                            control=control(ckpt)),
         like=s.like, checkpoint_every=config.checkpoint_every)
+    original_key = made['key']
   retrained, info = checkpoint.cached(
       config.cache_dir, 'retrain',
       {**s.cache_key, 'train': s.retrain_hp.cache_dict(), 'seed': seed,
@@ -310,7 +312,7 @@ def _prepare_seed(s: _Setup, seed: int, split=None) -> _Seed:
       like=s.like, checkpoint_every=config.checkpoint_every)
   reference = model_outputs(model, retrained, ds, split, task.parallel)
   return _Seed(split, dataclasses.replace(task, variables=original), reference,
-               evaluate(reference, ds, split, reference), info['seconds'])
+               evaluate(reference, ds, split, reference), info['seconds'], original_key)
 
 
 def _score(s: _Setup, sd: _Seed, variables, split=None) -> dict:
@@ -372,6 +374,7 @@ class _SeedRun(SeedRun):
 
   def __init__(self, s: _Setup, sd: _Seed):
     self.s, self.sd, self.task = s, sd, sd.task
+    self.original_key = sd.original_key
 
   def original(self) -> dict:
     return _score(self.s, self.sd, self.task.variables)

@@ -119,10 +119,21 @@ class SeedRun:
   dataclass with ``control``, ``callback`` and ``callback_every`` fields)."""
 
   task: Any
+  # the cache key of the settings that made the original (``checkpoint.cached``'s
+  # ``info['key']``); None for one given ready-made
+  original_key: str | None = None
 
   def original(self) -> dict:
     """The row of the model before unlearning."""
     raise NotImplementedError
+
+  def original_model(self) -> dict:
+    """What identifies the original: ``key``, the cache key of the settings that made it,
+    and ``fingerprint``, :func:`jaxunlearn.checkpoint.fingerprint` of its weights
+    (``task.variables``). Two results of the same key and seed with other fingerprints
+    started from different models: the code that trains it changed between them."""
+    return {'key': self.original_key,
+            'fingerprint': checkpoint.fingerprint(self.task.variables)}
 
   def given(self, name: str) -> dict | None:
     """The row of a method the job does not run (Retrain: trained with the seed); None."""
@@ -214,6 +225,7 @@ def _run_seeds(job: Job, progress: RunProgress, out_dir) -> dict:
     run = job.seed(seed)
     if 'original' not in done:
       done['original'] = run.original()
+      done['original_model'] = run.original_model()
       progress.save()
     for name in todo:
       row, ckpt = run.given(name), None
@@ -231,6 +243,10 @@ def _run_seeds(job: Job, progress: RunProgress, out_dir) -> dict:
               for name in names}
   results = job.results(per_seed, [progress.seed(seed)['original'] for seed in seeds],
                         hparams)
+  models = {str(seed): progress.seed(seed)['original_model'] for seed in seeds
+            if 'original_model' in progress.seed(seed)}  # (not in a run begun before them)
+  if models:
+    results['original_models'] = models
   failures = {name: {str(seed): row['error'] for seed, row in zip(seeds, rows)
                      if 'error' in row} for name, rows in per_seed.items()}
   if any(failures.values()):

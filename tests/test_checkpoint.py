@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxunlearn.checkpoint import (cached, config_hash, load_variables, save_variables,
-                                   write_json_atomic)
+from jaxunlearn.checkpoint import (cached, config_hash, fingerprint, load_variables,
+                                   save_variables, write_json_atomic)
 
 
 def _tree():
@@ -66,6 +66,26 @@ def test_cache_hits_and_recomputes_damaged_entries(tmp_path):
 def test_cache_disabled(tmp_path):
   out, info = cached(None, 'orig', {}, _tree)
   assert not info['hit']
+  # the key is the settings' (what a result records of its original), cache or none
+  assert info['key'] == f"orig-{config_hash({})}" == cached(tmp_path, 'orig', {}, _tree)[1]['key']
+
+
+def test_fingerprint_changes_with_any_bit_of_any_weight_and_nothing_else():
+  from flax.core import freeze
+  tree = {'dense': {'kernel': np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
+                    'bias': np.zeros(4, np.float32)}}
+  fp = fingerprint(tree)
+  assert len(fp) == 16 and fp == fingerprint(jax.tree.map(np.copy, tree))
+  assert fingerprint(freeze(tree)) == fp  # a FrozenDict of the same arrays
+  assert fingerprint(jax.tree.map(jax.numpy.asarray, tree)) == fp  # on a device
+  bumped = jax.tree.map(np.copy, tree)
+  bumped['dense']['kernel'][1, 2] = np.nextafter(bumped['dense']['kernel'][1, 2], 2)
+  assert fingerprint(bumped) != fp  # one ulp of one weight
+  assert fingerprint({'dense': {'kernel': tree['dense']['kernel'],
+                                'b': tree['dense']['bias']}}) != fp  # another name
+  assert fingerprint(jax.tree.map(lambda a: a.astype(np.float64), tree)) != fp  # dtype
+  assert fingerprint({'dense': {'kernel': tree['dense']['kernel'].reshape(4, 3),
+                                'bias': tree['dense']['bias']}}) != fp  # shape
 
 
 def test_output_dir_is_checked_before_compute(tmp_path, capsys):

@@ -5,8 +5,10 @@ import dataclasses
 import json
 import time
 
+import numpy as np
 import pytest
 
+from jaxunlearn.checkpoint import fingerprint
 from jaxunlearn.job import Job, SeedRun, run_job
 from jaxunlearn.train import NonFiniteError
 
@@ -23,6 +25,7 @@ class Config:
 @dataclasses.dataclass(frozen=True)
 class Task:
   seed: int
+  variables: object = None
   control: object = None
   callback: object = None
   callback_every: int = 0
@@ -62,7 +65,8 @@ def _diverges(task, hp):
 
 class ToyRun(SeedRun):
   def __init__(self, seed):
-    self.task = Task(seed)
+    self.task = Task(seed, {'w': np.full(3, seed, np.float32)})
+    self.original_key = f'toy-{seed}'
 
   def original(self):
     return {'score': -1.0}
@@ -127,6 +131,12 @@ def test_run_job_resumes_records_failures_and_times_runs_without_their_monitor(t
   good = rows['good'][0]
   assert good['watched_s'] == pytest.approx(0.2) and 0 <= good['rte_s'] < 0.1
   assert json.loads((out / 'results.json').read_text())['failures'] == results['failures']
+  # each seed's original is identified by its settings' key and its weights' fingerprint
+  assert results['original_models'] == {
+      str(s): {'key': f'toy-{s}', 'fingerprint': fingerprint({'w': np.full(3, s, np.float32)})}
+      for s in (0, 1)}
+  assert results['original_models']['0']['fingerprint'] != (
+      results['original_models']['1']['fingerprint'])
   assert not (out / 'progress.json').exists()
 
 

@@ -292,3 +292,36 @@ def test_a_generation_summary_shows_ua_iterations_to_forget_accuracy_and_fid():
   assert rp.CELLS['forgetting']({'methods': {'esd': stats}}, 'esd') == '98.0 | 550 | 64.2 | 27.9'
   stats['steps_to_forget'] = None  # not forgotten on any seed
   assert rp.CELLS['forgetting']({'methods': {'esd': stats}}, 'esd') == '98.0 | never | 64.2 | 27.9'
+
+
+def test_a_result_on_another_original_than_a_later_one_of_the_same_settings_is_stale(
+    tmp_path, monkeypatch):
+  rp = _reproduce()
+  argv = ('run', '--methods', 'ft', '--seeds', '0,1')
+  for name in ('early', 'late', 'other'):
+    monkeypatch.setitem(rp.RESULTS, name, rp.Result(argv))
+
+  def store(name, finished, models):
+    results = _fake_result(tmp_path / name, [*argv, '--out', str(tmp_path / 'o')])
+    results['provenance']['finished'] = finished
+    results['original_models'] = models
+    (tmp_path / name / 'fake' / 'results.json').unlink()
+    (tmp_path / name / 'fake').rmdir()
+    (tmp_path / name / 'results.json').write_text(json.dumps(results))
+
+  same = {'0': {'key': 'original-aa', 'fingerprint': 'f0'},
+          '1': {'key': 'original-bb', 'fingerprint': 'f1'}}
+  store('early', '2026-12-04T10:00:00', same)
+  store('late', '2026-12-06T10:00:00', same)
+  store('other', '2026-12-05T10:00:00', {'0': {'key': 'original-cc', 'fingerprint': 'g0'}})
+  assert rp.check(['early', 'late', 'other'], base=tmp_path) == {}
+  # seed 1's original came out otherwise in the later run: the earlier result is stale
+  store('late', '2026-12-06T10:00:00', {**same, '1': {'key': 'original-bb', 'fingerprint': 'f2'}})
+  found = rp.check(['early', 'late', 'other'], base=tmp_path)
+  assert list(found) == ['early'] and len(found['early']) == 1, found
+  assert found['early'][0].startswith('measured on another original of seed 1 (original-bb, '
+                                      'fingerprint f1) than late (f2)')
+  assert rp.check(['late'], base=tmp_path) == {}
+  # a historical result is not compared
+  monkeypatch.setitem(rp.RESULTS, 'early', rp.Result(argv, historical='kept on purpose'))
+  assert rp.check(['early', 'late'], base=tmp_path) == {}

@@ -422,8 +422,10 @@ class _SeedRun(SeedRun):
   """One seed of a generation run: its original DDPM, its task, and the judge's scores (the
   first seed also keeps its sample grids, for samples.png)."""
 
-  def __init__(self, job: _Generation, seed: int, task: GenerationTask, seconds: float):
+  def __init__(self, job: _Generation, seed: int, task: GenerationTask, seconds: float,
+               original_key: str | None = None):
     self.job, self.seed, self.task, self.train_seconds = job, seed, task, seconds
+    self.original_key = original_key
 
   def _keep_grid(self, name: str, variables) -> None:
     if self.seed == self.job.config.seeds[0] and self.job.out_dir is not None:
@@ -546,7 +548,7 @@ class _Generation(Job):
                           x_train[split.retain], y_train[split.retain], num_conditions,
                           self.ddpm, seed, config.progress, parallel=config.devices(),
                           concept_y=concept)
-    return _SeedRun(self, seed, task, info['seconds'])
+    return _SeedRun(self, seed, task, info['seconds'], info.get('key'))
 
   def results(self, per_seed: dict, originals: list, hparams: dict) -> dict:
     self._prepare()
