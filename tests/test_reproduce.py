@@ -130,6 +130,14 @@ def test_historical_tables_are_rendered_too_and_say_why_they_are_not_checked(tmp
   doc.write_text(f'{block.replace("1.50", "1.60")}\n')  # typed by hand
   assert 'differs from its results.json' in rp.check(['fake'], base=tmp_path,
                                                      root=tmp_path)['fake'][0]
+  # made with its provenance by code since overtaken: what made it, then why it is historical
+  monkeypatch.setitem(rp.RESULTS, 'fake', rp.Result(argv, docs=('doc.md',),
+                                                    historical='on older originals'))
+  results['provenance'] = {'finished': '2026-12-04T10:00:00+00:00',
+                           'git': {'commit': '5a870cd0000', 'dirty': False}}
+  lines = rp.render_block('fake', results).splitlines()
+  assert lines[-4:-2] == ['(measured 2026-12-04; commit 5a870cd)', '(historical: on older '
+                          "originals; not checked against today's defaults)"]
 
 
 def test_a_pending_result_says_so_in_its_block_until_it_is_measured(tmp_path, monkeypatch):
