@@ -683,7 +683,9 @@ def original_conflicts(base: Path = RESULTS_DIR) -> dict[str, list[str]]:
     latest = max(by_print, key=lambda fp: max(by_print[fp]))
     later = ', '.join(sorted(name for _, name in by_print[latest]))
     for fp, made in by_print.items():
-      for _, name in made if fp != latest else ():
+      if fp == latest:
+        continue
+      for _, name in made:
         problems.setdefault(name, []).append(
             f'measured on another original of seed {seed} ({key}, fingerprint {fp}) than '
             f'{later} ({latest}), measured later with the same settings: the code that trains '

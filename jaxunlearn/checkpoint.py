@@ -395,18 +395,18 @@ def cached(cache_dir: str | os.PathLike | None, kind: str, config: dict,
   """
   key = f'{kind}-{config_hash(config)}'
   entry = None if cache_dir is None else Path(cache_dir) / key
-  if entry is None or not is_primary():  # (the others compute with process 0, write nothing)
-    variables, info = _cached(entry, kind, config, compute, like, checkpoint_every)
-    return variables, {**info, 'key': key}
-  # One process trains an entry; another that needs it waits, then loads what it wrote.
-  lock = FileLock(entry.parent / '.locks' / f'{entry.name}.lock').acquire(
-      wait=True, notice=lambda pid: print(f'waiting for process {pid}, which is computing the '
-                                          f'same {kind} ({entry})', file=sys.stderr))
+  lock = None  # (without a cache, or on the other processes: they compute with process 0)
+  if entry is not None and is_primary():
+    # One process trains an entry; another that needs it waits, then loads what it wrote.
+    lock = FileLock(entry.parent / '.locks' / f'{entry.name}.lock').acquire(
+        wait=True, notice=lambda pid: print(f'waiting for process {pid}, which is computing '
+                                            f'the same {kind} ({entry})', file=sys.stderr))
   try:
     variables, info = _cached(entry, kind, config, compute, like, checkpoint_every)
-    return variables, {**info, 'key': key}
   finally:
-    lock.release()
+    if lock is not None:
+      lock.release()
+  return variables, {**info, 'key': key}
 
 
 def _cached(entry, kind, config, compute, like, checkpoint_every):
