@@ -7,7 +7,7 @@
 
 Each result NAME is one ``jaxunlearn`` command (``RESULTS`` below). ``--only NAME`` runs it
 into ``experiments/results/NAME/`` (results.json with its ``provenance``, the plots, and
-``COMMAND``: the exact command line), then renders its table into the docs: a table lives
+``COMMAND``: the exact command line, run from the repository root), then renders its table into the docs: a table lives
 between ``<!-- result:NAME -->`` and ``<!-- /result:NAME -->`` in a docs file and is
 written from the JSON, never typed. A run goes into ``experiments/results/.NAME.partial/``
 first and replaces the stored result only when it has finished (the same command started
@@ -26,8 +26,8 @@ no compute) and compared with what the result records; a changed default names t
 setting, its stored and its current value. A change of code can also move a trained
 original while every setting stays: results record each original's settings key and a
 fingerprint of its weights (``original_models``), and a result whose original differs from
-that of a later result with the same key and seed is stale too. A result measured before
-results recorded their
+that of a later result with the same key and seed is stale too, and so is one whose stored
+``COMMAND`` is not the registry's. A result measured before results recorded their
 provenance, or under settings kept on purpose, is marked ``historical`` with the reason, and
 is listed as such, not checked.
 """
@@ -380,13 +380,36 @@ def result_dir(name: str) -> Path:
   return RESULTS_DIR / name
 
 
+def _shown(path: Path) -> str:
+  """``path`` as a command shows it: relative to the repository root when it lies inside it
+  (the commands run from the root), so that a stored COMMAND names no host's folders."""
+  try:
+    return str(Path(path).resolve().relative_to(ROOT))
+  except ValueError:
+    return str(path)
+
+
 def command_line(name: str, out: Path) -> list[str]:
-  """The command that makes result ``name`` in folder ``out``."""
+  """The command that makes result ``name`` in folder ``out``, run from the repository
+  root."""
   entry = RESULTS[name]
   if entry.script:
     return [*(f'{k}={v}' for k, v in entry.env), 'python', f'experiments/{entry.script}',
-            *entry.argv, '--json', str(out / 'results.json')]
-  return ['jaxunlearn', *entry.argv, '--out', str(out)]
+            *entry.argv, '--json', _shown(out / 'results.json')]
+  return ['jaxunlearn', *entry.argv, '--out', _shown(out)]
+
+
+def command_problems(name: str, base: Path = RESULTS_DIR) -> list[str]:
+  """What is wrong with result ``name``'s stored COMMAND: missing, or another command than
+  the registry's (the one that made it is then not the one ``--only`` would run)."""
+  path = base / name / 'COMMAND'
+  if not path.is_file():
+    return [f'{path} is missing: python experiments/reproduce.py --only {name} writes it']
+  want = ' '.join(command_line(name, RESULTS_DIR / name))
+  if path.read_text().strip() != want:
+    return [f'{path} says {path.read_text().strip()!r}, the registry {want!r}: re-measure it '
+            f'or correct the registry']
+  return []
 
 
 # the benchmarks' row and column titles
@@ -708,6 +731,7 @@ def check(names=None, base: Path = RESULTS_DIR, root: Path = ROOT) -> dict[str, 
     elif results is not None and not entry.historical:
       found += [f'stale: {d}' for d in (benchmark_staleness(name, results) if entry.script
                                          else staleness(results))]
+      found += command_problems(name, base)
     if found:
       problems[name] = found + problems.get(name, [])
   for name, docs, block in _blocks(names, base):

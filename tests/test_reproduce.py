@@ -36,7 +36,13 @@ def test_every_published_result_resolves_and_is_current_or_marked_historical():
   assert rp.check() == {}
 
 
-def _fake_result(tmp_path, argv):
+def _write_command(folder, name):
+  """The COMMAND that ``reproduce.py --only NAME`` stores beside a result."""
+  rp = sys.modules['reproduce']
+  (folder / 'COMMAND').write_text(' '.join(rp.command_line(name, rp.RESULTS_DIR / name)) + '\n')
+
+
+def _fake_result(tmp_path, argv, command=True):
   """A stored result as a run of ``argv`` today would record it (no compute)."""
   now = resolve_run(argv)
   results = {'hparams': now['hparams'], 'methods': {}, 'original': {}, 'dataset': 'digits',
@@ -44,6 +50,8 @@ def _fake_result(tmp_path, argv):
              'provenance': {'argv': list(argv), 'config': now['config']}}
   (tmp_path / 'fake').mkdir(parents=True)
   (tmp_path / 'fake' / 'results.json').write_text(json.dumps(results))
+  if command:
+    _write_command(tmp_path / 'fake', 'fake')
   return results
 
 
@@ -67,6 +75,25 @@ def test_stale_check_names_each_setting_that_changed(tmp_path, monkeypatch):
   del results['provenance']
   (tmp_path / 'fake' / 'results.json').write_text(json.dumps(results))
   assert 'no provenance' in rp.check(['fake'], base=tmp_path)['fake'][0]
+
+
+def test_a_stored_command_is_the_registrys_and_names_no_hosts_folder(tmp_path, monkeypatch):
+  rp = _reproduce()
+  argv = ('run', '--methods', 'ft', '--seeds', '0')
+  monkeypatch.setitem(rp.RESULTS, 'fake', rp.Result(argv))
+  _fake_result(tmp_path, [*argv, '--out', str(tmp_path / 'o')])
+  command = (tmp_path / 'fake' / 'COMMAND').read_text()
+  assert command == 'jaxunlearn run --methods ft --seeds 0 --out experiments/results/fake\n'
+  assert rp.check(['fake'], base=tmp_path) == {}
+  # made by another command than the registry's (here: another folder): said, with both
+  (tmp_path / 'fake' / 'COMMAND').write_text(command.replace('experiments/', '/host/x/'))
+  found = rp.check(['fake'], base=tmp_path)['fake']
+  assert len(found) == 1 and "the registry 'jaxunlearn run --methods ft" in found[0], found
+  (tmp_path / 'fake' / 'COMMAND').unlink()
+  assert rp.check(['fake'], base=tmp_path)['fake'][0].endswith(
+      'COMMAND is missing: python experiments/reproduce.py --only fake writes it')
+  # a folder outside the repository is shown as it is
+  assert rp.command_line('fake', Path('/elsewhere/r'))[-1] == '/elsewhere/r'
 
 
 def test_tables_are_rendered_from_the_json_never_typed(tmp_path, monkeypatch):
@@ -228,6 +255,7 @@ def _bench(tmp_path, name, plain, salun, argv, environment):
                             'devices': {'count': 1, 'kind': 'cpu'}}}
   (tmp_path / name).mkdir(parents=True)
   (tmp_path / name / 'results.json').write_text(json.dumps(results))
+  _write_command(tmp_path / name, name)
   return results
 
 
@@ -310,11 +338,12 @@ def test_a_result_on_another_original_than_a_later_one_of_the_same_settings_is_s
     monkeypatch.setitem(rp.RESULTS, name, rp.Result(argv))
 
   def store(name, finished, models):
-    results = _fake_result(tmp_path / name, [*argv, '--out', str(tmp_path / 'o')])
+    results = _fake_result(tmp_path / name, [*argv, '--out', str(tmp_path / 'o')], False)
     results['provenance']['finished'] = finished
     results['original_models'] = models
     (tmp_path / name / 'fake' / 'results.json').unlink()
     (tmp_path / name / 'fake').rmdir()
+    _write_command(tmp_path / name, name)
     (tmp_path / name / 'results.json').write_text(json.dumps(results))
 
   same = {'0': {'key': 'original-aa', 'fingerprint': 'f0'},
