@@ -39,6 +39,7 @@ import dataclasses
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -75,6 +76,11 @@ class Result:
   env: tuple = ()                # (NAME, VALUE), ...: the environment the script runs in
   label: str = ''                # its column title where another benchmark's table shows it
   beside: tuple = ()             # benchmarks whose columns its table shows before its own
+  # a study script: the `jaxunlearn run` arguments whose resolved hyperparameters it records
+  # under `hparams` (checked against today's like a run's), and whether it takes the run's
+  # --cache-dir of originals (which changes no number: the cache is keyed by the settings)
+  hparams_of: tuple = ()
+  takes_cache: bool = False
 
 
 RESULTS = {
@@ -240,7 +246,12 @@ RESULTS = {
         (), script='collectives.py', env=(('XLA_FLAGS',
                                            '--xla_force_host_platform_device_count=8'),),
         docs=('docs/running.md',), table='collectives'),
-    'strong_class3': Result(
+      # how selective SFR-on's Fisher-ratio mask is on the digits DDPMs (docs/generation.md)
+  'sfron_mask_digits': Result(
+        ('--seeds', '0,1,2'), script='sfron_mask.py', table='mask', takes_cache=True,
+        hparams_of=('run', '--task', 'generation', '--methods', 'sfron'),
+        docs=('docs/generation.md',)),
+  'strong_class3': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'class:3', '--methods',
          'original,ft,ga,salun,sfron,lur', '--models', '8'),
         docs=('docs/strong-evaluation.md',), table='strong', historical=BEFORE_PROVENANCE,
@@ -502,6 +513,23 @@ def collectives_table(results: dict) -> list[str]:
   return _md(header, body)
 
 
+def mask_table(results: dict) -> list[str]:
+  """``sfron_mask.py``'s shares per Fisher-ratio threshold, mean ± std over the seeds: of
+  the weights the mask selects, of a same-sized draw of retain images, and of the forget
+  set's Fisher mass on the mask."""
+  rows = results['rows']
+
+  def cell(part, gamma, key):
+    values = [r[part][gamma][key] for r in rows]
+    return f'{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f}'
+  header = ['F_f / F_r ≥ γ', 'weights selected, forget set (%)',
+            'weights selected, a draw of as many retain images (%)',
+            "forget set's Fisher mass on them (%)"]
+  body = [[f'{float(g):g}', cell('mask', g, 'weights_pct'), cell('draw', g, 'weights_pct'),
+           cell('mask', g, 'forget_mass_pct')] for g in rows[0]['mask']]
+  return _md(header, body)
+
+
 def render_table(name: str, results: dict, base: Path = RESULTS_DIR) -> str:
   """The table of a stored result, as the docs show it (a benchmark's in markdown)."""
   entry = RESULTS[name]
@@ -520,6 +548,8 @@ def render_table(name: str, results: dict, base: Path = RESULTS_DIR) -> str:
     return '\n'.join(sd_memory_table(results))
   if kind == 'collectives':
     return '\n'.join(collectives_table(results))
+  if kind == 'mask':
+    return '\n'.join(mask_table(results))
   if kind == 'generation':
     from jaxunlearn.diffusion.report import format_generation_table
     return format_generation_table(results)
@@ -652,15 +682,19 @@ def benchmark_staleness(name: str, results: dict) -> list[str]:
   argv, made = list(record['argv']), []
   while argv:
     arg = argv.pop(0)
-    if arg == '--json':
+    if arg in ('--json', '--cache-dir'):  # where it writes; where originals are cached
       argv = argv[1:]
-    elif not arg.startswith('--json='):
+    elif not arg.startswith(('--json=', '--cache-dir=')):
       made.append(arg)
   found = [] if made == list(entry.argv) else [
       f'made by the arguments {made}, registered {list(entry.argv)}']
   environment = record.get('environment', {})
   found += [f'made with {k}={environment.get(k)!r}, registered {v!r}' for k, v in entry.env
             if environment.get(k) != v]
+  if entry.hparams_of:
+    from jaxunlearn.cli import resolve_run
+    found += _differences(results.get('hparams', {}), resolve_run(entry.hparams_of)['hparams'],
+                          'hparams')
   return found
 
 
@@ -765,7 +799,7 @@ def run(name: str, cache_dir: str | None = None) -> Path:
   cmd = command_line(name, partial)
   print('$ ' + ' '.join(cmd), flush=True)
   if RESULTS[name].script:
-    return _run_benchmark(name, cmd, partial, final)
+    return _run_benchmark(name, cmd, partial, final, cache_dir)
   cache = cache_dir or str(own_cache)
   exe = shutil.which('jaxunlearn') or sys.exit('jaxunlearn is not installed: pip install -e .')
   # wall time only when nothing was there to resume and the cache was empty
@@ -794,12 +828,14 @@ def _store(name: str, partial: Path, final: Path) -> None:
   partial.rename(final)
 
 
-def _run_benchmark(name: str, cmd: list[str], partial: Path, final: Path) -> Path:
+def _run_benchmark(name: str, cmd: list[str], partial: Path, final: Path,
+                   cache_dir: str | None = None) -> Path:
   entry = RESULTS[name]
   partial.mkdir(parents=True, exist_ok=True)
   script = cmd.index('python')
-  done = subprocess.run([sys.executable, str(ROOT / cmd[script + 1]), *cmd[script + 2:]],
-                        env={**os.environ, **dict(entry.env)}, cwd=ROOT)
+  cache = ('--cache-dir', cache_dir) if cache_dir and entry.takes_cache else ()
+  done = subprocess.run([sys.executable, str(ROOT / cmd[script + 1]), *cmd[script + 2:],
+                         *cache], env={**os.environ, **dict(entry.env)}, cwd=ROOT)
   if done.returncode != 0 or not (partial / 'results.json').is_file():
     sys.exit(f'{name}: the benchmark failed (exit {done.returncode}); the stored result is '
              'unchanged')

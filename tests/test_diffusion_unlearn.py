@@ -176,6 +176,29 @@ def test_sfron_drops_forget_labels_as_its_hyperparameter_says(task, monkeypatch,
   assert seen['retain'].cond_drop_prob == 0.2
 
 
+def test_sfron_fishers_make_its_mask_and_study_other_sets(task):
+  """``sfron_fishers`` is what SFR-on's mask is made of (the library's Fisher-ratio mask of
+  the conditional denoising loss, batches of 128 clipped to 1); given other sets it
+  computes their Fishers the same way (experiments/sfron_mask.py's yardstick draw)."""
+  from jaxunlearn.diffusion.methods import sfron_fishers
+  from jaxunlearn.diffusion.objectives import Denoiser
+  from jaxunlearn.saliency import fisher_diagonal, fisher_ratio_mask, sfron_mask
+  small = dataclasses.replace(task, forget_x=task.forget_x[:24], forget_y=task.forget_y[:24],
+                              retain_x=task.retain_x[:40], retain_y=task.retain_y[:40])
+  hp = resolve_hparams('sfron', {}, GENERATION_METHODS)
+  forget, retain = sfron_fishers(small, hp)
+  objective = Denoiser(task.model, task.diffusion, Denoising())
+  want = sfron_mask(objective, task.variables, small.forget_x, small.forget_y, small.retain_x,
+                    small.retain_y, hp.gamma, batch_size=128, clip_norm=1.0)
+  jax.tree.map(np.testing.assert_array_equal, fisher_ratio_mask(forget, retain, hp.gamma),
+               want)
+  other = (task.retain_x[40:64], task.retain_y[40:64])
+  drawn, _ = sfron_fishers(small, hp, forget=other)
+  jax.tree.map(np.testing.assert_array_equal, drawn,
+               fisher_diagonal(objective, task.variables, *other, 128, 1.0))
+  assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, drawn, forget)))
+
+
 @pytest.mark.slow
 def test_elbo_fisher_is_a_mean_of_per_image_squares(task):
   """The mean over images of the squared gradient of each image's ELBO estimate (``n``

@@ -135,20 +135,21 @@ def test_a_dit_runs_sfron_as_its_dit_code(monkeypatch, sigma_dit):
   hp = resolve_hparams('sfron', config.method_overrides('sfron'), GENERATION_METHODS)
   seen = {}
 
-  def fake_mask(objective, variables, fx, fy, rx, ry, gamma, batch_size, clip_norm, parallel):
-    seen['mask'] = (objective.loss, batch_size, clip_norm, len(fy), len(ry), objective.train)
+  def fake_fisher(objective, variables, x, y, batch_size, clip_norm, parallel):
+    seen.setdefault('fishers', []).append(
+        (objective.loss, batch_size, clip_norm, len(y), objective.train))
     return jax.tree.map(jnp.ones_like, variables['params'])
 
   def fake_fit(variables, forget, retain, iterations, optim, mask, **loop):
     seen['fit'] = (forget.objective.loss, retain.objective.loss, optim, forget.objective.train)
     return variables, None
-  monkeypatch.setattr(gen_methods, 'sfron_mask', fake_mask)
+  monkeypatch.setattr(gen_methods, 'fisher_diagonal', fake_fisher)
   monkeypatch.setattr(gen_methods, 'fit_fast_slow', fake_fit)
   task = _class3_task(*sigma_dit)
   GENERATION_METHODS['sfron'].run(task, dataclasses.replace(hp, fisher_examples=20))
-  loss, batch, clip, n_f, n_r, train = seen['mask']
+  (loss, *forget_fisher), (_, *retain_fisher) = seen.pop('fishers')
   assert isinstance(loss, HybridDenoising) and loss.scale == 1.0
-  assert (batch, clip, n_f, n_r, train) == (1, 0.0, 3, 20, False)
+  assert forget_fisher == [1, 0.0, 3, False] and retain_fisher == [1, 0.0, 20, False]
   forget, retain, optim, train = seen['fit']
   assert isinstance(forget, HybridDenoising) and forget.scale == -1.0
   assert forget.cond_drop_prob == 0.1 and isinstance(retain, HybridDenoising)
@@ -161,7 +162,7 @@ def test_a_dit_runs_sfron_as_its_dit_code(monkeypatch, sigma_dit):
   assert isinstance(forget, AdaptiveDenoisingAscent) and not forget.hybrid
   assert isinstance(retain, Denoising) and retain.reduction == 'sum'
   assert (optim.clip_norm, optim.forget_schedule, optim.forget_weight) == (1.0, 'cosine', 10.0)
-  assert seen['mask'][1:3] == (128, 1.0)
+  assert [f[1:3] for f in seen['fishers']] == [(128, 1.0)] * 2
 
 
 def test_stable_diffusion_runs_sfron_as_its_sd_code(monkeypatch, sigma_dit):
@@ -176,7 +177,7 @@ def test_stable_diffusion_runs_sfron_as_its_sd_code(monkeypatch, sigma_dit):
   def fake_fit(variables, forget, retain, iterations, optim, mask, **loop):
     seen['fit'] = (forget.objective.loss, retain.objective.loss, optim, mask is not None)
     return variables, None
-  monkeypatch.setattr(gen_methods, 'sfron_mask', lambda objective, variables, *a, **k:
+  monkeypatch.setattr(gen_methods, 'fisher_diagonal', lambda objective, variables, *a, **k:
                       jax.tree.map(jnp.ones_like, variables['params']))
   monkeypatch.setattr(gen_methods, 'fit_fast_slow', fake_fit)
   task = _class3_task(*sigma_dit)

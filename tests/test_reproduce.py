@@ -320,6 +320,38 @@ def test_the_memory_and_collectives_tables_read_their_scripts_json():
                       '×35 35.0 MiB | all-gather ×2 3072 MiB + all-reduce ×36 36.0 MiB |')
 
 
+def test_a_study_script_is_checked_against_the_hyperparameters_it_records(tmp_path,
+                                                                          monkeypatch):
+  """sfron_mask.py's result: its table from its rows, and stale when the hyperparameters it
+  records are not today's (its --cache-dir, like its --json, is where things go)."""
+  rp = _reproduce()
+  run = ('run', '--task', 'generation', '--methods', 'sfron')
+  monkeypatch.setattr(rp, 'RESULTS', {'mask': rp.Result(
+      ('--seeds', '0,1'), script='sfron_mask.py', table='mask', takes_cache=True,
+      hparams_of=run, docs=('doc.md',))})
+  shares = lambda w, m: {'1.0': {'weights_pct': w, 'forget_mass_pct': m},  # noqa: E731
+                         '5.0': {'weights_pct': w / 8, 'forget_mass_pct': m / 6}}
+  results = {'rows': [{'seed': s, 'mask': shares(40.0 + s, 72.0), 'draw': shares(33.0, 44.0)}
+                      for s in (0, 1)],
+             'hparams': resolve_run(run)['hparams'],
+             'provenance': {'argv': ['--seeds', '0,1', '--json', 'x.json', '--cache-dir', 'c'],
+                            'environment': {}, 'finished': '2026-12-06T08:00:00+00:00',
+                            'devices': {'count': 1, 'kind': 'cpu'}}}
+  (tmp_path / 'mask').mkdir()
+  (tmp_path / 'mask' / 'results.json').write_text(json.dumps(results))
+  _write_command(tmp_path / 'mask', 'mask')
+  table = rp.render_table('mask', results)
+  assert table.splitlines()[2:] == ['| 1 | 40.5 ± 0.5 | 33.0 ± 0.0 | 72.0 ± 0.0 |',
+                                    '| 5 | 5.1 ± 0.1 | 4.1 ± 0.0 | 12.0 ± 0.0 |']
+  (tmp_path / 'doc.md').write_text(rp.render_block('mask', results, tmp_path) + '\n')
+  assert rp.check(base=tmp_path, root=tmp_path) == {}
+  results['hparams']['sfron']['gamma'] = 2.0  # as if SFR-on's threshold had moved since
+  (tmp_path / 'mask' / 'results.json').write_text(json.dumps(results))
+  (tmp_path / 'doc.md').write_text(rp.render_block('mask', results, tmp_path) + '\n')
+  assert rp.check(base=tmp_path, root=tmp_path) == {
+      'mask': ['stale: hparams.sfron.gamma: stored 2.0, now 1.0']}
+
+
 def test_a_generation_summary_shows_ua_iterations_to_forget_accuracy_and_fid():
   rp = _reproduce()
   stat = lambda v: {'mean': v, 'std': 0.0}

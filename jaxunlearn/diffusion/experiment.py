@@ -578,6 +578,15 @@ def run_generation(config: GenerationConfig, out_dir: str | Path | None = None,
   return run_job(_Generation(config, out_dir), out_dir, restart)
 
 
+def generation_task(config: GenerationConfig, seed: int) -> tuple[GenerationTask, str | None]:
+  """The task a generation run of ``config`` gives its methods on ``seed`` (its original
+  trained, or loaded from ``config.cache_dir``, and its split), and the original's cache
+  key (``None`` for a model given ready-made): for studying a method's statistics on the
+  run's own originals."""
+  run = _Generation(config, None).seed(seed)
+  return run.task, run.original_key
+
+
 def _grid(judge: _Judge, unet, variables, num_classes: int, seed: int) -> np.ndarray:
   labels = np.repeat(np.arange(num_classes, dtype=np.int32), GRID_PER_CLASS)
   return judge.sample(unet, variables, labels, seed + 3)

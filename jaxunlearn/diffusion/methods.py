@@ -25,7 +25,7 @@ from jaxunlearn.hparams import (Hyperparameters, at_least_one, fraction, hparam,
                                 one_of, positive, probability)
 from jaxunlearn.methods import register
 from jaxunlearn.optim import OptimSpec
-from jaxunlearn.saliency import salun_mask, sfron_mask
+from jaxunlearn.saliency import fisher_diagonal, fisher_ratio_mask, salun_mask
 from jaxunlearn.train import Phase, fit, fit_fast_slow, fit_joint
 
 GENERATION_METHODS: dict = {}
@@ -197,16 +197,25 @@ def _fisher_subset(x, y, n: int, seed: int):
   return x[idx], y[idx]
 
 
+def sfron_fishers(task: GenerationTask, hp: SFRon, forget=None, retain=None):
+  """The forget and the retain set's diagonal Fishers behind SFR-on's mask (``hp``'s loss,
+  batches, clipping and subsets; eval mode, conditional loss: the references'
+  ``generate_fisher``); ``forget`` / ``retain``: ``(x, y)`` in place of the task's sets (to
+  study the mask). The mask is ``fisher_ratio_mask(*sfron_fishers(task, hp), hp.gamma)``."""
+  forget = _fisher_subset(*(forget or (task.forget_x, task.forget_y)), hp.fisher_examples,
+                          task.seed)
+  retain = _fisher_subset(*(retain or (task.retain_x, task.retain_y)), hp.fisher_examples,
+                          task.seed + 1)
+  statistic = task.statistic(HybridDenoising() if hp.loss == 'hybrid' else Denoising())
+  fisher = lambda x, y: fisher_diagonal(  # noqa: E731
+      statistic, task.variables, x, y, hp.fisher_batch_size or hp.batch_size,
+      1.0 if hp.fisher_clip else 0.0, task.parallel)
+  return fisher(*forget), fisher(*retain)
+
+
 def _sfron(task: GenerationTask, hp: SFRon, desc: str, **precondition):
   hybrid, reduction = hp.loss == 'hybrid', 'mean' if hp.loss == 'mean' else 'sum'
-  mask = None
-  if hp.mask:  # the references' generate_fisher: eval mode, conditional loss
-    forget = _fisher_subset(task.forget_x, task.forget_y, hp.fisher_examples, task.seed)
-    retain = _fisher_subset(task.retain_x, task.retain_y, hp.fisher_examples, task.seed + 1)
-    mask = sfron_mask(task.statistic(HybridDenoising() if hybrid else Denoising()),
-                      task.variables, *forget, *retain, hp.gamma,
-                      batch_size=hp.fisher_batch_size or hp.batch_size,
-                      clip_norm=1.0 if hp.fisher_clip else 0.0, parallel=task.parallel)
+  mask = fisher_ratio_mask(*sfron_fishers(task, hp), hp.gamma) if hp.mask else None
   optim = OptimSpec('adam', hp.lr, momentum=0.9, weight_decay=0.0,
                     clip_norm=hp.clip_norm if hp.retain_clip else 0.0, every=hp.every,
                     forget_weight=hp.forget_weight, forget_schedule=hp.forget_schedule,
