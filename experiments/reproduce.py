@@ -191,6 +191,12 @@ RESULTS = {
          '--methods', 'salun', '--seeds', '0,1,2', '--check-every', '50'),
         docs=('docs/generation.md',), table='generation',
         historical=DDPM_ORIGINALS_BEFORE),
+    # SFR-on with a stricter Fisher-ratio mask (docs/generation.md: sfron_mask_digits)
+  'generation_digits_sfron_gamma5': Result(
+        ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
+         '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10', '--set',
+         'sfron.gamma=5'),
+        docs=('docs/generation.md',), table='generation'),
     # the digits text-to-image job (docs/stable-diffusion.md), its methods' defaults
     'text_to_image_digits': Result(
         ('run', '--task', 'text-to-image', '--scenario', 'class:3', '--seeds', '0,1,2',
