@@ -528,11 +528,12 @@ def mask_table(results: dict) -> list[str]:
   def cell(part, gamma, key):
     values = [r[part][gamma][key] for r in rows]
     return f'{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f}'
-  header = ['F_f / F_r ≥ γ', 'weights selected, forget set (%)',
-            'weights selected, a draw of as many retain images (%)',
-            "forget set's Fisher mass on them (%)"]
+  header = ['F_f / F_r ≥ γ', 'weights selected: forget set (%)',
+            'a draw of as many retain images (%)', "forget set's Fisher mass on them (%)",
+            "the draw's on its own (%)"]
   body = [[f'{float(g):g}', cell('mask', g, 'weights_pct'), cell('draw', g, 'weights_pct'),
-           cell('mask', g, 'forget_mass_pct')] for g in rows[0]['mask']]
+           cell('mask', g, 'forget_mass_pct'), cell('draw', g, 'forget_mass_pct')]
+          for g in rows[0]['mask']]
   return _md(header, body)
 
 

@@ -341,8 +341,9 @@ def test_a_study_script_is_checked_against_the_hyperparameters_it_records(tmp_pa
   (tmp_path / 'mask' / 'results.json').write_text(json.dumps(results))
   _write_command(tmp_path / 'mask', 'mask')
   table = rp.render_table('mask', results)
-  assert table.splitlines()[2:] == ['| 1 | 40.5 ± 0.5 | 33.0 ± 0.0 | 72.0 ± 0.0 |',
-                                    '| 5 | 5.1 ± 0.1 | 4.1 ± 0.0 | 12.0 ± 0.0 |']
+  assert table.splitlines()[2:] == [
+      '| 1 | 40.5 ± 0.5 | 33.0 ± 0.0 | 72.0 ± 0.0 | 44.0 ± 0.0 |',
+      '| 5 | 5.1 ± 0.1 | 4.1 ± 0.0 | 12.0 ± 0.0 | 7.3 ± 0.0 |']
   (tmp_path / 'doc.md').write_text(rp.render_block('mask', results, tmp_path) + '\n')
   assert rp.check(base=tmp_path, root=tmp_path) == {}
   results['hparams']['sfron']['gamma'] = 2.0  # as if SFR-on's threshold had moved since
