@@ -192,11 +192,11 @@ RESULTS = {
         docs=('docs/generation.md',), table='generation',
         historical=DDPM_ORIGINALS_BEFORE),
     # SFR-on with a stricter Fisher-ratio mask (docs/generation.md: sfron_mask_digits)
-  'generation_digits_sfron_gamma5': Result(
+  **{f'generation_digits_sfron_gamma{gamma}': Result(
         ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
          '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10', '--set',
-         'sfron.gamma=5'),
-        docs=('docs/generation.md',), table='generation'),
+         f'sfron.gamma={gamma}'),
+        docs=('docs/generation.md',), table='generation') for gamma in (2, 5)},
     # the digits text-to-image job (docs/stable-diffusion.md), its methods' defaults
     'text_to_image_digits': Result(
         ('run', '--task', 'text-to-image', '--scenario', 'class:3', '--seeds', '0,1,2',
