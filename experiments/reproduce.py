@@ -197,6 +197,11 @@ RESULTS = {
          '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10', '--set',
          f'sfron.gamma={gamma}'),
         docs=('docs/generation.md',), table='generation') for gamma in (2, 5)},
+  'generation_digits_sfron_gamma5_300': Result(
+        ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
+         '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10', '--set',
+         'sfron.gamma=5', '--set', 'sfron.iterations=300'),
+        docs=('docs/generation.md',), table='generation'),
     # the digits text-to-image job (docs/stable-diffusion.md), its methods' defaults
     'text_to_image_digits': Result(
         ('run', '--task', 'text-to-image', '--scenario', 'class:3', '--seeds', '0,1,2',
