@@ -196,12 +196,11 @@ RESULTS = {
         ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
          '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10', '--set',
          f'sfron.gamma={gamma}'),
-        docs=('docs/generation.md',), table='generation') for gamma in (2, 5)},
+        table='generation') for gamma in (2, 5)},
   'generation_digits_sfron_gamma5_300': Result(
         ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
          '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10', '--set',
-         'sfron.gamma=5', '--set', 'sfron.iterations=300'),
-        docs=('docs/generation.md',), table='generation'),
+         'sfron.gamma=5', '--set', 'sfron.iterations=300'), table='generation'),
     # the digits text-to-image job (docs/stable-diffusion.md), its methods' defaults
     'text_to_image_digits': Result(
         ('run', '--task', 'text-to-image', '--scenario', 'class:3', '--seeds', '0,1,2',
@@ -359,6 +358,17 @@ SUMMARIES = {
          ('ascent, 40 iterations', ('sfron_t2i_40',)),
          ('**pseudo prompt (SD code), 80 iterations (the default)**', ('sfron_t2i_sd',))),
         docs=('docs/stable-diffusion.md',), corner='SFR-on (seed 0)', cell='forgetting'),
+    # SFR-on on the digits DDPMs per seed at several Fisher-ratio thresholds (the same
+    # originals: generation_digits and the gamma runs share their cache keys)
+    'sfron_digits_gamma_seeds': Summary(
+        '', ('seed 0', 'seed 1', 'seed 2'),
+        (('original', (('generation_digits', 'original'),)),
+         ("**γ = 1, 150 iterations (the references')**", (('generation_digits', 'sfron'),)),
+         ('γ = 2, 150 iterations', (('generation_digits_sfron_gamma2', 'sfron'),)),
+         ('γ = 5, 150 iterations', (('generation_digits_sfron_gamma5', 'sfron'),)),
+         ('γ = 5, 300 iterations', (('generation_digits_sfron_gamma5_300', 'sfron'),)),
+         ('SalUn (for comparison)', (('generation_digits', 'salun'),))),
+        docs=('docs/generation.md',), corner='UA / acc_remaining', cell='seeds'),
     # UA / acc_remaining of each seed of the text-to-image job (its run recorded only the
     # originals' mean; the ESD run after it, from the same cached originals, each of them)
     'text_to_image_digits_seeds': Summary(
