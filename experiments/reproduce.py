@@ -7,9 +7,9 @@
 
 Each result NAME is one ``jaxunlearn`` command (``RESULTS`` below). ``--only NAME`` runs it
 into ``experiments/results/NAME/`` (results.json with its ``provenance``, the plots, and
-``COMMAND``: the exact command line, run from the repository root), then renders its table into the docs: a table lives
-between ``<!-- result:NAME -->`` and ``<!-- /result:NAME -->`` in a docs file and is
-written from the JSON, never typed. A run goes into ``experiments/results/.NAME.partial/``
+``COMMAND``: the exact command line, run from the repository root), then renders its table
+into the docs: a table lives between ``<!-- result:NAME -->`` and ``<!-- /result:NAME -->``
+in a docs file and is written from the JSON, never typed. A run goes into ``experiments/results/.NAME.partial/``
 first and replaces the stored result only when it has finished (the same command started
 again after a kill resumes it there).
 
@@ -191,16 +191,14 @@ RESULTS = {
          '--methods', 'salun', '--seeds', '0,1,2', '--check-every', '50'),
         docs=('docs/generation.md',), table='generation',
         historical=DDPM_ORIGINALS_BEFORE),
-    # SFR-on with a stricter Fisher-ratio mask (docs/generation.md: sfron_mask_digits)
-  **{f'generation_digits_sfron_gamma{gamma}': Result(
+    # SFR-on with a stricter Fisher-ratio mask (docs/generation.md: the summary
+    # sfron_digits_gamma_seeds)
+    **{f'generation_digits_sfron_gamma{name}': Result(
         ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
          '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10', '--set',
-         f'sfron.gamma={gamma}'),
-        table='generation') for gamma in (2, 5)},
-  'generation_digits_sfron_gamma5_300': Result(
-        ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
-         '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10', '--set',
-         'sfron.gamma=5', '--set', 'sfron.iterations=300'), table='generation'),
+         f'sfron.gamma={gamma}', *sets), table='generation')
+       for name, gamma, sets in (('2', 2, ()), ('5', 5, ()),
+                                 ('5_300', 5, ('--set', 'sfron.iterations=300')))},
     # the digits text-to-image job (docs/stable-diffusion.md), its methods' defaults
     'text_to_image_digits': Result(
         ('run', '--task', 'text-to-image', '--scenario', 'class:3', '--seeds', '0,1,2',
@@ -256,12 +254,12 @@ RESULTS = {
         (), script='collectives.py', env=(('XLA_FLAGS',
                                            '--xla_force_host_platform_device_count=8'),),
         docs=('docs/running.md',), table='collectives'),
-      # how selective SFR-on's Fisher-ratio mask is on the digits DDPMs (docs/generation.md)
-  'sfron_mask_digits': Result(
+    # how selective SFR-on's Fisher-ratio mask is on the digits DDPMs (docs/generation.md)
+    'sfron_mask_digits': Result(
         ('--seeds', '0,1,2'), script='sfron_mask.py', table='mask', takes_cache=True,
         hparams_of=('run', '--task', 'generation', '--methods', 'sfron'),
         docs=('docs/generation.md',)),
-  'strong_class3': Result(
+    'strong_class3': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'class:3', '--methods',
          'original,ft,ga,salun,sfron,lur', '--models', '8'),
         docs=('docs/strong-evaluation.md',), table='strong', historical=BEFORE_PROVENANCE,
@@ -437,11 +435,9 @@ def command_problems(name: str, base: Path = RESULTS_DIR) -> list[str]:
   path = base / name / 'COMMAND'
   if not path.is_file():
     return [f'{path} is missing: python experiments/reproduce.py --only {name} writes it']
-  want = ' '.join(command_line(name, RESULTS_DIR / name))
-  if path.read_text().strip() != want:
-    return [f'{path} says {path.read_text().strip()!r}, the registry {want!r}: re-measure it '
-            f'or correct the registry']
-  return []
+  stored, want = path.read_text().strip(), ' '.join(command_line(name, RESULTS_DIR / name))
+  return [] if stored == want else [
+      f'{path} says {stored!r}, the registry {want!r}: re-measure it or correct the registry']
 
 
 # the benchmarks' row and column titles

@@ -29,6 +29,7 @@ from jaxunlearn import checkpoint
 from jaxunlearn.diffusion.experiment import GenerationConfig, generation_task
 from jaxunlearn.diffusion.methods import sfron_fishers
 from jaxunlearn.provenance import provenance
+from jaxunlearn.saliency import fisher_ratio
 
 
 def _flat(tree) -> np.ndarray:
@@ -38,8 +39,7 @@ def _flat(tree) -> np.ndarray:
 def _shares(forget_fisher, retain_fisher, gammas) -> dict:
   """Per ``gamma``: the percent of weights with ratio >= gamma, and the percent of the
   forget Fisher's mass on them."""
-  f, r = _flat(forget_fisher), _flat(retain_fisher)
-  ratio = (f + 1e-15) / (r + 1e-15)  # the library's mask's eps
+  f, ratio = _flat(forget_fisher), _flat(fisher_ratio(forget_fisher, retain_fisher))
   return {str(g): {'weights_pct': float(np.mean(ratio >= g) * 100),
                    'forget_mass_pct': float(f[ratio >= g].sum() / f.sum() * 100)}
           for g in gammas}
@@ -47,14 +47,12 @@ def _shares(forget_fisher, retain_fisher, gammas) -> dict:
 
 def _class_rows(forget_fisher, retain_fisher, gamma: float) -> list[int]:
   """The class-embedding rows (ids) that the mask selects entirely at ``gamma``."""
-  rows = []
-  flat_f = jax.tree_util.tree_flatten_with_path(forget_fisher)[0]
-  flat_r = jax.tree.leaves(retain_fisher)
-  for (path, f), r in zip(flat_f, flat_r):
-    if 'class' in jax.tree_util.keystr(path) and np.ndim(f) == 2:
-      keep = (np.asarray(f) + 1e-15) / (np.asarray(r) + 1e-15) >= gamma
-      rows += [int(i) for i in np.flatnonzero(keep.all(axis=1))]
-  return sorted(set(rows))
+  rows = set()
+  for path, ratio in jax.tree_util.tree_flatten_with_path(
+      fisher_ratio(forget_fisher, retain_fisher))[0]:
+    if 'class' in jax.tree_util.keystr(path) and np.ndim(ratio) == 2:
+      rows.update(int(i) for i in np.flatnonzero((np.asarray(ratio) >= gamma).all(axis=1)))
+  return sorted(rows)
 
 
 def main(argv=None):

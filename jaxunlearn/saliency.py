@@ -172,16 +172,22 @@ def fisher_diagonal(objective, variables, x, y, batch_size: int = 128,
   return jax.tree.map(lambda f: f / batches, total)
 
 
+def fisher_ratio(forget_fisher, remain_fisher, eps: float = 1e-15):
+  """SFR-on's weight saliency ``(F_f + eps) / (F_r + eps)`` per weight (the references'
+  ``eps``; a weight neither Fisher touches has ratio 1)."""
+  return jax.tree.map(lambda f, r: (f + eps) / (r + eps), forget_fisher, remain_fisher)
+
+
 def fisher_ratio_mask(forget_fisher, remain_fisher, gamma: float = 1.0, eps: float = 1e-15):
-  """SFR-on's mask ``m = [(F_f + eps) / (F_r + eps) >= gamma]`` as a float32 0/1 tree.
+  """SFR-on's mask ``m = [fisher_ratio(F_f, F_r) >= gamma]`` as a float32 0/1 tree.
 
   Raises:
     ValueError: ``gamma`` not positive, or a mask that selects no weight (lower ``gamma``).
   """
   if not gamma > 0:
     raise ValueError(f'Fisher-ratio threshold gamma must be positive, got {gamma}')
-  mask = jax.tree.map(lambda f, r: ((f + eps) / (r + eps) >= gamma).astype(jnp.float32),
-                      forget_fisher, remain_fisher)
+  mask = jax.tree.map(lambda q: (q >= gamma).astype(jnp.float32),
+                      fisher_ratio(forget_fisher, remain_fisher, eps))
   if mask_fraction(mask) == 0:
     raise ValueError(f'Fisher-ratio mask with gamma={gamma} selects no weight: the forget '
                      'set is nowhere more sensitive than the remain set; lower gamma')
