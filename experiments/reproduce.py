@@ -656,12 +656,19 @@ def stored(name: str, base: Path = RESULTS_DIR) -> dict | None:
   return json.loads(path.read_text()) if path.is_file() else None
 
 
+# Settings added after results were recorded, with the value that does what the library
+# did before they existed: a result that lacks one is compared as if it recorded that value
+# (any other value now, or a change of the default, still makes it stale).
+ADDED_SETTINGS = {'ddpm.ema_decay': 0.0}
+
+
 def _differences(stored_value, current, prefix: str) -> list[str]:
   if isinstance(stored_value, dict) and isinstance(current, dict):
     out = []
     for key in sorted({*stored_value, *current}):
-      out += _differences(stored_value.get(key, '<absent>'), current.get(key, '<absent>'),
-                          f'{prefix}.{key}' if prefix else key)
+      path = f'{prefix}.{key}' if prefix else key
+      before = ADDED_SETTINGS.get(path.split('.', 1)[-1], '<absent>')
+      out += _differences(stored_value.get(key, before), current.get(key, '<absent>'), path)
     return out
   return [] if stored_value == current else [f'{prefix}: stored {stored_value!r}, now {current!r}']
 

@@ -15,6 +15,9 @@ Retrain, DDPM training, every unlearning method of both tasks); two functions bu
                 chain(add_decayed_weights(weight_decay),
                       sgd(lr_t, momentum) | adam(lr_t, b1=momentum)))[)])
 
+  wrapped whole in ``track_params_ema(..., ema_decay)`` if ``ema_decay > 0`` (DDPM
+  training: the loop then returns the average of the params, not the last ones).
+
   With a constant or cosine schedule and no warm-up (:attr:`OptimSpec.numbers_in_state`)
   the last part is built under ``optax.inject_hyperparams``: the learning rate and the
   cosine's horizon are arrays of the optimizer state, and one compiled step serves every
@@ -106,6 +109,11 @@ class OptimSpec:
       constant, as GA_l1's).
     elastic: Selective Amnesia's EWC strength (its Fisher installed by ``set_elastic_fisher``).
 
+  Averaging:
+    ema_decay: > 0 (single chains): the chain keeps an exponential moving average of the
+      params (:func:`jaxunlearn.transforms.track_params_ema`), and :func:`jaxunlearn.train.fit`
+      returns it instead of the last params (a diffusion model's sampling weights); 0: none.
+
   Fast-slow:
     every: K > 0 makes the spec a pair (:func:`fast_slow_pair`): a forget step every K-th
       iteration, a retain step every iteration; 0: a single chain (:func:`make_tx`).
@@ -140,6 +148,7 @@ class OptimSpec:
   elastic: float = 0.0
   every: int = 0
   ascent: bool = False
+  ema_decay: float = 0.0
 
   def __post_init__(self):
     for name, allowed in _CHOICES.items():
@@ -157,11 +166,15 @@ class OptimSpec:
                  'elastic', 'warmup', 'every', 'project_every'):
       if getattr(self, name) < 0:
         raise ValueError(f'OptimSpec.{name} must be >= 0, got {getattr(self, name)}')
+    if not 0 <= self.ema_decay < 1:
+      raise ValueError(f'OptimSpec.ema_decay must lie in [0, 1) (0: no average), got '
+                       f'{self.ema_decay}')
     if self.every:
       if self.forget_weight is None:
         raise ValueError('a fast-slow spec (every > 0) needs forget_weight, the weight of '
                          'its forget steps')
-      used = [n for n in ('lookahead_lr', 'l1', 'elastic', 'warmup') if getattr(self, n)]
+      used = [n for n in ('lookahead_lr', 'l1', 'elastic', 'warmup', 'ema_decay')
+              if getattr(self, n)]
       if used:
         raise ValueError(f'{", ".join(used)} are not part of a fast-slow pair (every > 0): '
                          'set them to 0 or use a single chain (every=0)')
@@ -352,7 +365,8 @@ def make_tx(spec: OptimSpec, axis_name: str | None = None
     opt = _optimizer(spec, spec.learning_rate())
   if spec.saliency:
     opt = transforms.mask_by_saliency(freeze=True, inner=opt)
-  return optax.chain(*head, opt)
+  chain = optax.chain(*head, opt)
+  return transforms.track_params_ema(chain, spec.ema_decay) if spec.ema_decay else chain
 
 
 def fast_slow_pair(spec: OptimSpec, axis_name: str | None = None

@@ -372,7 +372,9 @@ def fit(variables, phases: Sequence[Phase], *, epochs: int | None = None,
       (:class:`LoopControl`; default: no checkpoints, stop after 10 non-finite steps in a row).
 
   Returns:
-    ``(variables, history)``: the per-step loss of every phase, keyed by phase name.
+    ``(variables, history)``: the per-step loss of every phase, keyed by phase name. With
+    ``optim.ema_decay`` the variables' params are the average of the params over the run
+    (bias-corrected), the sampling weights of a diffusion model.
   """
   _length(epochs, steps, phases)
   m = parallel.size
@@ -398,7 +400,17 @@ def fit(variables, phases: Sequence[Phase], *, epochs: int | None = None,
                                parallel=parallel, control=control, callback=callback,
                                callback_every=callback_every, desc=desc, progress=progress,
                                history=[p.name for p in phases])
-  return parallel.get(state.variables), history
+  return _final_variables(state, optim, parallel), history
+
+
+def _final_variables(state, optim: OptimSpec, parallel: Parallel):
+  """The variables a loop returns: the last ones, or with ``optim.ema_decay`` the average
+  of the params (:func:`jaxunlearn.transforms.ema_params`) with the last model state."""
+  variables = parallel.get(state.variables)
+  if not optim.ema_decay:
+    return variables
+  from jaxunlearn.transforms import ema_params
+  return {**variables, 'params': ema_params(parallel.get(state.opt_state), variables['params'])}
 
 
 def cycle_batches(n: int, batch_size: int, seed: int, multiple_of: int = 1):
@@ -461,7 +473,7 @@ def fit_joint(variables, forget: Phase, retain: Phase, *, epochs: int | None = N
                                parallel=parallel, control=control, callback=callback,
                                callback_every=callback_every, desc=desc, progress=progress,
                                history=['retain', 'forget', 'grad_cosine'])
-  return parallel.get(state.variables), history
+  return _final_variables(state, optim, parallel), history
 
 
 def fast_slow_updates(iterations: int, every: int) -> int:

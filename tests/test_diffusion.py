@@ -183,3 +183,29 @@ def test_ddpm_learning_rate_warms_up_then_decays_to_zero_by_default():
   assert float(constant.learning_rate()(1000)) == pytest.approx(1e-3)
   with pytest.raises(ValueError, match="lr_schedule must be 'constant' or 'cosine'"):
     DiffusionConfig(lr_schedule='linear')
+
+
+def test_ddpm_training_with_ema_returns_the_average_of_its_weights(tiny_unet):
+  """``ema_decay``: the trained model is the bias-corrected average of the weights after
+  each step (what the loop's callback saw), not the last weights; it names the model in
+  the cache only when set (DDPMs cached before keep their keys)."""
+  from jaxunlearn.diffusion.train import DiffusionConfig, train_diffusion
+  model, variables = tiny_unet
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (32, 8, 8, 1)).astype(np.float32)
+  y = rng.integers(0, 3, 32).astype(np.int32)
+  seen = []
+  config = DiffusionConfig(steps=4, batch_size=8, lr=1e-2, warmup=1, ema_decay=0.5)
+  out, _ = train_diffusion(model, x, y, config, variables=variables, progress=False,
+                           callback=lambda step, v: seen.append(v['params']), callback_every=1)
+  assert len(seen) == 4
+  weights = [0.5 ** (4 - k) for k in range(4)]  # (1 - d) d^(t - k), t = 4
+  want = jax.tree.map(lambda *ps: sum(w * p for w, p in zip(weights, ps)) / sum(weights),
+                      *seen)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               out['params'], want)
+  assert not np.allclose(jax.tree.leaves(out['params'])[0], jax.tree.leaves(seen[-1])[0])
+  assert 'ema_decay' not in DiffusionConfig().cache_dict()
+  assert DiffusionConfig(ema_decay=0.999).cache_dict()['ema_decay'] == 0.999
+  with pytest.raises(ValueError, match=r'ema_decay must lie in \[0, 1\)'):
+    DiffusionConfig(ema_decay=1.0)

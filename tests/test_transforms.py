@@ -10,7 +10,7 @@ from jaxunlearn.transforms import (add_elastic_penalty, add_l1_penalty, align_fo
                                    fast_slow_schedule,
                                    hold, mask_by_saliency, precondition_by_remain_hessian,
                                    project_onto_forget_memory, set_elastic_fisher,
-                                   set_saliency_mask)
+                                   set_saliency_mask, ema_params, track_params_ema)
 
 
 def _half_mask(params):
@@ -129,6 +129,10 @@ CASES = [
            lambda: optax.chain(add_l1_penalty(optax.linear_schedule(0.1, 0.0, 4)),
                                optax.sgd(0.05, momentum=0.9)),
            hyper=(add_l1_penalty, {'strength': 0.1}, lambda: optax.sgd(0.05, momentum=0.9))),
+    H.Case('track_params_ema',
+           lambda: track_params_ema(optax.sgd(0.05, momentum=0.9), 0.9),
+           hyper=(track_params_ema, {'inner': optax.sgd(0.05, momentum=0.9), 'decay': 0.4},
+                  optax.identity)),
 ]
 
 
@@ -643,3 +647,54 @@ def test_installers_under_optax_masked_take_full_or_module_level_masks():
   installed = set_elastic_fisher(el.init(params), jax.tree.map(jnp.ones_like, params))
   assert isinstance(installed.inner_state.fisher['head'], optax.MaskedNode) or \
       isinstance(installed.inner_state.fisher['head']['w'], optax.MaskedNode)
+
+
+def test_track_params_ema_is_the_bias_corrected_average_of_the_params_it_makes():
+  """The average of theta_1..theta_t weighted d_t...d_{k+1} (1 - d_k), normalised, with the
+  decay injected and changed between steps; the updates are the inner optimizer's; under
+  ``optax.masked`` it averages the part it updates."""
+  inner = optax.adam(0.1)
+  tx = optax.inject_hyperparams(track_params_ema, static_args=('inner',))(inner=inner,
+                                                                         decay=0.9)
+  params = H.init_params()
+  state, plain = tx.init(params), inner.init(params)
+  step = jax.jit(tx.update)
+  seen, decays, plain_params = [], [0.9, 0.5, 0.99, 0.0, 0.7], params
+  for i, d in enumerate(decays):
+    g = H.retain_grads(params, H.make_batch(seed=i))
+    state.hyperparams['decay'] = jnp.asarray(d, jnp.float32)
+    updates, state = step(g, state, params)
+    want, plain = inner.update(g, plain, params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates, want)
+    params = optax.apply_updates(params, updates)
+    seen.append(params)
+  # weight of theta_k: (1 - d_k) times the decays of the later steps
+  weights = [(1 - decays[k]) * np.prod(decays[k + 1:]) for k in range(len(decays))]
+  want = jax.tree.map(lambda *ps: sum(w * p for w, p in zip(weights, ps)) / sum(weights),
+                      *seen)
+  got = ema_params(state)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
+  assert not np.allclose(got['w'], params['w'])  # not simply the last params
+
+  masked = optax.masked(track_params_ema(optax.sgd(0.5), 0.5), {'w': True, 'b': False})
+  params = H.init_params()
+  state = masked.init(params)
+  trail = []
+  for i in range(3):
+    updates, state = masked.update(H.retain_grads(params, H.make_batch(seed=i)), state, params)
+    params = optax.apply_updates(params, updates)
+    trail.append(params['w'])
+  want = (0.25 * trail[0] + 0.5 * trail[1] + 1.0 * trail[2]) / 1.75
+  np.testing.assert_allclose(ema_params(state)['w'], want, rtol=1e-6)
+  assert isinstance(ema_params(state)['b'], optax.MaskedNode)  # the part it does not update
+
+
+def test_ema_params_refuses_a_state_without_an_average_or_before_a_step():
+  with pytest.raises(ValueError, match='no track_params_ema'):
+    ema_params(optax.sgd(0.1).init(H.init_params()))
+  with pytest.raises(ValueError, match='no update'):
+    ema_params(track_params_ema(optax.sgd(0.1), 0.9).init(H.init_params()))
+  with pytest.raises(ValueError, match=r'\[0, 1\)'):
+    track_params_ema(optax.sgd(0.1), 1.0)
+  with pytest.raises(ValueError, match='ema_decay'):
+    OptimSpec(ema_decay=0.5, every=2, forget_weight=1.0)

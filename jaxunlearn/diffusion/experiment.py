@@ -529,7 +529,7 @@ class _Generation(Job):
     else:
       original, info = checkpoint.cached(
           config.cache_dir, 'ddpm',
-          {**self.data_key, **self.model_key, 'train': dataclasses.asdict(self.ddpm),
+          {**self.data_key, **self.model_key, 'train': self.ddpm.cache_dict(),
            'seed': seed},
           lambda ckpt=None: train_diffusion(
               unet, x_train, y_train, self.ddpm, seed,

@@ -41,6 +41,10 @@ class DiffusionConfig:
     num_timesteps: T.
     cond_drop_prob: probability of training a label as the null class (classifier-free
       guidance; the null class is the model's last class id).
+    ema_decay: > 0: the trained model is the exponential moving average of the weights
+      (bias-corrected, :func:`jaxunlearn.transforms.track_params_ema`) at this decay, as
+      DDPM and DiT sample from theirs (0.9999 over hundreds of thousands of steps; a window
+      of ``1 / (1 - ema_decay)`` steps); 0: the last weights.
   """
 
   steps: int = 3000
@@ -52,6 +56,7 @@ class DiffusionConfig:
   schedule: str = 'linear'
   num_timesteps: int = 1000
   cond_drop_prob: float = 0.1
+  ema_decay: float = 0.0
 
   def __post_init__(self):
     if self.schedule not in ('linear', 'cosine', 'scaled_linear'):
@@ -63,6 +68,17 @@ class DiffusionConfig:
       raise ValueError(f'cond_drop_prob must lie in [0, 1), got {self.cond_drop_prob}')
     if self.steps < 0 or self.batch_size < 1 or not self.lr > 0:
       raise ValueError('steps must be >= 0, batch_size >= 1 and lr > 0')
+    if not 0 <= self.ema_decay < 1:
+      raise ValueError(f'ema_decay must lie in [0, 1) (0: the last weights), got '
+                       f'{self.ema_decay}')
+
+  def cache_dict(self) -> dict:
+    """The values that name a trained DDPM in the cache (``ema_decay`` only when set, so
+    that models cached before it existed keep their keys)."""
+    d = dataclasses.asdict(self)
+    if not d['ema_decay']:
+      del d['ema_decay']
+    return d
 
   def noise_schedule(self) -> NoiseSchedule:
     fn = {'linear': linear_schedule, 'cosine': cosine_schedule,
@@ -71,9 +87,10 @@ class DiffusionConfig:
 
   def optim(self) -> OptimSpec:
     """The optimizer: clip, then Adam (PyTorch's defaults, no weight decay) after a linear
-    warm-up from 0 (none with ``warmup=0``)."""
+    warm-up from 0 (none with ``warmup=0``), its params averaged with ``ema_decay``."""
     return OptimSpec('adam', self.lr, momentum=0.9, weight_decay=0.0, warmup=self.warmup,
-                     schedule=self.lr_schedule, clip_norm=self.clip_norm)
+                     schedule=self.lr_schedule, clip_norm=self.clip_norm,
+                     ema_decay=self.ema_decay)
 
 
 def init_unet(model, image_shape, seed: int = 0):

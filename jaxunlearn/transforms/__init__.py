@@ -5,6 +5,7 @@ from jaxunlearn.transforms.combine import (AddL1PenaltyState, CombineForgetRetai
                                            add_l1_penalty, combine_forget_retain)
 from jaxunlearn.transforms.elastic import (ElasticPenaltyState, add_elastic_penalty,
                                            set_elastic_fisher)
+from jaxunlearn.transforms.ema import TrackParamsEMAState, ema_params, track_params_ema
 from jaxunlearn.transforms.fast_slow import fast_slow_schedule, hold
 from jaxunlearn.transforms.finite import apply_if_finite
 from jaxunlearn.transforms.mask import MaskBySaliencyState, mask_by_saliency, set_saliency_mask
@@ -18,9 +19,9 @@ from jaxunlearn.transforms.train_state import TrainState
 
 __all__ = ['AddL1PenaltyState', 'AlignForgetRetainState', 'CombineForgetRetainState',
            'ElasticPenaltyState', 'MaskBySaliencyState', 'MultiStepsState', 'PreconditionByRemainHessianState',
-           'ProjectOntoForgetMemoryState', 'TrainState',
+           'ProjectOntoForgetMemoryState', 'TrackParamsEMAState', 'TrainState',
            'add_elastic_penalty', 'add_l1_penalty', 'align_forget_retain', 'apply_if_finite',
-           'combine_forget_retain', 'fast_slow_schedule', 'hold', 'mask_by_saliency',
+           'combine_forget_retain', 'ema_params', 'fast_slow_schedule', 'hold', 'mask_by_saliency',
            'masked', 'multi_steps', 'partition', 'restrict_like',
            'precondition_by_remain_hessian', 'project_onto_forget_memory', 'set_elastic_fisher',
-           'set_saliency_mask']
+           'set_saliency_mask', 'track_params_ema']
