@@ -77,6 +77,22 @@ def test_stale_check_names_each_setting_that_changed(tmp_path, monkeypatch):
   assert 'no provenance' in rp.check(['fake'], base=tmp_path)['fake'][0]
 
 
+def test_a_setting_added_later_counts_as_its_old_behaviour_and_nothing_else():
+  """A result recorded before ``ddpm.ema_decay`` existed (no such key) was made without
+  an average: current while the default is that, stale if it records another value or the
+  default moves."""
+  rp = _reproduce()
+  stored = {'ddpm': {'lr': 1e-3}, 'ga': {'lr': 1e-4}}
+  assert rp._differences(stored, {'ddpm': {'lr': 1e-3, 'ema_decay': 0.0},
+                                  'ga': {'lr': 1e-4}}, 'hparams') == []
+  assert rp._differences(stored, {'ddpm': {'lr': 1e-3, 'ema_decay': 0.999},
+                                  'ga': {'lr': 1e-4}}, 'hparams') == [
+      'hparams.ddpm.ema_decay: stored 0.0, now 0.999']
+  # only where the registry says so: a new key elsewhere is still a difference
+  assert rp._differences(stored, {'ddpm': {'lr': 1e-3}, 'ga': {'lr': 1e-4, 'ema_decay': 0.0}},
+                         'hparams') == ["hparams.ga.ema_decay: stored '<absent>', now 0.0"]
+
+
 def test_a_stored_command_is_the_registrys_and_names_no_hosts_folder(tmp_path, monkeypatch):
   rp = _reproduce()
   argv = ('run', '--methods', 'ft', '--seeds', '0')

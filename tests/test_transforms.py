@@ -659,7 +659,7 @@ def test_track_params_ema_is_the_bias_corrected_average_of_the_params_it_makes()
   params = H.init_params()
   state, plain = tx.init(params), inner.init(params)
   step = jax.jit(tx.update)
-  seen, decays, plain_params = [], [0.9, 0.5, 0.99, 0.0, 0.7], params
+  seen, decays = [], [0.9, 0.5, 0.99, 0.0, 0.7]
   for i, d in enumerate(decays):
     g = H.retain_grads(params, H.make_batch(seed=i))
     state.hyperparams['decay'] = jnp.asarray(d, jnp.float32)
