@@ -259,6 +259,12 @@ RESULTS = {
         ('--seeds', '0,1,2'), script='sfron_mask.py', table='mask', takes_cache=True,
         hparams_of=('run', '--task', 'generation', '--methods', 'sfron'),
         docs=('docs/generation.md',)),
+    # the digits DiT's original along its training, raw and averaged (docs/generation.md)
+    'dit_training_digits': Result(
+        ('--seeds', '0,1,2', '--every', '1500'), script='dit_training.py', table='training',
+        takes_cache=True, hparams_of=('run', '--task', 'generation', '--model', 'dit',
+                                      '--methods', 'ga'),
+        docs=('docs/generation.md',)),
     'strong_class3': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'class:3', '--methods',
          'original,ft,ga,salun,sfron,lur', '--models', '8'),

@@ -124,6 +124,26 @@ def _class3_task(model, variables) -> GenerationTask:
                         progress=False)
 
 
+def test_a_dits_original_is_trained_by_its_recipe_unless_told_otherwise():
+  """The DiT's original follows ``ORIGINAL_RECIPE['dit']`` (resolved hparams and cache
+  key), ``--set ddpm.X`` overrides it, a ``ddpm`` of one's own is taken as it is, and the
+  UNet keeps the default."""
+  import dataclasses
+  from jaxunlearn.diffusion.experiment import ORIGINAL_RECIPE
+  from jaxunlearn.diffusion.train import DiffusionConfig
+  recipe = ORIGINAL_RECIPE['dit']
+  dit = GenerationConfig(model='dit')
+  resolved = dit.resolved_hparams()['ddpm']
+  assert {k: resolved[k] for k in recipe} == recipe
+  assert resolved['batch_size'] == GenerationConfig().ddpm.batch_size  # the rest: default
+  assert GenerationConfig()._replaced('ddpm') == GenerationConfig().ddpm  # the UNet
+  told = GenerationConfig(model='dit', overrides={'ddpm': {'steps': 100}})._replaced('ddpm')
+  assert told.steps == 100 and told.ema_decay == recipe['ema_decay']
+  own = DiffusionConfig(steps=50, batch_size=64)
+  assert GenerationConfig(model='dit', ddpm=own)._replaced('ddpm') == own
+  assert dataclasses.asdict(dit._replaced('ddpm')) == resolved
+
+
 def test_a_dit_runs_sfron_as_its_dit_code(monkeypatch, sigma_dit):
   config = GenerationConfig(model='dit')
   assert config.method_overrides('sfron') == DIT_RECIPE['sfron']
