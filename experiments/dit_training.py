@@ -104,7 +104,7 @@ def main(argv=None):
   p.add_argument('--seeds', default='0,2')
   p.add_argument('--every', type=int, default=1500, help='steps between scores')
   p.add_argument('--set', action='append', default=[], metavar='ddpm.KEY=VALUE',
-                 help='override the recipe (ddpm settings only)')
+                 help="override the original's recipe (or the judge's classifier.KEY)")
   p.add_argument('--decay', type=float, default=0.999,
                  help='the EMA of the ema rows when the recipe keeps none')
   p.add_argument('--cache-dir', default=None, help='where the originals land (the job '
@@ -121,15 +121,15 @@ def main(argv=None):
 
 def _main(args, cache_dir: str):
   overrides = parse_overrides(args.set)
-  if set(overrides) - {'ddpm'}:
-    raise SystemExit(f'--set takes ddpm.KEY=VALUE here, got {sorted(overrides)}')
+  if set(overrides) - {'ddpm', 'classifier'}:
+    raise SystemExit('--set takes ddpm.KEY=VALUE (and classifier.KEY=VALUE) here, got '
+                     f'{sorted(overrides)}')
   seeds = [int(s) for s in args.seeds.split(',')]
   config = GenerationConfig(model=args.model, seeds=tuple(seeds), methods=('ga',),
                             overrides=overrides, cache_dir=cache_dir, progress=False)
   config.validate()
   job = _Generation(config, None)
   job._prepare()
-  job.cls = int(config.scenario.split(':')[1])
   decay = job.ddpm.ema_decay or args.decay
   rows, finals, models = [], [], {}
   for seed in seeds:

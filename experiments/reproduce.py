@@ -67,7 +67,8 @@ SFRON_T2I_ASCENT = ("measured with SFR-on's DDPM losses (gradient ascent), the j
 class Result:
   argv: tuple                    # the jaxunlearn command's arguments, without --out
   docs: tuple = ()               # docs files holding its <!-- result:NAME --> table
-  table: str = 'classification'  # its table: 'classification', 'generation' or 'strong'
+  table: str = 'classification'  # its table: 'classification', 'generation', 'strong', ...
+  #                                (render_table's kinds)
   historical: str = ''           # non-empty: why it is not checked against today's defaults
   measured: str = ''             # a historical result: when and under what it was measured
   pending: str = ''              # non-empty: registered, not measured yet (why it is listed)
@@ -554,6 +555,26 @@ def mask_table(results: dict) -> list[str]:
   return _md(header, body)
 
 
+def training_table(results: dict) -> list[str]:
+  """``dit_training.py``'s scores along the original's training, mean ± std over the seeds:
+  per scored step the raw weights' and their average's, then the original the job keeps."""
+  keys = (('UA', 'UA (%)'), ('acc_remaining', 'acc_remaining (%)'), ('FID', 'FID'))
+
+  def cell(rows, key):
+    values = [r[key] for r in rows]
+    return f'{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f}'
+  header = ['step', 'weights', *(title for _, title in keys)]
+  body = []
+  for step in sorted({r['step'] for r in results['rows']}):
+    for kind, label in (('raw', 'that step'), ('ema', f"EMA {results['decay']:g}")):
+      rows = [r for r in results['rows'] if r['step'] == step and r['kind'] == kind]
+      body.append([str(step), label, *(cell(rows, key) for key, _ in keys)])
+  finals = results['originals']
+  body.append([str(finals[0]['step']), "the job's original", *(cell(finals, key)
+                                                              for key, _ in keys)])
+  return _md(header, body)
+
+
 def render_table(name: str, results: dict, base: Path = RESULTS_DIR) -> str:
   """The table of a stored result, as the docs show it (a benchmark's in markdown)."""
   entry = RESULTS[name]
@@ -574,6 +595,8 @@ def render_table(name: str, results: dict, base: Path = RESULTS_DIR) -> str:
     return '\n'.join(collectives_table(results))
   if kind == 'mask':
     return '\n'.join(mask_table(results))
+  if kind == 'training':
+    return '\n'.join(training_table(results))
   if kind == 'generation':
     from jaxunlearn.diffusion.report import format_generation_table
     return format_generation_table(results)

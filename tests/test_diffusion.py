@@ -209,3 +209,32 @@ def test_ddpm_training_with_ema_returns_the_average_of_its_weights(tiny_unet):
   assert DiffusionConfig(ema_decay=0.999).cache_dict()['ema_decay'] == 0.999
   with pytest.raises(ValueError, match=r'ema_decay must lie in \[0, 1\)'):
     DiffusionConfig(ema_decay=1.0)
+
+
+@pytest.mark.slow  # ~2 min: a classifier, a DiT and a dozen sample batches
+def test_dit_training_script_watches_the_jobs_original_and_its_average(tmp_path, capsys):
+  """experiments/dit_training.py at toy size: a row per scored step and kind, the original
+  it leaves in the cache is the job's (the library's average, equal to the host's), and a
+  second run on the same cache has no training to watch."""
+  import importlib.util
+  import json
+  from pathlib import Path
+  path = Path(__file__).parents[1] / 'experiments' / 'dit_training.py'
+  spec = importlib.util.spec_from_file_location('dit_training', path)
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  argv = ['--seeds', '0', '--every', '2', '--set', 'ddpm.steps=4', '--set', 'ddpm.warmup=1',
+          '--set', 'classifier.epochs=1', '--cache-dir', str(tmp_path / 'cache'),
+          '--json', str(tmp_path / 'out' / 'results.json')]
+  script.main(argv)
+  results = json.loads((tmp_path / 'out' / 'results.json').read_text())
+  assert [(r['step'], r['kind']) for r in results['rows']] == [
+      (2, 'raw'), (2, 'ema'), (4, 'raw'), (4, 'ema')]
+  final, last = results['originals'][0], results['rows'][-1]
+  assert final['max_abs_diff_to_host_ema'] < 1e-5
+  for key in ('UA', 'acc_remaining', 'FID'):  # the same weights, to float32 rounding
+    assert final[key] == pytest.approx(last[key], rel=1e-3, abs=1.0), key
+  assert results['hparams']['ddpm']['ema_decay'] == 0.999  # the DiT's recipe
+  assert (tmp_path / 'out' / 'training.png').is_file()
+  with pytest.raises(SystemExit, match='cached already'):
+    script.main(argv)
