@@ -219,8 +219,11 @@ def _ddpm() -> dict:
                              'constant Adam rate from the first step'),
                'lr_schedule': Ref('constant', 'salun:DDPM/runners/diffusion.py:201',
                                   'no scheduler; the references sample with the EMA '
-                                  f'weights (ema_rate 0.9999, {train}:24), which we do not '
-                                  'keep: 800k steps at a constant rate settle without one'),
+                                  'weights (ema_decay)'),
+               'ema_decay': Ref(0.9999, f'{train}:24', "model.ema_rate, with model.ema: True; "
+                                "their EMAHelper starts from the first weights without a bias "
+                                "correction, ours from zero with one: the same after 800k "
+                                "steps (0.9999^800k ~ e^-80)"),
                'clip_norm': Ref(1.0, f'{train}:53'), 'schedule': Ref('linear', f'{train}:30'),
                'num_timesteps': Ref(1000, f'{train}:33'),
                'cond_drop_prob': Ref(0.1, f'{train}:27')},
