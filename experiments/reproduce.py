@@ -269,8 +269,7 @@ RESULTS = {
     'strong_class3': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'class:3', '--methods',
          'original,ft,ga,salun,sfron,lur', '--models', '8'),
-        docs=('docs/strong-evaluation.md',), table='strong', historical=BEFORE_PROVENANCE,
-        measured='measured 2026-11-24, the CPU shared with compile jobs until SalUn'),
+        docs=('docs/strong-evaluation.md',), table='strong'),
     'strong_random10': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'random:10', '--methods',
          'original,ft,ga,salun,sfron,lur', '--models', '8'),
