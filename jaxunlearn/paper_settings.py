@@ -218,12 +218,14 @@ def _ddpm() -> dict:
                'warmup': Ref(0, 'salun:DDPM/runners/diffusion.py:214', 'no warm-up: a '
                              'constant Adam rate from the first step'),
                'lr_schedule': Ref('constant', 'salun:DDPM/runners/diffusion.py:201',
-                                  'no scheduler; the references sample with the EMA '
-                                  'weights (ema_decay)'),
-               'ema_decay': Ref(0.9999, f'{train}:24', "model.ema_rate, with model.ema: True; "
-                                "their EMAHelper starts from the first weights without a bias "
-                                "correction, ours from zero with one: the same after 800k "
-                                "steps (0.9999^800k ~ e^-80)"),
+                                  'no scheduler'),
+               'ema_decay': Ref(0.0, 'salun:DDPM/runners/diffusion.py:505',
+                                "their training keeps an EMA (ema_rate 0.9999, "
+                                f"{train}:24) in the checkpoint, but the saliency mask, "
+                                "the unlearning and the sampler load states[0], the last "
+                                "weights (diffusion.py:125, 505, 651; ema: False in "
+                                "cifar10_saliency_unlearn.yml:25 and cifar10_sample.yml:25): "
+                                "the model forgotten and judged is the last weights"),
                'clip_norm': Ref(1.0, f'{train}:53'), 'schedule': Ref('linear', f'{train}:30'),
                'num_timesteps': Ref(1000, f'{train}:33'),
                'cond_drop_prob': Ref(0.1, f'{train}:27')},
