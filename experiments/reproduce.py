@@ -265,7 +265,7 @@ RESULTS = {
         ('--seeds', '0,1,2', '--every', '1500'), script='dit_training.py', table='training',
         takes_cache=True, hparams_of=('run', '--task', 'generation', '--model', 'dit',
                                       '--methods', 'ga'),
-        docs=('docs/generation.md',), pending='the three seeds are being trained'),
+        docs=('docs/generation.md',)),
     'strong_class3': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'class:3', '--methods',
          'original,ft,ga,salun,sfron,lur', '--models', '8'),
