@@ -44,7 +44,12 @@ class _Watch:
 
   def __init__(self, job, seed: int, decay: float, every: int):
     self.job, self.seed, self.decay, self.every = job, seed, decay, every
-    self.ema, self.weight, self.rows, self.start = None, 0.0, [], time.perf_counter()
+    self.ema, self.weight, self.step = None, 0.0, 0
+    self.rows, self.start = [], time.perf_counter()
+
+  def average(self):
+    """The bias-corrected average of the params seen so far."""
+    return jax.tree.map(lambda e: e / np.float32(self.weight), self.ema)
 
   def score(self, variables) -> dict:
     scores = self.job.judge.score(self.job.unet, variables, self.job.cls,
@@ -52,7 +57,7 @@ class _Watch:
     return {k: float(scores[k]) for k in SCORES}
 
   def __call__(self, step: int, variables) -> None:
-    if step != (0 if self.ema is None else self.step) + 1:
+    if step != self.step + 1:
       raise SystemExit(f'seed {self.seed}: the training resumed at step {step} from a partial '
                        'checkpoint; the average needs every step: remove the partial entry '
                        'or give a fresh --cache-dir')
@@ -64,8 +69,7 @@ class _Watch:
     self.weight = d * self.weight + (1 - d)
     if step % self.every:
       return
-    for kind, p in (('raw', params),
-                    ('ema', jax.tree.map(lambda e: e / np.float32(self.weight), self.ema))):
+    for kind, p in (('raw', params), ('ema', self.average())):
       row = {'seed': self.seed, 'step': step, 'kind': kind, **self.score({**variables,
                                                                         'params': p}),
              'minutes': round((time.perf_counter() - self.start) / 60, 1)}
@@ -144,9 +148,9 @@ def _main(args, cache_dir: str):
     final = {'seed': seed, 'step': job.ddpm.steps, **watch.score(variables),
              'train_seconds': info['seconds']}
     if job.ddpm.ema_decay:  # the library's average against the host's
-      host = jax.tree.map(lambda e: e / np.float32(watch.weight), watch.ema)
       final['max_abs_diff_to_host_ema'] = float(max(jax.tree.leaves(jax.tree.map(
-          lambda a, b: np.max(np.abs(np.asarray(a) - b)), variables['params'], host))))
+          lambda a, b: np.max(np.abs(np.asarray(a) - b)), variables['params'],
+          watch.average()))))
     print('cached original:', final, flush=True)
     rows += watch.rows
     finals.append(final)

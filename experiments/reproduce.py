@@ -536,6 +536,11 @@ def collectives_table(results: dict) -> list[str]:
   return _md(header, body)
 
 
+def _mean_std(values) -> str:
+  """A table cell: mean ± population std, one decimal."""
+  return f'{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f}'
+
+
 def mask_table(results: dict) -> list[str]:
   """``sfron_mask.py``'s shares per Fisher-ratio threshold, mean ± std over the seeds: of
   the weights the mask selects, of a same-sized draw of retain images, and of the forget
@@ -543,8 +548,7 @@ def mask_table(results: dict) -> list[str]:
   rows = results['rows']
 
   def cell(part, gamma, key):
-    values = [r[part][gamma][key] for r in rows]
-    return f'{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f}'
+    return _mean_std([r[part][gamma][key] for r in rows])
   header = ['F_f / F_r ≥ γ', 'weights selected: forget set (%)',
             'a draw of as many retain images (%)', "forget set's Fisher mass on them (%)",
             "the draw's on its own (%)"]
@@ -560,8 +564,7 @@ def training_table(results: dict) -> list[str]:
   keys = (('UA', 'UA (%)'), ('acc_remaining', 'acc_remaining (%)'), ('FID', 'FID'))
 
   def cell(rows, key):
-    values = [r[key] for r in rows]
-    return f'{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f}'
+    return _mean_std([r[key] for r in rows])
   header = ['step', 'weights', *(title for _, title in keys)]
   body = []
   for step in sorted({r['step'] for r in results['rows']}):
