@@ -127,8 +127,9 @@ RESULTS = {
         docs=('docs/reference-ddpm.md',), table='generation', historical=BEFORE_PROVENANCE,
         measured='measured 2026-12-03 on a CPU shared with other jobs'),
     'ref_dit_sfron_ddpm_recipe': Result(
-        ('run', '--task', 'generation', '--model', 'dit', '--methods', 'sfron', '--seeds', '0',
-         '--check-every', '10', '--set', 'sfron.iterations=150', '--set', 'sfron.loss=ddpm',
+        ('run', '--task', 'generation', '--model', 'dit', '--methods', 'sfron', '--seeds',
+         '0,1,2', '--check-every', '10', '--set', 'sfron.iterations=150', '--set',
+         'sfron.loss=ddpm',
          '--set', 'sfron.forget_loss=adaptive', '--set', 'sfron.forget_weight=10', '--set',
          'sfron.forget_schedule=cosine', '--set', 'sfron.retain_clip=true', '--set',
          'sfron.fisher_batch_size=0', '--set', 'sfron.fisher_clip=true', '--set',
