@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxunlearn import checkpoint
 from jaxunlearn.cli import parse_overrides
-from jaxunlearn.diffusion.experiment import GenerationConfig, _Generation
+from jaxunlearn.diffusion.experiment import GenerationConfig, GenerationJob
 from jaxunlearn.provenance import provenance
 
 SCORES = ('UA', 'FID_forget', 'FID', 'acc_remaining')
@@ -52,9 +52,8 @@ class _Watch:
     return jax.tree.map(lambda e: e / np.float32(self.weight), self.ema)
 
   def score(self, variables) -> dict:
-    scores = self.job.judge.score(self.job.unet, variables, self.job.cls,
-                                  self.job.ds.num_classes, self.seed)
-    return {k: float(scores[k]) for k in SCORES}
+    scores = self.job.score(variables, self.seed)
+    return {k: scores[k] for k in SCORES}
 
   def __call__(self, step: int, variables) -> None:
     if step != self.step + 1:
@@ -132,8 +131,8 @@ def _main(args, cache_dir: str):
   config = GenerationConfig(model=args.model, seeds=tuple(seeds), methods=('ga',),
                             overrides=overrides, cache_dir=cache_dir, progress=False)
   config.validate()
-  job = _Generation(config, None)
-  job._prepare()
+  job = GenerationJob(config, None)
+  job.prepare()
   decay = job.ddpm.ema_decay or args.decay
   rows, finals, models = [], [], {}
   for seed in seeds:

@@ -438,7 +438,7 @@ class _SeedRun(SeedRun):
   """One seed of a generation run: its original DDPM, its task, and the judge's scores (the
   first seed also keeps its sample grids, for samples.png)."""
 
-  def __init__(self, job: _Generation, seed: int, task: GenerationTask, seconds: float,
+  def __init__(self, job: GenerationJob, seed: int, task: GenerationTask, seconds: float,
                original_key: str | None = None):
     self.job, self.seed, self.task, self.train_seconds = job, seed, task, seconds
     self.original_key = original_key
@@ -469,9 +469,15 @@ class _SeedRun(SeedRun):
     return self._scores(variables)
 
 
-class _Generation(Job):
+class GenerationJob(Job):
   """The generation job's plug-in into :func:`jaxunlearn.job.run_job`; the data, models and
-  classifier are made when a seed or the results first need them."""
+  classifier are made when a seed or the results first need them (or :meth:`prepare`).
+
+  A study of the job's own originals uses it directly (``experiments/dit_training.py``):
+  :meth:`original` trains or reads a seed's original as a run does, :meth:`score` scores
+  weights as a run scores its original; after :meth:`prepare`, ``ds`` is the data,
+  ``unet`` the denoiser, ``ddpm`` the resolved training recipe and ``cls`` the class a run
+  forgets."""
 
   registry = GENERATION_METHODS
 
@@ -486,7 +492,9 @@ class _Generation(Job):
   def hparams(self, progress) -> dict:
     return self._resolved
 
-  def _prepare(self) -> None:
+  def prepare(self) -> None:
+    """Loads the data, makes the denoiser and the judge (training or reading its cached
+    classifier); once."""
     if self._ready:
       return
     config, parallel = self.config, self.config.devices()
@@ -530,7 +538,7 @@ class _Generation(Job):
     """``(variables, cache info)`` of the seed's original: given, read from the cache, or
     trained on ``x_train, y_train`` (``callback(step, variables)`` every ``callback_every``
     steps of a training, as :func:`jaxunlearn.train.fit`'s)."""
-    self._prepare()
+    self.prepare()
     if self.pretrained is not None:
       return self.pretrained, {'seconds': 0.0}
     config = self.config
@@ -544,8 +552,16 @@ class _Generation(Job):
             callback=callback, callback_every=callback_every)[0],
         checkpoint_every=config.checkpoint_every)
 
+  def score(self, variables, seed: int) -> dict:
+    """UA and FID_forget of the forgotten class, FID and acc_remaining of the others, as a
+    run scores its original: the job's sampler and classifier, ``variables`` of the job's
+    denoiser (``unet``), the sampler's noise from ``seed``."""
+    self.prepare()
+    scores = self.judge.score(self.unet, variables, self.cls, self.ds.num_classes, seed)
+    return {k: float(v) for k, v in scores.items()}
+
   def seed(self, seed: int) -> _SeedRun:
-    self._prepare()
+    self.prepare()
     config, ds, unet = self.config, self.ds, self.unet
     split = make_split(ds, config.scenario, seed)
     x_train, y_train = ds.x_train, ds.y_train
@@ -573,7 +589,7 @@ class _Generation(Job):
     return _SeedRun(self, seed, task, info['seconds'], info.get('key'))
 
   def results(self, per_seed: dict, originals: list, hparams: dict) -> dict:
-    self._prepare()
+    self.prepare()
     return _results(self.config, per_seed, originals, hparams, self.ddpm, self.clf_cfg,
                     self.test_acc, self.clf_info, self.cls, self.model_info,
                     self.ds.image_shape)
@@ -597,7 +613,7 @@ def run_generation(config: GenerationConfig, out_dir: str | Path | None = None,
   samples.png to ``out_dir``. The seed x method loop is the shared
   :func:`jaxunlearn.job.run_job` (resumable like
   :func:`jaxunlearn.experiment.run_experiment`)."""
-  return run_job(_Generation(config, out_dir), out_dir, restart)
+  return run_job(GenerationJob(config, out_dir), out_dir, restart)
 
 
 def generation_task(config: GenerationConfig, seed: int) -> tuple[GenerationTask, str | None]:
@@ -605,7 +621,7 @@ def generation_task(config: GenerationConfig, seed: int) -> tuple[GenerationTask
   trained, or loaded from ``config.cache_dir``, and its split), and the original's cache
   key (``None`` for a model given ready-made): for studying a method's statistics on the
   run's own originals."""
-  run = _Generation(config, None).seed(seed)
+  run = GenerationJob(config, None).seed(seed)
   return run.task, run.original_key
 
 
