@@ -115,27 +115,16 @@ RESULTS = {
          *(('--set', 'lur.forget_loss=ga') if variant.startswith('ga') else ()),
          *(('--set', 'lur.reinit=true') if variant.endswith('re') else ())))
        for variant in ('rl', 'ga', 'rlre', 'gare') for scenario in ('class3', 'random10')},
-    # steps to forget under the references' own recipes (docs/reference-ddpm.md), seed 0
-    'ref_dit_sfron150_salun': Result(
-        ('run', '--task', 'generation', '--model', 'dit', '--methods', 'sfron,salun', '--seeds',
-         '0', '--check-every', '10', '--set', 'sfron.iterations=150'),
-        docs=('docs/reference-ddpm.md',), table='generation', historical=BEFORE_PROVENANCE,
-        measured='measured 2026-12-03 on a CPU shared with other jobs'),
-    'ref_dit_sfron600': Result(
-        ('run', '--task', 'generation', '--model', 'dit', '--methods', 'sfron', '--seeds', '0',
-         '--check-every', '10'),
-        docs=('docs/reference-ddpm.md',), table='generation', historical=BEFORE_PROVENANCE,
-        measured='measured 2026-12-03 on a CPU shared with other jobs'),
+    # steps to forget under the references' own recipes (docs/reference-ddpm.md); SFR-on's
+    # DiT code on the DiT is generation_digits_dit's sfron (the DiT's default)
     'ref_dit_sfron_ddpm_recipe': Result(
         ('run', '--task', 'generation', '--model', 'dit', '--methods', 'sfron', '--seeds',
-         '0,1,2', '--check-every', '10', '--set', 'sfron.iterations=150', '--set',
-         'sfron.loss=ddpm',
-         '--set', 'sfron.forget_loss=adaptive', '--set', 'sfron.forget_weight=10', '--set',
-         'sfron.forget_schedule=cosine', '--set', 'sfron.retain_clip=true', '--set',
-         'sfron.fisher_batch_size=0', '--set', 'sfron.fisher_clip=true', '--set',
-         'sfron.fisher_examples=0'),
-        docs=('docs/reference-ddpm.md',), table='generation', historical=BEFORE_PROVENANCE,
-        measured='measured 2026-12-03 on a CPU shared with other jobs'),
+         '0,1,2', '--check-every', '10',
+         *(a for kv in ('iterations=150', 'loss=ddpm', 'forget_loss=adaptive',
+                        'forget_weight=10', 'forget_schedule=cosine', 'retain_clip=true',
+                        'fisher_batch_size=0', 'fisher_clip=true', 'fisher_examples=0')
+           for a in ('--set', f'sfron.{kv}'))),
+        docs=('docs/reference-ddpm.md',), table='generation'),
     'ref_unet_sfron_salun': Result(
         ('run', '--task', 'generation', '--model', 'ref-unet', '--methods', 'sfron,salun',
          '--seeds', '0', '--check-every', '10'),
@@ -374,6 +363,15 @@ SUMMARIES = {
          ('γ = 5, 300 iterations', (('generation_digits_sfron_gamma5_300', 'sfron'),)),
          ('SalUn (for comparison)', (('generation_digits', 'salun'),))),
         docs=('docs/generation.md',), corner='UA / acc_remaining', cell='seeds'),
+    # the DiT's originals and what the references' recipes do to them, seed by seed
+    'ref_dit_recipes_seeds': Summary(
+        '', ('seed 0', 'seed 1', 'seed 2'),
+        (('original (`dit_training_digits`)', (('generation_digits_dit', 'original'),)),
+         ("SFR-on, its DiT code: 600 iterations (the DiT's default)",
+          (('generation_digits_dit', 'sfron'),)),
+         ('SFR-on, its DDPM code: 150 iterations', (('ref_dit_sfron_ddpm_recipe', 'sfron'),)),
+         ('SalUn (for comparison)', (('generation_digits_dit', 'salun'),))),
+        docs=('docs/reference-ddpm.md',), corner='UA / acc_remaining', cell='seeds'),
     # UA / acc_remaining of each seed of the text-to-image job (its run recorded only the
     # originals' mean; the ESD run after it, from the same cached originals, each of them)
     'text_to_image_digits_seeds': Summary(
@@ -903,22 +901,26 @@ def _run_benchmark(name: str, cmd: list[str], partial: Path, final: Path,
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--only', action='append', choices=sorted(RESULTS), metavar='NAME',
-                 help='re-measure this result (repeatable); names: ' + ', '.join(RESULTS))
+                 help='re-measure this result (repeatable); with --check or --list: check '
+                      'or list these alone, measuring nothing; names: ' + ', '.join(RESULTS))
   p.add_argument('--list', action='store_true', help='list the results and their state')
   p.add_argument('--render', action='store_true', help='rewrite the docs tables from JSON')
   p.add_argument('--check', action='store_true', help='exit 1 if a result is stale')
   p.add_argument('--cache-dir', help='cache of originals for the runs (default: one per '
                  'result, empty at its first start, so that each is made from nothing)')
   args = p.parse_args(argv)
-  if args.only:
+  inspect = args.check or args.list
+  if args.only and not inspect:
     for name in args.only:
       run(name, args.cache_dir)
     print('rendered: ' + (', '.join(render(args.only)) or 'no docs table changed'))
   elif args.render:
     print('rendered: ' + (', '.join(render()) or 'no docs table changed'))
-  problems = check() if (args.check or args.list or not (args.only or args.render)) else {}
-  if args.list or not (args.only or args.render or args.check):
-    for name, entry in RESULTS.items():
+  listing = args.list or not (args.only or args.render or args.check)
+  problems = check(args.only) if (inspect or listing) else {}
+  if listing:
+    for name in args.only or RESULTS:
+      entry = RESULTS[name]
       if name in problems:
         state = '; '.join(problems[name])
       elif entry.pending and stored(name) is None:

@@ -411,3 +411,22 @@ def test_a_result_on_another_original_than_a_later_one_of_the_same_settings_is_s
   # a historical result is not compared
   monkeypatch.setitem(rp.RESULTS, 'early', rp.Result(argv, historical='kept on purpose'))
   assert rp.check(['early', 'late'], base=tmp_path) == {}
+
+
+def test_check_or_list_with_only_inspects_those_results_and_measures_nothing(monkeypatch,
+                                                                             capsys):
+  rp = _reproduce()
+
+  def measure(name, cache_dir=None):
+    raise AssertionError(f'--check/--list --only measured {name}')
+
+  monkeypatch.setattr(rp, 'run', measure)
+  checked = []
+  monkeypatch.setattr(rp, 'check', lambda names=None: checked.append(names) or {})
+  assert rp.main(['--check', '--only', 'default_run']) == 0
+  assert rp.main(['--list', '--only', 'default_run', '--only', 'digits_class3']) == 0
+  assert checked == [['default_run'], ['default_run', 'digits_class3']]
+  listed = capsys.readouterr().out.split('\n')
+  assert [line.split()[0] for line in listed if line] == ['default_run', 'digits_class3']
+  with pytest.raises(AssertionError, match='measured default_run'):
+    rp.main(['--only', 'default_run'])  # alone, --only re-measures
