@@ -250,6 +250,12 @@ RESULTS = {
         ('--seeds', '0,1,2'), script='sfron_mask.py', table='mask', takes_cache=True,
         hparams_of=('run', '--task', 'generation', '--methods', 'sfron'),
         docs=('docs/generation.md',)),
+    # how many updates each classification method needs to forget class 3
+    # (docs/results-classification.md)
+    'steps_sfron_class3': Result(
+        ('--seeds', '0,1,2'), script='study_sfron_steps.py', table='reach', takes_cache=True,
+        hparams_of=('run', '--methods', 'sfron,sfron_hvp,salun,ga'),
+        docs=('docs/results-classification.md',)),
     # the digits DiT's original along its training, raw and averaged (docs/generation.md)
     'dit_training_digits': Result(
         ('--seeds', '0,1,2', '--every', '1500'), script='dit_training.py', table='training',
@@ -576,6 +582,23 @@ def training_table(results: dict) -> list[str]:
   return _md(header, body)
 
 
+def reach_table(results: dict) -> list[str]:
+  """``study_sfron_steps.py``'s summary: per method, the updates after which UA first
+  reached Retrain's (per seed), the Avg. Gap there, and the mean Avg. Gap at the end."""
+  config = results['config']
+  retrain = statistics.fmean(r['UA'] for r in results['retrain'])
+  header = ['method', f"updates until UA ≥ Retrain's {retrain:.1f} − {config['ua_tolerance']:g} "
+            '(per seed)', 'Avg. Gap there (per seed)', 'updates in all',
+            'Avg. Gap at the end (mean)']
+  body = []
+  for name, summary in results['summary'].items():
+    body.append([f'`{name}`', ', '.join('never' if n is None else str(n)
+                                        for n in summary['updates_to_retrain_ua']),
+                 ', '.join(f'{g:.2f}' for g in summary['avg_gap_when_reached']) or '–',
+                 str(summary['final_updates']), f"{summary['final_avg_gap']:.2f}"])
+  return _md(header, body)
+
+
 def render_table(name: str, results: dict, base: Path = RESULTS_DIR) -> str:
   """The table of a stored result, as the docs show it (a benchmark's in markdown)."""
   entry = RESULTS[name]
@@ -598,6 +621,8 @@ def render_table(name: str, results: dict, base: Path = RESULTS_DIR) -> str:
     return '\n'.join(mask_table(results))
   if kind == 'training':
     return '\n'.join(training_table(results))
+  if kind == 'reach':
+    return '\n'.join(reach_table(results))
   if kind == 'generation':
     from jaxunlearn.diffusion.report import format_generation_table
     return format_generation_table(results)

@@ -2,15 +2,17 @@
 
     python experiments/study_sfron_steps.py [--scenario class:3] [--seeds 0,1,2]
         [--methods sfron,sfron_hvp,salun,ga] [--every 4] [--set sfron.iterations=200]
-        [--out results/study_sfron_steps]
+        [--cache-dir DIR] [--json FILE]
 
 SFR-on (arXiv 2409.19732) claims it reaches Retrain in far fewer steps than other methods.
 Each method runs with its default recipe; every ``--every`` optimizer updates (forget and
 retain steps both count) its current weights are evaluated with the full protocol (UA, RA,
-TA, MIA, Avg. Gap to Retrain). Writes ``steps.json`` (the curves, per seed) and
-``steps.png`` (UA, RA, TA and Avg. Gap against updates, mean over seeds, Retrain dashed),
-and prints, per method, the first update count at which UA reaches Retrain's UA (within
-``--ua-tolerance`` points) and the Avg. Gap there and at the end.
+TA, MIA, Avg. Gap to Retrain). Prints, per method, the first update count at which UA
+reaches Retrain's UA (within ``--ua-tolerance`` points) and the Avg. Gap there and at the
+end; with ``--json FILE`` writes the curves (per seed), that summary, the methods' resolved
+hyperparameters and the provenance there, and ``steps.png`` beside it (UA, RA, TA and Avg.
+Gap against updates, mean over seeds, Retrain dashed). Registered as
+``steps_sfron_class3`` (``python experiments/reproduce.py --only steps_sfron_class3``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 
 from jaxunlearn import experiment, methods as methods_lib
 from jaxunlearn.cli import parse_overrides
+from jaxunlearn.provenance import provenance
 
 PANELS = (('UA', 'UA (forget) %'), ('RA', 'RA (retain) %'), ('TA', 'TA (test) %'),
           ('avg_gap', 'Avg. Gap to Retrain'))
@@ -117,7 +120,7 @@ def plot(result: dict, path: Path, title: str):
   plt.close(fig)
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--scenario', default='class:3')
   parser.add_argument('--seeds', default='0,1,2')
@@ -128,12 +131,14 @@ def main():
   parser.add_argument('--model', default='resnet18')
   parser.add_argument('--width', type=int, default=16)
   parser.add_argument('--image-size', type=int, default=None)
-  parser.add_argument('--cache-dir', default=None)
-  parser.add_argument('--out', default='results/study_sfron_steps')
-  parser.add_argument('--merge', default=None, metavar='STEPS_JSON',
+  parser.add_argument('--cache-dir', default=None, help="the run's cache of originals and "
+                      'Retrains (default: the library\'s)')
+  parser.add_argument('--json', default=None, help='write the curves, summary and provenance '
+                      'here, and steps.png beside it')
+  parser.add_argument('--merge', default=None, metavar='RESULTS_JSON',
                       help="keep the curves of a previous run's other methods (same scenario "
                            'and seeds), e.g. to re-run one method of a long study')
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
 
   methods = tuple(args.methods.split(','))
   config = experiment.ExperimentConfig(
@@ -154,10 +159,7 @@ def main():
   result['config'] = {'scenario': args.scenario, 'seeds': list(config.seeds),
                       'every': args.every, 'ua_tolerance': args.ua_tolerance,
                       'overrides': config.overrides}
-  out = Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / 'steps.json').write_text(json.dumps(result, indent=1))
-  plot(result, out / 'steps.png', f'digits {args.scenario}')
+  result['hparams'] = json.loads(json.dumps(config.resolved_hparams(), default=str))
   ref_ua = np.mean([r['UA'] for r in result['retrain']])
   print(f'\nRetrain UA {ref_ua:.2f}; updates until UA >= Retrain UA - {args.ua_tolerance:g} '
         f'(per seed), Avg. Gap there, Avg. Gap at the end:')
@@ -166,7 +168,13 @@ def main():
     at = ', '.join(f'{g:.2f}' for g in s['avg_gap_when_reached']) or '-'
     print(f'  {name:10s} reached at [{reached}] of {s["final_updates"]}   gap there [{at}]   '
           f'final gap {s["final_avg_gap"]:.2f}')
-  print(f'wrote {out / "steps.json"} and {out / "steps.png"}')
+  if args.json:
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result['provenance'] = provenance(vars(args))
+    out.write_text(json.dumps(result, indent=1))
+    plot(result, out.with_name('steps.png'), f'digits {args.scenario}')
+    print(f'wrote {out} and {out.with_name("steps.png")}')
 
 
 if __name__ == '__main__':

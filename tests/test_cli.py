@@ -174,24 +174,40 @@ def test_sfron_methods_run_from_the_cli(tmp_path):
 
 @pytest.mark.slow  # a smoke test of an experiment script
 def test_steps_study_script_writes_curves(tmp_path):
+  import importlib.util
   import subprocess
   import sys
   from pathlib import Path
-  script = Path(__file__).parent.parent / 'experiments' / 'study_sfron_steps.py'
-  out = tmp_path / 'study'
+  root = Path(__file__).parent.parent
+  out = tmp_path / 'study' / 'results.json'
   proc = subprocess.run(
-      [sys.executable, str(script), '--seeds', '0', '--methods', 'sfron,ga', '--every', '2',
-       '--model', 'resnet1', '--width', '4', '--image-size', '8', '--set', 'train.epochs=2',
-       '--set', 'retrain.epochs=2', '--set', 'sfron.iterations=4', '--set', 'ga.epochs=1',
-       '--cache-dir', str(tmp_path / 'cache'), '--out', str(out)],
+      [sys.executable, str(root / 'experiments' / 'study_sfron_steps.py'), '--seeds', '0',
+       '--methods', 'sfron,ga', '--every', '2', '--model', 'resnet1', '--width', '4',
+       '--image-size', '8', '--set', 'train.epochs=2', '--set', 'retrain.epochs=2', '--set',
+       'sfron.iterations=4', '--set', 'ga.epochs=1', '--cache-dir', str(tmp_path / 'cache'),
+       '--json', str(out)],
       capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  result = json.loads((out / 'steps.json').read_text())
+  result = json.loads(out.read_text())
   sfron = result['methods']['sfron'][0]
   assert sfron['updates'] == [0, 2, 4, 5]  # 4 retain + 1 forget update, evaluated every 2
   assert len(sfron['UA']) == 4 and 'sfron' in result['summary']
-  assert (out / 'steps.png').stat().st_size > 10_000
+  # what made it, as a registered study script records it
+  assert result['hparams']['sfron']['iterations'] == 4
+  assert result['hparams']['train']['epochs'] == 2
+  assert result['provenance']['argv'][:2] == ['--seeds', '0']
+  assert out.with_name('steps.png').stat().st_size > 10_000
   assert 'reached at' in proc.stdout
+  # and the docs table its registry entry renders from it
+  spec = importlib.util.spec_from_file_location('reproduce', root / 'experiments' /
+                                                'reproduce.py')
+  rp = importlib.util.module_from_spec(spec)
+  sys.modules['reproduce'] = rp
+  spec.loader.exec_module(rp)
+  table = rp.reach_table(result)
+  assert table[2].startswith('| `sfron` | ') and table[3].startswith('| `ga` | ')
+  reached = result['summary']['sfron']['updates_to_retrain_ua'][0]
+  assert table[2].split(' | ')[1] == ('never' if reached is None else str(reached))
 
 
 @pytest.mark.slow
