@@ -128,8 +128,7 @@ RESULTS = {
     'ref_unet_sfron_salun': Result(
         ('run', '--task', 'generation', '--model', 'ref-unet', '--methods', 'sfron,salun',
          '--seeds', '0', '--check-every', '10'),
-        docs=('docs/reference-ddpm.md',), table='generation', historical=BEFORE_PROVENANCE,
-        measured='measured 2026-12-03 on a CPU shared with other jobs'),
+        docs=('docs/reference-ddpm.md',), table='generation'),
     # replacing tables measured before the ResNet padding fix whose JSON was not kept
     'tuned_random10': Result(
         ('run', '--scenario', 'random:10', '--methods', 'retrain,ft,ga,rl,salun', '--seeds',
@@ -239,6 +238,21 @@ RESULTS = {
     'bench_cpu': Result(
         ('--no-diffusion',), script='bench.py', label='auto', beside=('bench_cpu_xla_conv',),
         docs=('docs/results-classification.md',), table='steps'),
+    # SFR-on's and LUR's steps against plain SGD (docs/results-classification.md)
+    'bench_sfron_step': Result(
+        (), script='bench_sfron_step.py', docs=('docs/results-classification.md',),
+        table='ratios', pending='its table was typed from runs before results recorded '
+        'their provenance'),
+    'bench_lur_step': Result(
+        (), script='bench_lur_step.py', docs=('docs/results-classification.md',),
+        table='ratios', pending='its table was typed from runs before results recorded '
+        'their provenance'),
+    # one device against the batch split over 8 fake ones (docs/running.md)
+    'bench_parallel': Result(
+        ('--steps', '3', '--repeats', '3'), script='bench_parallel.py',
+        env=(('XLA_FLAGS', '--xla_force_host_platform_device_count=8'),),
+        docs=('docs/running.md',), table='ratios', pending='its table was typed from a run '
+        'before results recorded their provenance'),
     'bench_sd_memory': Result(
         (), script='bench_sd_memory.py', docs=('docs/stable-diffusion.md',), table='sd_memory'),
     'collectives': Result(
@@ -599,11 +613,29 @@ def reach_table(results: dict) -> list[str]:
   return _md(header, body)
 
 
+def ratios_table(runs) -> list[str]:
+  """A step benchmark's (``bench_common.report``'s JSON) runs ``[(label, results), ...]``
+  side by side: each case's milliseconds, then each ratio it prints."""
+  def title(label, results):
+    c = results['config']
+    return label or (f"{c['model'].replace('resnet', 'ResNet-')} width {c['width']}, "
+                     f"{c['image_size']}x{c['image_size']}, batch {c['batch']}")
+  header = ['', *(title(label, r) for label, r in runs)]
+  cases = list(dict.fromkeys(k for _, r in runs for k in r['ms']))
+  ratios = list(dict.fromkeys(k for _, r in runs for k in r['ratios']))
+
+  def cell(results, part, key, fmt):
+    return format(results[part][key], fmt) if key in results[part] else '–'
+  body = [[f'`{k}` (ms)', *(cell(r, 'ms', k, '.1f') for _, r in runs)] for k in cases]
+  body += [[k, *(cell(r, 'ratios', k, '.3f') for _, r in runs)] for k in ratios]
+  return _md(header, body)
+
+
 def render_table(name: str, results: dict, base: Path = RESULTS_DIR) -> str:
   """The table of a stored result, as the docs show it (a benchmark's in markdown)."""
   entry = RESULTS[name]
   kind = entry.table
-  if kind == 'steps':
+  if kind in ('steps', 'ratios'):
     runs = []
     for other in (*entry.beside, name):
       found = results if other == name else stored(other, base)
@@ -612,7 +644,7 @@ def render_table(name: str, results: dict, base: Path = RESULTS_DIR) -> str:
                          f'results.json is missing: python experiments/reproduce.py --only '
                          f'{other}')
       runs.append((RESULTS[other].label, found))
-    return '\n'.join(steps_table(runs))
+    return '\n'.join(steps_table(runs) if kind == 'steps' else ratios_table(runs))
   if kind == 'sd_memory':
     return '\n'.join(sd_memory_table(results))
   if kind == 'collectives':
