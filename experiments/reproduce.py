@@ -156,9 +156,7 @@ RESULTS = {
     'generation_digits_dit': Result(
         ('run', '--task', 'generation', '--model', 'dit', '--scenario', 'class:3',
          '--methods', 'salun,sfron,lur,sa,ga', '--seeds', '0,1,2', '--check-every', '10'),
-        docs=('docs/generation.md',), table='generation', historical=BEFORE_PROVENANCE,
-        measured="measured 2026-11-24 with seed 0, the DiT with diffusers' timestep "
-                 'frequencies and the DDPM recipe for sfron'),
+        docs=('docs/generation.md',), table='generation'),
     'generation_digits_sfron': Result(
         ('run', '--task', 'generation', '--dataset', 'digits', '--scenario', 'class:3',
          '--methods', 'sfron', '--seeds', '0,1,2', '--check-every', '10'),
@@ -241,18 +239,15 @@ RESULTS = {
     # SFR-on's and LUR's steps against plain SGD (docs/results-classification.md)
     'bench_sfron_step': Result(
         (), script='bench_sfron_step.py', docs=('docs/results-classification.md',),
-        table='ratios', pending='its table was typed from runs before results recorded '
-        'their provenance'),
+        table='ratios'),
     'bench_lur_step': Result(
         (), script='bench_lur_step.py', docs=('docs/results-classification.md',),
-        table='ratios', pending='its table was typed from runs before results recorded '
-        'their provenance'),
+        table='ratios'),
     # one device against the batch split over 8 fake ones (docs/running.md)
     'bench_parallel': Result(
         ('--steps', '3', '--repeats', '3'), script='bench_parallel.py',
         env=(('XLA_FLAGS', '--xla_force_host_platform_device_count=8'),),
-        docs=('docs/running.md',), table='ratios', pending='its table was typed from a run '
-        'before results recorded their provenance'),
+        docs=('docs/running.md',), table='ratios'),
     'bench_sd_memory': Result(
         (), script='bench_sd_memory.py', docs=('docs/stable-diffusion.md',), table='sd_memory'),
     'collectives': Result(
