@@ -174,7 +174,6 @@ def test_sfron_methods_run_from_the_cli(tmp_path):
 
 @pytest.mark.slow  # a smoke test of an experiment script
 def test_steps_study_script_writes_curves(tmp_path):
-  import importlib.util
   import subprocess
   import sys
   from pathlib import Path
@@ -199,12 +198,8 @@ def test_steps_study_script_writes_curves(tmp_path):
   assert out.with_name('steps.png').stat().st_size > 10_000
   assert 'reached at' in proc.stdout
   # and the docs table its registry entry renders from it
-  spec = importlib.util.spec_from_file_location('reproduce', root / 'experiments' /
-                                                'reproduce.py')
-  rp = importlib.util.module_from_spec(spec)
-  sys.modules['reproduce'] = rp
-  spec.loader.exec_module(rp)
-  table = rp.reach_table(result)
+  from test_reproduce import _reproduce
+  table = _reproduce().reach_table(result)
   assert table[2].startswith('| `sfron` | ') and table[3].startswith('| `ga` | ')
   reached = result['summary']['sfron']['updates_to_retrain_ua'][0]
   assert table[2].split(' | ')[1] == ('never' if reached is None else str(reached))
