@@ -4,6 +4,7 @@
     python experiments/bench_dit_memory.py --remat 0,1 --scan 0,1   # every layout
     python experiments/bench_dit_memory.py --run                # also time it (on a GPU)
     python experiments/bench_dit_memory.py --size tiny --latent 8 --batch 8   # quick check
+    python experiments/bench_dit_memory.py --docs-table --json results.json   # docs' table
 
 The step (:func:`step`): the forget loss's gradient (SFR-on's adaptive-weighted ascent on
 the denoising loss of the forget batch), preconditioned by ``(H_r + damping I)^-1`` with
@@ -19,7 +20,10 @@ outputs, and temporaries (activations kept for the backward pass and the HVP's
 linearisation). The script compiles the step for each setting of ``--remat``, ``--scan`` (the blocks as one
 ``nn.scan``: the only layout in which XLA cannot hoist remat's recomputation, see
 :class:`jaxunlearn.models.dit.DiT`) and
-``--dtype`` and ``--hvp`` and prints the peak, ``arguments + outputs - aliased + temporaries``. On this
+``--dtype`` and ``--hvp`` and prints the peak, ``arguments + outputs - aliased + temporaries``; ``--docs-table``
+compiles instead the settings of docs/generation.md's table (:data:`DOCS_TABLE`: DiT-XL/2's
+path from a straightforward port to the default layout, and DiT-S/2's three main steps),
+and ``--json`` writes the rows with their provenance. On this
 2-core CPU the compiled program is the CPU's (fusion and layouts differ from a GPU's, so
 the numbers are an estimate there); ``--run`` executes and times it, reporting the
 device's own peak (``memory_stats``) where the backend has one.
@@ -41,9 +45,29 @@ from jaxunlearn.diffusion.objectives import AdaptiveDenoisingAscent, Denoiser, D
 from jaxunlearn.diffusion.train import DiffusionConfig
 from jaxunlearn.losses import reduce_loss
 from jaxunlearn.models.dit import count_params, dit
+from jaxunlearn.provenance import provenance
 from jaxunlearn.transforms import mask_by_saliency, precondition_by_remain_hessian
 
 GiB = 2 ** 30
+
+# The settings of the table in docs/generation.md, (size, remat, scan, dtype, hvp, CG
+# iterations, unroll): DiT-XL/2 from a straightforward port (blocks unrolled, one stored
+# linearisation) to the default (blocks in a remat scan, each product recomputed, the
+# products in a loop), then DiT-S/2's unrolled, linearised-in-a-scan and default steps.
+DOCS_TABLE = (
+    ('DiT-XL/2', False, False, 'float32', 'linearize', 3, 'auto'),
+    ('DiT-XL/2', True, False, 'float32', 'linearize', 3, 'auto'),
+    ('DiT-XL/2', True, False, 'bfloat16', 'linearize', 3, 'auto'),
+    ('DiT-XL/2', True, True, 'float32', 'linearize', 3, 'auto'),
+    ('DiT-XL/2', True, True, 'float32', 'recompute', 3, '1'),
+    ('DiT-XL/2', True, True, 'float32', 'recompute', 10, '1'),
+    ('DiT-XL/2', True, True, 'float32', 'recompute', 3, 'auto'),
+    ('DiT-XL/2', True, True, 'float32', 'recompute', 10, 'auto'),
+    ('DiT-XL/2', True, True, 'bfloat16', 'recompute', 3, 'auto'),
+    ('DiT-S/2', True, False, 'float32', 'recompute', 3, 'auto'),
+    ('DiT-S/2', True, True, 'float32', 'linearize', 3, 'auto'),
+    ('DiT-S/2', True, True, 'float32', 'recompute', 3, 'auto'),
+)
 
 
 def make_tx(iters: int, recompute: bool, unroll: bool | None = None):
@@ -74,14 +98,15 @@ def step(params, opt_state, forget, retain, key, *, model, tx):
   return optax.apply_updates(params, updates), opt_state, loss
 
 
-def setting(args, remat: bool, scan: bool, dtype: str, hvp: str):
-  model = dit(args.size, in_channels=4, out_channels=8, sample_size=args.latent,
+def setting(args, size: str, remat: bool, scan: bool, dtype: str, hvp: str, iters: int,
+            unroll: str):
+  model = dit(size, in_channels=4, out_channels=8, sample_size=args.latent,
               num_embeds_ada_norm=1000, remat=remat, scan_blocks=scan, dtype=getattr(jnp, dtype))
   shape = (args.batch, args.latent, args.latent, 4)
   init = lambda: model.init(jax.random.key(0), jnp.zeros(shape), jnp.zeros(args.batch),
                             jnp.zeros(args.batch, jnp.int32))['params']
   params = jax.eval_shape(init)
-  tx = make_tx(args.iters, hvp == 'recompute', {'auto': None, '0': False, '1': True}[args.unroll])
+  tx = make_tx(iters, hvp == 'recompute', {'auto': None, '0': False, '1': True}[unroll])
   opt_state = jax.eval_shape(tx.init, params)
   batch = (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct((args.batch,), jnp.int32),
            jax.ShapeDtypeStruct((args.batch,), jnp.float32))
@@ -105,27 +130,37 @@ def main():
   parser.add_argument('--hvp', default='recompute,linearize',
                       help="'linearize' (one stored linearisation reused by every product) "
                            "and/or 'recompute' (each product recomputes the remain pass)")
+  parser.add_argument('--docs-table', action='store_true',
+                      help="compile the settings of docs/generation.md's table (DOCS_TABLE) "
+                           'instead of those of --size, --remat, --scan, --dtype, --hvp, '
+                           '--iters, --unroll')
   parser.add_argument('--run', action='store_true', help='execute and time the step too')
-  parser.add_argument('--json', default=None)
+  parser.add_argument('--json', default=None,
+                      help='write {"rows": [...], "provenance": {...}} here')
   args = parser.parse_args()
-  rows = []
   flags = lambda v: [bool(int(r)) for r in v.split(',')]
-  for remat, scan in itertools.product(flags(args.remat), flags(args.scan)):
-    for dtype, hvp in itertools.product(args.dtype.split(','), args.hvp.split(',')):
-      if hvp not in ('linearize', 'recompute'):
-        parser.error(f"--hvp takes 'linearize' and/or 'recompute', got {hvp!r}")
-      model, init, tx, fn, abstract = setting(args, remat, scan, dtype, hvp)
-      row = {'size': args.size, 'batch': args.batch, 'latent': args.latent, 'remat': remat,
-             'scan': scan,
-             'dtype': dtype, 'hvp': hvp, 'cg_iters': args.iters, 'unroll': args.unroll,
-             'params_M': count_params(abstract[0]) / 1e6, **compiled_memory(fn, abstract)}
-      if args.run:
-        row.update(_run(fn, init, tx, args))
-      rows.append(row)
-      print_row(row)
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(rows, f, indent=1)
+  settings = DOCS_TABLE if args.docs_table else [
+      (args.size, remat, scan, dtype, hvp, args.iters, args.unroll)
+      for remat, scan in itertools.product(flags(args.remat), flags(args.scan))
+      for dtype, hvp in itertools.product(args.dtype.split(','), args.hvp.split(','))]
+  for *_, dtype, hvp, _, _ in settings:
+    if hvp not in ('linearize', 'recompute'):
+      parser.error(f"--hvp takes 'linearize' and/or 'recompute', got {hvp!r}")
+    if dtype not in ('float32', 'bfloat16'):
+      parser.error(f"--dtype takes 'float32' and/or 'bfloat16', got {dtype!r}")
+  rows = []
+  for size, remat, scan, dtype, hvp, iters, unroll in settings:
+    model, init, tx, fn, abstract = setting(args, size, remat, scan, dtype, hvp, iters, unroll)
+    row = {'size': size, 'batch': args.batch, 'latent': args.latent, 'remat': remat,
+           'scan': scan, 'dtype': dtype, 'hvp': hvp, 'cg_iters': iters, 'unroll': unroll,
+           'params_M': count_params(abstract[0]) / 1e6, **compiled_memory(fn, abstract)}
+    if args.run:
+      row.update(_run(fn, init, tx, args))
+    rows.append(row)
+    print_row(row)
+    if args.json:  # after every row: a long table's finished rows are never lost
+      with open(args.json, 'w') as f:
+        json.dump({'rows': rows, 'provenance': provenance(vars(args))}, f, indent=1)
 
 
 def _run(fn, init, tx, args) -> dict:

@@ -250,6 +250,9 @@ RESULTS = {
         docs=('docs/running.md',), table='ratios'),
     'bench_sd_memory': Result(
         (), script='bench_sd_memory.py', docs=('docs/stable-diffusion.md',), table='sd_memory'),
+    'bench_dit_memory': Result(
+        ('--docs-table',), script='bench_dit_memory.py', docs=('docs/generation.md',),
+        table='dit_memory'),
     'collectives': Result(
         (), script='collectives.py', env=(('XLA_FLAGS',
                                            '--xla_force_host_platform_device_count=8'),),
@@ -525,6 +528,31 @@ def sd_memory_table(results: dict) -> list[str]:
   return _md(header, body)
 
 
+def dit_memory_table(results: dict) -> list[str]:
+  """``bench_dit_memory.py``'s rows: the layout of each compiled step and XLA's memory
+  analysis of it; the library's default layout (blocks in a remat scan, each product
+  recomputed, the products in a loop, float32, 3 CG iterations) in bold."""
+  rows = results['rows']
+  ran = any('step_ms' in row for row in rows)
+  header = ['model', 'blocks', 'products', 'compute', 'CG iterations', 'arguments GiB',
+            'temporaries GiB', 'peak GiB', *(('step ms', 'measured peak GiB') if ran else ())]
+  body = []
+  for r in rows:
+    blocks = ('scan' if r['scan'] else 'unrolled') + (', remat' if r['remat'] else '')
+    # 'auto' loops exactly when the products are recomputed (the transform's default)
+    loop = r['unroll'] == '0' or (r['unroll'] == 'auto' and r['hvp'] == 'recompute')
+    cells = [r['size'], blocks, 'recomputed' if r['hvp'] == 'recompute' else 'linearised once',
+             r['dtype'], f"{r['cg_iters']} ({'loop' if loop else 'unrolled'})",
+             f"{r['arguments_GiB']:.2f}", f"{r['temporaries_GiB']:.2f}", f"{r['peak_GiB']:.2f}",
+             *((f"{r.get('step_ms', float('nan')):.0f}",
+                f"{r.get('device_peak_GiB', float('nan')):.2f}") if ran else ())]
+    if (r['scan'] and r['remat'] and r['hvp'] == 'recompute' and r['dtype'] == 'float32'
+        and r['cg_iters'] == 3 and r['unroll'] == 'auto'):
+      cells = [f'**{c}**' for c in cells]
+    body.append(cells)
+  return _md(header, body)
+
+
 def _collectives_cell(ops: dict) -> str:
   def size(n):
     mib = n / 2**20
@@ -642,6 +670,8 @@ def render_table(name: str, results: dict, base: Path = RESULTS_DIR) -> str:
     return '\n'.join(steps_table(runs) if kind == 'steps' else ratios_table(runs))
   if kind == 'sd_memory':
     return '\n'.join(sd_memory_table(results))
+  if kind == 'dit_memory':
+    return '\n'.join(dit_memory_table(results))
   if kind == 'collectives':
     return '\n'.join(collectives_table(results))
   if kind == 'mask':

@@ -24,7 +24,9 @@ def test_device_check_writes_one_json_of_every_step(tmp_path):
   assert result['env']['jax_backend'] == 'cpu' and result['env']['jax']
   assert set(result['bench']['ms']) >= {'plain', 'salun', 'sfron', 'sfron_hvp', 'lur'}
   assert all(v > 0 for v in result['bench']['ms'].values())
-  assert result['dit_memory'][0]['peak_GiB'] > 0 and result['dit_memory'][0]['step_ms'] > 0
+  dit_row = result['dit_memory']['rows'][0]
+  assert dit_row['peak_GiB'] > 0 and dit_row['step_ms'] > 0
+  assert result['dit_memory']['provenance']['backend'] == 'cpu'
   # The CPU repeats itself bit for bit (docs/running.md, Determinism).
   assert result['determinism']['bit_identical'] is True
   assert result['determinism']['max_abs_difference'] == 0.0

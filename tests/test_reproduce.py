@@ -336,6 +336,35 @@ def test_the_memory_and_collectives_tables_read_their_scripts_json():
                       '×35 35.0 MiB | all-gather ×2 3072 MiB + all-reduce ×36 36.0 MiB |')
 
 
+def test_the_dit_memory_table_names_each_layout_and_bolds_the_default():
+  rp = _reproduce()
+  row = lambda scan, hvp, iters, unroll, peak: {
+      'size': 'DiT-XL/2', 'remat': True, 'scan': scan, 'dtype': 'float32', 'hvp': hvp,
+      'cg_iters': iters, 'unroll': unroll, 'arguments_GiB': 10.06, 'temporaries_GiB': peak - 10,
+      'peak_GiB': peak}
+  table = rp.dit_memory_table({'rows': [row(False, 'linearize', 3, 'auto', 190.0),
+                                        row(True, 'recompute', 3, 'auto', 25.8),
+                                        row(True, 'recompute', 3, '1', 32.5)]})
+  assert table[0] == ('| model | blocks | products | compute | CG iterations | arguments GiB | '
+                      'temporaries GiB | peak GiB |')
+  assert table[2] == ('| DiT-XL/2 | unrolled, remat | linearised once | float32 | 3 (unrolled) '
+                      '| 10.06 | 180.00 | 190.00 |')
+  assert table[3] == ('| **DiT-XL/2** | **scan, remat** | **recomputed** | **float32** | '
+                      '**3 (loop)** | **10.06** | **15.80** | **25.80** |')
+  assert table[4] == ('| DiT-XL/2 | scan, remat | recomputed | float32 | 3 (unrolled) | 10.06 '
+                      '| 22.50 | 32.50 |')
+  # every setting of the registered table is one the script accepts
+  import importlib.util
+  from jaxunlearn.models.dit import DIT_CONFIGS
+  spec = importlib.util.spec_from_file_location(
+      'bench_dit_memory', rp.ROOT / 'experiments' / 'bench_dit_memory.py')
+  bench_dit_memory = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench_dit_memory)
+  assert all(size in DIT_CONFIGS and hvp in ('linearize', 'recompute')
+             and dtype in ('float32', 'bfloat16') and unroll in ('auto', '0', '1')
+             for size, _, _, dtype, hvp, _, unroll in bench_dit_memory.DOCS_TABLE)
+
+
 def test_a_study_script_is_checked_against_the_hyperparameters_it_records(tmp_path,
                                                                           monkeypatch):
   """sfron_mask.py's result: its table from its rows, and stale when the hyperparameters it
