@@ -250,6 +250,9 @@ RESULTS = {
         docs=('docs/running.md',), table='ratios'),
     'bench_sd_memory': Result(
         (), script='bench_sd_memory.py', docs=('docs/stable-diffusion.md',), table='sd_memory'),
+    'probe_xla_flags': Result(
+        (), script='probe_xla_flags.py', docs=('docs/running.md',), table='flags',
+        pending='registered 2026-12-06; its settings were probed by hand before'),
     'bench_dit_memory': Result(
         ('--docs-table',), script='bench_dit_memory.py', docs=('docs/generation.md',),
         table='dit_memory'),
@@ -553,6 +556,21 @@ def dit_memory_table(results: dict) -> list[str]:
   return _md(header, body)
 
 
+def flags_table(results: dict) -> list[str]:
+  """``probe_xla_flags.py``'s settings: the plain step's median, PyTorch's in the same
+  process, and their ratio; a setting XLA rejected shows its error."""
+  body = []
+  for r in results['rows']:
+    name = r['description']
+    if 'error' in r:
+      body.append([name, f"fails: {r['error'].replace('|', '/')}", '', ''])
+    else:
+      torch_ms = r.get('torch_ms')
+      body.append([name, f"{r['plain_ms']:.1f}", f'{torch_ms:.1f}' if torch_ms else '',
+                   f"{r['jax_over_torch']:.2f}" if torch_ms else ''])
+  return _md(['setting', 'plain step (ms)', 'PyTorch (ms)', 'JAX / PyTorch'], body)
+
+
 def _collectives_cell(ops: dict) -> str:
   def size(n):
     mib = n / 2**20
@@ -672,6 +690,8 @@ def render_table(name: str, results: dict, base: Path = RESULTS_DIR) -> str:
     return '\n'.join(sd_memory_table(results))
   if kind == 'dit_memory':
     return '\n'.join(dit_memory_table(results))
+  if kind == 'flags':
+    return '\n'.join(flags_table(results))
   if kind == 'collectives':
     return '\n'.join(collectives_table(results))
   if kind == 'mask':

@@ -269,6 +269,36 @@ def test_step_benchmarks_print_their_tables(tmp_path, script, extra, expect):
   assert all(v > 0 for v in json.loads((tmp_path / 'bench.json').read_text())['ms'].values())
 
 
+@pytest.mark.slow  # two settings, each in a process of its own, on a one-block ResNet
+def test_xla_flag_probe_times_each_setting_in_its_own_process(tmp_path):
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+  path = Path(__file__).parent.parent / 'experiments' / 'probe_xla_flags.py'
+  # the parent's own XLA_FLAGS (conftest's 8 devices) must not reach a setting's process
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  proc = subprocess.run(
+      [sys.executable, str(path), '--settings', 'default,no_xnnpack,one_core', '--model',
+       'resnet1', '--width', '4', '--image-size', '8', '--batch', '16', '--steps', '1',
+       '--repeats', '1', '--json', str(tmp_path / 'flags.json')],
+      capture_output=True, text=True, timeout=900, env=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads((tmp_path / 'flags.json').read_text())
+  rows = {r['setting']: r for r in result['rows']}
+  assert list(rows) == ['default', 'no_xnnpack', 'one_core'], rows
+  assert all('error' not in r and r['plain_ms'] > 0 and r['torch_ms'] > 0
+             and r['jax_over_torch'] > 0 for r in rows.values()), rows
+  assert rows['no_xnnpack']['flags'] == '--xla_cpu_use_xnnpack=false'
+  assert all(r['devices'] == 1 for r in rows.values())
+  assert rows['one_core']['cores'] == 1 and rows['default']['cores'] == len(os.sched_getaffinity(0))
+  assert result['provenance']['git'] and 'no_xnnpack' in proc.stdout
+  # an unknown setting is refused before anything runs
+  bad = subprocess.run([sys.executable, str(path), '--settings', 'no_such_flag'],
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 2 and 'unknown settings' in bad.stderr
+
+
 def test_convert_dit_checks_where_it_writes_first(tmp_path, capsys):
   blocker = tmp_path / 'afile'
   blocker.write_text('x')

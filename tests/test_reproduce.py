@@ -365,6 +365,21 @@ def test_the_dit_memory_table_names_each_layout_and_bolds_the_default():
              for size, _, _, dtype, hvp, _, unroll in bench_dit_memory.DOCS_TABLE)
 
 
+def test_the_xla_flags_table_shows_each_settings_step_ratio_or_its_error():
+  rp = _reproduce()
+  rows = [{'setting': 'default', 'description': 'default (no flag)', 'plain_ms': 93.84,
+           'torch_ms': 47.0, 'jax_over_torch': 93.84 / 47.0},
+          {'setting': 'onednn_fusion', 'description': '`--xla_cpu_use_onednn=true`',
+           'error': 'INTERNAL: partition compile failed | twice'},
+          {'setting': 'one_core', 'description': '1 core', 'plain_ms': 150.0}]
+  table = rp.flags_table({'rows': rows})
+  assert table[0] == '| setting | plain step (ms) | PyTorch (ms) | JAX / PyTorch |'
+  assert table[2] == '| default (no flag) | 93.8 | 47.0 | 2.00 |'
+  assert table[3] == ('| `--xla_cpu_use_onednn=true` | fails: INTERNAL: partition compile '
+                      'failed / twice |  |  |')
+  assert table[4] == '| 1 core | 150.0 |  |  |'
+
+
 def test_a_study_script_is_checked_against_the_hyperparameters_it_records(tmp_path,
                                                                           monkeypatch):
   """sfron_mask.py's result: its table from its rows, and stale when the hyperparameters it
