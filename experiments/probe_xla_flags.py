@@ -9,8 +9,10 @@ Why the library sets no XLA flag on the CPU (docs/running.md): each setting of
 process may use) runs in a process of its own, since XLA reads its flags once at start.
 There the plain step (``bench.py``'s ``plain``: SGD with momentum on the cross-entropy of
 a retain batch) and PyTorch's same step on a PyTorch port holding the same weights are
-compiled, warmed up and timed interleaved, ``--repeats`` x ``--steps`` calls each, and
-their medians kept. The same setting varies by about +-10% from one process to the next,
+compiled (``first_call_s``: the compile and one step), warmed up and timed interleaved,
+``--repeats`` x ``--steps`` calls each, and their medians kept; a digest of the weights
+after the calls, the same calls from the same state in every setting, tells whether the
+setting rounds as the default does. The same setting varies by about +-10% from one process to the next,
 so the JAX / PyTorch ratio (both measured in the same process, under the same load) is
 the column to compare; the default runs first and last to show the drift. A setting XLA
 rejects (an unknown flag, a failed compile) is recorded with its error, not skipped.
@@ -21,11 +23,15 @@ finished rows are never lost.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 # (name, XLA_FLAGS, other environment, cores: None for all) of each setting, in run order;
 # 'bfloat16' is no flag: the network computes in bfloat16 (float32 weights), PyTorch's not
@@ -65,6 +71,13 @@ SETTINGS = (
     ('tiling_propagation', '--xla_cpu_experimental_enable_tiling_propagation=true', {}, None),
     ('no_fusion_emitters', '--xla_cpu_use_fusion_emitters=false', {}, None),
     ('no_thunk_runtime', '--xla_cpu_use_thunk_runtime=false', {}, None),
+    ('opt_level_1', '--xla_backend_optimization_level=1', {}, None),
+    ('opt_level_0', '--xla_backend_optimization_level=0', {}, None),
+    ('no_expensive_llvm_passes', '--xla_llvm_disable_expensive_passes=true', {}, None),
+    ('vector_width_128', '--xla_cpu_prefer_vector_width=128', {}, None),
+    ('no_concurrency_scheduler', '--xla_cpu_enable_concurrency_optimized_scheduler=false', {},
+     None),
+    ('codegen_split_2', '--xla_cpu_parallel_codegen_split_count=2', {}, None),
     ('one_core', '', {}, 1),
     ('bfloat16', '', {}, None),
     ('default_again', '', {}, None),
@@ -104,6 +117,9 @@ def child(args) -> dict:
   def plain():
     holder[0], _ = step(holder[0], *step_args)
     return holder[0]
+  start = time.perf_counter()
+  jax.block_until_ready(plain())   # the compile and one step
+  first_call_s = time.perf_counter() - start
   timed = {'plain': plain}
   if not args.no_torch:
     import torch
@@ -111,7 +127,11 @@ def child(args) -> dict:
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use
     timed['torch_plain'] = torch_plain['torch_plain']
   ms = median_ms(timed, args.steps, args.repeats)
-  return {'ms': ms, 'jax': jax.__version__, 'cores': len(os.sched_getaffinity(0)),
+  # every setting makes the same calls from the same state: equal bytes, equal rounding
+  leaves = jax.tree.leaves(jax.device_get(holder[0].params))
+  digest = hashlib.sha256(b''.join(np.ascontiguousarray(x).tobytes() for x in leaves))
+  return {'ms': ms, 'first_call_s': first_call_s, 'params_sha256': digest.hexdigest(),
+          'jax': jax.__version__, 'cores': len(os.sched_getaffinity(0)),
           'devices': jax.local_device_count()}
 
 
@@ -135,7 +155,8 @@ def run_setting(name: str, argv: list[str], timeout: int) -> dict:
   result = json.loads(lines[-1])
   ms = result['ms']
   row.update(plain_ms=ms['plain'], torch_ms=ms.get('torch_plain'), cores=result['cores'],
-             devices=result['devices'])
+             devices=result['devices'], first_call_s=result['first_call_s'],
+             params_sha256=result['params_sha256'])
   if ms.get('torch_plain'):
     row['jax_over_torch'] = ms['plain'] / ms['torch_plain']
   return row

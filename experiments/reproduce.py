@@ -50,7 +50,6 @@ RESULTS_DIR = ROOT / 'experiments' / 'results'
 
 FIDELITY = ('retrain,ft,ga,rl,salun,salun_joint,l1_sparse,iu,bs,be,scrub,bad_teacher,sfron,'
             'sfron_hvp,lur')
-BEFORE_PROVENANCE = 'measured before results.json recorded its provenance (2026-12-04)'
 T2I_BEFORE = ("measured before ESD was given the concept alone ('three', '3'): it was given "
               'every caption of the digit; 1000 iterations were the default')
 T2I_RECIPE_BEFORE = ('measured when 1000 iterations were the default (before T2I_RECIPE), '
@@ -58,6 +57,8 @@ T2I_RECIPE_BEFORE = ('measured when 1000 iterations were the default (before T2I
 DDPM_ORIGINALS_BEFORE = ('measured on the digits DDPMs that the code of 2026-12-04 trained '
                          '(seed 0: UA 14, acc rest 87.6); the same settings train others '
                          'since (seed 0: UA 21, acc rest 88.7), those of generation_digits')
+# the step benchmarks at the papers' CIFAR size (ResNet-18 width 64, 32x32 images)
+W64 = ('--width', '64', '--image-size', '32', '--batch', '64', '--steps', '3', '--repeats', '3')
 SFRON_T2I_ASCENT = ("measured with SFR-on's DDPM losses (gradient ascent), the job's default "
                     "before it took SFR-on's Stable Diffusion code's; recorded without "
                     '--set of them')
@@ -237,12 +238,18 @@ RESULTS = {
         ('--no-diffusion',), script='bench.py', label='auto', beside=('bench_cpu_xla_conv',),
         docs=('docs/results-classification.md',), table='steps'),
     # SFR-on's and LUR's steps against plain SGD (docs/results-classification.md)
-    'bench_sfron_step': Result(
-        (), script='bench_sfron_step.py', docs=('docs/results-classification.md',),
-        table='ratios'),
-    'bench_lur_step': Result(
-        (), script='bench_lur_step.py', docs=('docs/results-classification.md',),
-        table='ratios'),
+    # (each at width 16 on 16x16 digits, and beside it at the papers' CIFAR size: width 64 on
+    # 32x32, batch 64, fewer calls: one of its SFR-on HVP steps takes about 20 s here)
+    'bench_sfron_step': Result((), script='bench_sfron_step.py', table='ratios'),
+    'bench_sfron_step_w64': Result(
+        W64, script='bench_sfron_step.py', beside=('bench_sfron_step',),
+        docs=('docs/results-classification.md',), table='ratios',
+        pending='registered 2026-12-06; its width-64 column was a typed run before'),
+    'bench_lur_step': Result((), script='bench_lur_step.py', table='ratios'),
+    'bench_lur_step_w64': Result(
+        W64, script='bench_lur_step.py', beside=('bench_lur_step',),
+        docs=('docs/results-classification.md',), table='ratios',
+        pending='registered 2026-12-06; its width-64 column was a typed run before'),
     # one device against the batch split over 8 fake ones (docs/running.md)
     'bench_parallel': Result(
         ('--steps', '3', '--repeats', '3'), script='bench_parallel.py',
@@ -284,9 +291,7 @@ RESULTS = {
     'strong_random10': Result(
         ('eval-strong', '--dataset', 'digits', '--scenario', 'random:10', '--methods',
          'original,ft,ga,salun,sfron,lur', '--models', '8'),
-        docs=('docs/strong-evaluation.md',), table='strong', historical=BEFORE_PROVENANCE,
-        measured='measured 2026-11-24, before the ResNet padding fix, without the '
-                 "original's row"),
+        docs=('docs/strong-evaluation.md',), table='strong'),
 }
 
 
@@ -558,17 +563,24 @@ def dit_memory_table(results: dict) -> list[str]:
 
 def flags_table(results: dict) -> list[str]:
   """``probe_xla_flags.py``'s settings: the plain step's median, PyTorch's in the same
-  process, and their ratio; a setting XLA rejected shows its error."""
+  process and their ratio, the first call (compile and one step), and whether the weights
+  after the same calls are the default's bit for bit; a setting XLA rejected shows its
+  error."""
+  rows = results['rows']
+  default = next((r.get('params_sha256') for r in rows if r['setting'] == 'default'), None)
   body = []
-  for r in results['rows']:
-    name = r['description']
+  for r in rows:
     if 'error' in r:
-      body.append([name, f"fails: {r['error'].replace('|', '/')}", '', ''])
-    else:
-      torch_ms = r.get('torch_ms')
-      body.append([name, f"{r['plain_ms']:.1f}", f'{torch_ms:.1f}' if torch_ms else '',
-                   f"{r['jax_over_torch']:.2f}" if torch_ms else ''])
-  return _md(['setting', 'plain step (ms)', 'PyTorch (ms)', 'JAX / PyTorch'], body)
+      body.append([r['description'], f"fails: {r['error'].replace('|', '/')}", '', '', '', ''])
+      continue
+    torch_ms = r.get('torch_ms')
+    bits = ('–' if default is None or r['setting'] == 'default' else
+            'same' if r['params_sha256'] == default else 'differ')
+    body.append([r['description'], f"{r['plain_ms']:.1f}", f'{torch_ms:.1f}' if torch_ms else '',
+                 f"{r['jax_over_torch']:.2f}" if torch_ms else '', f"{r['first_call_s']:.1f}",
+                 bits])
+  return _md(['setting', 'plain step (ms)', 'PyTorch (ms)', 'JAX / PyTorch',
+              'first call (s)', 'weights as default'], body)
 
 
 def _collectives_cell(ops: dict) -> str:

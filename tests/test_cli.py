@@ -290,7 +290,8 @@ def test_xla_flag_probe_times_each_setting_in_its_own_process(tmp_path):
   assert all('error' not in r and r['plain_ms'] > 0 and r['torch_ms'] > 0
              and r['jax_over_torch'] > 0 for r in rows.values()), rows
   assert rows['no_xnnpack']['flags'] == '--xla_cpu_use_xnnpack=false'
-  assert all(r['devices'] == 1 for r in rows.values())
+  assert all(r['devices'] == 1 and r['first_call_s'] > 0 and len(r['params_sha256']) == 64
+             for r in rows.values())
   assert rows['one_core']['cores'] == 1 and rows['default']['cores'] == len(os.sched_getaffinity(0))
   assert result['provenance']['git'] and 'no_xnnpack' in proc.stdout
   # an unknown setting is refused before anything runs

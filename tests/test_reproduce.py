@@ -31,6 +31,11 @@ def test_every_published_result_resolves_and_is_current_or_marked_historical():
     else:
       resolve_run(entry.argv)  # a command today's CLI accepts
     assert entry.pending or (rp.RESULTS_DIR / name / 'results.json').is_file(), name
+    # every stored result, historical ones included, says what made it
+    made_by = (rp.stored(name) or {'provenance': {'git': {'commit': 'pending'},
+                                                  'packages': {'jax': 'pending'}}})
+    assert made_by.get('provenance', {}).get('git', {}).get('commit'), f'{name}: no provenance'
+    assert made_by['provenance'].get('packages', {}).get('jax'), f'{name}: no versions'
     assert entry.historical or entry.docs or name in shown_beside, (
         f'{name}: its table belongs in some docs file')
   assert rp.check() == {}
@@ -368,16 +373,22 @@ def test_the_dit_memory_table_names_each_layout_and_bolds_the_default():
 def test_the_xla_flags_table_shows_each_settings_step_ratio_or_its_error():
   rp = _reproduce()
   rows = [{'setting': 'default', 'description': 'default (no flag)', 'plain_ms': 93.84,
-           'torch_ms': 47.0, 'jax_over_torch': 93.84 / 47.0},
+           'torch_ms': 47.0, 'jax_over_torch': 93.84 / 47.0, 'first_call_s': 4.21,
+           'params_sha256': 'aa'},
           {'setting': 'onednn_fusion', 'description': '`--xla_cpu_use_onednn=true`',
            'error': 'INTERNAL: partition compile failed | twice'},
-          {'setting': 'one_core', 'description': '1 core', 'plain_ms': 150.0}]
+          {'setting': 'one_core', 'description': '1 core', 'plain_ms': 150.0,
+           'first_call_s': 6.0, 'params_sha256': 'aa'},
+          {'setting': 'opt_level_1', 'description': '-O1', 'plain_ms': 95.0,
+           'first_call_s': 3.0, 'params_sha256': 'bb'}]
   table = rp.flags_table({'rows': rows})
-  assert table[0] == '| setting | plain step (ms) | PyTorch (ms) | JAX / PyTorch |'
-  assert table[2] == '| default (no flag) | 93.8 | 47.0 | 2.00 |'
+  assert table[0] == ('| setting | plain step (ms) | PyTorch (ms) | JAX / PyTorch | '
+                      'first call (s) | weights as default |')
+  assert table[2] == '| default (no flag) | 93.8 | 47.0 | 2.00 | 4.2 | – |'
   assert table[3] == ('| `--xla_cpu_use_onednn=true` | fails: INTERNAL: partition compile '
-                      'failed / twice |  |  |')
-  assert table[4] == '| 1 core | 150.0 |  |  |'
+                      'failed / twice |  |  |  |  |')
+  assert table[4] == '| 1 core | 150.0 |  |  | 6.0 | same |'
+  assert table[5] == '| -O1 | 95.0 |  |  | 3.0 | differ |'
 
 
 def test_a_study_script_is_checked_against_the_hyperparameters_it_records(tmp_path,
