@@ -134,13 +134,11 @@ RESULTS = {
     'tuned_random10': Result(
         ('run', '--scenario', 'random:10', '--methods', 'retrain,ft,ga,rl,salun', '--seeds',
          '0,1,2', '--tune', '--tune-grid', '0.1,0.25,0.5,1,2,4'),
-        docs=('docs/results-classification.md',),
-        pending='its table, measured before the ResNet padding fix, was removed'),
+        docs=('docs/results-classification.md',)),
     'tuned_class3': Result(
         ('run', '--methods', 'retrain,iu,bs,be,scrub,ga', '--seeds', '0,1,2', '--tune',
          '--tune-grid', '0.01,0.1,0.25,1,4,10'),
-        docs=('docs/results-classification.md',),
-        pending='its table, measured before the ResNet padding fix, was removed'),
+        docs=('docs/results-classification.md',)),
     'lur_light_random10': Result(
         ('run', '--scenario', 'random:10', '--methods', 'retrain,rl,salun,lur', '--seeds',
          '0,1,2', '--set', 'lur.forget_weight=0.05'),
@@ -243,13 +241,11 @@ RESULTS = {
     'bench_sfron_step': Result((), script='bench_sfron_step.py', table='ratios'),
     'bench_sfron_step_w64': Result(
         W64, script='bench_sfron_step.py', beside=('bench_sfron_step',),
-        docs=('docs/results-classification.md',), table='ratios',
-        pending='registered 2026-12-06; its width-64 column was a typed run before'),
+        docs=('docs/results-classification.md',), table='ratios'),
     'bench_lur_step': Result((), script='bench_lur_step.py', table='ratios'),
     'bench_lur_step_w64': Result(
         W64, script='bench_lur_step.py', beside=('bench_lur_step',),
-        docs=('docs/results-classification.md',), table='ratios',
-        pending='registered 2026-12-06; its width-64 column was a typed run before'),
+        docs=('docs/results-classification.md',), table='ratios'),
     # one device against the batch split over 8 fake ones (docs/running.md)
     'bench_parallel': Result(
         ('--steps', '3', '--repeats', '3'), script='bench_parallel.py',
@@ -258,8 +254,7 @@ RESULTS = {
     'bench_sd_memory': Result(
         (), script='bench_sd_memory.py', docs=('docs/stable-diffusion.md',), table='sd_memory'),
     'probe_xla_flags': Result(
-        (), script='probe_xla_flags.py', docs=('docs/running.md',), table='flags',
-        pending='registered 2026-12-06; its settings were probed by hand before'),
+        (), script='probe_xla_flags.py', docs=('docs/running.md',), table='flags'),
     'bench_dit_memory': Result(
         ('--docs-table',), script='bench_dit_memory.py', docs=('docs/generation.md',),
         table='dit_memory'),
@@ -779,7 +774,8 @@ def render_block(name: str, results: dict | None, base: Path = RESULTS_DIR) -> s
     for other in (*entry.beside, name):
       found = results if other == name else stored(other, base)
       made = ' '.join(command_line(other, Path('experiments/results') / other))
-      label = f'{RESULTS[other].label}: ' if entry.beside else ''
+      # each line names its column: the label, else the result's own name
+      label = f'{RESULTS[other].label or other}: ' if entry.beside else ''
       lines.append(f'{label}{_line_under(other, found)} `{made}`')
     return f'{begin}\n{table}\n\n' + '\n'.join(lines) + f'\n{end}'
   return f'{begin}\n```text\n{table}\n{_line_under(name, results)}\n```\n{end}'
