@@ -17,11 +17,11 @@ the saliency mask and Adam: the most memory-hungry step of the library, on 256x2
 Without running anything, XLA's compiled memory analysis gives the bytes the step needs
 on the backend it is compiled for: arguments (params, Adam moments, mask, batches),
 outputs, and temporaries (activations kept for the backward pass and the HVP's
-linearisation). The script compiles the step for each setting of ``--remat``, ``--scan`` (the blocks as one
-``nn.scan``: the only layout in which XLA cannot hoist remat's recomputation, see
-:class:`jaxunlearn.models.dit.DiT`) and
-``--dtype`` and ``--hvp`` and prints the peak, ``arguments + outputs - aliased + temporaries``; ``--docs-table``
-compiles instead the settings of docs/generation.md's table (:data:`DOCS_TABLE`: DiT-XL/2's
+linearisation). The script compiles the step for each setting of ``--remat``, ``--scan``
+(the blocks as one ``nn.scan``: the only layout in which XLA cannot hoist remat's
+recomputation, see :class:`jaxunlearn.models.dit.DiT`), ``--dtype`` and ``--hvp`` and
+prints the peak, ``arguments + outputs - aliased + temporaries``; ``--docs-table`` compiles
+instead the settings of docs/generation.md's table (:data:`DOCS_TABLE`: DiT-XL/2's
 path from a straightforward port to the default layout, and DiT-S/2's three main steps),
 and ``--json`` writes the rows with their provenance. On this
 2-core CPU the compiled program is the CPU's (fusion and layouts differ from a GPU's, so

@@ -12,9 +12,9 @@ a retain batch) and PyTorch's same step on a PyTorch port holding the same weigh
 compiled (``first_call_s``: the compile and one step), warmed up and timed interleaved,
 ``--repeats`` x ``--steps`` calls each, and their medians kept; a digest of the weights
 after the calls, the same calls from the same state in every setting, tells whether the
-setting rounds as the default does. The same setting varies by about +-10% from one process to the next,
-so the JAX / PyTorch ratio (both measured in the same process, under the same load) is
-the column to compare; the default runs first and last to show the drift. A setting XLA
+setting rounds as the default does. The same setting varies by a few percent from one
+process to the next, so the JAX / PyTorch ratio (both measured in the same process, under
+the same load) is the column to compare; the default runs first and last to show the drift. A setting XLA
 rejects (an unknown flag, a failed compile) is recorded with its error, not skipped.
 ``--json`` writes the rows and their provenance after every setting, so a long probe's
 finished rows are never lost.
@@ -123,7 +123,8 @@ def child(args) -> dict:
   timed = {'plain': plain}
   if not args.no_torch:
     import torch
-    torch_plain = torch_cases(model.clone(dtype=jax.numpy.float32), variables, forget, retain, masks, model.num_classes)
+    torch_plain = torch_cases(model.clone(dtype=jax.numpy.float32), variables, forget, retain,
+                              masks, model.num_classes)
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use
     timed['torch_plain'] = torch_plain['torch_plain']
   ms = median_ms(timed, args.steps, args.repeats)
