@@ -87,15 +87,15 @@ BY_NAME = {s[0]: s for s in SETTINGS}
 
 def describe(name: str) -> str:
   """A setting as the docs table names it."""
+  if name == 'default_again':
+    return 'default, again at the end'
+  if name == 'bfloat16':
+    return 'bfloat16 computation (`ResNet(dtype=jnp.bfloat16)`, float32 weights)'
   _, flags, env, cores = BY_NAME[name]
   parts = [f'`{flags}`'] if flags else []
   parts += [f'`{k}={v}`' for k, v in env.items()]
   if cores:
     parts.append(f'{cores} core{"s" if cores > 1 else ""} (affinity) instead of all')
-  if name == 'default_again':
-    return 'default, again at the end'
-  if name == 'bfloat16':
-    return 'bfloat16 computation (`ResNet(dtype=jnp.bfloat16)`, float32 weights)'
   return ' '.join(parts) or 'default (no flag)'
 
 
